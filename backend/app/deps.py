@@ -1,0 +1,24 @@
+"""Shared request dependencies: the database session and the optional access token."""
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, Header, HTTPException
+
+from .db import get_session
+from .settings import get_settings
+
+SessionDep = Depends(get_session)
+
+
+def require_token(authorization: str | None = Header(None), x_blocklab_token: str | None = Header(None)) -> None:
+    """With BLOCKLAB_TOKEN set, state-changing requests must carry it (Bearer or X-BlockLab-Token)."""
+    token = get_settings().token
+    if not token:
+        return
+    given = x_blocklab_token or (authorization or "").removeprefix("Bearer ").strip()
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(401, "this lab requires its access token (BLOCKLAB_TOKEN) for changes")
+
+
+WriteAccess = Depends(require_token)

@@ -1,0 +1,131 @@
+"""Consumes worker events from the broker into the database, and watches for jobs whose worker died.
+
+Runs as a thread in the backend process. An event is acknowledged only after its transaction commits, so a
+backend restart never loses one (it waits in the broker); each (job, epoch) is stored once, so a replayed or
+redelivered epoch is never stored twice.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+
+from kombu import Connection
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from worker.messages import EVENTS_QUEUE, transport_options
+
+from . import jobs
+from .db import session_scope
+from .models import EpochMetric, Job, utcnow
+from .settings import Settings
+
+log = logging.getLogger("blocklab.ingest")
+
+_METRIC_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+                  "per_class_acc", "confusion")
+
+
+def handle_event(ev: dict) -> None:
+    with session_scope() as db:
+        job = db.get(Job, int(ev.get("job_id", 0)))
+        if job is None:
+            return
+        kind, current = ev.get("type"), ev.get("attempt") == job.attempt
+        if kind == "epoch":
+            _store_epoch(db, job, ev["row"])
+            return
+        if not current:
+            return  # a stale attempt (requeued since) no longer speaks for the job
+        now = utcnow()
+        if kind in ("heartbeat", "progress", "info", "started") and job.status in ("queued", "running",
+                                                                                    "cancelling"):
+            job.heartbeat_at = now
+        if kind == "started" and job.status == "queued":
+            job.status, job.worker, job.device = "running", ev.get("worker"), ev.get("device")
+            job.started_at = job.started_at or now
+            job.error = None
+            jobs.record(db, job, worker=job.worker, device=job.device)
+        elif kind == "progress" and job.status in ("running", "cancelling"):
+            job.phase, job.progress_epoch = ev["phase"], ev["epoch"]
+            job.progress_batch, job.progress_batches = ev["batch"], ev["batches"]
+        elif kind == "info":
+            job.info = ev["info"]
+        elif kind == "finished" and job.status not in jobs.TERMINAL:
+            job.status, job.error = ev["status"], ev.get("error")
+            job.summary = ev.get("summary")
+            job.finished_at = now
+            jobs.record(db, job)
+        db.commit()
+
+
+def _store_epoch(db, job: Job, row: dict) -> None:
+    exists = db.scalar(select(EpochMetric.id).where(EpochMetric.job_id == job.id,
+                                                    EpochMetric.epoch == row["epoch"]))
+    if exists:
+        return
+    db.add(EpochMetric(job_id=job.id, epoch=row["epoch"], **{k: row.get(k) for k in _METRIC_FIELDS}))
+    jobs.record(db, job, kind="epoch", epoch=row["epoch"],
+                row={k: row.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                                             "seconds", "images_per_s")})
+    try:
+        db.commit()
+    except IntegrityError:  # another ingestor stored it first
+        db.rollback()
+
+
+def check_heartbeats(settings: Settings, since: datetime) -> list[int]:
+    """Requeue (or fail) running jobs silent for longer than the timeout. `since` is this backend's start:
+    while it was down, heartbeats waited in the broker, so silence is only counted from then."""
+    now = utcnow()
+    limit = timedelta(seconds=settings.heartbeat_timeout_s)
+    touched = []
+    with session_scope() as db:
+        for job in db.scalars(select(Job).where(Job.status.in_(("running", "cancelling")))).all():
+            last = max(t for t in (job.heartbeat_at, job.started_at, since) if t is not None)
+            if now - last > limit:
+                log.warning("job %s: no heartbeat for %.0f s", job.id, (now - last).total_seconds())
+                jobs.requeue_lost(db, job, (now - last).total_seconds(), settings.max_attempts)
+                touched.append(job.id)
+    return touched
+
+
+class Ingestor(threading.Thread):
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True, name="blocklab-ingest")
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.started_at = utcnow()
+        self.events_seen = 0
+
+    def run(self) -> None:
+        topts = transport_options(self.settings.broker_url, self.settings.visibility_timeout_s)
+        next_watch = 0.0
+        while not self.stop_event.is_set():
+            try:
+                with Connection(self.settings.broker_url, transport_options=topts) as conn:
+                    q = conn.SimpleQueue(EVENTS_QUEUE)
+                    drained = False
+                    while not self.stop_event.is_set():
+                        try:
+                            msg = q.get(block=True, timeout=0.5)
+                        except q.Empty:
+                            drained = True
+                        else:
+                            handle_event(msg.payload)
+                            msg.ack()
+                            self.events_seen += 1
+                            continue
+                        # Only once the backlog is in: a heartbeat may be waiting in it.
+                        if drained and time.monotonic() >= next_watch:
+                            next_watch = time.monotonic() + 1.0
+                            check_heartbeats(self.settings, self.started_at)
+                    q.close()
+            except Exception:  # noqa: BLE001 - broker away (Redis restart): reconnect and go on
+                log.exception("event consumer: broker connection lost; reconnecting")
+                self.stop_event.wait(1.0)
+
+    def stop(self) -> None:
+        self.stop_event.set()

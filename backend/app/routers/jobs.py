@@ -1,0 +1,116 @@
+"""Jobs: status, live events, metrics, cancel and resume."""
+import asyncio
+import json
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import jobs
+from ..csv_export import to_csv
+from ..db import session_scope
+from ..deps import SessionDep, WriteAccess
+from ..models import EpochMetric, Job, JobEvent
+from ..schemas import JobPublic, MetricPublic
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+STATUSES = ("queued", "running", "cancelling", "cancelled", "succeeded", "failed")
+
+
+def _job(db: Session, job_id: int) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+@router.get("", response_model=list[JobPublic])
+def list_jobs(status: str | None = Query(None, pattern="^(" + "|".join(STATUSES) + ")$"),
+              db: Session = SessionDep):
+    q = select(Job).order_by(Job.id.desc())
+    if status:
+        q = q.where(Job.status == status)
+    return [jobs.to_public(db, j) for j in db.scalars(q).all()]
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: int, db: Session = SessionDep):
+    return jobs.to_public(db, _job(db, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricPublic])
+def get_metrics(job_id: int, db: Session = SessionDep):
+    return _job(db, job_id).metrics
+
+
+@router.get("/{job_id}/metrics.csv", response_class=PlainTextResponse)
+def metrics_csv(job_id: int, db: Session = SessionDep):
+    job = _job(db, job_id)
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+    body = to_csv(cols, [[getattr(m, c) for c in cols] for m in job.metrics])
+    return PlainTextResponse(body, media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'})
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, dependencies=[WriteAccess])
+def cancel_job(job_id: int, db: Session = SessionDep):
+    job = _job(db, job_id)
+    if job.status in jobs.TERMINAL:
+        raise HTTPException(409, f"job {job_id} is already {job.status}")
+    return jobs.to_public(db, jobs.cancel(db, job))
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic, dependencies=[WriteAccess])
+def resume_job(job_id: int, db: Session = SessionDep):
+    job = _job(db, job_id)
+    if job.status not in ("cancelled", "failed"):
+        raise HTTPException(409, f"only a cancelled or failed job can be resumed; job {job_id} is {job.status}")
+    return jobs.to_public(db, jobs.resume(db, job))
+
+
+def _poll(job_id: int, after: int) -> tuple[list[tuple[int, str, dict]], dict | None]:
+    with session_scope() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            return [], None
+        evs = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                         .order_by(JobEvent.id).limit(500)).all()
+        return [(e.id, e.kind, e.data) for e in evs], jobs.to_public(db, job)
+
+
+@router.get("/{job_id}/events")
+async def job_events(job_id: int, request: Request, last_event_id: int | None = Query(None, ge=0)):
+    """Server-sent events: replays stored epochs and status changes after Last-Event-ID, then streams new
+    ones, with progress (epoch, batch) in between; ends after the job's final status."""
+    header = request.headers.get("last-event-id", "")
+    after = last_event_id if last_event_id is not None else (int(header) if header.isdigit() else 0)
+    _events, job = await run_in_threadpool(_poll, job_id, after)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+
+    async def stream():
+        nonlocal after
+        last_progress = None
+        yield "retry: 1000\n\n"
+        while True:
+            events, job = await run_in_threadpool(_poll, job_id, after)
+            for eid, kind, data in events:
+                after = eid
+                yield f"id: {eid}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+            progress = {**job["progress"], "status": job["status"], "eta_s": job["eta_s"],
+                        "epochs": job["epochs"], "epochs_done": job["epochs_done"]}
+            if progress != last_progress:
+                last_progress = progress
+                yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
+            if job["status"] in jobs.TERMINAL and not events:
+                yield f"event: end\ndata: {json.dumps({'status': job['status']})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.3)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

