@@ -140,7 +140,7 @@ class FeatureStore:
         if filled.shape != self.filled.shape or any(a.shape != tuple(t.shape) for a, t in zip(arrays, self.tensors)):
             return False
         for t, a in zip(self.tensors, arrays):
-            src = torch.from_numpy(np.ascontiguousarray(a))
+            src = torch.from_numpy(np.array(a))  # a private copy: the file is opened read-only
             t.copy_(src if t.dtype == torch.float32 else src.view(t.dtype))
         self.filled.copy_(filled)
         return True
@@ -165,6 +165,7 @@ class CacheDir:
 
     def store(self, key: str, meta: dict, stores: dict[str, FeatureStore]) -> Path | None:
         need = sum(s.nbytes for s in stores.values())
+        self.root.mkdir(parents=True, exist_ok=True)
         if need > self.cap:
             log.info("feature cache: %.2f GiB exceeds the cache cap; not kept for later jobs", need / 2**30)
             return None
@@ -175,10 +176,11 @@ class CacheDir:
             s.save(tmp / name)
         (tmp / "meta.json").write_text(json.dumps({**meta, "saved_at": time.time(), "bytes": need}))
         final = self.entry(key)
-        if final.exists():
-            shutil.rmtree(tmp, ignore_errors=True)  # another job finished the same cache first
-        else:
-            os.replace(tmp, final)
+        if final.exists():  # an older, less complete copy: swap it out
+            old = self.root / f".{key}.{os.getpid()}.old"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
         return final
 
     def entries(self) -> list[tuple[float, int, Path]]:

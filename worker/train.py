@@ -149,15 +149,25 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
         if cb.should_stop and batches_seen % max(cfg.stop_check_every, 1) == 0 and cb.should_stop():
             raise StopRequested
 
-    def features_for(split_x, store, idx, flip):
+    # The flip state of every image in every remaining epoch is known now (seeded per epoch), so the cache
+    # computes, at an image's first sight, exactly the states some epoch will use: one state for a 1-epoch
+    # run, both for most images of a 20-epoch one.
+    needed = torch.zeros(len(train), 2, dtype=torch.bool)
+    for e in range(st.epoch + 1, cfg.epochs + 1):
+        _perm, fl = _epoch_order(cfg, e, len(train))
+        needed[torch.arange(len(train)), fl.long() if fl is not None else 0] = True
+
+    def features_for(split_x, store, idx, flip, need=None):
         """The frozen part's output for a batch: from the cache (computing what is missing) or fresh."""
         if store is None:
             with torch.autocast(**amp):
                 return model.frozen_features(prep(split_x[idx], flip))
-        states = range(store.states)
-        for s in states:  # both flip states at first sight of an image: later epochs never miss
+        for s in range(store.states):
             s_t = torch.full_like(idx, s)
-            miss = store.missing(idx.cpu(), s_t.cpu()).to(idx.device)
+            miss = store.missing(idx.cpu(), s_t.cpu())
+            if need is not None:
+                miss &= need[idx.cpu(), s]
+            miss = miss.to(idx.device)
             if miss.any():
                 m_idx = idx[miss]
                 with torch.autocast(**amp):
@@ -172,15 +182,16 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = scheduler.lr
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            perm = torch.randperm(len(train), generator=g).to(device)
-            flips = (torch.rand(len(train), generator=g) < 0.5).to(device) if cfg.hflip else None
+            perm, flips = _epoch_order(cfg, epoch, len(train))
+            perm = perm.to(device)
+            flips = flips.to(device) if flips is not None else None
             nb = math.ceil(len(train) / cfg.batch_size)
             model.train()
             loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
             for b in range(nb):
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                feats = features_for(train_x, stores.get("train"), idx, flips[idx] if flips is not None else None)
+                feats = features_for(train_x, stores.get("train"), idx, flips[idx] if flips is not None else None,
+                                     needed)
                 with torch.autocast(**amp):
                     logits = model.forward_from_features(feats)
                     loss = F.cross_entropy(logits.float(), train_y[idx])
@@ -196,8 +207,6 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
             ev = _evaluate(model, val_x, val_y, cfg, amp, lambda i: features_for(val_x, stores.get("val"), i, None),
                            cb, epoch, check_stop)
             seconds = time.perf_counter() - t0
-            if cache_dir is not None:
-                _persist_cache(cache_dir, stores, cache_info)
             row = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum) / len(train), "train_acc": float(correct) / len(train),
@@ -225,10 +234,20 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
     except StopRequested:
         status = "stopped"
         log.info("stop requested: ending after epoch %d (checkpoint kept)", st.epoch)
+    if cache_dir is not None:
+        _persist_cache(cache_dir, stores, cache_info)
 
     summary = _summary(cfg, st, counts, info, status)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _epoch_order(cfg: TrainConfig, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The epoch's batch order and flip draws: a function of seed and epoch only, so resume repeats them."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    flips = torch.rand(n, generator=g) < 0.5 if cfg.hflip else None
+    return perm, flips
 
 
 def _evaluate(model, val_x, val_y, cfg, amp, features, cb, epoch, check_stop) -> dict:
@@ -294,12 +313,13 @@ def _setup_cache(cfg, paths, model, prep, device, train, val, use_bf16) -> tuple
     if hit and all(s.load(hit / name) for name, s in stores.items()):
         info["reused"] = True
         log.info("feature cache: reusing %s", hit)
+    info["loaded"] = {name: int(s.filled.sum()) for name, s in stores.items()}
     return stores, info, cdir
 
 
 def _persist_cache(cdir: CacheDir, stores, info) -> None:
-    """Keep a complete cache for later jobs (once)."""
-    if info["reused"] or info["kept"] or not all(s.complete for s in stores.values()):
+    """Keep the cache for later jobs when this run added to it (a later job computes only what is missing)."""
+    if all(int(s.filled.sum()) == info["loaded"].get(name, 0) for name, s in stores.items()):
         return
     info["kept"] = cdir.store(info["key"], {"placement": info["placement"]}, stores) is not None
 

@@ -142,6 +142,6 @@ def fingerprint(backbone: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(backbone.state_dict().items()):
         h.update(k.encode())
-        t = v.detach().cpu().contiguous()
+        t = v.detach().cpu().contiguous().reshape(-1)
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]

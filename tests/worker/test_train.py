@@ -1,0 +1,171 @@
+"""The training loop through its real entry points, on tiny data: cache exactness, resume, stop, reuse."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from worker import train as engine
+from worker.config import TrainConfig
+from worker.schedule import PlateauLR
+from worker.train import Callbacks, Paths, run
+
+TINY = dict(model="deit_tiny_patch16_224", weights="none", batch_size=32, image_size=32, val_limit=60,
+            precision="fp32", seed=0)
+KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close(a, b, tol):
+    for ra, rb in zip(a, b, strict=True):
+        for k in KEYS:
+            assert ra[k] == pytest.approx(rb[k], rel=tol, abs=tol), (k, ra["epoch"])
+
+
+class CountFrozen:
+    """Counts images that go through the frozen part."""
+
+    def __init__(self, monkeypatch):
+        self.images = 0
+        orig = engine.SingleBlockModel.frozen_features
+
+        def counted(m, x):
+            self.images += len(x)
+            return orig(m, x)
+        monkeypatch.setattr(engine.SingleBlockModel, "frozen_features", counted)
+
+
+def test_cached_and_uncached_runs_agree(tiny_cifar_dir, tmp_path):
+    cfg = dict(TINY, epochs=3)
+    run(TrainConfig(**cfg, feature_cache=False), Paths(tiny_cifar_dir, tmp_path / "plain"))
+    run(TrainConfig(**cfg, cache_dtype="float32"), Paths(tiny_cifar_dir, tmp_path / "f32"))
+    run(TrainConfig(**cfg), Paths(tiny_cifar_dir, tmp_path / "f16"))
+    _close(_rows(tmp_path / "plain"), _rows(tmp_path / "f32"), 1e-5)
+    _close(_rows(tmp_path / "plain"), _rows(tmp_path / "f16"), 2e-2)  # fp16 storage: float tolerance
+
+
+def test_frozen_part_runs_once_per_image_and_flip_state(tiny_cifar_dir, tmp_path, monkeypatch):
+    count = CountFrozen(monkeypatch)
+    s = run(TrainConfig(**TINY, epochs=4), Paths(tiny_cifar_dir, tmp_path / "o"))
+    n_train, n_val = 200, 60
+    assert s["feature_cache"]["enabled"]
+    # +1: the probe that sizes the cache. Each image at most twice (two flip states), validation once.
+    assert n_train + n_val + 1 < count.images <= 2 * n_train + n_val + 1
+
+
+def test_resume_gives_the_uninterrupted_metrics_without_recomputing(tiny_cifar_dir, tmp_path, monkeypatch):
+    cfg = TrainConfig(**TINY, epochs=3)
+    full = run(cfg, Paths(tiny_cifar_dir, tmp_path / "full"))
+    stop_after = {"epoch": 0}
+
+    def should_stop():
+        return stop_after["epoch"] >= 2
+    cb = Callbacks(on_epoch=lambda r: stop_after.update(epoch=r["epoch"]), should_stop=should_stop)
+    first = run(cfg, Paths(tiny_cifar_dir, tmp_path / "part"), cb)
+    assert first["status"] == "stopped" and first["epochs_run"] == 2
+    seen = []
+    second = run(cfg, Paths(tiny_cifar_dir, tmp_path / "part"), Callbacks(on_epoch=lambda r: seen.append(r["epoch"])))
+    assert seen == [3]  # epochs 1-2 were not recomputed
+    assert second["status"] == "succeeded" and second["best_val_acc"] == full["best_val_acc"]
+    _close(_rows(tmp_path / "full"), _rows(tmp_path / "part"), 1e-6)
+
+
+def test_finished_run_resumes_to_nothing(tiny_cifar_dir, tmp_path):
+    cfg = TrainConfig(**TINY, epochs=1)
+    run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"))
+    seen = []
+    s = run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"), Callbacks(on_epoch=seen.append))
+    assert seen == [] and s["epochs_run"] == 1 and len(_rows(tmp_path / "o")) == 1
+
+
+def test_stop_mid_epoch_keeps_the_last_checkpoint(tiny_cifar_dir, tmp_path):
+    calls = {"n": 0}
+
+    def should_stop():
+        calls["n"] += 1
+        return calls["n"] > 3
+    s = run(TrainConfig(**dict(TINY, batch_size=8), epochs=5, stop_check_every=1), Paths(tiny_cifar_dir, tmp_path / "o"),
+            Callbacks(should_stop=should_stop))
+    assert s["status"] == "stopped" and s["epochs_run"] == 0
+
+
+def test_a_second_job_reuses_the_cached_features(tiny_cifar_dir, tmp_path, monkeypatch):
+    count = CountFrozen(monkeypatch)
+    paths = dict(cache_dir=tmp_path / "cache", cache_cap_bytes=1 << 30)
+    a = run(TrainConfig(**TINY, epochs=2), Paths(tiny_cifar_dir, tmp_path / "a", **paths))
+    first = count.images
+    b = run(TrainConfig(**TINY, epochs=2, lr=3e-4), Paths(tiny_cifar_dir, tmp_path / "b", **paths))
+    assert not a["feature_cache"]["reused"] and b["feature_cache"]["reused"]
+    assert count.images - first == 1  # only the sizing probe: the frozen part never ran for job b
+    other_data = dict(TINY, val_limit=50)  # other data, other key
+    c = run(TrainConfig(**other_data, epochs=1), Paths(tiny_cifar_dir, tmp_path / "c", **paths))
+    assert not c["feature_cache"]["reused"]
+
+
+def test_cache_dir_evicts_least_recently_used(tiny_cifar_dir, tmp_path):
+    from worker.features import CacheDir
+    paths = dict(cache_dir=tmp_path / "cache")
+    run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "a", **paths))
+    entries = CacheDir(tmp_path / "cache", 1 << 40).entries()
+    assert len(entries) == 1
+    size = entries[0][1]
+    run(TrainConfig(**dict(TINY, val_limit=50), epochs=1),
+        Paths(tiny_cifar_dir, tmp_path / "b", cache_dir=tmp_path / "cache", cache_cap_bytes=int(size * 1.5)))
+    left = CacheDir(tmp_path / "cache", 1 << 40).entries()
+    assert len(left) == 1 and left[0][2] != entries[0][2]  # the older one made room
+
+
+def test_plateau_schedule_has_keras_semantics():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    s = PlateauLR(opt, factor=0.6, patience=2, min_lr=1e-7)
+    lrs = []
+    for acc in [0.5, 0.6, 0.6, 0.6, 0.59, 0.58, 0.7]:
+        s.step(acc)
+        lrs.append(s.lr)
+    # two epochs without a better accuracy -> x0.6; again after two more
+    assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 6e-5, 6e-5, 3.6e-5, 3.6e-5])
+
+
+def test_cli_trains_and_writes_metrics_and_summary(tiny_cifar_dir, tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "worker.finetune", "--model", "deit_tiny_patch16_224",
+                        "--data-dir", str(tiny_cifar_dir), "--out", str(out), "--epochs", "2", "--batch-size", "64",
+                        "--weights", "none", "--image-size", "32", "--val-limit", "40", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(out)
+    assert [x["epoch"] for x in rows] == [1, 2]
+    for row in rows:
+        assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"} <= set(row)
+        assert 0 <= row["val_acc"] <= 1 and 0 <= row["train_acc"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "deit_tiny_patch16_224" and summary["best_epoch"] in (1, 2)
+    assert summary["trainable_params"] < summary["total_params"]
+    assert "epoch 1 train" in r.stderr  # the progress bar
+
+
+def test_cli_describe_and_list_models():
+    r = subprocess.run([sys.executable, "-m", "worker.finetune", "--describe", "--model",
+                        "deit_base_distilled_patch16_224"], capture_output=True, text=True, check=True)
+    d = json.loads(r.stdout)
+    assert d["trainable_params"] == 7_488_276 == d["paper_trainable_params"]
+    assert d["trainable_modules"] == ["blocks.11", "norm", "heads.0", "heads.1"]
+    r = subprocess.run([sys.executable, "-m", "worker.finetune", "--list-models"], capture_output=True, text=True,
+                       check=True)
+    models = json.loads(r.stdout)
+    paper = [m for m in models if m["paper_name"]]
+    assert len(paper) == 10 and {"id", "paper_name", "family", "paper_val_acc", "paper_trainable_params"} <= set(paper[0])
+
+
+def test_cli_errors_are_clear(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "worker.finetune", "--data-dir", str(tmp_path), "--out",
+                        str(tmp_path / "o"), "--weights", "none", "--model", "deit_tiny_patch16_224"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "CIFAR-10 not found" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "worker.finetune", "--describe", "--model", "no_such_net"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown model" in r.stderr
