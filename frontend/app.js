@@ -1,0 +1,444 @@
+// BlockLab's browser app: submit jobs, watch them live, compare them with the paper. No framework, no CDN.
+// Everything a user typed reaches the page through textContent (never innerHTML) or plotText() for Plotly.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "class") node.className = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(2) + "%");
+const int = (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US"));
+const secs = (v) => (v === null || v === undefined ? "–" : v < 90 ? `${Math.round(v)} s` : `${(v / 60).toFixed(1)} min`);
+// Plotly renders a little HTML in legends and hover text: user text goes in as entities only.
+const plotText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+const state = { models: null, paper: null, token: localStorage.getItem("blocklab-token") };
+let cleanup = [];
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === "string" ? detail : `request failed (${status})`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+async function api(path, opts = {}) {
+  const headers = { ...(opts.headers || {}) };
+  if (opts.json !== undefined) headers["Content-Type"] = "application/json";
+  if (state.token) headers["X-BlockLab-Token"] = state.token;
+  let r;
+  try {
+    r = await fetch(path, { method: opts.method || "GET", headers,
+                            body: opts.json !== undefined ? JSON.stringify(opts.json) : undefined });
+  } catch (e) {
+    throw new ApiError(0, "The BlockLab server cannot be reached. Is it running?");
+  }
+  if (r.status === 401) {
+    $("#token-box").hidden = false;
+    throw new ApiError(401, "This lab needs its access token: enter it above, then try again.");
+  }
+  const isJson = (r.headers.get("content-type") || "").includes("json");
+  const body = isJson ? await r.json() : await r.text();
+  if (!r.ok) throw new ApiError(r.status, isJson ? body.detail : body);
+  return body;
+}
+
+function showMessage(text, kind = "error") {
+  const m = $("#message");
+  m.textContent = text;
+  m.className = kind === "info" ? "info" : "";
+  m.hidden = false;
+}
+function clearMessage() { $("#message").hidden = true; }
+function fail(e) { showMessage(e instanceof ApiError ? e.message : `Something went wrong: ${e.message || e}`); }
+
+window.addEventListener("error", (e) => showMessage(`Something went wrong: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) => fail(e.reason));
+
+async function catalogue() {
+  if (!state.models) [state.models, state.paper] = await Promise.all([api("/api/models"), api("/api/paper")]);
+  return { models: state.models, paper: state.paper };
+}
+const modelById = (id) => (state.models || []).find((m) => m.id === id);
+const paperCurve = (model) => (model && model.paper_name ? state.paper.curves[model.paper_name] : null);
+
+// ---------------------------------------------------------------------------------------------------- routing
+async function route() {
+  cleanup.forEach((f) => f());
+  cleanup = [];
+  clearMessage();
+  const [path, query] = (location.hash.slice(1) || "/new").split("?");
+  const params = new URLSearchParams(query || "");
+  const view = $("#view");
+  view.replaceChildren();
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", path.startsWith(a.getAttribute("href").slice(1)));
+  try {
+    await catalogue();
+    if (path === "/new") renderNew(view);
+    else if (path === "/jobs") renderJobs(view);
+    else if (path.startsWith("/job/")) await renderJob(view, Number(path.split("/")[2]));
+    else if (path === "/compare") await renderCompare(view, params);
+    else view.append(el("p", { text: "Nothing here. " }, el("a", { href: "#/new", text: "Start a job" })));
+  } catch (e) { fail(e); }
+}
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", () => {
+  $("#token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.token = $("#token-input").value;
+    localStorage.setItem("blocklab-token", state.token);
+    $("#token-box").hidden = true;
+    showMessage("Token saved.", "info");
+  });
+  route();
+});
+
+// ---------------------------------------------------------------------------------------------------- new job
+const FIELDS = [
+  // name, label, kind, advanced, extra
+  ["epochs", "Epochs", "number", false, { min: 1, step: 1 }],
+  ["batch_size", "Batch size", "number", false, { min: 1, step: 1 }],
+  ["lr", "Learning rate (Adam)", "number", false, { step: "any" }],
+  ["weights", "Weights", "select", true, { options: ["hub", "none", "local"] }],
+  ["train_per_class", "Training images per class (empty: all)", "number", true, { min: 1, step: 1 }],
+  ["val_limit", "Validation images (empty: all 10,000)", "number", true, { min: 1, step: 1 }],
+  ["image_size", "Image size (empty: the model's)", "number", true, { min: 32, step: 1 }],
+  ["seed", "Seed", "number", true, { min: 0, step: 1 }],
+  ["pooling", "Pooling before the head", "select", true, { options: ["auto", "model", "max", "avg"] }],
+  ["lr_factor", "LR reduce factor", "number", true, { step: "any" }],
+  ["lr_patience", "LR patience (epochs)", "number", true, { min: 0, step: 1 }],
+  ["min_lr", "Minimum LR", "number", true, { step: "any" }],
+  ["head_hidden", "Head hidden units", "number", true, { min: 1, step: 1 }],
+  ["head_dropout", "Head dropout", "number", true, { step: "any" }],
+  ["hflip", "Random horizontal flip", "checkbox", true, {}],
+  ["feature_cache", "Frozen-feature cache", "checkbox", true, {}],
+  ["precision", "Precision", "select", true, { options: ["auto", "fp32", "bf16"] }],
+];
+// The paper's preset (worker/config.py), shown filled in.
+const PAPER_PRESET = { model: "deit_base_distilled_patch16_224", epochs: 20, batch_size: 512, lr: 1e-4, weights: "hub",
+  train_per_class: "", val_limit: "", image_size: "", seed: 0, pooling: "auto", lr_factor: 0.6, lr_patience: 2,
+  min_lr: 1e-7, head_hidden: 256, head_dropout: 0.5, hflip: true, feature_cache: true, precision: "auto" };
+
+function fieldRow(name, label, input) {
+  return el("div", { class: "row" }, el("label", { for: `f-${name}`, text: label }), input,
+            el("div", { class: "field-error", id: `err-${name}` }));
+}
+
+function modelPicker() {
+  const select = el("select", { id: "f-model", name: "model" });
+  for (const [family, label] of [["transformer", "Transformers"], ["cnn", "CNNs"]]) {
+    const group = el("optgroup", { label });
+    for (const m of state.models.filter((x) => x.family === family)) {
+      const paper = m.in_paper ? ` · paper ${pct(m.paper_val_acc)}, ${int(m.paper_trainable_params)} trainable`
+                               : ` · ${int(m.trainable_params)} trainable${m.quick ? " · quick" : ""}`;
+      group.append(el("option", { value: m.id, text: `${m.paper_name || m.id}${m.paper_name ? ` (${m.id})` : ""}${paper}` }));
+    }
+    select.append(group);
+  }
+  select.value = PAPER_PRESET.model;
+  return select;
+}
+
+function renderNew(view) {
+  const form = el("form", { class: "job card", id: "job-form", novalidate: true });
+  form.append(el("h2", { text: "New job" }),
+    el("p", { class: "muted", text: "The paper's preset is filled in: Adam 1e-4, batch 512, 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip." }),
+    fieldRow("name", "Name", el("input", { id: "f-name", name: "name", value: "my run", maxlength: 200 })),
+    fieldRow("model", "Model", modelPicker()));
+  const advanced = el("details", { id: "advanced" }, el("summary", { text: "Advanced settings" }));
+  for (const [name, label, kind, adv, extra] of FIELDS) {
+    let input;
+    if (kind === "select") {
+      input = el("select", { id: `f-${name}`, name }, extra.options.map((o) => el("option", { value: o, text: o })));
+      input.value = PAPER_PRESET[name];
+    } else if (kind === "checkbox") {
+      input = el("input", { id: `f-${name}`, name, type: "checkbox", checked: PAPER_PRESET[name] });
+    } else {
+      input = el("input", { id: `f-${name}`, name, type: "number", value: PAPER_PRESET[name], ...extra });
+    }
+    (adv ? advanced : form).append(fieldRow(name, label, input));
+  }
+  form.append(advanced, el("div", {}, el("button", { type: "submit", id: "submit" , text: "Start job" })));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form); });
+
+  const reproduce = el("div", { class: "card" }, el("h2", { text: "Reproduce Table 1" }),
+    el("p", { class: "muted", text: "Queue the paper's ten models with the paper preset as one group, then compare them side by side with Table 1." }),
+    el("button", { id: "reproduce", class: "secondary", text: "Reproduce Table 1", onclick: reproduceTable1 }));
+  view.append(form, reproduce);
+}
+
+function readConfig(form) {
+  const cfg = { model: $("#f-model", form).value };
+  for (const [name, , kind] of FIELDS) {
+    const input = $(`#f-${name}`, form);
+    if (kind === "checkbox") cfg[name] = input.checked;
+    else if (kind === "select") cfg[name] = input.value;
+    else cfg[name] = input.value.trim() === "" ? null : Number(input.value);
+  }
+  return cfg;
+}
+
+async function submitJob(form) {
+  clearMessage();
+  form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
+  const button = $("#submit", form);
+  button.disabled = true;
+  try {
+    const exp = await api("/api/experiments", { method: "POST", json: { name: $("#f-name", form).value, config: readConfig(form) } });
+    location.hash = `#/job/${exp.jobs[0].id}`;
+  } catch (e) {
+    if (e.status === 422 && Array.isArray(e.detail)) {
+      const loose = [];
+      for (const d of e.detail) {
+        const field = d.loc[d.loc.length - 1];
+        const slot = $(`#err-${field}`, form);
+        if (slot) {
+          slot.textContent = d.msg;
+          if ($("#advanced", form).contains(slot)) $("#advanced", form).open = true;
+        } else loose.push(`${d.loc.join(".")}: ${d.msg}`);
+      }
+      showMessage(loose.length ? loose.join("; ") : "Please correct the highlighted fields.");
+    } else fail(e);
+  } finally { button.disabled = false; }
+}
+
+async function reproduceTable1() {
+  try {
+    const exps = await api("/api/reproduce", { method: "POST", json: {} });
+    location.hash = `#/compare?group=${encodeURIComponent(exps[0].group)}`;
+  } catch (e) { fail(e); }
+}
+
+// ---------------------------------------------------------------------------------------------------- jobs
+function progressCell(j) {
+  const within = j.status === "running" && j.progress.epoch > j.epochs_done && j.progress.batches
+    ? j.progress.batch / j.progress.batches : 0;
+  const frac = Math.min((j.epochs_done + within) / j.epochs, 1);
+  const batch = j.status === "running" && j.progress.batches
+    ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "";
+  return el("td", { class: "progress" }, el("span", { class: "bar" }, el("span", { style: `width:${(100 * frac).toFixed(1)}%` })),
+            ` epoch ${j.epochs_done}/${j.epochs}${batch}`);
+}
+
+function jobRow(j, refresh) {
+  const act = async (what) => {
+    try { await api(`/api/jobs/${j.id}/${what}`, { method: "POST" }); refresh(); } catch (e) { fail(e); }
+  };
+  const actions = el("td", {});
+  if (["queued", "running"].includes(j.status)) actions.append(el("button", { class: "secondary cancel", text: "Cancel", onclick: () => act("cancel") }));
+  if (["cancelled", "failed"].includes(j.status)) actions.append(el("button", { class: "secondary resume", text: "Resume", onclick: () => act("resume") }));
+  const row = el("tr", { "data-job": j.id },
+    el("td", {}, el("a", { href: `#/job/${j.id}`, text: `#${j.id}` })),
+    el("td", { class: "name", text: j.experiment_name }),
+    el("td", { class: `status status-${j.status}`, text: j.status }),
+    el("td", { text: j.model }),
+    progressCell(j),
+    el("td", { text: j.status === "running" ? secs(j.eta_s) : "–" }),
+    el("td", { class: "best", text: pct(j.best_val_acc) }),
+    el("td", { text: pct(j.paper_val_acc) }),
+    actions);
+  if (j.error) row.title = j.error;
+  return row;
+}
+
+function renderJobs(view) {
+  const tbody = el("tbody", { id: "jobs-body" });
+  view.append(el("div", { class: "card" }, el("h2", { text: "Jobs" }),
+    el("table", { id: "jobs" }, el("thead", {}, el("tr", {}, ["Job", "Name", "Status", "Model", "Progress", "ETA", "Best val acc", "Paper"].map((h) => el("th", { text: h })), el("th"))), tbody)));
+  let busy = false;
+  const refresh = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const jobs = await api("/api/jobs");
+      tbody.replaceChildren(...(jobs.length ? jobs.map((j) => jobRow(j, refresh)) : [el("tr", {}, el("td", { colspan: 9, class: "muted", text: "No jobs yet." }))]));
+    } catch (e) { fail(e); } finally { busy = false; }
+  };
+  refresh();
+  const timer = setInterval(refresh, 1000);
+  cleanup.push(() => clearInterval(timer));
+}
+
+// ---------------------------------------------------------------------------------------------------- one job
+const LAYOUT = (title, y) => ({ title: { text: title }, uirevision: "keep", margin: { t: 40, r: 20, b: 40, l: 55 },
+  xaxis: { title: { text: "epoch" }, dtick: 1 }, yaxis: { title: { text: y } }, legend: { orientation: "h" } });
+
+function paperTraces(model, nEpochs) {
+  const traces = [];
+  const curve = paperCurve(model);
+  if (curve) traces.push({ x: curve.map((p) => p.epoch), y: curve.map((p) => p.val_acc), name: `paper: ${model.paper_name}`,
+                           mode: "lines+markers", line: { color: "#999" }, marker: { size: 4 } });
+  if (model && model.paper_val_acc) {
+    const last = Math.max(nEpochs, curve ? curve.length : 0, 1);
+    traces.push({ x: [1, last], y: [model.paper_val_acc, model.paper_val_acc], mode: "lines",
+                  name: `paper best ${pct(model.paper_val_acc)}`, line: { dash: "dash", color: "#c0392b" } });
+  }
+  return traces;
+}
+
+async function renderJob(view, id) {
+  const job = await api(`/api/jobs/${id}`);
+  const model = modelById(job.model);
+  const head = el("div", { class: "card", id: "job-head" });
+  const plots = el("div", { class: "grid2" },
+    el("div", { class: "card" }, el("div", { id: "plot-acc", class: "plot" })),
+    el("div", { class: "card" }, el("div", { id: "plot-loss", class: "plot" })));
+  const epochPick = el("select", { id: "epoch-pick" });
+  const detail = el("div", { class: "card" }, el("label", {}, "Epoch: ", epochPick),
+    el("div", { class: "grid2" }, el("div", { id: "plot-class", class: "plot" }), el("div", { id: "plot-confusion", class: "plot" })));
+  view.append(head, plots, detail);
+
+  let metrics = await api(`/api/jobs/${id}/metrics`);
+  let current = job;
+  const classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+  const drawHead = () => {
+    const j = current;
+    const actions = [];
+    if (["queued", "running"].includes(j.status)) actions.push(el("button", { class: "secondary cancel", text: "Cancel", onclick: () => api(`/api/jobs/${id}/cancel`, { method: "POST" }).then(refreshJob).catch(fail) }));
+    if (["cancelled", "failed"].includes(j.status)) actions.push(el("button", { class: "secondary resume", text: "Resume", onclick: () => api(`/api/jobs/${id}/resume`, { method: "POST" }).then(() => route()).catch(fail) }));
+    head.replaceChildren(
+      el("h2", {}, `Job #${j.id}: `, el("span", { class: "name", text: j.experiment_name })),
+      el("p", {}, "Status: ", el("span", { id: "job-status", class: `status status-${j.status}`, text: j.status }),
+        ` · ${j.model}${model && model.paper_name ? ` (paper: ${model.paper_name}, ${pct(model.paper_val_acc)})` : ""}`,
+        ` · epoch ${j.epochs_done}/${j.epochs}`,
+        j.status === "running" && j.progress.batches ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "",
+        j.status === "running" ? ` · ETA ${secs(j.eta_s)}` : "",
+        ` · best ${pct(j.best_val_acc)}${j.best_epoch ? ` (epoch ${j.best_epoch})` : ""}`,
+        j.device ? ` · ${j.device}` : "", " ", ...actions),
+      j.error ? el("p", { class: "error-text", id: "job-error", text: j.error }) : "",
+      el("p", {}, el("a", { href: `/api/jobs/${id}/metrics.csv`, text: "metrics.csv" }), " · ",
+        el("a", { href: `#/compare?jobs=${id}`, text: "compare" })));
+  };
+
+  const draw = () => {
+    const ep = metrics.map((m) => m.epoch);
+    Plotly.react("plot-acc", [
+      { x: ep, y: metrics.map((m) => m.val_acc), name: "val accuracy", mode: "lines+markers" },
+      { x: ep, y: metrics.map((m) => m.train_acc), name: "train accuracy", mode: "lines+markers" },
+      ...paperTraces(model, current.epochs)], LAYOUT("Accuracy", "accuracy"), { responsive: true });
+    Plotly.react("plot-loss", [
+      { x: ep, y: metrics.map((m) => m.val_loss), name: "val loss", mode: "lines+markers" },
+      { x: ep, y: metrics.map((m) => m.train_loss), name: "train loss", mode: "lines+markers" }],
+      LAYOUT("Loss (cross-entropy)", "loss"), { responsive: true });
+    const chosen = Number(epochPick.value) || (ep.length ? ep[ep.length - 1] : null);
+    epochPick.replaceChildren(...ep.map((e) => el("option", { value: e, text: `epoch ${e}` })));
+    if (chosen) epochPick.value = chosen;
+    const m = metrics.find((x) => x.epoch === chosen);
+    if (m && m.per_class_acc) {
+      Plotly.react("plot-class", [{ type: "bar", x: classes, y: m.per_class_acc, name: "per-class accuracy" }],
+        { title: { text: `Per-class accuracy, epoch ${m.epoch}` }, uirevision: "keep", yaxis: { range: [0, 1] }, margin: { t: 40 } }, { responsive: true });
+      Plotly.react("plot-confusion", [{ type: "heatmap", z: m.confusion, x: classes, y: classes, colorscale: "Blues" }],
+        { title: { text: `Confusion matrix, epoch ${m.epoch}` }, uirevision: "keep", xaxis: { title: { text: "predicted" } },
+          yaxis: { title: { text: "true" }, autorange: "reversed" }, margin: { t: 40 } }, { responsive: true });
+    }
+  };
+  epochPick.addEventListener("change", draw);
+
+  const refreshJob = async () => { current = await api(`/api/jobs/${id}`); drawHead(); };
+  drawHead();
+  draw();
+
+  const source = new EventSource(`/api/jobs/${id}/events`);
+  source.addEventListener("epoch", async () => {
+    try { metrics = await api(`/api/jobs/${id}/metrics`); await refreshJob(); draw(); } catch (e) { fail(e); }
+  });
+  source.addEventListener("progress", (ev) => {
+    const p = JSON.parse(ev.data);
+    current = { ...current, status: p.status, eta_s: p.eta_s, epochs_done: p.epochs_done,
+                progress: { phase: p.phase, epoch: p.epoch, batch: p.batch, batches: p.batches } };
+    drawHead();
+  });
+  source.addEventListener("status", () => refreshJob().catch(fail));
+  source.addEventListener("end", () => { source.close(); refreshJob().catch(fail); });
+  cleanup.push(() => source.close());
+}
+
+// ---------------------------------------------------------------------------------------------------- compare
+async function renderCompare(view, params) {
+  const jobs = await api("/api/jobs");
+  let ids = (params.get("jobs") || "").split(",").filter(Boolean).map(Number);
+  const group = params.get("group");
+  if (group) {
+    const exps = await api(`/api/experiments?group=${encodeURIComponent(group)}`);
+    ids = exps.flatMap((e) => (e.jobs.length ? [e.jobs[e.jobs.length - 1].id] : []));
+  }
+  const picker = el("div", { class: "card", id: "picker" }, el("h2", { text: group ? `Compare: group ${group}` : "Compare" }));
+  const list = el("div", {});
+  for (const j of jobs) {
+    list.append(el("label", { style: "display:block" },
+      el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), class: "pick" }),
+      ` #${j.id} `, el("span", { text: j.experiment_name }), ` · ${j.model} · ${j.status} · best ${pct(j.best_val_acc)}`));
+  }
+  picker.append(list, el("button", { id: "compare-go", text: "Compare selected", onclick: () => {
+    const chosen = [...list.querySelectorAll("input.pick:checked")].map((i) => i.value);
+    location.hash = `#/compare?jobs=${chosen.join(",")}`;
+  } }));
+  view.append(picker);
+  if (!ids.length) { view.append(el("p", { class: "muted", text: "Pick jobs to compare." })); return; }
+
+  const chosen = jobs.filter((j) => ids.includes(j.id)).sort((x, y) => x.id - y.id);
+  const metrics = await Promise.all(chosen.map((j) => api(`/api/jobs/${j.id}/metrics`)));
+  const csvHref = `/api/compare.csv?jobs=${chosen.map((j) => j.id).join(",")}`;
+  view.append(el("div", { class: "card" }, el("a", { href: csvHref, download: "blocklab-compare.csv", id: "download-csv" },
+                                                   el("button", { type: "button", text: "Download CSV" }))));
+
+  // Validation curves with the paper's lines.
+  const traces = chosen.map((j, i) => ({ x: metrics[i].map((m) => m.epoch), y: metrics[i].map((m) => m.val_acc),
+    name: plotText(`#${j.id} ${j.experiment_name}`), mode: "lines+markers" }));
+  const seen = new Set();
+  for (const j of chosen) {
+    const m = modelById(j.model);
+    if (!m || !m.paper_name || seen.has(m.id)) continue;
+    seen.add(m.id);
+    const curve = paperCurve(m);
+    if (curve) traces.push({ x: curve.map((p) => p.epoch), y: curve.map((p) => p.val_acc), name: `paper: ${m.paper_name}`, mode: "lines", line: { color: "#999" } });
+    traces.push({ x: [1, Math.max(...chosen.map((c) => c.epochs), 20)], y: [m.paper_val_acc, m.paper_val_acc], mode: "lines",
+                  name: `paper best: ${m.paper_name}`, line: { dash: "dash" } });
+  }
+  const curves = el("div", { class: "card" }, el("div", { id: "plot-compare", class: "plot" }));
+  const fig2 = el("div", { class: "card" }, el("div", { id: "plot-fig2", class: "plot tall" }));
+  // Table: runs beside the paper.
+  const table = el("table", { id: "compare-table" }, el("thead", {}, el("tr", {},
+    ["Job", "Name", "Model", "Paper model", "Best val acc", "Epoch", "Trainable params", "Paper acc", "Difference", "Paper trainable"].map((h) => el("th", { text: h })))));
+  const body = el("tbody", {});
+  for (const j of chosen) {
+    const m = modelById(j.model);
+    const diff = j.best_val_acc !== null && m && m.paper_val_acc ? j.best_val_acc - m.paper_val_acc : null;
+    body.append(el("tr", { "data-job": j.id }, el("td", { text: `#${j.id}` }), el("td", { text: j.experiment_name }),
+      el("td", { text: j.model }), el("td", { text: m && m.paper_name ? m.paper_name : "–" }),
+      el("td", { text: pct(j.best_val_acc) }), el("td", { text: j.best_epoch ?? "–" }), el("td", { text: int(j.trainable_params) }),
+      el("td", { text: pct(m && m.paper_val_acc) }), el("td", { text: diff === null ? "–" : `${diff >= 0 ? "+" : ""}${(100 * diff).toFixed(2)} pts` }),
+      el("td", { text: int(m && m.paper_trainable_params) })));
+  }
+  table.append(body);
+  view.append(curves, el("div", { class: "card" }, el("h3", { text: "Runs beside Table 1" }), table), fig2);
+  Plotly.react("plot-compare", traces, LAYOUT("Validation accuracy", "accuracy"), { responsive: true });
+
+  // The paper's Fig. 2 view: trainable parameters against accuracy.
+  const t1 = state.paper.table1;
+  const runs = chosen.filter((j) => j.best_val_acc !== null);
+  Plotly.react("plot-fig2", [
+    { x: t1.map((r) => r.trainable_params), y: t1.map((r) => r.val_acc), text: t1.map((r) => r.paper_name),
+      mode: "markers+text", textposition: "top center", name: "paper (Table 1)", marker: { size: 9, color: "#999" } },
+    { x: runs.map((j) => j.trainable_params), y: runs.map((j) => j.best_val_acc), text: runs.map((j) => plotText(`#${j.id}`)),
+      mode: "markers+text", textposition: "bottom center", name: "your runs", marker: { size: 10, color: "#2f62c9" } }],
+    { title: { text: "Trainable parameters vs. accuracy (paper Fig. 2)" }, uirevision: "keep",
+      xaxis: { title: { text: "trainable parameters" }, type: "log" }, yaxis: { title: { text: "best val accuracy" } } },
+    { responsive: true });
+}

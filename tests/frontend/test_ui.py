@@ -1,0 +1,118 @@
+"""What a user does in the browser: submit, watch live, compare, download, cancel. Screenshots in tests/artifacts."""
+import csv
+import io
+
+import pytest
+
+from tests.system.conftest import QUICK, SLOW, Lab, wait_for
+
+from .conftest import shot
+
+pytestmark = pytest.mark.browser
+
+
+def _points(page, plot="plot-acc") -> int:
+    return page.evaluate(f"() => (document.getElementById('{plot}').data || [{{x: []}}])[0].x.length")
+
+
+def test_submit_a_job_through_the_form_and_watch_it_live(ui_lab, page):
+    page.goto(ui_lab.url + "/#/new")
+    page.fill("#f-name", "browser run")
+    page.select_option("#f-model", "deit_tiny_patch16_224")
+    assert page.input_value("#f-epochs") == "20" and page.input_value("#f-batch_size") == "512"  # the paper preset
+    assert not page.is_visible("#f-image_size")  # advanced fields folded away
+    page.click("#advanced summary")
+    page.fill("#f-epochs", "4")
+    page.fill("#f-batch_size", "32")
+    page.select_option("#f-weights", "none")
+    page.fill("#f-val_limit", "40")
+    page.fill("#f-image_size", "96")
+    page.uncheck("#f-feature_cache")
+    shot(page, "new-job-form")
+    page.click("#submit")
+    page.wait_for_url("**/#/job/*")
+    page.wait_for_function("document.getElementById('plot-acc').data && document.getElementById('plot-acc').data[0].x.length >= 1", timeout=120_000)
+    first = _points(page)
+    page.wait_for_selector("#job-status.status-succeeded", timeout=180_000)
+    page.wait_for_function("document.getElementById('plot-acc').data[0].x.length == 4", timeout=30_000)
+    assert _points(page) == 4 > first or first == 4
+    assert page.evaluate("document.getElementById('plot-confusion').data[0].type") == "heatmap"
+    assert page.url.endswith(page.url.split("#")[1]) and not page.errors
+    shot(page, "job-view")
+
+
+def test_validation_errors_show_next_to_their_fields(ui_lab, page):
+    page.goto(ui_lab.url + "/#/new")
+    page.click("#advanced summary")
+    page.fill("#f-epochs", "0")
+    page.fill("#f-lr_factor", "3")
+    page.click("#submit")
+    page.wait_for_selector("#err-epochs:not(:empty)")
+    assert "greater than or equal to 1" in page.text_content("#err-epochs")
+    assert "less than 1" in page.text_content("#err-lr_factor")
+    assert page.url.endswith("#/new")
+
+
+def test_compare_two_jobs_and_download_the_csv(ui_lab, page):
+    a = ui_lab.submit("alpha", **QUICK)
+    b = ui_lab.submit("=HYPERLINK(\"x\")", **dict(QUICK, lr=3e-4))
+    for j in (a, b):
+        ui_lab.wait_status(j, "succeeded")
+    page.goto(ui_lab.url + "/#/compare")
+    page.check(f"#picker input[value='{a}']")
+    page.check(f"#picker input[value='{b}']")
+    page.click("#compare-go")
+    page.wait_for_selector("#compare-table tbody tr >> nth=1")
+    assert page.evaluate("document.getElementById('plot-fig2').data[0].x.length") == 10  # the paper's ten points
+    shot(page, "compare-view")
+    with page.expect_download() as dl:
+        page.click("#download-csv")
+    rows = list(csv.DictReader(io.StringIO(open(dl.value.path()).read())))
+    assert [int(r["job_id"]) for r in rows] == [a, b]
+    assert rows[1]["experiment"].startswith("'=")  # neutralized formula
+    assert all(r["status"] == "succeeded" and r["epochs_run"] == "2" for r in rows)
+
+
+def test_cancel_a_running_job_from_the_jobs_table(ui_lab, page):
+    jid = ui_lab.submit("to cancel", **SLOW, epochs=50)
+    page.goto(ui_lab.url + "/#/jobs")
+    row = f"tr[data-job='{jid}']"
+    page.wait_for_selector(f"{row} .status-running", timeout=120_000)
+    page.wait_for_function(f"document.querySelector(\"{row} .progress\").textContent.includes('batch')")
+    shot(page, "jobs-running")
+    page.click(f"{row} button.cancel")
+    page.wait_for_selector(f"{row} .status-cancelled", timeout=30_000)
+    assert page.is_visible(f"{row} button.resume")
+    shot(page, "jobs-cancelled")
+
+
+def test_what_a_user_typed_is_shown_inert(ui_lab, page):
+    ui_lab.submit("<img src=x onerror=alert(1)><script>alert(2)</script>", **dict(QUICK, epochs=1))
+    page.goto(ui_lab.url + "/#/jobs")
+    page.wait_for_selector("td.name")
+    assert "<img src=x onerror=alert(1)>" in page.text_content("td.name")
+    assert page.evaluate("document.querySelectorAll('td.name img, td.name script').length") == 0
+    assert not page.errors  # no alert dialog, no script error
+
+
+def test_errors_appear_as_messages(ui_lab, page):
+    page.goto(ui_lab.url + "/#/job/99999")
+    page.wait_for_selector("#message:not([hidden])")
+    assert "not found" in page.text_content("#message")
+
+
+def test_reproduce_table1_opens_the_group_beside_table1(browser, tmp_path, tiny_cifar_dir):
+    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)  # no worker: the ten paper models only queue
+    lab.start_backend()
+    try:
+        page = browser.new_page()
+        page.goto(lab.url + "/#/new")
+        page.click("#reproduce")
+        page.wait_for_url("**/#/compare?group=*")
+        page.wait_for_selector("#compare-table tbody tr >> nth=9")
+        names = page.eval_on_selector_all("#compare-table tbody tr td:nth-child(4)", "els => els.map(e => e.textContent)")
+        assert len(names) == 10 and "DeiT-B distilled" in names and "ResNet152V2" in names
+        shot(page, "reproduce-table1")
+        page.close()
+    finally:
+        lab.close()
