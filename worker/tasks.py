@@ -5,6 +5,7 @@ epochs it already has (the backend stores each epoch once) and never recomputes 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -31,6 +32,13 @@ def _local_weights(weights_dir: Path, model: str) -> str:
                        f"weights directory {weights_dir}. Put the file there, or choose weights=hub or none.")
 
 
+def _injected_faults(job_id: int) -> set[str]:
+    """Test-only fault injection: BLOCKLAB_TEST_FAULTS="oom:3,oom:7" simulates running out of memory in
+    jobs 3 and 7 (the reliability suite proves the failure message and that the worker lives on)."""
+    spec = os.environ.get("BLOCKLAB_TEST_FAULTS", "")
+    return {kind for kind, _, jid in (x.partition(":") for x in spec.split(",") if x) if jid == str(job_id)}
+
+
 def _friendly_error(e: BaseException) -> str:
     import torch
 
@@ -39,7 +47,8 @@ def _friendly_error(e: BaseException) -> str:
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         return (f"out of memory: {str(e).splitlines()[0]}. Lower batch_size or image_size, or run on a GPU "
                 "with more memory; the job can be resumed from its last finished epoch.")
-    if isinstance(e, PermissionError) or (isinstance(e, OSError) and e.errno in (13, 30)):
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                                               errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
     if isinstance(e, (DatasetError, WeightsError, ValueError)):
@@ -93,8 +102,12 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
                 with beat.lock:
                     events.send("epoch", row=row)
             last = [0.0]
+            faults = _injected_faults(job_id)
 
             def on_batch(e):
+                if "oom" in faults:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB "
+                                                      "(simulated by BLOCKLAB_TEST_FAULTS)")
                 now = time.monotonic()
                 if now - last[0] >= 0.5 or e["batch"] == e["batches"]:
                     last[0] = now

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import io
 
+from fastapi.responses import PlainTextResponse
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -21,3 +23,7 @@ def to_csv(header: list[str], rows: list[list]) -> str:
     for r in rows:
         w.writerow([safe_cell(v) for v in r])
     return buf.getvalue()
+
+
+class CSVResponse(PlainTextResponse):
+    media_type = "text/csv"

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Depends, Header, HTTPException
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path
 
 from .db import get_session
 from .settings import get_settings
@@ -22,3 +24,8 @@ def require_token(authorization: str | None = Header(None), x_blocklab_token: st
 
 
 WriteAccess = Depends(require_token)
+
+
+# Database ids: positive and within SQLite's 64-bit integers (a larger one is a 422, not a crash).
+MAX_ID = 2**62
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

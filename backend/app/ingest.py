@@ -77,8 +77,8 @@ def _store_epoch(db, job: Job, row: dict) -> None:
 
 
 def check_heartbeats(settings: Settings, since: datetime) -> list[int]:
-    """Requeue (or fail) running jobs silent for longer than the timeout. `since` is this backend's start:
-    while it was down, heartbeats waited in the broker, so silence is only counted from then."""
+    """Requeue (or fail) running jobs silent for longer than the timeout. `since` is when this backend last
+    (re)connected to the broker: while either was down no heartbeat could arrive, so silence counts from then."""
     now = utcnow()
     limit = timedelta(seconds=settings.heartbeat_timeout_s)
     touched = []
@@ -97,7 +97,7 @@ class Ingestor(threading.Thread):
         super().__init__(daemon=True, name="blocklab-ingest")
         self.settings = settings
         self.stop_event = threading.Event()
-        self.started_at = utcnow()
+        self.connected_at = utcnow()
         self.events_seen = 0
 
     def run(self) -> None:
@@ -107,6 +107,8 @@ class Ingestor(threading.Thread):
             try:
                 with Connection(self.settings.broker_url, transport_options=topts) as conn:
                     q = conn.SimpleQueue(EVENTS_QUEUE)
+                    # Heartbeats could not arrive while the broker was away: count silence from now on.
+                    self.connected_at = utcnow()
                     drained = False
                     while not self.stop_event.is_set():
                         try:
@@ -121,7 +123,7 @@ class Ingestor(threading.Thread):
                         # Only once the backlog is in: a heartbeat may be waiting in it.
                         if drained and time.monotonic() >= next_watch:
                             next_watch = time.monotonic() + 1.0
-                            check_heartbeats(self.settings, self.started_at)
+                            check_heartbeats(self.settings, self.connected_at)
                     q.close()
             except Exception:  # noqa: BLE001 - broker away (Redis restart): reconnect and go on
                 log.exception("event consumer: broker connection lost; reconnecting")

@@ -5,15 +5,18 @@ browser may ask for; file paths are never accepted (weights is hub, none or loca
 """
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timezone
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from worker import catalogue
 from worker.config import WEB_FIELDS, TrainConfig
 
 _D = TrainConfig()
+
+# The database keeps naive UTC; the API says so (RFC 3339 with an offset).
+UTCDateTime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
 
 
 class ExperimentConfig(BaseModel):
@@ -77,10 +80,10 @@ class JobPublic(BaseModel):
     paper_val_acc: float | None
     trainable_params: int | None
     eta_s: float | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
+    heartbeat_at: UTCDateTime | None
     runtime_s: float | None
     info: dict | None
 
@@ -90,7 +93,7 @@ class ExperimentPublic(BaseModel):
     name: str
     group: str | None
     config: ExperimentConfig
-    created_at: datetime
+    created_at: UTCDateTime
     jobs: list[JobPublic]
 
 

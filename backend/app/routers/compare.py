@@ -1,13 +1,12 @@
 """GET /api/compare.csv: one row per job, beside the paper's numbers."""
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from worker import catalogue
 from worker.config import WEB_FIELDS
 
 from .. import jobs
-from ..csv_export import to_csv
+from ..csv_export import CSVResponse, to_csv
 from ..deps import SessionDep
 from ..models import Job
 
@@ -43,10 +42,10 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
     return header, rows
 
 
-@router.get("/compare.csv", response_class=PlainTextResponse)
-def compare_csv(jobs_: str = Query(..., alias="jobs", pattern=r"^\d+(,\d+)*$", max_length=2000),
+@router.get("/compare.csv", response_class=CSVResponse)
+def compare_csv(jobs_: str = Query(..., alias="jobs", pattern=r"^\d{1,15}(,\d{1,15})*$", max_length=2000),
                 db: Session = SessionDep):
     ids = list(dict.fromkeys(int(x) for x in jobs_.split(",")))
     header, rows = comparison_rows(db, ids)
-    return PlainTextResponse(to_csv(header, rows), media_type="text/csv",
-                             headers={"Content-Disposition": 'attachment; filename="blocklab-compare.csv"'})
+    return CSVResponse(to_csv(header, rows),
+                       headers={"Content-Disposition": 'attachment; filename="blocklab-compare.csv"'})

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from worker import catalogue
 
 from .. import jobs
-from ..deps import SessionDep, WriteAccess
+from ..deps import IdPath, SessionDep, WriteAccess
 from ..models import Experiment
 from ..schemas import ExperimentConfig, ExperimentCreate, ExperimentPublic, JobPublic, ReproduceRequest
 
@@ -40,7 +40,7 @@ def list_experiments(group: str | None = None, db: Session = SessionDep):
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentPublic)
-def get_experiment(experiment_id: int, db: Session = SessionDep):
+def get_experiment(experiment_id: IdPath, db: Session = SessionDep):
     e = db.get(Experiment, experiment_id)
     if e is None:
         raise HTTPException(404, f"experiment {experiment_id} not found")
@@ -49,7 +49,7 @@ def get_experiment(experiment_id: int, db: Session = SessionDep):
 
 @router.post("/experiments/{experiment_id}/jobs", response_model=JobPublic, status_code=201,
              dependencies=[WriteAccess])
-def start_job(experiment_id: int, db: Session = SessionDep):
+def start_job(experiment_id: IdPath, db: Session = SessionDep):
     e = db.get(Experiment, experiment_id)
     if e is None:
         raise HTTPException(404, f"experiment {experiment_id} not found")

@@ -4,14 +4,14 @@ import json
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import jobs
-from ..csv_export import to_csv
+from ..csv_export import CSVResponse, to_csv
 from ..db import session_scope
-from ..deps import SessionDep, WriteAccess
+from ..deps import IdPath, SessionDep, WriteAccess
 from ..models import EpochMetric, Job, JobEvent
 from ..schemas import JobPublic, MetricPublic
 
@@ -37,26 +37,26 @@ def list_jobs(status: str | None = Query(None, pattern="^(" + "|".join(STATUSES)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, db: Session = SessionDep):
+def get_job(job_id: IdPath, db: Session = SessionDep):
     return jobs.to_public(db, _job(db, job_id))
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricPublic])
-def get_metrics(job_id: int, db: Session = SessionDep):
+def get_metrics(job_id: IdPath, db: Session = SessionDep):
     return _job(db, job_id).metrics
 
 
-@router.get("/{job_id}/metrics.csv", response_class=PlainTextResponse)
-def metrics_csv(job_id: int, db: Session = SessionDep):
+@router.get("/{job_id}/metrics.csv", response_class=CSVResponse)
+def metrics_csv(job_id: IdPath, db: Session = SessionDep):
     job = _job(db, job_id)
     cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
     body = to_csv(cols, [[getattr(m, c) for c in cols] for m in job.metrics])
-    return PlainTextResponse(body, media_type="text/csv",
-                             headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'})
+    return CSVResponse(body,
+                       headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, dependencies=[WriteAccess])
-def cancel_job(job_id: int, db: Session = SessionDep):
+def cancel_job(job_id: IdPath, db: Session = SessionDep):
     job = _job(db, job_id)
     if job.status in jobs.TERMINAL:
         raise HTTPException(409, f"job {job_id} is already {job.status}")
@@ -64,7 +64,7 @@ def cancel_job(job_id: int, db: Session = SessionDep):
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, dependencies=[WriteAccess])
-def resume_job(job_id: int, db: Session = SessionDep):
+def resume_job(job_id: IdPath, db: Session = SessionDep):
     job = _job(db, job_id)
     if job.status not in ("cancelled", "failed"):
         raise HTTPException(409, f"only a cancelled or failed job can be resumed; job {job_id} is {job.status}")
@@ -82,7 +82,7 @@ def _poll(job_id: int, after: int) -> tuple[list[tuple[int, str, dict]], dict | 
 
 
 @router.get("/{job_id}/events")
-async def job_events(job_id: int, request: Request, last_event_id: int | None = Query(None, ge=0)):
+async def job_events(job_id: IdPath, request: Request, last_event_id: int | None = Query(None, ge=0, le=2**62)):
     """Server-sent events: replays stored epochs and status changes after Last-Event-ID, then streams new
     ones, with progress (epoch, batch) in between; ends after the job's final status."""
     header = request.headers.get("last-event-id", "")

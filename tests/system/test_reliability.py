@@ -1,0 +1,180 @@
+"""Reliability and security with figures: real load, real faults, hostile input. Each test prints its figure."""
+import concurrent.futures as cf
+import json
+import signal
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from .conftest import QUICK, SLOW, Lab, wait_for
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+
+@pytest.fixture
+def sqlite_lab(tmp_path, tiny_cifar_dir):
+    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
+    lab.start_backend()
+    yield lab
+    lab.close()
+
+
+def test_200_submissions_from_20_clients_are_all_stored_and_queued(sqlite_lab):
+    lab = sqlite_lab
+
+    def client(k):
+        codes = []
+        with httpx.Client(base_url=lab.url, timeout=60) as c:
+            for i in range(10):
+                r = c.post("/api/experiments", json={"name": f"load {k}-{i}", "config": QUICK})
+                codes.append(r.status_code)
+        return codes
+
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(20) as pool:
+        codes = [c for cs in pool.map(client, range(20)) for c in cs]
+    dt = time.monotonic() - t0
+    exps = lab.client.get("/api/experiments").json()
+    broker = sqlite3.connect(lab.tmp / "home" / "broker.sqlite")
+    queued = broker.execute("SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                            "WHERE q.name = 'gpu'").fetchone()[0]
+    print(f"\nload: 200 submissions from 20 clients in {dt:.1f} s ({200 / dt:.0f}/s); statuses "
+          f"{sorted(set(codes))}; stored {len(exps)}; tasks in the broker {queued}")
+    assert codes == [201] * 200
+    assert len(exps) == 200 and len({e['name'] for e in exps}) == 200
+    assert all(e["jobs"][0]["status"] == "queued" for e in exps)
+    assert queued == 200
+
+
+def test_50_event_streams_each_get_every_epoch_once(sqlite_lab):
+    lab = sqlite_lab
+    jid = lab.submit("watched", **dict(QUICK, epochs=5, image_size=64))
+
+    def watch(_):
+        epochs = []
+        with httpx.Client(base_url=lab.url, timeout=None) as c, c.stream("GET", f"/api/jobs/{jid}/events") as r:
+            kind = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                    if kind == "end":
+                        break
+                elif line.startswith("data: ") and kind == "epoch":
+                    epochs.append(json.loads(line[6:])["epoch"])
+        return epochs
+
+    with cf.ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(watch, i) for i in range(50)]
+        wait_for(lambda: lab.client.get("/api/health").status_code == 200, 10, "backend")
+        lab.new_worker()  # the job starts once all 50 are watching
+        results = [f.result(timeout=300) for f in futures]
+    ok = sum(r == [1, 2, 3, 4, 5] for r in results)
+    print(f"\nsse: {ok}/50 clients saw epochs 1..5 exactly once")
+    assert ok == 50, results
+
+
+def test_worker_killed_three_times_during_one_job(sqlite_lab):
+    lab = sqlite_lab
+    jid = lab.submit("killed thrice", **SLOW, epochs=6)
+    w = lab.new_worker(1)
+    for k in range(3):
+        n = len(lab.epochs(jid))
+        wait_for(lambda n=n: len(lab.epochs(jid)) > n, 180, f"an epoch before kill {k + 1}")
+        w.kill9()
+        w = lab.new_worker(k + 2)
+    job = lab.wait_status(jid, ("succeeded", "failed"), timeout=300)
+    print(f"\nkill -9 x3: job {job['status']} after {job['attempt']} attempts, epochs {lab.epochs(jid)}")
+    assert job["status"] == "succeeded", lab.logs()
+    assert lab.epochs(jid) == [1, 2, 3, 4, 5, 6] and job["attempt"] == 4
+
+
+def test_redis_restart_during_a_job_leaves_no_job_running(tmp_path, tiny_cifar_dir):
+    lab = Lab(tmp_path, tiny_cifar_dir, redis=True)
+    lab.redis.cmd += ["--appendonly", "yes", "--appendfsync", "always"]  # as docker-compose.yml runs it
+    lab.redis.stop()
+    lab.redis.start()
+    wait_for(lambda: _redis_up(lab), 10, "redis")
+    lab.start_backend()
+    try:
+        lab.new_worker()
+        jid = lab.submit("redis restart", **SLOW, epochs=4)
+        wait_for(lambda: lab.epochs(jid), 120, "a first epoch")
+        lab.redis.stop(signal.SIGKILL)
+        # The outage lasts until the backend has noticed it (its consumer lost the broker); the worker's
+        # events wait in its retries meanwhile.
+        wait_for(lambda: "broker connection lost" in lab.backend.log.read_text(errors="replace"), 60,
+                 "the backend to notice the outage")
+        lab.redis.start()
+        job = lab.wait_status(jid, ("succeeded", "failed", "cancelled"), timeout=300)
+        print(f"\nredis restart: job {job['status']} (attempt {job['attempt']}), epochs {lab.epochs(jid)}")
+        assert job["status"] == "succeeded", lab.logs()
+        assert lab.epochs(jid) == [1, 2, 3, 4]
+        assert lab.client.get("/api/jobs?status=running").json() == []
+    finally:
+        lab.close()
+
+
+def _redis_up(lab):
+    port = int(lab.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    from .conftest import _ping
+    return _ping(port)
+
+
+def test_unwritable_checkpoint_dir_and_oom_fail_with_advice_and_the_worker_goes_on(tmp_path, tiny_cifar_dir):
+    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
+    lab.env["BLOCKLAB_TEST_FAULTS"] = "oom:2"
+    lab.start_backend()
+    try:
+        runs = tmp_path / "home" / "runs"
+        runs.mkdir(parents=True)
+        (runs / "job-1").write_text("not a folder")  # job 1 cannot write its checkpoint folder
+        lab.new_worker()
+        j1 = lab.submit("no checkpoint dir", **QUICK)
+        j2 = lab.submit("out of memory", **QUICK)
+        j3 = lab.submit("after the faults", **QUICK)
+        a, b, c = (lab.wait_status(j, ("succeeded", "failed")) for j in (j1, j2, j3))
+        print(f"\nfaults: unwritable dir -> {a['status']}: {a['error']}\n        oom -> {b['status']}: {b['error']}"
+              f"\n        next job -> {c['status']}")
+        assert a["status"] == "failed" and "BLOCKLAB_RUNS_DIR" in a["error"] and "resume" in a["error"]
+        assert b["status"] == "failed" and "out of memory" in b["error"] and "batch_size" in b["error"]
+        assert c["status"] == "succeeded" and lab.epochs(j3) == [1, 2]
+    finally:
+        lab.close()
+
+
+def test_token_protects_every_change_and_a_request_without_it_changes_nothing(tmp_path, tiny_cifar_dir):
+    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
+    lab.env["BLOCKLAB_TOKEN"] = "t0ken"
+    lab.start_backend()
+    try:
+        ok = lab.client.post("/api/experiments", json={"name": "mine", "config": QUICK},
+                             headers={"X-BlockLab-Token": "t0ken"})
+        jid = ok.json()["jobs"][0]["id"]
+        before = (lab.client.get("/api/experiments").json(), lab.job(jid))
+        attempts = [("POST", "/api/experiments", {"name": "x", "config": QUICK}),
+                    ("POST", f"/api/experiments/{ok.json()['id']}/jobs", None),
+                    ("POST", f"/api/jobs/{jid}/cancel", None), ("POST", f"/api/jobs/{jid}/resume", None),
+                    ("POST", "/api/reproduce", {})]
+        codes = []
+        for method, path, body in attempts:
+            for headers in ({}, {"X-BlockLab-Token": "wrong"}, {"Authorization": "Bearer wrong"}):
+                codes.append(lab.client.request(method, path, json=body, headers=headers).status_code)
+        after = (lab.client.get("/api/experiments").json(), lab.job(jid))
+        print(f"\naccess: {len(codes)} unauthenticated changes -> {sorted(set(codes))}")
+        assert set(codes) == {401} and before == after
+        assert lab.client.get("/api/models").status_code == 200
+    finally:
+        lab.close()
+
+
+def test_server_binds_to_loopback_by_default(monkeypatch):
+    from backend.app.settings import Settings
+    from backend.launch import commands
+    monkeypatch.delenv("BLOCKLAB_HOST", raising=False)
+    cmd = commands(Settings())["backend"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    monkeypatch.setenv("BLOCKLAB_HOST", "0.0.0.0")
+    cmd = commands(Settings())["backend"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
