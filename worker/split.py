@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -62,6 +63,42 @@ def _post(*names):
     return run
 
 
+def _vit_pooled_tokens(tokens: int):
+    """Tail for token-pooled ViTs (DeiT, ViT): the last block computed for the pooled tokens only.
+
+    The head reads only the class (and distillation) token after the final norm, and LayerNorm and the MLP act
+    per token, so of the last block only those tokens' rows matter: their queries attend to every token's keys
+    and values, then projection, residuals and MLP run on `tokens` rows instead of all 197. Exact (it is the
+    same arithmetic, minus rows nobody reads), and most of the block's cost is gone. Falls back to the whole
+    block for any block or attention that is not timm's plain one.
+    """
+    def run(m, block, args, kwargs):
+        from timm.layers import Attention
+        from timm.models.vision_transformer import Block
+
+        x = args[0]
+        attn = getattr(block, "attn", None)
+        if (kwargs or type(block) is not Block or type(attn) is not Attention or attn.gate is not None
+                or getattr(m, "attn_pool", None) is not None or m.global_pool != "token"):
+            return m.norm(block(x, **kwargs))
+        B, N, C = x.shape
+        h = block.norm1(x)
+        w, b = attn.qkv.weight, attn.qkv.bias
+        d = attn.num_heads * attn.head_dim
+        q = F.linear(h[:, :tokens], w[:d], None if b is None else b[:d])
+        kv = F.linear(h, w[d:], None if b is None else b[d:])
+        q = q.reshape(B, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k, v = kv.reshape(B, N, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0,
+                                           scale=attn.scale)
+        o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(B, tokens, d))))
+        y = x[:, :tokens] + block.drop_path1(block.ls1(o))
+        y = y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+        return m.norm(y)
+    return run
+
+
 def _cait(m, block, args, kwargs):
     x, cls_tokens = args
     cls_tokens = block(x, cls_tokens, **kwargs)  # the last class-attention block updates the class token only
@@ -92,8 +129,8 @@ def _coat(m, first_block, args, kwargs):
 
 
 TAILS: dict[str, Tail] = {
-    "vit": Tail(("norm", "fc_norm"), _post("norm")),
-    "vit_distilled": Tail(("norm",), _post("norm"), tokens=2),
+    "vit": Tail(("norm", "fc_norm"), _vit_pooled_tokens(1)),
+    "vit_distilled": Tail(("norm",), _vit_pooled_tokens(2), tokens=2),
     "cait": Tail(("norm",), _cait),
     # CoaT's last stage shares one conv position encoder (cpe4) and one relative position encoder (crpe4)
     # among its blocks; the paper's 3,308,298 trains them with the last block. Since they also feed the
