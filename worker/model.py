@@ -30,6 +30,12 @@ class Plan:
     family: str
 
 
+# timm classes whose last block (as timm's group_matcher finds it) is followed by exactly a registered tail.
+_TAIL_BY_CLASS = {"VisionTransformer": "vit", "VisionTransformerDistilled": "vit_distilled",
+                  "SwinTransformer": "swin", "EfficientNet": "efficientnet", "ResNet": "resnet",
+                  "NormFreeNet": "nfnet"}
+
+
 def plan_for(model_name: str, backbone: nn.Module | None = None, pooling: str = "auto") -> Plan:
     spec = catalogue.get(model_name)
     if spec is not None:
@@ -37,9 +43,9 @@ def plan_for(model_name: str, backbone: nn.Module | None = None, pooling: str = 
                     spec.family)
     if backbone is None:
         raise ValueError("a backbone is needed to plan a model outside the catalogue")
-    family = "cnn" if not hasattr(backbone, "blocks") or "Net" in type(backbone).__name__ else "transformer"
-    return Plan(model_name, generic_unfreeze_point(backbone), "generic",
-                "model" if pooling == "auto" else pooling, family)
+    family = "transformer" if hasattr(backbone, "patch_embed") else "cnn"  # token models embed patches
+    arch = _TAIL_BY_CLASS.get(type(backbone).__name__, "generic")
+    return Plan(model_name, generic_unfreeze_point(backbone), arch, "model" if pooling == "auto" else pooling, family)
 
 
 class SingleBlockModel(nn.Module):

@@ -45,6 +45,18 @@ def test_split_forward_equals_full_forward(name, arch, block, size):
     torch.testing.assert_close(split, full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,arch", [("vit_small_patch16_224", "vit"), ("efficientnet_b0", "efficientnet"),
+                                       ("resnet18", "resnet"), ("convnext_atto", "generic")])
+def test_models_outside_the_catalogue_get_a_tail_when_timm_class_has_one(name, arch):
+    torch.manual_seed(0)
+    bb = timm.create_model(name, pretrained=False, **({"img_size": 64} if name.startswith("vit") else {}))
+    m = SingleBlockModel(bb, plan_for(name, bb)).eval()
+    assert m.plan.arch == arch and m.cacheable == (arch != "generic")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), _reference_logits(m, x), rtol=1e-4, atol=1e-5)
+
+
 def test_generic_rule_finds_the_last_block():
     bb = timm.create_model("resnet18", pretrained=False)
     assert generic_unfreeze_point(bb) == "layer4.1"
