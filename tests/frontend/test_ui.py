@@ -124,3 +124,28 @@ def test_reproduce_table1_opens_the_group_beside_table1(browser, tmp_path, tiny_
         page.close()
     finally:
         lab.close()
+
+
+def test_the_ui_asks_for_the_token_once(browser, tmp_path, tiny_cifar_dir):
+    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
+    lab.env["BLOCKLAB_TOKEN"] = "let-me-in"
+    lab.start_backend()
+    try:
+        page = browser.new_page()
+        page.goto(lab.url + "/#/new")
+        page.click("#submit")
+        page.wait_for_selector("#token-box:not([hidden])")
+        assert "access token" in page.text_content("#message")
+        assert lab.client.get("/api/experiments").json() == []  # refused: nothing stored
+        page.fill("#token-input", "let-me-in")
+        page.click("#token-form button")
+        page.click("#submit")
+        page.wait_for_url("**/#/job/*")
+        page.reload()  # kept for later visits: asked once
+        page.goto(lab.url + "/#/new")
+        page.click("#submit")
+        page.wait_for_url("**/#/job/*")
+        assert len(lab.client.get("/api/experiments").json()) == 2
+        page.close()
+    finally:
+        lab.close()
