@@ -3,7 +3,8 @@
 - Events, worker -> backend, on one durable queue: started, info, progress, epoch, heartbeat, finished. Each
   carries the job id and the attempt that sent it. Epoch events are idempotent (the backend stores each
   (job, epoch) once), so a worker may resend them: it replays every finished epoch from its checkpoint on start.
-- Control, backend -> worker, on one queue per job: cancel requests for a given attempt.
+- Control, backend -> worker, on one queue per job attempt: cancel requests (from a user, or because the backend
+  gave the job to another worker after this one went silent).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def transport_options(broker_url: str, visibility_timeout_s: int) -> dict:
     return {"visibility_timeout": visibility_timeout_s, "polling_interval": 0.5}
 
 
-def control_queue(job_id: int) -> str:
-    return f"blocklab.control.job{job_id}"
+def control_queue(job_id: int, attempt: int) -> str:
+    """One queue per attempt: a cancel meant for a superseded attempt never reaches the current one's worker."""
+    return f"blocklab.control.job{job_id}.attempt{attempt}"
 
 
 class EventPublisher:
@@ -57,8 +59,7 @@ class ControlChannel:
     def __init__(self, broker_url: str, job_id: int, attempt: int, transport_options: dict | None = None,
                  min_interval_s: float = 0.5):
         self.conn = Connection(broker_url, transport_options=transport_options or {})
-        self.queue = self.conn.SimpleQueue(control_queue(job_id))
-        self.attempt = attempt
+        self.queue = self.conn.SimpleQueue(control_queue(job_id, attempt))
         self.min_interval_s = min_interval_s  # fast cached epochs poll often; the broker is asked at most this often
         self._cancelled = False
         self._last = float("-inf")
@@ -74,7 +75,7 @@ class ControlChannel:
             while True:
                 msg = self.queue.get_nowait()
                 msg.ack()
-                if msg.payload.get("action") == "cancel" and msg.payload.get("attempt", 0) >= self.attempt:
+                if msg.payload.get("action") == "cancel":
                     self._cancelled = True
         except self.queue.Empty:
             pass
@@ -90,8 +91,8 @@ class ControlChannel:
 
 
 def request_cancel(conn: Connection, job_id: int, attempt: int) -> None:
-    q = conn.SimpleQueue(control_queue(job_id))
+    q = conn.SimpleQueue(control_queue(job_id, attempt))
     try:
-        q.put({"action": "cancel", "attempt": attempt}, serializer="json")
+        q.put({"action": "cancel"}, serializer="json")
     finally:
         q.close()

@@ -75,6 +75,10 @@ def requeue_lost(db: Session, job: Job, silent_s: float, max_attempts: int) -> N
         job.error = (f"worker lost {job.attempt} times (no heartbeat for {silent_s:.0f} s); giving up. "
                      "Check the workers' logs (out of host memory? killed?), then resume the job.")
     else:
+        try:  # if that worker is only cut off, not dead, it stops instead of racing the next attempt
+            queue.cancel(job.id, job.attempt)
+        except queue.BrokerUnavailable:
+            pass
         job.attempt += 1
         job.status = "queued"
         record(db, job, note=f"worker lost (no heartbeat for {silent_s:.0f} s): requeued")

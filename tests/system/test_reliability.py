@@ -1,6 +1,7 @@
 """Reliability and security with figures: real load, real faults, hostile input. Each test prints its figure."""
 import concurrent.futures as cf
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -177,3 +178,23 @@ def test_server_binds_to_loopback_by_default(monkeypatch):
     monkeypatch.setenv("BLOCKLAB_HOST", "0.0.0.0")
     cmd = commands(Settings())["backend"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+
+
+def test_a_frozen_worker_is_superseded_and_stops_when_it_wakes(sqlite_lab):
+    """SIGSTOP looks like death to the backend (no heartbeat): the job goes to another worker, and when the
+    frozen one wakes it hears that its attempt was cancelled and stops, instead of racing the new attempt."""
+    lab = sqlite_lab
+    jid = lab.submit("frozen", **SLOW, epochs=5)
+    w1 = lab.new_worker(1)
+    wait_for(lambda: lab.epochs(jid), 120, "a first epoch")
+    os.killpg(w1.p.pid, signal.SIGSTOP)
+    wait_for(lambda: lab.job(jid)["attempt"] == 2, 60, "the job to be requeued")
+    lab.new_worker(2)
+    wait_for(lambda: lab.job(jid)["status"] == "running" and lab.job(jid)["worker"].startswith("w2"), 60,
+             "the second worker to take the job")
+    os.killpg(w1.p.pid, signal.SIGCONT)
+    wait_for(lambda: "stop requested" in w1.log.read_text(errors="replace"), 60, "the woken worker to stop")
+    job = lab.wait_status(jid, ("succeeded", "failed"), timeout=240)
+    print(f"\nfrozen worker: superseded and stopped on waking; job {job['status']} (attempt {job['attempt']}), "
+          f"epochs {lab.epochs(jid)}")
+    assert job["status"] == "succeeded" and lab.epochs(jid) == [1, 2, 3, 4, 5]
