@@ -151,6 +151,10 @@ function modelPicker() {
     select.append(group);
   }
   select.value = PAPER_PRESET.model;
+  select.addEventListener("change", () => {  // the paper trained Swin-B with batch 256, the others with 512
+    const batch = $("#f-batch_size");
+    if (batch && ["256", "512"].includes(batch.value)) batch.value = select.value.startsWith("swin_") ? "256" : "512";
+  });
   return select;
 }
 

@@ -61,10 +61,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def paper_batch_size(model: str) -> int:
+    """The paper trained with batch 512, and Swin-B with 256."""
+    return 256 if model.startswith("swin_") else 512
+
+
 def preset(name: str = "paper", **overrides: Any) -> TrainConfig:
     base = dict(PRESETS[name])
-    if name == "paper" and overrides.get("model", "").startswith("swin_") and "batch_size" not in overrides:
-        base["batch_size"] = 256
+    if name == "paper" and "batch_size" not in overrides:
+        base["batch_size"] = paper_batch_size(overrides.get("model", TrainConfig.model))
     base.update(overrides)
     return TrainConfig.from_dict(base)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker import catalogue
-from worker.config import WEB_FIELDS, TrainConfig
+from worker.config import WEB_FIELDS, TrainConfig, paper_batch_size
 
 _D = TrainConfig()
 
@@ -48,6 +48,13 @@ class ExperimentConfig(BaseModel):
         if catalogue.get(v) is None:
             raise ValueError(f"unknown model {v!r}; choose one of GET /api/models")
         return v
+
+
+    @model_validator(mode="after")
+    def _swin_batch(self):
+        if "batch_size" not in self.model_fields_set:
+            self.batch_size = paper_batch_size(self.model)
+        return self
 
 
 assert set(ExperimentConfig.model_fields) == set(WEB_FIELDS), "web config and engine config drifted apart"

@@ -35,6 +35,14 @@ def test_experiment_defaults_to_the_paper_preset(api):
             cfg["min_lr"], cfg["hflip"]) == ("deit_base_distilled_patch16_224", 20, 512, 1e-4, 0.6, 2, 1e-7, True)
 
 
+def test_swin_gets_the_papers_batch_unless_one_is_given(api):
+    swin = "swin_base_patch4_window7_224"
+    r = api.post("/api/experiments", json={"name": "s", "start": False, "config": {"model": swin}})
+    assert r.json()["config"]["batch_size"] == 256
+    r = api.post("/api/experiments", json={"name": "s", "start": False, "config": {"model": swin, "batch_size": 64}})
+    assert r.json()["config"]["batch_size"] == 64
+
+
 def test_bad_fields_get_422_naming_the_field(api):
     cases = [({"model": "resnet9000"}, "model"), ({"epochs": 0}, "epochs"), ({"lr": -1}, "lr"),
              ({"weights": "/etc/passwd"}, "weights"), ({"data_dir": "/tmp"}, "data_dir")]

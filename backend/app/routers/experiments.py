@@ -64,8 +64,6 @@ def reproduce_table1(body: ReproduceRequest, db: Session = SessionDep):
     out = []
     for row in catalogue.paper_table1():
         overrides = {k: v for k, v in body.overrides.items() if k != "model"}
-        if row["model_id"].startswith("swin_") and "batch_size" not in overrides:
-            overrides["batch_size"] = 256  # the paper's batch for Swin-B
         try:
             cfg = ExperimentConfig(model=row["model_id"], **overrides)
         except ValidationError as err:
