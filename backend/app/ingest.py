@@ -35,7 +35,7 @@ def handle_event(ev: dict) -> None:
             return
         kind, current = ev.get("type"), ev.get("attempt") == job.attempt
         if kind == "epoch":
-            _store_epoch(db, job, ev["row"])
+            _store_epoch(db, job, ev["row"], sent_at=ev.get("ts"))
             return
         if not current:
             return  # a stale attempt (requeued since) no longer speaks for the job
@@ -61,13 +61,15 @@ def handle_event(ev: dict) -> None:
         db.commit()
 
 
-def _store_epoch(db, job: Job, row: dict) -> None:
+def _store_epoch(db, job: Job, row: dict, sent_at: float | None = None) -> None:
     exists = db.scalar(select(EpochMetric.id).where(EpochMetric.job_id == job.id,
                                                     EpochMetric.epoch == row["epoch"]))
     if exists:
         return
     db.add(EpochMetric(job_id=job.id, epoch=row["epoch"], **{k: row.get(k) for k in _METRIC_FIELDS}))
-    jobs.record(db, job, kind="epoch", epoch=row["epoch"],
+    # delay_s: from the worker sending the epoch to the backend storing it (same clock on one machine).
+    delay = round(time.time() - sent_at, 3) if sent_at else None
+    jobs.record(db, job, kind="epoch", epoch=row["epoch"], delay_s=delay,
                 row={k: row.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                                              "seconds", "images_per_s")})
     try:

@@ -13,13 +13,18 @@ pytestmark = pytest.mark.system
 def test_small_job_runs_end_to_end(lab):
     lab.new_worker()
     jid = lab.submit("tiny", **QUICK)
+    delays = []
     with httpx.Client(base_url=lab.url, timeout=None) as c, c.stream("GET", f"/api/jobs/{jid}/events") as r:
         kinds = []
         for line in r.iter_lines():
             if line.startswith("event: "):
                 kinds.append(line[7:])
+            elif line.startswith("data: ") and kinds and kinds[-1] == "epoch":
+                delays.append(json.loads(line[6:])["delay_s"])
             if kinds and kinds[-1] == "end":
                 break
+    print(f"\nepoch delivery, worker -> database: {', '.join(f'{d:.2f} s' for d in delays)}")
+    assert all(0 <= d < 2.0 for d in delays)  # every epoch reaches the backend within about 2 seconds
     job = lab.job(jid)
     assert job["status"] == "succeeded", lab.logs()
     assert kinds.count("epoch") == 2 and "progress" in kinds
