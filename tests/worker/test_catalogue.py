@@ -52,3 +52,15 @@ def test_catalogue_and_config_are_torch_free():
     code = "import worker.catalogue, worker.config, worker.messages, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("model_id", [s.id for s in catalogue.CATALOGUE.values()])
+def test_hub_weights_exist_and_match_the_papers_pretraining(model_id):
+    spec = catalogue.CATALOGUE[model_id]
+    cfg = timm.models.get_pretrained_cfg(f"{model_id}.{spec.pretrained_tag}" if spec.pretrained_tag else model_id)
+    tag = cfg.tag
+    assert f"{model_id}.{tag}" in timm.list_pretrained(f"{model_id}*")
+    row = catalogue.paper_row(spec)
+    if row is not None:
+        in21k = "21k" in tag or "22k" in tag
+        assert in21k == (row["pretrained_on"] == "ImageNet-21k"), (tag, row["pretrained_on"])
