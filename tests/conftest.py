@@ -37,3 +37,22 @@ def env_for(home: Path, **extra: str) -> dict:
     env.update({"BLOCKLAB_HOME": str(home), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def make_lab(tmp_path, tiny_cifar_dir):
+    """Start labs of real processes with extra settings (`make_lab(BLOCKLAB_TOKEN="x")`), no worker yet;
+    all are closed after the test."""
+    from tests.lab import Lab
+    labs = []
+
+    def make(redis: bool = False, redis_args: tuple = (), **env: str):
+        lab = Lab(tmp_path / f"lab{len(labs)}", tiny_cifar_dir, redis=redis, redis_args=redis_args)
+        lab.env.update(env)
+        labs.append(lab)
+        lab.start_backend()
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.close()

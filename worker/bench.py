@@ -59,7 +59,6 @@ def run_engine(args) -> dict:
 
 
 def run_reference(args) -> dict:
-    import timm
     import torch
     import torch.nn.functional as F
     from PIL import Image

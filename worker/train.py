@@ -17,13 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import catalogue, checkpoint, data as cifar
+from . import catalogue, checkpoint
+from . import data as cifar
 from .config import TrainConfig
 from .features import _DTYPES, CacheDir, FeatureStore, cache_key, choose_placement
 from .model import SingleBlockModel, plan_for
 from .preprocess import Preprocess
 from .schedule import PlateauLR
-from .weights import create_backbone, fingerprint as weights_fingerprint
+from .weights import create_backbone
+from .weights import fingerprint as weights_fingerprint
 
 log = logging.getLogger("blocklab.engine")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Path

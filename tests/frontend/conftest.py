@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import Lab
+from tests.lab import Lab
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = "/usr/bin/chromium"

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from tests.system.conftest import QUICK, SLOW, Lab, wait_for
+from tests.lab import QUICK, SLOW
 
 from .conftest import shot
 
@@ -109,43 +109,30 @@ def test_errors_appear_as_messages(ui_lab, page):
     assert "not found" in page.text_content("#message")
 
 
-def test_reproduce_table1_opens_the_group_beside_table1(browser, tmp_path, tiny_cifar_dir):
-    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)  # no worker: the ten paper models only queue
-    lab.start_backend()
-    try:
-        page = browser.new_page()
-        page.goto(lab.url + "/#/new")
-        page.click("#reproduce")
-        page.wait_for_url("**/#/compare?group=*")
-        page.wait_for_selector("#compare-table tbody tr >> nth=9")
-        names = page.eval_on_selector_all("#compare-table tbody tr td:nth-child(4)", "els => els.map(e => e.textContent)")
-        assert len(names) == 10 and "DeiT-B distilled" in names and "ResNet152V2" in names
-        shot(page, "reproduce-table1")
-        page.close()
-    finally:
-        lab.close()
+def test_reproduce_table1_opens_the_group_beside_table1(make_lab, page):
+    lab = make_lab()  # no worker: the ten paper models only queue
+    page.goto(lab.url + "/#/new")
+    page.click("#reproduce")
+    page.wait_for_url("**/#/compare?group=*")
+    page.wait_for_selector("#compare-table tbody tr >> nth=9")
+    names = page.eval_on_selector_all("#compare-table tbody tr td:nth-child(4)", "els => els.map(e => e.textContent)")
+    assert len(names) == 10 and "DeiT-B distilled" in names and "ResNet152V2" in names
+    shot(page, "reproduce-table1")
 
 
-def test_the_ui_asks_for_the_token_once(browser, tmp_path, tiny_cifar_dir):
-    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
-    lab.env["BLOCKLAB_TOKEN"] = "let-me-in"
-    lab.start_backend()
-    try:
-        page = browser.new_page()
-        page.goto(lab.url + "/#/new")
-        page.click("#submit")
-        page.wait_for_selector("#token-box:not([hidden])")
-        assert "access token" in page.text_content("#message")
-        assert lab.client.get("/api/experiments").json() == []  # refused: nothing stored
-        page.fill("#token-input", "let-me-in")
-        page.click("#token-form button")
-        page.click("#submit")
-        page.wait_for_url("**/#/job/*")
-        page.reload()  # kept for later visits: asked once
-        page.goto(lab.url + "/#/new")
-        page.click("#submit")
-        page.wait_for_url("**/#/job/*")
-        assert len(lab.client.get("/api/experiments").json()) == 2
-        page.close()
-    finally:
-        lab.close()
+def test_the_ui_asks_for_the_token_once(make_lab, page):
+    lab = make_lab(BLOCKLAB_TOKEN="let-me-in")
+    page.goto(lab.url + "/#/new")
+    page.click("#submit")
+    page.wait_for_selector("#token-box:not([hidden])")
+    assert "access token" in page.text_content("#message")
+    assert lab.client.get("/api/experiments").json() == []  # refused: nothing stored
+    page.fill("#token-input", "let-me-in")
+    page.click("#token-form button")
+    page.click("#submit")
+    page.wait_for_url("**/#/job/*")
+    page.reload()  # kept for later visits: asked once
+    page.goto(lab.url + "/#/new")
+    page.click("#submit")
+    page.wait_for_url("**/#/job/*")
+    assert len(lab.client.get("/api/experiments").json()) == 2

@@ -1,143 +1,9 @@
-"""Real processes: uvicorn, `celery worker` and `redis-server`, started and stopped by the tests."""
+"""Fixtures for system tests: labs of real processes (see tests/lab.py)."""
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
 import pytest
 
-from tests.conftest import env_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll until predicate() is truthy (returns it), or fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, OSError) as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class Proc:
-    def __init__(self, name: str, cmd: list[str], env: dict, log: Path):
-        self.name, self.cmd, self.env, self.log = name, cmd, env, log
-        self.p: subprocess.Popen | None = None
-
-    def start(self):
-        fh = open(self.log, "ab")
-        self.p = subprocess.Popen(self.cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                  cwd=Path(__file__).resolve().parents[2], start_new_session=True)
-        return self
-
-    def stop(self, sig=signal.SIGTERM, timeout=20):
-        if self.p and self.p.poll() is None:
-            os.killpg(self.p.pid, sig)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-
-    def kill9(self):
-        self.stop(signal.SIGKILL)
-
-
-class Lab:
-    """A whole BlockLab on loopback: backend, workers, optional Redis, one home folder."""
-
-    def __init__(self, tmp: Path, data_dir: Path, redis: bool):
-        self.tmp = tmp
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.procs: list[Proc] = []
-        extra = {"BLOCKLAB_DATA_DIR": str(data_dir), "BLOCKLAB_PORT": str(self.port),
-                 "BLOCKLAB_HEARTBEAT_INTERVAL_S": "0.5", "BLOCKLAB_HEARTBEAT_TIMEOUT_S": "6",
-                 "BLOCKLAB_DEVICE": "cpu", "BLOCKLAB_ALLOW_DOWNLOAD": "false", "OMP_NUM_THREADS": "1"}
-        self.redis: Proc | None = None
-        if redis:
-            rport = free_port()
-            exe = shutil.which("redis-server")
-            assert exe, "redis-server is not installed (.ci/run installs it)"
-            self.redis = Proc("redis", [exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                                        "--appendonly", "no", "--dir", str(tmp)], os.environ.copy(),
-                              tmp / "redis.log")
-            self.redis.start()
-            extra["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
-            wait_for(lambda: _ping(rport), 10, "redis-server")
-        self.env = env_for(tmp / "home", **extra)
-        self.backend = self._proc("backend", [sys.executable, "-m", "uvicorn", "backend.app.main:app", "--host",
-                                              "127.0.0.1", "--port", str(self.port)])
-        self.client = httpx.Client(base_url=self.url, timeout=10)
-
-    def _proc(self, name, cmd) -> Proc:
-        p = Proc(name, cmd, self.env, self.tmp / f"{name}.log")
-        self.procs.append(p)
-        return p
-
-    def start_backend(self):
-        self.backend.start()
-        wait_for(lambda: self.client.get("/api/health").status_code == 200, 30, "backend health")
-
-    def new_worker(self, n: int = 1) -> Proc:
-        return self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                                         "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
-                                         "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
-                                         "INFO"]).start()
-
-    def submit(self, name="job", **cfg) -> int:
-        r = self.client.post("/api/experiments", json={"name": name, "config": cfg})
-        assert r.status_code == 201, r.text
-        return r.json()["jobs"][0]["id"]
-
-    def job(self, jid) -> dict:
-        return self.client.get(f"/api/jobs/{jid}").json()
-
-    def epochs(self, jid) -> list[int]:
-        return [m["epoch"] for m in self.client.get(f"/api/jobs/{jid}/metrics").json()]
-
-    def wait_status(self, jid, statuses, timeout=180):
-        statuses = {statuses} if isinstance(statuses, str) else set(statuses)
-        return wait_for(lambda: (j := self.job(jid))["status"] in statuses and j, timeout,
-                        f"job {jid} to reach {statuses}")
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.log.read_text(errors='replace')[-4000:]}"
-                         for p in self.procs if p.log.exists())
-
-    def close(self):
-        self.client.close()
-        for p in reversed(self.procs):
-            p.stop()
-        if self.redis:
-            self.redis.stop()
-
-
-def _ping(port) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from tests.lab import Lab
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -145,8 +11,9 @@ def lab(request, tmp_path, tiny_cifar_dir):
     lab = Lab(tmp_path, tiny_cifar_dir, redis=request.param == "redis")
     lab.start_backend()
     yield lab
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        print(lab.logs())
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(lab.logs())  # the processes' own words, beside the failure
     lab.close()
 
 
@@ -155,10 +22,3 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
-
-
-# A job small enough for two CPU cores, slow enough (no feature cache) to be interrupted mid-run.
-SLOW = {"model": "deit_tiny_patch16_224", "weights": "none", "batch_size": 16, "image_size": 96,
-        "val_limit": 40, "feature_cache": False, "precision": "fp32"}
-QUICK = {"model": "deit_tiny_patch16_224", "weights": "none", "batch_size": 32, "image_size": 32,
-         "val_limit": 40, "epochs": 2}

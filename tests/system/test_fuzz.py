@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from .conftest import Lab
+from tests.lab import Lab
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 CASES = {"n": 0, "ops": set()}

@@ -5,7 +5,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import QUICK, SLOW, wait_for
+from tests.lab import QUICK, SLOW, wait_for
 
 pytestmark = pytest.mark.system
 

@@ -9,17 +9,14 @@ import time
 import httpx
 import pytest
 
-from .conftest import QUICK, SLOW, Lab, wait_for
+from tests.lab import QUICK, SLOW, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 @pytest.fixture
-def sqlite_lab(tmp_path, tiny_cifar_dir):
-    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
-    lab.start_backend()
-    yield lab
-    lab.close()
+def sqlite_lab(make_lab):
+    return make_lab()
 
 
 def test_200_submissions_from_20_clients_are_all_stored_and_queued(sqlite_lab):
@@ -90,83 +87,60 @@ def test_worker_killed_three_times_during_one_job(sqlite_lab):
     assert lab.epochs(jid) == [1, 2, 3, 4, 5, 6] and job["attempt"] == 4
 
 
-def test_redis_restart_during_a_job_leaves_no_job_running(tmp_path, tiny_cifar_dir):
-    lab = Lab(tmp_path, tiny_cifar_dir, redis=True)
-    lab.redis.cmd += ["--appendonly", "yes", "--appendfsync", "always"]  # as docker-compose.yml runs it
-    lab.redis.stop()
+def test_redis_restart_during_a_job_leaves_no_job_running(make_lab):
+    # Redis persisting every write, as docker-compose.yml runs it.
+    lab = make_lab(redis=True, redis_args=("--appendonly", "yes", "--appendfsync", "always"))
+    lab.new_worker()
+    jid = lab.submit("redis restart", **SLOW, epochs=4)
+    wait_for(lambda: lab.epochs(jid), 120, "a first epoch")
+    lab.redis.stop(signal.SIGKILL)
+    # The outage lasts until the backend has noticed it (its consumer lost the broker); the worker's
+    # events wait in its retries meanwhile.
+    wait_for(lambda: "broker connection lost" in lab.backend.log.read_text(errors="replace"), 60,
+             "the backend to notice the outage")
     lab.redis.start()
-    wait_for(lambda: _redis_up(lab), 10, "redis")
-    lab.start_backend()
-    try:
-        lab.new_worker()
-        jid = lab.submit("redis restart", **SLOW, epochs=4)
-        wait_for(lambda: lab.epochs(jid), 120, "a first epoch")
-        lab.redis.stop(signal.SIGKILL)
-        # The outage lasts until the backend has noticed it (its consumer lost the broker); the worker's
-        # events wait in its retries meanwhile.
-        wait_for(lambda: "broker connection lost" in lab.backend.log.read_text(errors="replace"), 60,
-                 "the backend to notice the outage")
-        lab.redis.start()
-        job = lab.wait_status(jid, ("succeeded", "failed", "cancelled"), timeout=300)
-        print(f"\nredis restart: job {job['status']} (attempt {job['attempt']}), epochs {lab.epochs(jid)}")
-        assert job["status"] == "succeeded", lab.logs()
-        assert lab.epochs(jid) == [1, 2, 3, 4]
-        assert lab.client.get("/api/jobs?status=running").json() == []
-    finally:
-        lab.close()
+    job = lab.wait_status(jid, ("succeeded", "failed", "cancelled"), timeout=300)
+    print(f"\nredis restart: job {job['status']} (attempt {job['attempt']}), epochs {lab.epochs(jid)}")
+    assert job["status"] == "succeeded", lab.logs()
+    assert lab.epochs(jid) == [1, 2, 3, 4]
+    assert lab.client.get("/api/jobs?status=running").json() == []
 
 
-def _redis_up(lab):
-    port = int(lab.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
-    from .conftest import _ping
-    return _ping(port)
+def test_unwritable_checkpoint_dir_and_oom_fail_with_advice_and_the_worker_goes_on(make_lab):
+    lab = make_lab(BLOCKLAB_TEST_FAULTS="oom:2")
+    runs = lab.tmp / "home" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "job-1").write_text("not a folder")  # job 1 cannot write its checkpoint folder (even as root)
+    lab.new_worker()
+    j1 = lab.submit("no checkpoint dir", **QUICK)
+    j2 = lab.submit("out of memory", **QUICK)
+    j3 = lab.submit("after the faults", **QUICK)
+    a, b, c = (lab.wait_status(j, ("succeeded", "failed")) for j in (j1, j2, j3))
+    print(f"\nfaults: unwritable dir -> {a['status']}: {a['error']}\n        oom -> {b['status']}: {b['error']}"
+          f"\n        next job -> {c['status']}")
+    assert a["status"] == "failed" and "BLOCKLAB_RUNS_DIR" in a["error"] and "resume" in a["error"]
+    assert b["status"] == "failed" and "out of memory" in b["error"] and "batch_size" in b["error"]
+    assert c["status"] == "succeeded" and lab.epochs(j3) == [1, 2]
 
 
-def test_unwritable_checkpoint_dir_and_oom_fail_with_advice_and_the_worker_goes_on(tmp_path, tiny_cifar_dir):
-    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
-    lab.env["BLOCKLAB_TEST_FAULTS"] = "oom:2"
-    lab.start_backend()
-    try:
-        runs = tmp_path / "home" / "runs"
-        runs.mkdir(parents=True)
-        (runs / "job-1").write_text("not a folder")  # job 1 cannot write its checkpoint folder
-        lab.new_worker()
-        j1 = lab.submit("no checkpoint dir", **QUICK)
-        j2 = lab.submit("out of memory", **QUICK)
-        j3 = lab.submit("after the faults", **QUICK)
-        a, b, c = (lab.wait_status(j, ("succeeded", "failed")) for j in (j1, j2, j3))
-        print(f"\nfaults: unwritable dir -> {a['status']}: {a['error']}\n        oom -> {b['status']}: {b['error']}"
-              f"\n        next job -> {c['status']}")
-        assert a["status"] == "failed" and "BLOCKLAB_RUNS_DIR" in a["error"] and "resume" in a["error"]
-        assert b["status"] == "failed" and "out of memory" in b["error"] and "batch_size" in b["error"]
-        assert c["status"] == "succeeded" and lab.epochs(j3) == [1, 2]
-    finally:
-        lab.close()
-
-
-def test_token_protects_every_change_and_a_request_without_it_changes_nothing(tmp_path, tiny_cifar_dir):
-    lab = Lab(tmp_path, tiny_cifar_dir, redis=False)
-    lab.env["BLOCKLAB_TOKEN"] = "t0ken"
-    lab.start_backend()
-    try:
-        ok = lab.client.post("/api/experiments", json={"name": "mine", "config": QUICK},
-                             headers={"X-BlockLab-Token": "t0ken"})
-        jid = ok.json()["jobs"][0]["id"]
-        before = (lab.client.get("/api/experiments").json(), lab.job(jid))
-        attempts = [("POST", "/api/experiments", {"name": "x", "config": QUICK}),
-                    ("POST", f"/api/experiments/{ok.json()['id']}/jobs", None),
-                    ("POST", f"/api/jobs/{jid}/cancel", None), ("POST", f"/api/jobs/{jid}/resume", None),
-                    ("POST", "/api/reproduce", {})]
-        codes = []
-        for method, path, body in attempts:
-            for headers in ({}, {"X-BlockLab-Token": "wrong"}, {"Authorization": "Bearer wrong"}):
-                codes.append(lab.client.request(method, path, json=body, headers=headers).status_code)
-        after = (lab.client.get("/api/experiments").json(), lab.job(jid))
-        print(f"\naccess: {len(codes)} unauthenticated changes -> {sorted(set(codes))}")
-        assert set(codes) == {401} and before == after
-        assert lab.client.get("/api/models").status_code == 200
-    finally:
-        lab.close()
+def test_token_protects_every_change_and_a_request_without_it_changes_nothing(make_lab):
+    lab = make_lab(BLOCKLAB_TOKEN="t0ken")
+    ok = lab.client.post("/api/experiments", json={"name": "mine", "config": QUICK},
+                         headers={"X-BlockLab-Token": "t0ken"})
+    jid = ok.json()["jobs"][0]["id"]
+    before = (lab.client.get("/api/experiments").json(), lab.job(jid))
+    attempts = [("POST", "/api/experiments", {"name": "x", "config": QUICK}),
+                ("POST", f"/api/experiments/{ok.json()['id']}/jobs", None),
+                ("POST", f"/api/jobs/{jid}/cancel", None), ("POST", f"/api/jobs/{jid}/resume", None),
+                ("POST", "/api/reproduce", {})]
+    codes = []
+    for method, path, body in attempts:
+        for headers in ({}, {"X-BlockLab-Token": "wrong"}, {"Authorization": "Bearer wrong"}):
+            codes.append(lab.client.request(method, path, json=body, headers=headers).status_code)
+    after = (lab.client.get("/api/experiments").json(), lab.job(jid))
+    print(f"\naccess: {len(codes)} unauthenticated changes -> {sorted(set(codes))}")
+    assert set(codes) == {401} and before == after
+    assert lab.client.get("/api/models").status_code == 200
 
 
 def test_server_binds_to_loopback_by_default(monkeypatch):

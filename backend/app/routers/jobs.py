@@ -12,7 +12,7 @@ from .. import jobs
 from ..csv_export import CSVResponse, to_csv
 from ..db import session_scope
 from ..deps import IdPath, SessionDep, WriteAccess
-from ..models import EpochMetric, Job, JobEvent
+from ..models import Job, JobEvent
 from ..schemas import JobPublic, MetricPublic
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
