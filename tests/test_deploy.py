@@ -36,15 +36,24 @@ def test_compose_services_build_from_files_that_exist():
         assert vol.split(":")[0] in compose["volumes"]
 
 
-def test_compose_config_validates_when_docker_is_present():
+def _compose_cli() -> list[str]:
+    """`docker compose` (plugin) or `docker-compose`: both validate a file without an engine."""
     docker = shutil.which("docker")
-    if docker is None:
-        return  # parsing above is the check; `docker compose config` needs no engine where the plugin exists
-    r = subprocess.run([docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                       capture_output=True, text=True)
-    if "is not a docker command" in r.stderr or "unknown" in r.stderr.lower():
-        return  # the compose plugin is not installed
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    assert legacy, "neither `docker compose` nor `docker-compose` is installed (.ci/run installs docker-compose)"
+    return [legacy]
+
+
+def test_compose_config_validates(tmp_path):
+    cli = _compose_cli()
+    r = subprocess.run([*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    broken = tmp_path / "docker-compose.yml"  # the check can fail: a service with an unknown key
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("    restart: unless-stopped\n",
+                                                                         "    restartt: unless-stopped\n", 1))
+    assert subprocess.run([*cli, "-f", str(broken), "config", "-q"], capture_output=True).returncode != 0
 
 
 def test_each_worker_claims_a_different_gpu(tmp_path):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 PAPER_DIR = Path(__file__).with_name("paper")
 NUM_CLASSES = 10
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass(frozen=True)

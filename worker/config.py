@@ -74,6 +74,3 @@ def preset(name: str = "paper", **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
-

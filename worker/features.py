@@ -119,10 +119,6 @@ class FeatureStore:
             out.append(f.to(self.device, non_blocking=True).to(dtype))
         return out
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.filled.all())
-
     # -- persistence ---------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

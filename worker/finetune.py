@@ -66,11 +66,9 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 
 
 def list_models() -> list[dict]:
-    return [{"id": s.id, "paper_name": s.paper_name, "family": s.family,
-             "paper_val_acc": (catalogue.describe(s)["paper_val_acc"]),
-             "paper_trainable_params": catalogue.describe(s)["paper_trainable_params"],
-             "trainable_params": s.trainable_params, "total_params": s.total_params,
-             "unfreeze_from": s.unfreeze_from, "note": s.note or None} for s in catalogue.CATALOGUE.values()]
+    keys = ("id", "paper_name", "family", "paper_val_acc", "paper_trainable_params", "trainable_params",
+            "total_params", "unfreeze_from", "note")
+    return [{k: d[k] for k in keys} for d in map(catalogue.describe, catalogue.CATALOGUE.values())]
 
 
 def describe(cfg: TrainConfig) -> dict:

@@ -12,7 +12,6 @@ from . import queue
 from .models import EpochMetric, Experiment, Job, JobEvent, utcnow
 
 TERMINAL = {"cancelled", "succeeded", "failed"}
-ACTIVE = {"queued", "running", "cancelling"}
 
 
 def record(db: Session, job: Job, kind: str = "status", **data) -> None:
