@@ -67,6 +67,7 @@ def run_reference(args) -> dict:
     from torchvision import transforms
 
     from .heads import MLPHead
+    from .model import plan_for
     from .train import resolve_device
     from .weights import create_backbone
 
@@ -78,7 +79,7 @@ def run_reference(args) -> dict:
     model.reset_classifier(0)
     for p in model.parameters():
         p.requires_grad = False
-    last = model.blocks[-1] if hasattr(model, "blocks") else list(model.children())[-3]
+    last = model.get_submodule(plan_for(args.model, model).unfreeze_from)  # the same block the engine trains
     for p in last.parameters():
         p.requires_grad = True
     head = MLPHead(model.num_features)
@@ -100,7 +101,7 @@ def run_reference(args) -> dict:
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     ips, epoch_s = [], []
     t_all = time.perf_counter()
-    for _epoch in range(args.epochs):
+    for _epoch in range(args.ref_epochs or args.epochs):
         net.train()
         t0 = time.perf_counter()
         for x, y in loader:
@@ -130,6 +131,8 @@ def build_parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder; default: generated images")
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    p.add_argument("--ref-epochs", type=int, default=None,
+                   help="epochs of the reference loop (default --epochs); its epochs all cost the same")
     p.add_argument("--no-cache", action="store_true", help="engine without its frozen-feature cache")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="the engine's")
     p.add_argument("--side", choices=["both", "engine", "reference"], default="both")
@@ -156,8 +159,11 @@ def main(argv=None) -> int:
     print(f"model {args.model}, {args.images} training images, {args.epochs} epochs, batch {args.batch_size}, "
           f"device {args.device}; engine precision {eng['precision']}, feature cache {eng['feature_cache']}")
     print(f"{'epoch':>5} {'reference img/s':>16} {'engine img/s':>13} {'ratio':>7}")
-    for i, (r, e) in enumerate(zip(ref["images_per_s"], eng["images_per_s"]), start=1):
-        print(f"{i:>5} {r:>16.1f} {e:>13.1f} {e / r:>6.2f}x")
+    ref_mean = sum(ref["images_per_s"]) / len(ref["images_per_s"])
+    for i, e in enumerate(eng["images_per_s"], start=1):
+        r = ref["images_per_s"][i - 1] if i <= len(ref["images_per_s"]) else None
+        shown = f"{r:>16.1f}" if r is not None else f"{'(' + format(ref_mean, '.1f') + ')':>16}"
+        print(f"{i:>5} {shown} {e:>13.1f} {e / (r or ref_mean):>6.2f}x")
     print(f"wall: reference {ref['wall_s']} s, engine {eng['wall_s']} s (engine includes validation each epoch)")
     for side, r in (("reference", ref), ("engine", eng)):
         mem = ", ".join(f"{k} {v}" for k, v in r.items() if k.startswith("peak"))
