@@ -51,7 +51,7 @@ class ExperimentConfig(BaseModel):
 
 
     @model_validator(mode="after")
-    def _swin_batch(self):
+    def _paper_batch(self):
         if "batch_size" not in self.model_fields_set:
             self.batch_size = paper_batch_size(self.model)
         return self

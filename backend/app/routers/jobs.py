@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from .. import jobs
 from ..csv_export import CSVResponse, to_csv
 from ..db import session_scope
-from ..deps import IdPath, SessionDep, WriteAccess
+from ..deps import MAX_ID, IdPath, SessionDep, WriteAccess
 from ..models import Job, JobEvent
 from ..schemas import JobPublic, MetricPublic
 
@@ -82,7 +82,7 @@ def _poll(job_id: int, after: int) -> tuple[list[tuple[int, str, dict]], dict | 
 
 
 @router.get("/{job_id}/events")
-async def job_events(job_id: IdPath, request: Request, last_event_id: int | None = Query(None, ge=0, le=2**62)):
+async def job_events(job_id: IdPath, request: Request, last_event_id: int | None = Query(None, ge=0, le=MAX_ID)):
     """Server-sent events: replays stored epochs and status changes after Last-Event-ID, then streams new
     ones, with progress (epoch, batch) in between; ends after the job's final status."""
     header = request.headers.get("last-event-id", "")
