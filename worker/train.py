@@ -164,19 +164,19 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
         if store is None:
             with torch.autocast(**amp):
                 return model.frozen_features(prep(split_x[idx], flip))
+        idx_cpu = idx.cpu()  # the fill bookkeeping lives on the CPU: one transfer per batch, not one per lookup
         for s in range(store.states):
-            s_t = torch.full_like(idx, s)
-            miss = store.missing(idx.cpu(), s_t.cpu())
+            miss = store.missing(idx_cpu, torch.full_like(idx_cpu, s))
             if need is not None:
-                miss &= need[idx.cpu(), s]
-            miss = miss.to(idx.device)
+                miss &= need[idx_cpu, s]
             if miss.any():
-                m_idx = idx[miss]
+                m_cpu = idx_cpu[miss]
+                m_idx = m_cpu.to(idx.device)
                 with torch.autocast(**amp):
                     f = model.frozen_features(prep(split_x[m_idx], torch.full_like(m_idx, s, dtype=torch.bool)))
-                store.put(m_idx.cpu(), torch.full_like(m_idx, s).cpu(), f)
-        state = flip.long() if flip is not None else torch.zeros_like(idx)
-        return store.get(idx.cpu(), state.cpu(), torch.float32)
+                store.put(m_cpu, torch.full_like(m_cpu, s), f)
+        state = flip.long().cpu() if flip is not None else torch.zeros_like(idx_cpu)
+        return store.get(idx_cpu, state, torch.float32)
 
     # -- epochs --------------------------------------------------------------------------------------------
     status = "succeeded"
