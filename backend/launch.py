@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from backend.app.settings import get_settings
+from core.settings import get_settings
 
 
 def commands(settings) -> dict[str, list[str]]:
@@ -17,7 +17,7 @@ def commands(settings) -> dict[str, list[str]]:
         "backend": [py, "-m", "uvicorn", "backend.app.main:app", "--host", settings.host, "--port",
                     str(settings.port), "--log-level", "info"],
         # One worker per GPU: one job at a time, fetched one at a time.
-        "worker": [py, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
+        "worker": [py, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
                    "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"worker-{settings.port}@%h",
                    "--loglevel", "INFO"],
     }

@@ -2,10 +2,9 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY backend ./backend
+COPY core ./core
 COPY worker ./worker
-COPY frontend ./frontend
 RUN pip install --no-cache-dir ".[worker]"
 ENV BLOCKLAB_HOME=/var/lib/blocklab BLOCKLAB_DATA_DIR=/data BLOCKLAB_WEIGHTS_DIR=/weights \
     BLOCKLAB_RUNS_DIR=/runs BLOCKLAB_CACHE_DIR=/cache BLOCKLAB_GPU_LOCK_DIR=/locks
-CMD ["python", "-m", "worker.serve"]
+CMD ["python", "-m", "worker.queue.serve"]

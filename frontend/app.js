@@ -38,7 +38,8 @@ class ApiError extends Error {
 }
 
 async function api(path, opts = {}) {
-  const headers = { ...(opts.headers || {}) };
+  // A custom header makes every write a CORS-preflighted request: a foreign page cannot send one (see security.py).
+  const headers = { "X-Requested-With": "BlockLab", ...(opts.headers || {}) };
   if (opts.json !== undefined) headers["Content-Type"] = "application/json";
   if (state.token) headers["X-BlockLab-Token"] = state.token;
   let r;

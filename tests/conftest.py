@@ -24,7 +24,7 @@ def real_cifar_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_cifar_dir(tmp_path_factory) -> Path:
     """A small CIFAR-format set in the official layout: 200 generated training and 60 test images."""
-    from worker import data
+    from worker.engine import data
 
     root = tmp_path_factory.mktemp("tiny-cifar")
     train, val = data.generated(200, 60, seed=1)
@@ -34,7 +34,9 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 
 def env_for(home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKLAB_") and k != "REDIS_URL"}
-    env.update({"BLOCKLAB_HOME": str(home), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    # Processes run from the repository root and import it from there, with or without an editable install.
+    env.update({"BLOCKLAB_HOME": str(home), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))})
     env.update(extra)
     return env
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import env_for
+from tests.conftest import ROOT, env_for
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ class Proc:
     def start(self):
         fh = open(self.log, "ab")
         self.p = subprocess.Popen(self.cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                  cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+                                  cwd=ROOT, start_new_session=True)
         return self
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
@@ -98,7 +98,7 @@ class Lab:
         wait_for(lambda: self.client.get("/api/health").status_code == 200, 30, "backend health")
 
     def new_worker(self, n: int = 1) -> Proc:
-        return self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        return self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker",
                                          "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
                                          "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
                                          "INFO"]).start()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from worker.serve import claim_gpu
+from worker.queue.serve import claim_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@
 Both sides train the same model on the same images (generated CIFAR-sized images unless --data-dir is given),
 on the same device, for the same epochs, each in its own process so peak memory is its own. The reference is
 the tutorial recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader, a timm model whose parameters
-are frozen except the last block, a full forward pass every step, fp32. The engine is `worker.train.run` with
+are frozen except the last block, a full forward pass every step, fp32. The engine is `worker.engine.train.run` with
 its defaults (frozen-feature cache, batched preprocessing, bf16 where the hardware has it).
 Prints images/s per training epoch for both, their ratio, and peak memory.
 """
@@ -41,8 +41,8 @@ def _peak(device) -> dict:
 
 
 def run_engine(args) -> dict:
-    from .config import TrainConfig
-    from .train import Paths, resolve_device, run
+    from core.config import TrainConfig
+    from worker.engine.train import Paths, resolve_device, run
 
     cfg = TrainConfig(model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
                       image_size=args.image_size, device=args.device, seed=0, feature_cache=not args.no_cache,
@@ -66,10 +66,10 @@ def run_reference(args) -> dict:
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    from .heads import MLPHead
-    from .model import plan_for
-    from .train import resolve_device
-    from .weights import create_backbone
+    from worker.engine.heads import MLPHead
+    from worker.engine.model import plan_for
+    from worker.engine.train import resolve_device
+    from worker.engine.weights import create_backbone
 
     device = resolve_device(args.device)
     torch.manual_seed(0)

@@ -12,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from . import catalogue
-from .config import TrainConfig, preset
-from .data import DatasetError
-from .weights import WeightsError
+from core import catalogue
+from core.config import TrainConfig, preset
+from worker.engine.data import DatasetError
+from worker.engine.weights import WeightsError
 
 
 def _int_or_none(s: str):
@@ -76,7 +76,7 @@ def describe(cfg: TrainConfig) -> dict:
     import timm
     import torch
 
-    from .model import SingleBlockModel, plan_for
+    from worker.engine.model import SingleBlockModel, plan_for
 
     if not timm.is_model(cfg.model):
         raise ValueError(f"unknown model {cfg.model!r}: not a timm model name (see --list-models)")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --data-dir and --out are required to train", file=sys.stderr)
             return 2
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        from .train import Callbacks, Paths, run
+        from worker.engine.train import Callbacks, Paths, run
 
         bar = _Progress()
         summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download),

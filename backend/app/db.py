@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from .settings import get_settings
+from core.settings import get_settings
 
 
 class Base(DeclarativeBase):

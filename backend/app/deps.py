@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Path
 
 from .db import get_session
-from .settings import get_settings
+from core.settings import get_settings
 
 SessionDep = Depends(get_session)
 

@@ -15,12 +15,13 @@ from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from worker.messages import EVENTS_QUEUE, transport_options
+from core.broker import transport_options
+from core.protocol import EVENTS_QUEUE
 
 from . import jobs
 from .db import session_scope
 from .models import EpochMetric, Job, utcnow
-from .settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("blocklab.ingest")
 

@@ -6,7 +6,7 @@ import statistics
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import catalogue
+from core import catalogue
 
 from . import queue
 from .models import EpochMetric, Experiment, Job, JobEvent, utcnow

@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from .db import migrate
 from .ingest import Ingestor
 from .routers import catalogue, compare, experiments, health, jobs
-from .settings import get_settings
+from core.settings import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 

@@ -1,15 +1,18 @@
-"""The backend's side of the broker: send jobs to GPU workers, ask them to cancel. Torch-free: tasks are sent
-by name, so the backend never imports the engine."""
+"""The backend's side of the broker: send jobs to GPU workers by task name, ask them to cancel.
+
+Torch-free and engine-free: the backend knows only the protocol (core.protocol), never the worker's code. Its
+Celery app is a bare client that sends a task by name to the workers' queue.
+"""
 from __future__ import annotations
 
 from functools import lru_cache
 
+from celery import Celery
 from kombu import Connection
 
-from worker.celery_app import make_celery
-from worker.messages import JOBS_QUEUE, TASK_NAME, request_cancel, transport_options
-
-from .settings import get_settings
+from core.broker import request_cancel, transport_options
+from core.protocol import JOBS_QUEUE, TASK_NAME
+from core.settings import get_settings
 
 
 class BrokerUnavailable(RuntimeError):
@@ -17,13 +20,18 @@ class BrokerUnavailable(RuntimeError):
 
 
 @lru_cache
-def _celery():
-    return make_celery(get_settings())
+def _client() -> Celery:
+    s = get_settings()
+    s.home.mkdir(parents=True, exist_ok=True)
+    app = Celery("blocklab-backend", broker=s.broker_url, backend=s.result_backend)
+    app.conf.update(task_serializer="json", accept_content=["json"],
+                    broker_transport_options=transport_options(s.broker_url, s.visibility_timeout_s))
+    return app
 
 
 def dispatch(job_id: int, attempt: int, config: dict) -> None:
     try:
-        _celery().send_task(TASK_NAME, args=[job_id, attempt, config], queue=JOBS_QUEUE,
+        _client().send_task(TASK_NAME, args=[job_id, attempt, config], queue=JOBS_QUEUE,
                             retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                       "interval_step": 0.5, "interval_max": 1})
     except Exception as e:  # noqa: BLE001 - any broker failure means the same to the caller

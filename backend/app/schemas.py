@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker import catalogue
-from worker.config import WEB_FIELDS, TrainConfig, paper_batch_size
+from core import catalogue
+from core.config import WEB_FIELDS, TrainConfig, paper_batch_size
 
 _D = TrainConfig()
 

@@ -3,11 +3,12 @@ from fastapi.testclient import TestClient
 
 
 def reset_caches():
-    from backend.app import db, queue, settings
+    from backend.app import db, queue
+    from core import settings
     settings.get_settings.cache_clear()
     db.get_engine.cache_clear()
     db._sessionmaker.cache_clear()
-    queue._celery.cache_clear()
+    queue._client.cache_clear()
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_token_protects_every_change_and_a_request_without_it_changes_nothing(ma
 
 
 def test_server_binds_to_loopback_by_default(monkeypatch):
-    from backend.app.settings import Settings
+    from core.settings import Settings
     from backend.launch import commands
     monkeypatch.delenv("BLOCKLAB_HOST", raising=False)
     cmd = commands(Settings())["backend"]

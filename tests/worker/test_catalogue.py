@@ -1,14 +1,12 @@
 """The catalogue's counts come from the real architectures, and reproduce the paper's Table 1 exactly wherever
 the architecture is the same (counted the paper's way: see table1.csv's count_includes_mlp_head)."""
-import subprocess
-import sys
 
 import pytest
 import timm
 import torch
 
-from worker import catalogue
-from worker.model import SingleBlockModel, plan_for
+from core import catalogue
+from worker.engine.model import SingleBlockModel, plan_for
 
 SAME_ARCHITECTURE = ["deit_base_distilled_patch16_224", "cait_s24_224", "coat_lite_small",
                      "swin_base_patch4_window7_224", "vit_large_patch32_224", "dm_nfnet_f6", "tf_efficientnetv2_l",
@@ -47,11 +45,6 @@ def test_stand_in_says_it_differs_and_shows_both_counts():
     assert row["trainable_params"] != spec.trainable_params
     assert f"{spec.trainable_params:,}" in spec.note and f"{row['trainable_params']:,}" in spec.note
 
-
-def test_catalogue_and_config_are_torch_free():
-    code = "import worker.catalogue, worker.config, worker.messages, sys; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("model_id", [s.id for s in catalogue.CATALOGUE.values()])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker import data
+from worker.engine import data
 
 
 def test_reads_the_real_subset_with_str_keys(real_cifar_dir):

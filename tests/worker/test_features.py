@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from worker import features
-from worker.config import TrainConfig
-from worker.features import FeatureStore, Placement
-from worker.train import Paths, run
+from worker.engine import features
+from core.config import TrainConfig
+from worker.engine.features import FeatureStore, Placement
+from worker.engine.train import Paths, run
 
 from .test_train import KEYS, TINY
 

@@ -3,8 +3,8 @@ import pytest
 import timm
 import torch
 
-from worker.model import Plan, SingleBlockModel, plan_for
-from worker.split import generic_unfreeze_point
+from worker.engine.model import Plan, SingleBlockModel, plan_for
+from worker.engine.split import generic_unfreeze_point
 
 
 def _reference_logits(m: SingleBlockModel, x):

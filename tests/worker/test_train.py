@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from worker import train as engine
-from worker.config import TrainConfig
-from worker.schedule import PlateauLR
-from worker.train import Callbacks, Paths, run
+from worker.engine import train as engine
+from core.config import TrainConfig
+from worker.engine.schedule import PlateauLR
+from worker.engine.train import Callbacks, Paths, run
 
 TINY = dict(model="deit_tiny_patch16_224", weights="none", batch_size=32, image_size=32, val_limit=60,
             precision="fp32", seed=0)
@@ -107,7 +107,7 @@ def test_a_second_job_reuses_the_cached_features(tiny_cifar_dir, tmp_path, monke
 
 
 def test_cache_dir_evicts_least_recently_used(tiny_cifar_dir, tmp_path):
-    from worker.features import CacheDir
+    from worker.engine.features import CacheDir
     paths = dict(cache_dir=tmp_path / "cache")
     run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "a", **paths))
     entries = CacheDir(tmp_path / "cache", 1 << 40).entries()

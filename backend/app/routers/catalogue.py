@@ -1,7 +1,7 @@
 """GET /api/models and /api/paper: the model catalogue and the paper's numbers, from their one home."""
 from fastapi import APIRouter
 
-from worker import catalogue
+from core import catalogue
 
 from ..schemas import ModelPublic
 

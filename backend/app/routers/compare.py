@@ -2,8 +2,8 @@
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.orm import Session
 
-from worker import catalogue
-from worker.config import WEB_FIELDS
+from core import catalogue
+from core.config import WEB_FIELDS
 
 from .. import jobs
 from ..csv_export import CSVResponse, to_csv

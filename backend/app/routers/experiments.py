@@ -5,7 +5,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import catalogue
+from core import catalogue
 
 from .. import jobs
 from ..deps import IdPath, SessionDep, WriteAccess

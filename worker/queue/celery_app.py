@@ -1,20 +1,21 @@
 """The Celery application: one worker process per GPU, one job at a time, nothing lost when a worker dies.
 
-Torch-free: the backend imports it to send tasks by name; only a worker imports worker.tasks (and torch).
+Torch-free: the backend imports it to send tasks by name; only a worker imports worker.queue.tasks (and torch).
 """
 from __future__ import annotations
 
 from celery import Celery
 
-from backend.app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
-from .messages import JOBS_QUEUE, transport_options
+from core.broker import transport_options
+from core.protocol import JOBS_QUEUE
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     s.home.mkdir(parents=True, exist_ok=True)
-    app = Celery("blocklab", broker=s.broker_url, backend=s.result_backend, include=["worker.tasks"])
+    app = Celery("blocklab", broker=s.broker_url, backend=s.result_backend, include=["worker.queue.tasks"])
     app.conf.update(
         task_default_queue=JOBS_QUEUE,
         task_serializer="json", accept_content=["json"], result_serializer="json",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import catalogue
+from core import catalogue
 from .heads import MLPHead
 from .split import TAILS, Tail, capture_block_input, generic_unfreeze_point
 

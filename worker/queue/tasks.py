@@ -14,10 +14,11 @@ import time
 import traceback
 from pathlib import Path
 
-from backend.app.settings import get_settings
+from core.settings import get_settings
 
 from .celery_app import app
-from .messages import TASK_NAME, ControlChannel, EventPublisher, transport_options
+from core.broker import ControlChannel, EventPublisher, transport_options
+from core.protocol import TASK_NAME
 
 log = logging.getLogger("blocklab.worker")
 
@@ -27,7 +28,7 @@ def _local_weights(weights_dir: Path, model: str) -> str:
         p = weights_dir / f"{model}{ext}"
         if p.is_file():
             return str(p)
-    from .weights import WeightsError
+    from worker.engine.weights import WeightsError
     raise WeightsError(f"weights=local but neither {model}.safetensors nor {model}.pth is in the server's "
                        f"weights directory {weights_dir}. Put the file there, or choose weights=hub or none.")
 
@@ -42,8 +43,8 @@ def _injected_faults(job_id: int) -> set[str]:
 def _friendly_error(e: BaseException) -> str:
     import torch
 
-    from .data import DatasetError
-    from .weights import WeightsError
+    from worker.engine.data import DatasetError
+    from worker.engine.weights import WeightsError
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         return (f"out of memory: {str(e).splitlines()[0]}. Lower batch_size or image_size, or run on a GPU "
                 "with more memory; the job can be resumed from its last finished epoch.")
@@ -82,9 +83,9 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
             return {"status": "cancelled"}
         import torch
 
-        from . import checkpoint
-        from .config import TrainConfig
-        from .train import Callbacks, Paths, resolve_device, run
+        from worker.engine import checkpoint
+        from core.config import TrainConfig
+        from worker.engine.train import Callbacks, Paths, resolve_device, run
 
         cfg_dict = dict(config)
         cfg_dict["device"] = s.device

@@ -5,7 +5,7 @@ Pure Python (no torch): the backend imports this module to validate requests and
 
 Paper: Malpure, Litake, Ingle, "Investigating Transfer Learning Capabilities of Vision Transformers and CNNs by
 Fine-Tuning a Single Trainable Block", arXiv:2110.05270 (2021). The numbers are read from the CSV files in
-`worker/paper/` (a copy of the project's `shared/paper/`), never retyped here.
+`core/paper/` (a copy of the project's `shared/paper/`), never retyped here.
 
 Each entry names the timm model, the module where training starts (the paper's "last block"), how the features
 are pooled before the MLP head, and our own trainable/total parameter counts (with the paper's head), which
@@ -26,7 +26,7 @@ NUM_CLASSES = 10
 class ModelSpec:
     id: str  # what users type; a timm model name
     family: str  # "cnn" | "transformer"
-    arch: str  # key of the engine's split adapter (worker/split.py); "generic" = timm group_matcher rule
+    arch: str  # key of the engine's split adapter (worker/engine/split.py); "generic" = timm group_matcher rule
     unfreeze_from: str  # timm module where training starts: the paper's last block
     pooling: str  # "model" = the timm model's own pooling; "max" = global max pooling (Keras-origin CNNs)
     trainable_params: int  # ours: last block + kept layers + MLP head(s)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import catalogue, checkpoint
+from core import catalogue
+from . import checkpoint
 from . import data as cifar
-from .config import TrainConfig
+from core.config import TrainConfig
 from .features import _DTYPES, CacheDir, FeatureStore, cache_key, choose_placement
 from .model import SingleBlockModel, plan_for
 from .preprocess import Preprocess

@@ -1,4 +1,4 @@
-"""Start one Celery worker bound to one GPU: `python -m worker.serve`.
+"""Start one Celery worker bound to one GPU: `python -m worker.queue.serve`.
 
 With `docker compose up --scale worker=N` every replica sees all GPUs; each claims a different one by taking an
 exclusive lock on `<lock dir>/gpu<i>` (released by the kernel when the process dies), then exposes only that
@@ -57,7 +57,7 @@ def main() -> int:
         name = f"gpu{visible[idx]}@{socket.gethostname()}"
         # The lock stays open in this process and is inherited by the worker below (no close-on-exec).
         os.set_inheritable(_lock.fileno(), True)
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
            "--concurrency", "1", "--prefetch-multiplier", "1", "-n", name, "--loglevel", "INFO"]
     os.execvpe(cmd[0], cmd, env)  # the lock's file descriptor survives exec
 

@@ -1,5 +1,5 @@
-"""All configuration in one place, by environment variable (pydantic-settings). Read by the backend, the
-worker's Celery layer and `make run`; torch-free."""
+"""All configuration in one place, by environment variable (pydantic-settings). Part of the torch-free core: read
+by the backend, the worker's Celery layer and `make run`."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default sqlite:///<home>/blocklab.db
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "BLOCKLAB_REDIS_URL"))
     host: str = "127.0.0.1"  # loopback unless told otherwise
+    # Host headers the lab answers (DNS rebinding defence); loopback names always, add a LAN name here.
+    allowed_hosts: list[str] = Field(default_factory=list)
     port: int = 8000
     device: str = "auto"  # for workers: auto | cpu | cuda[:N]
     token: str | None = None  # when set, every state-changing request needs it

@@ -1,10 +1,7 @@
-"""The wire protocol between workers and the backend, over the broker only (kombu; no torch, no database).
+"""The broker side of the protocol (kombu; no torch, no database): connections, the event publisher a worker
+sends with, the control channel it listens on, and the cancel request the backend sends.
 
-- Events, worker -> backend, on one durable queue: started, info, progress, epoch, heartbeat, finished. Each
-  carries the job id and the attempt that sent it. Epoch events are idempotent (the backend stores each
-  (job, epoch) once), so a worker may resend them: it replays every finished epoch from its checkpoint on start.
-- Control, backend -> worker, on one queue per job attempt: cancel requests (from a user, or because the backend
-  gave the job to another worker after this one went silent).
+What travels (queue names, event kinds, the epoch row) is declared in core.protocol.
 """
 from __future__ import annotations
 
@@ -13,9 +10,7 @@ from typing import Any
 
 from kombu import Connection
 
-EVENTS_QUEUE = "blocklab.events"
-JOBS_QUEUE = "gpu"
-TASK_NAME = "blocklab.run_job"
+from .protocol import EVENTS_QUEUE, control_queue
 
 
 def transport_options(broker_url: str, visibility_timeout_s: int) -> dict:
@@ -24,11 +19,6 @@ def transport_options(broker_url: str, visibility_timeout_s: int) -> dict:
     if broker_url.startswith("sqla+"):
         return {"connect_args": {"timeout": 30}}
     return {"visibility_timeout": visibility_timeout_s, "polling_interval": 0.5}
-
-
-def control_queue(job_id: int, attempt: int) -> str:
-    """One queue per attempt: a cancel meant for a superseded attempt never reaches the current one's worker."""
-    return f"blocklab.control.job{job_id}.attempt{attempt}"
 
 
 class EventPublisher:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import catalogue
+from core import catalogue
 
 
 class WeightsError(RuntimeError):
