@@ -14,7 +14,7 @@ are pooled before the MLP head, and our own trainable/total parameter counts (wi
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +35,7 @@ class ModelSpec:
     pretrained_tag: str | None = None  # timm pretrained tag used for weights="hub" (None = timm's default)
     note: str = ""
     quick: bool = False  # small enough for CPU and quick runs
+    preset: dict = field(default_factory=dict)  # the paper's preset values particular to this model (option: value)
 
 
 # Trainable/total counts are with random init and our MLP head; tests/worker/test_catalogue.py proves them.
@@ -47,6 +48,7 @@ _SPECS = (
               3_308_298, 19_459_402, paper_name="CoaT-Lite Small"),
     ModelSpec("swin_base_patch4_window7_224", "transformer", "swin", "layers.3.blocks.1", "model",
               12_868_650, 87_008_194, paper_name="Swin-B 224", pretrained_tag="ms_in1k",
+              preset={"batch_size": 256},  # the paper trained Swin-B with batch 256
               note="ImageNet-1k weights, as the paper (timm's default tag is ImageNet-22k fine-tuned)."),
     ModelSpec("vit_large_patch32_224", "transformer", "vit", "blocks.23", "model",
               12_863_242, 305_775_370, paper_name="ViT-L/32", pretrained_tag="orig_in21k",

@@ -5,8 +5,17 @@
   (job, epoch) once), so a worker may resend them: it replays every finished epoch from its checkpoint on start.
 - Control, backend -> worker, on one queue per job attempt: cancel requests (from a user, or because the backend
   gave the job to another worker after this one went silent).
+- The job statuses and the epoch row: declared here once; the backend's table, the API's response model and the
+  CSV columns derive from EPOCH_ROW, and the engine builds each row with `epoch_row`.
+
+The connections themselves (kombu) are in core/broker.py.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 EVENTS_QUEUE = "blocklab.events"
 JOBS_QUEUE = "gpu"
@@ -16,3 +25,82 @@ TASK_NAME = "blocklab.run_job"
 def control_queue(job_id: int, attempt: int) -> str:
     """One queue per attempt: a cancel meant for a superseded attempt never reaches the current one's worker."""
     return f"blocklab.control.job{job_id}.attempt{attempt}"
+
+
+class JobStatus(StrEnum):
+    """A job's life: queued -> running -> succeeded | failed | cancelled (via cancelling while it runs)."""
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED})
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING})  # a worker may still speak for it
+CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+RESUMABLE = frozenset({JobStatus.CANCELLED, JobStatus.FAILED})
+
+
+# -- the epoch row ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """One field of an epoch's row: what the engine measures, ingestion stores, the API returns and the CSV lists."""
+    name: str
+    kind: str  # "int" | "float" | "vector" (per class) | "matrix" (confusion)
+    help: str
+    column: bool = False  # stored in a column of its own (one migration); else in the row's `extra` JSON
+    digits: int | None = None  # decimals in CSV downloads
+
+    @property
+    def scalar(self) -> bool:
+        return self.kind in ("int", "float")
+
+
+EPOCH_ROW: tuple[Metric, ...] = (
+    Metric("epoch", "int", "epoch number, from 1", column=True),
+    Metric("train_loss", "float", "mean training loss (with label smoothing when set)", column=True, digits=5),
+    Metric("train_acc", "float", "training accuracy (dropout on, as Keras reports it)", column=True, digits=4),
+    Metric("val_loss", "float", "validation cross-entropy, plain: comparable across models", column=True, digits=5),
+    Metric("val_acc", "float", "validation accuracy on the CIFAR-10 test set", column=True, digits=4),
+    Metric("lr", "float", "learning rate used in this epoch", column=True),
+    Metric("seconds", "float", "wall time of the epoch, training and validation", column=True, digits=3),
+    Metric("train_seconds", "float", "wall time of the training part", digits=3),
+    Metric("images_per_s", "float", "training images per second", column=True, digits=2),
+    Metric("per_class_acc", "vector", "validation accuracy per class", column=True),
+    Metric("confusion", "matrix", "validation confusion matrix, rows true, columns predicted", column=True),
+)
+METRICS: dict[str, Metric] = {m.name: m for m in EPOCH_ROW}
+SCALAR_METRICS: tuple[str, ...] = tuple(m.name for m in EPOCH_ROW if m.scalar)
+
+
+def epoch_row(**values: Any) -> dict:
+    """The row an epoch event carries, checked against EPOCH_ROW. Strict JSON: a non-finite number (a diverged
+    loss) travels as null, and `nonfinite` says what it was ({"train_loss": "NaN"})."""
+    unknown = sorted(set(values) - set(METRICS))
+    missing = sorted(set(METRICS) - set(values))
+    if unknown or missing:
+        raise ValueError(f"epoch row does not match the protocol: unknown {unknown}, missing {missing}")
+    row, nonfinite = {}, {}
+    for name, v in values.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            nonfinite[name] = "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+            v = None
+        row[name] = v
+    row["nonfinite"] = nonfinite or None
+    return row
+
+
+def scalar_view(row: dict) -> dict:
+    """The scalar metrics of a row (what status events and CSV downloads carry)."""
+    return {k: row.get(k) for k in SCALAR_METRICS} | ({"nonfinite": row["nonfinite"]} if row.get("nonfinite") else {})
+
+
+def metric_text(row: dict, name: str):
+    """A metric for a CSV cell: rounded to its declared digits, a non-finite value spelled out ("NaN")."""
+    nonfinite = (row.get("nonfinite") or {}).get(name)
+    if nonfinite:
+        return nonfinite
+    v, digits = row.get(name), METRICS[name].digits
+    return round(v, digits) if digits is not None and isinstance(v, float) else v

@@ -71,10 +71,15 @@ function fail(e) { showMessage(e instanceof ApiError ? e.message : `Something we
 window.addEventListener("error", (e) => showMessage(`Something went wrong: ${e.message}`));
 window.addEventListener("unhandledrejection", (e) => fail(e.reason));
 
+// The catalogue, the training options and the job statuses come from the API: nothing here lists them.
 async function catalogue() {
-  if (!state.models) [state.models, state.paper] = await Promise.all([api("/api/models"), api("/api/paper")]);
+  if (!state.models) {
+    [state.models, state.paper, state.options, state.statuses] = await Promise.all(
+      [api("/api/models"), api("/api/paper"), api("/api/options"), api("/api/statuses")]);
+  }
   return { models: state.models, paper: state.paper };
 }
+const can = (what, j) => state.statuses[what].includes(j.status);  // "cancellable" | "resumable" | "progressing"
 const modelById = (id) => (state.models || []).find((m) => m.id === id);
 const paperCurve = (model) => (model && model.paper_name ? state.paper.curves[model.paper_name] : null);
 
@@ -110,34 +115,38 @@ window.addEventListener("DOMContentLoaded", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------- new job
-const FIELDS = [
-  // name, label, kind, advanced, extra
-  ["epochs", "Epochs", "number", false, { min: 1, step: 1 }],
-  ["batch_size", "Batch size", "number", false, { min: 1, step: 1 }],
-  ["lr", "Learning rate (Adam)", "number", false, { step: "any" }],
-  ["weights", "Weights", "select", true, { options: ["hub", "none", "local"] }],
-  ["train_per_class", "Training images per class (empty: all)", "number", true, { min: 1, step: 1 }],
-  ["val_limit", "Validation images (empty: all 10,000)", "number", true, { min: 1, step: 1 }],
-  ["image_size", "Image size (empty: the model's)", "number", true, { min: 32, step: 1 }],
-  ["seed", "Seed", "number", true, { min: 0, step: 1 }],
-  ["pooling", "Pooling before the head", "select", true, { options: ["auto", "model", "max", "avg"] }],
-  ["lr_factor", "LR reduce factor", "number", true, { step: "any" }],
-  ["lr_patience", "LR patience (epochs)", "number", true, { min: 0, step: 1 }],
-  ["min_lr", "Minimum LR", "number", true, { step: "any" }],
-  ["head_hidden", "Head hidden units", "number", true, { min: 1, step: 1 }],
-  ["head_dropout", "Head dropout", "number", true, { step: "any" }],
-  ["hflip", "Random horizontal flip", "checkbox", true, {}],
-  ["feature_cache", "Frozen-feature cache", "checkbox", true, {}],
-  ["precision", "Precision", "select", true, { options: ["auto", "fp32", "bf16"] }],
-];
-// The paper's preset (worker/config.py), shown filled in.
-const PAPER_PRESET = { model: "deit_base_distilled_patch16_224", epochs: 20, batch_size: 512, lr: 1e-4, weights: "hub",
-  train_per_class: "", val_limit: "", image_size: "", seed: 0, pooling: "auto", lr_factor: 0.6, lr_patience: 2,
-  min_lr: 1e-7, head_hidden: 256, head_dropout: 0.5, hflip: true, feature_cache: true, precision: "auto" };
+// Every field comes from GET /api/options (core/config.py declares them); the paper's preset is their defaults,
+// with the model's own values (GET /api/models: `preset`, e.g. batch 256 for Swin-B) for fields left untouched.
+function fieldRow(name, label, input, help) {
+  return el("div", { class: "row" }, el("label", { for: `f-${name}`, text: label, title: help || null }), input,
+            help ? el("div", { class: "hint", text: help }) : null, el("div", { class: "field-error", id: `err-${name}` }));
+}
 
-function fieldRow(name, label, input) {
-  return el("div", { class: "row" }, el("label", { for: `f-${name}`, text: label }), input,
-            el("div", { class: "field-error", id: `err-${name}` }));
+function optionValue(o, modelId) {
+  const m = modelById(modelId);
+  return m && m.preset && o.name in m.preset ? m.preset[o.name] : o.default;
+}
+
+function setInput(input, o, value) {
+  if (o.type === "bool") input.checked = Boolean(value);
+  else input.value = value === null || value === undefined ? "" : String(value);
+}
+
+function optionInput(o) {
+  let input;
+  if (o.choices) {
+    input = el("select", { id: `f-${o.name}`, name: o.name }, o.choices.map((c) => el("option", { value: c, text: c })));
+  } else if (o.type === "bool") {
+    input = el("input", { id: `f-${o.name}`, name: o.name, type: "checkbox" });
+  } else if (o.type === "int" || o.type === "float") {
+    input = el("input", { id: `f-${o.name}`, name: o.name, type: "number", step: o.type === "int" ? 1 : "any",
+                          min: o.min ?? null, max: o.max ?? null, placeholder: o.nullable ? `empty: ${o.none_means || "none"}` : null });
+  } else {
+    input = el("input", { id: `f-${o.name}`, name: o.name, type: "text", maxlength: 200 });
+  }
+  input.addEventListener("input", () => { input.dataset.touched = "1"; });
+  input.addEventListener("change", () => { input.dataset.touched = "1"; });
+  return input;
 }
 
 function modelPicker() {
@@ -151,33 +160,30 @@ function modelPicker() {
     }
     select.append(group);
   }
-  select.value = PAPER_PRESET.model;
-  select.addEventListener("change", () => {  // the paper trained Swin-B with batch 256, the others with 512
-    const batch = $("#f-batch_size");
-    if (batch && ["256", "512"].includes(batch.value)) batch.value = select.value.startsWith("swin_") ? "256" : "512";
-  });
   return select;
 }
 
 function renderNew(view) {
   const form = el("form", { class: "job card", id: "job-form", novalidate: true });
+  const modelOpt = state.options.find((o) => o.name === "model");
+  const picker = modelPicker();
+  picker.value = modelOpt.default;
   form.append(el("h2", { text: "New job" }),
-    el("p", { class: "muted", text: "The paper's preset is filled in: Adam 1e-4, batch 512, 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip." }),
+    el("p", { class: "muted", text: "The paper's preset is filled in: Adam 1e-4, batch 512 (256 for Swin-B), 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip." }),
     fieldRow("name", "Name", el("input", { id: "f-name", name: "name", value: "my run", maxlength: 200 })),
-    fieldRow("model", "Model", modelPicker()));
+    fieldRow("model", modelOpt.label, picker, modelOpt.help));
   const advanced = el("details", { id: "advanced" }, el("summary", { text: "Advanced settings" }));
-  for (const [name, label, kind, adv, extra] of FIELDS) {
-    let input;
-    if (kind === "select") {
-      input = el("select", { id: `f-${name}`, name }, extra.options.map((o) => el("option", { value: o, text: o })));
-      input.value = PAPER_PRESET[name];
-    } else if (kind === "checkbox") {
-      input = el("input", { id: `f-${name}`, name, type: "checkbox", checked: PAPER_PRESET[name] });
-    } else {
-      input = el("input", { id: `f-${name}`, name, type: "number", value: PAPER_PRESET[name], ...extra });
-    }
-    (adv ? advanced : form).append(fieldRow(name, label, input));
+  const inputs = [];
+  for (const o of state.options) {
+    if (o.name === "model") continue;
+    const input = optionInput(o);
+    setInput(input, o, optionValue(o, picker.value));
+    inputs.push([o, input]);
+    (o.advanced ? advanced : form).append(fieldRow(o.name, o.label, input, o.advanced ? o.help : null));
   }
+  picker.addEventListener("change", () => {  // the model's own preset values, where the user changed nothing
+    for (const [o, input] of inputs) if (!input.dataset.touched) setInput(input, o, optionValue(o, picker.value));
+  });
   form.append(advanced, el("div", {}, el("button", { type: "submit", id: "submit" , text: "Start job" })));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form); });
 
@@ -189,11 +195,12 @@ function renderNew(view) {
 
 function readConfig(form) {
   const cfg = { model: $("#f-model", form).value };
-  for (const [name, , kind] of FIELDS) {
-    const input = $(`#f-${name}`, form);
-    if (kind === "checkbox") cfg[name] = input.checked;
-    else if (kind === "select") cfg[name] = input.value;
-    else cfg[name] = input.value.trim() === "" ? null : Number(input.value);
+  for (const o of state.options) {
+    if (o.name === "model") continue;
+    const input = $(`#f-${o.name}`, form);
+    if (o.type === "bool") cfg[o.name] = input.checked;
+    else if (o.choices || o.type === "str") cfg[o.name] = input.value;
+    else cfg[o.name] = input.value.trim() === "" ? null : Number(input.value);
   }
   return cfg;
 }
@@ -231,29 +238,42 @@ async function reproduceTable1() {
 
 // ---------------------------------------------------------------------------------------------------- jobs
 function progressCell(j) {
-  const within = j.status === "running" && j.progress.epoch > j.epochs_done && j.progress.batches
+  const within = can("progressing", j) && j.progress.epoch > j.epochs_done && j.progress.batches
     ? j.progress.batch / j.progress.batches : 0;
   const frac = Math.min((j.epochs_done + within) / j.epochs, 1);
-  const batch = j.status === "running" && j.progress.batches
+  const batch = can("progressing", j) && j.progress.batches
     ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "";
   return el("td", { class: "progress" }, el("span", { class: "bar" }, el("span", { style: `width:${(100 * frac).toFixed(1)}%` })),
             ` epoch ${j.epochs_done}/${j.epochs}${batch}`);
 }
 
+// A button that is disabled while its request is in flight: a double click sends one request.
+function actionButton(cls, text, request, then) {
+  const b = el("button", { class: `secondary ${cls}`, text });
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try { await request(); await then(); } catch (e) { b.disabled = false; fail(e); }
+  });
+  return b;
+}
+
+function jobActions(j, then) {
+  const post = (what) => () => api(`/api/jobs/${j.id}/${what}`, { method: "POST" });
+  const out = [];
+  if (can("cancellable", j)) out.push(actionButton("cancel", "Cancel", post("cancel"), then));
+  if (can("resumable", j)) out.push(actionButton("resume", "Resume", post("resume"), then));
+  return out;
+}
+
 function jobRow(j, refresh) {
-  const act = async (what) => {
-    try { await api(`/api/jobs/${j.id}/${what}`, { method: "POST" }); refresh(); } catch (e) { fail(e); }
-  };
-  const actions = el("td", {});
-  if (["queued", "running"].includes(j.status)) actions.append(el("button", { class: "secondary cancel", text: "Cancel", onclick: () => act("cancel") }));
-  if (["cancelled", "failed"].includes(j.status)) actions.append(el("button", { class: "secondary resume", text: "Resume", onclick: () => act("resume") }));
+  const actions = el("td", {}, ...jobActions(j, refresh));
   const row = el("tr", { "data-job": j.id },
     el("td", {}, el("a", { href: `#/job/${j.id}`, text: `#${j.id}` })),
     el("td", { class: "name", text: j.experiment_name }),
     el("td", { class: `status status-${j.status}`, text: j.status }),
     el("td", { text: j.model }),
     progressCell(j),
-    el("td", { text: j.status === "running" ? secs(j.eta_s) : "–" }),
+    el("td", { text: can("progressing", j) ? secs(j.eta_s) : "–" }),
     el("td", { class: "best", text: pct(j.best_val_acc) }),
     el("td", { text: pct(j.paper_val_acc) }),
     actions);
@@ -315,15 +335,14 @@ async function renderJob(view, id) {
   const drawHead = () => {
     const j = current;
     const actions = [];
-    if (["queued", "running"].includes(j.status)) actions.push(el("button", { class: "secondary cancel", text: "Cancel", onclick: () => api(`/api/jobs/${id}/cancel`, { method: "POST" }).then(refreshJob).catch(fail) }));
-    if (["cancelled", "failed"].includes(j.status)) actions.push(el("button", { class: "secondary resume", text: "Resume", onclick: () => api(`/api/jobs/${id}/resume`, { method: "POST" }).then(() => route()).catch(fail) }));
+    actions.push(...jobActions(j, () => (can("cancellable", j) ? refreshJob() : route())));
     head.replaceChildren(
       el("h2", {}, `Job #${j.id}: `, el("span", { class: "name", text: j.experiment_name })),
       el("p", {}, "Status: ", el("span", { id: "job-status", class: `status status-${j.status}`, text: j.status }),
         ` · ${j.model}${model && model.paper_name ? ` (paper: ${model.paper_name}, ${pct(model.paper_val_acc)})` : ""}`,
         ` · epoch ${j.epochs_done}/${j.epochs}`,
-        j.status === "running" && j.progress.batches ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "",
-        j.status === "running" ? ` · ETA ${secs(j.eta_s)}` : "",
+        can("progressing", j) && j.progress.batches ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "",
+        can("progressing", j) ? ` · ETA ${secs(j.eta_s)}` : "",
         ` · best ${pct(j.best_val_acc)}${j.best_epoch ? ` (epoch ${j.best_epoch})` : ""}`,
         j.device ? ` · ${j.device}` : "", " ", ...actions),
       j.error ? el("p", { class: "error-text", id: "job-error", text: j.error }) : "",

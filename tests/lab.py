@@ -86,7 +86,7 @@ class Lab:
         self.env = env_for(tmp / "home", **extra)
         self.backend = self._proc("backend", [sys.executable, "-m", "uvicorn", "backend.app.main:app", "--host",
                                               "127.0.0.1", "--port", str(self.port)])
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.client = httpx.Client(base_url=self.url, timeout=10, headers={"X-Requested-With": "BlockLab"})
 
     def _proc(self, name, cmd) -> Proc:
         p = Proc(name, cmd, self.env, self.tmp / f"{name}.log")

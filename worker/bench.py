@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def _dataset(args):
-    from . import data
+    from worker.engine import data
     if args.data_dir:
         ds = data.load_cifar10(Path(args.data_dir))
         train = data.limit(ds.train, args.images)

@@ -13,55 +13,62 @@ import sys
 from pathlib import Path
 
 from core import catalogue
-from core.config import TrainConfig, preset
+from core.config import OPTIONS, PRESETS, TrainConfig, preset
+from core.options import Option
 from worker.engine.data import DatasetError
 from worker.engine.weights import WeightsError
 
 
-def _int_or_none(s: str):
-    return None if s.lower() in ("none", "all") else int(s)
+def _parse(o: Option):
+    """The argparse type of an option: its declared type, with "none"/"all" for an empty value where allowed."""
+    def parse(text: str):
+        if o.nullable and text.lower() in ("none", "all", ""):
+            return None
+        try:
+            value = o.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if o.type is int else 'a number'}")
+        why = o.check(value)
+        if why:
+            raise argparse.ArgumentTypeError(f"{o.name} {why}")
+        return value
+    parse.__name__ = o.type.__name__
+    return parse
+
+
+def _help(o: Option) -> str:
+    """Help text with the default, and the models whose paper preset differs."""
+    default = o.none_means if o.default is None and o.none_means else o.default
+    per_model = [f"{v} for {m}" for m, v in ((s.id, s.preset.get(o.name)) for s in catalogue.CATALOGUE.values())
+                 if v is not None]
+    return f"{o.help} (default: {default}{'; ' + ', '.join(per_model) if per_model else ''})".replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m worker.finetune", description=__doc__.split("\n")[0])
-    p.add_argument("--model", help=f"a catalogue id or any timm model name (default {d.model})")
-    p.add_argument("--data-dir", type=Path, help="CIFAR-10: cifar-10-batches-py/ or cifar-10-python.tar.gz")
-    p.add_argument("--out", type=Path, help="output folder (metrics.jsonl, summary.json, checkpoint.pt)")
-    p.add_argument("--preset", default="paper", choices=["paper", "quick"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weights", help="hub | none | PATH of a .safetensors/.pth state_dict")
-    p.add_argument("--weights-dir", type=Path, help="cache for hub weights")
-    p.add_argument("--train-per-class", type=_int_or_none)
-    p.add_argument("--val-limit", type=_int_or_none)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--pooling", choices=["auto", "model", "max", "avg"])
-    p.add_argument("--no-hflip", action="store_true", help="turn off the paper's random horizontal flip")
-    p.add_argument("--no-feature-cache", action="store_true", help="run the frozen part every step")
-    p.add_argument("--cache-dir", type=Path, help="keep finished feature caches here for later runs")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 when the data dir has none")
-    p.add_argument("--describe", action="store_true", help="print parameter counts and trainable modules")
-    p.add_argument("--list-models", action="store_true", help="print the model catalogue as JSON")
+    run = p.add_argument_group("where")
+    run.add_argument("--data-dir", type=Path, help="CIFAR-10: cifar-10-batches-py/ or cifar-10-python.tar.gz")
+    run.add_argument("--out", type=Path, help="output folder (metrics.jsonl, summary.json, checkpoint.pt)")
+    run.add_argument("--weights-dir", type=Path, help="cache for hub weights")
+    run.add_argument("--cache-dir", type=Path, help="keep finished feature caches here for later runs")
+    run.add_argument("--download", action="store_true", help="download CIFAR-10 when the data dir has none")
+    run.add_argument("--preset", default="paper", choices=list(PRESETS), help="starting values (default: paper)")
+    training = p.add_argument_group("training options (core/config.py; unset = the preset's value)")
+    for o in OPTIONS:  # every option, from its one declaration
+        flag = "--" + o.name.replace("_", "-")
+        if o.type is bool:
+            training.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(o))
+        else:
+            training.add_argument(flag, type=_parse(o), choices=o.choices, default=None, help=_help(o),
+                                  metavar=None if o.choices else o.type.__name__.upper())
+    info = p.add_argument_group("information")
+    info.add_argument("--describe", action="store_true", help="print parameter counts and trainable modules")
+    info.add_argument("--list-models", action="store_true", help="print the model catalogue as JSON")
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    overrides = {}
-    for name in ("model", "epochs", "batch_size", "lr", "weights", "train_per_class", "val_limit", "image_size",
-                 "pooling", "precision", "device", "seed", "num_workers"):
-        v = getattr(a, name)
-        if v is not None:
-            overrides[name] = v
-    if a.no_hflip:
-        overrides["hflip"] = False
-    if a.no_feature_cache:
-        overrides["feature_cache"] = False
+    overrides = {o.name: getattr(a, o.name) for o in OPTIONS if getattr(a, o.name) is not None}
     return preset(a.preset, **overrides)
 
 

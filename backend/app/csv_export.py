@@ -1,25 +1,32 @@
-"""CSV downloads that a spreadsheet opens safely: text cells that start like a formula are neutralized."""
+"""CSV downloads that a spreadsheet opens safely: text cells are quoted, and anything in them that a spreadsheet
+could read as the start of a formula is neutralized, also after a `,`, `;` or tab: a spreadsheet that splits on a
+different separator than ours (or ignores the quotes) would otherwise start a new cell there."""
 from __future__ import annotations
 
 import csv
 import io
+import re
 
 from fastapi.responses import PlainTextResponse
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A formula character (OWASP: = + - @, and tab/CR) at the start of the text or of any piece a spreadsheet may split
+# off (after , ; tab or a line break), perhaps after spaces it trims.
+_FORMULA = re.compile(r"(^|[,;\t\r\n])([ ]*)(?=[=+\-@\t\r])")
 
 
 def safe_cell(v):
-    """Numbers stay numbers; text starting with = + - @ (or a tab/CR) gets a leading quote (OWASP)."""
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
-        return "'" + v
-    return "" if v is None else v
+    """Numbers stay numbers; in text, each formula-like start gets a leading quote (OWASP's neutralization)."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return _FORMULA.sub(r"\1\2'", v)
+    return v
 
 
 def to_csv(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
+    w = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC)  # text always quoted, numbers bare
+    w.writerow([safe_cell(h) for h in header])
     for r in rows:
         w.writerow([safe_cell(v) for v in r])
     return buf.getvalue()

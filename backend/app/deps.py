@@ -12,12 +12,19 @@ from core.settings import get_settings
 SessionDep = Depends(get_session)
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110), and a
+    header without it is no token."""
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    return (credentials.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def require_token(authorization: str | None = Header(None), x_blocklab_token: str | None = Header(None)) -> None:
     """With BLOCKLAB_TOKEN set, state-changing requests must carry it (Bearer or X-BlockLab-Token)."""
     token = get_settings().token
     if not token:
         return
-    given = x_blocklab_token or (authorization or "").removeprefix("Bearer ").strip()
+    given = x_blocklab_token or bearer(authorization)
     if not given or not hmac.compare_digest(given.encode(), token.encode()):
         raise HTTPException(401, "this lab requires its access token (BLOCKLAB_TOKEN) for changes")
 

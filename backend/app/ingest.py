@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from core.broker import transport_options
-from core.protocol import EVENTS_QUEUE
+from core.protocol import ACTIVE, EVENTS_QUEUE, TERMINAL, JobStatus, scalar_view
 
 from . import jobs
 from .db import session_scope
@@ -24,9 +24,6 @@ from .models import EpochMetric, Job, utcnow
 from core.settings import Settings
 
 log = logging.getLogger("blocklab.ingest")
-
-_METRIC_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
-                  "per_class_acc", "confusion")
 
 
 def handle_event(ev: dict) -> None:
@@ -41,24 +38,21 @@ def handle_event(ev: dict) -> None:
         if not current:
             return  # a stale attempt (requeued since) no longer speaks for the job
         now = utcnow()
-        if kind in ("heartbeat", "progress", "info", "started") and job.status in ("queued", "running",
-                                                                                    "cancelling"):
+        if kind in ("heartbeat", "progress", "info", "started") and job.status in ACTIVE:
             job.heartbeat_at = now
-        if kind == "started" and job.status == "queued":
-            job.status, job.worker, job.device = "running", ev.get("worker"), ev.get("device")
-            job.started_at = job.started_at or now
-            job.error = None
-            jobs.record(db, job, worker=job.worker, device=job.device)
-        elif kind == "progress" and job.status in ("running", "cancelling"):
+        if kind == "started" and job.status == JobStatus.QUEUED:
+            if jobs.transition(db, job, {JobStatus.QUEUED}, status=JobStatus.RUNNING, worker=ev.get("worker"),
+                               device=ev.get("device"), started_at=job.started_at or now, error=None):
+                jobs.record(db, job, worker=job.worker, device=job.device)
+        elif kind == "progress" and job.status in (JobStatus.RUNNING, JobStatus.CANCELLING):
             job.phase, job.progress_epoch = ev["phase"], ev["epoch"]
             job.progress_batch, job.progress_batches = ev["batch"], ev["batches"]
         elif kind == "info":
             job.info = ev["info"]
-        elif kind == "finished" and job.status not in jobs.TERMINAL:
-            job.status, job.error = ev["status"], ev.get("error")
-            job.summary = ev.get("summary")
-            job.finished_at = now
-            jobs.record(db, job)
+        elif kind == "finished" and job.status not in TERMINAL:
+            if jobs.transition(db, job, ACTIVE, status=JobStatus(ev["status"]), error=ev.get("error"),
+                               summary=ev.get("summary"), finished_at=now):
+                jobs.record(db, job)
         db.commit()
 
 
@@ -67,12 +61,10 @@ def _store_epoch(db, job: Job, row: dict, sent_at: float | None = None) -> None:
                                                     EpochMetric.epoch == row["epoch"]))
     if exists:
         return
-    db.add(EpochMetric(job_id=job.id, epoch=row["epoch"], **{k: row.get(k) for k in _METRIC_FIELDS}))
+    db.add(EpochMetric.from_row(job.id, row))
     # delay_s: from the worker sending the epoch to the backend storing it (same clock on one machine).
     delay = round(time.time() - sent_at, 3) if sent_at else None
-    jobs.record(db, job, kind="epoch", epoch=row["epoch"], delay_s=delay,
-                row={k: row.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                                             "seconds", "images_per_s")})
+    jobs.record(db, job, kind="epoch", epoch=row["epoch"], delay_s=delay, row=scalar_view(row))
     try:
         db.commit()
     except IntegrityError:  # another ingestor stored it first
@@ -86,7 +78,7 @@ def check_heartbeats(settings: Settings, since: datetime) -> list[int]:
     limit = timedelta(seconds=settings.heartbeat_timeout_s)
     touched = []
     with session_scope() as db:
-        for job in db.scalars(select(Job).where(Job.status.in_(("running", "cancelling")))).all():
+        for job in db.scalars(select(Job).where(Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))).all():
             last = max(t for t in (job.heartbeat_at, job.started_at, since) if t is not None)
             if now - last > limit:
                 log.warning("job %s: no heartbeat for %.0f s", job.id, (now - last).total_seconds())

@@ -6,12 +6,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .db import migrate
 from .ingest import Ingestor
 from .routers import catalogue, compare, experiments, health, jobs
+from .security import LabGuard, short_errors
 from core.settings import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -35,12 +37,13 @@ def create_app() -> FastAPI:
     app = FastAPI(title="BlockLab", version="0.1.0", lifespan=lifespan,
                   description="Single-block transfer learning (Malpure, Litake, Ingle 2021), as a web lab.")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > get_settings().max_body_bytes:
-            return JSONResponse({"detail": f"request body over {get_settings().max_body_bytes} bytes"}, 413)
-        return await call_next(request)
+    # Host, Origin and content-type rules for changes, and the body limit on the bytes read (see security.py).
+    app.add_middleware(LabGuard)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        # FastAPI's 422 shape, but each echoed value a short snippet and the whole strict JSON (NaN, "\ud800").
+        return JSONResponse({"detail": short_errors(exc.errors())}, 422)
 
     for r in (catalogue, experiments, jobs, compare, health):
         app.include_router(r.router)

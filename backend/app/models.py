@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from core.protocol import EPOCH_ROW, JobStatus
+
 from .db import Base
 
 
@@ -29,7 +31,7 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every (re)delivery the backend makes
     error: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(200))
@@ -48,22 +50,39 @@ class Job(Base):
     metrics: Mapped[list["EpochMetric"]] = relationship(order_by="EpochMetric.epoch")
 
 
-class EpochMetric(Base):
+_COLUMN_TYPES = {"int": Integer, "float": Float, "vector": JSON, "matrix": JSON}
+
+
+class _EpochColumns:
+    """The epoch row's own columns, one per metric that EPOCH_ROW marks `column` (a new one needs a migration).
+    Nullable: a diverged epoch's loss is stored as NULL and named in `extra["nonfinite"]`."""
+
+
+for _m in EPOCH_ROW:
+    if _m.column and _m.name != "epoch":
+        setattr(_EpochColumns, _m.name, mapped_column(_COLUMN_TYPES[_m.kind], nullable=True))
+
+
+class EpochMetric(_EpochColumns, Base):
     __tablename__ = "epoch_metrics"
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_job_epoch"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
-    train_loss: Mapped[float] = mapped_column(Float)
-    train_acc: Mapped[float] = mapped_column(Float)
-    val_loss: Mapped[float] = mapped_column(Float)
-    val_acc: Mapped[float] = mapped_column(Float)
-    lr: Mapped[float] = mapped_column(Float)
-    seconds: Mapped[float] = mapped_column(Float)
-    images_per_s: Mapped[float] = mapped_column(Float)
-    per_class_acc: Mapped[list | None] = mapped_column(JSON)
-    confusion: Mapped[list | None] = mapped_column(JSON)
+    extra: Mapped[dict | None] = mapped_column(JSON)  # the row's other metrics, and `nonfinite`
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @classmethod
+    def from_row(cls, job_id: int, row: dict) -> "EpochMetric":
+        own = {m.name for m in EPOCH_ROW if m.column}
+        extra = {k: v for k, v in row.items() if k not in own and v is not None}
+        return cls(job_id=job_id, **{k: row.get(k) for k in own}, extra=extra or None)
+
+    def row(self) -> dict:
+        """The epoch's row as the protocol declares it (the API's MetricPublic)."""
+        extra = self.extra or {}
+        return {m.name: getattr(self, m.name) if m.column else extra.get(m.name) for m in EPOCH_ROW} | {
+            "nonfinite": extra.get("nonfinite")}
 
 
 class JobEvent(Base):

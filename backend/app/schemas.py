@@ -1,63 +1,60 @@
 """Request and response shapes: a Create/Public ladder per resource. Accuracies are fractions in [0, 1].
 
-The experiment config mirrors the engine's TrainConfig (worker/config.py) field for field, with the bounds a
-browser may ask for; file paths are never accepted (weights is hub, none or local).
+Nothing here lists a training option or a metric: the experiment config is derived from the options' one
+declaration (core/config.py), the metric row from the protocol's EPOCH_ROW (core/protocol.py). File paths are
+never accepted (weights is hub, none or local).
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from core import catalogue
-from core.config import WEB_FIELDS, TrainConfig, paper_batch_size
-
-_D = TrainConfig()
+from core.config import model_preset, web_options
+from core.options import Option
+from core.protocol import EPOCH_ROW, JobStatus
 
 # The database keeps naive UTC; the API says so (RFC 3339 with an offset).
 UTCDateTime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
 
 
-class ExperimentConfig(BaseModel):
-    """The engine's config as a browser may set it; defaults are the paper's preset."""
+class _ConfigRules(BaseModel):
+    """What the option declarations cannot say alone: the model must be in the catalogue, and a field the request
+    leaves out takes the paper's value for that model (Swin-B: batch 256)."""
     model_config = ConfigDict(extra="forbid")
 
-    model: str = _D.model
-    epochs: int = Field(_D.epochs, ge=1, le=200)
-    batch_size: int = Field(_D.batch_size, ge=1, le=4096)
-    lr: float = Field(_D.lr, gt=0, le=1.0)
-    weights: Literal["hub", "none", "local"] = "hub"
-    train_per_class: int | None = Field(_D.train_per_class, ge=1, le=5000)
-    val_limit: int | None = Field(_D.val_limit, ge=1, le=10000)
-    image_size: int | None = Field(_D.image_size, ge=32, le=512)
-    seed: int = Field(_D.seed, ge=0, le=2**31 - 1)
-    pooling: Literal["auto", "model", "max", "avg"] = _D.pooling
-    lr_factor: float = Field(_D.lr_factor, gt=0, lt=1)
-    lr_patience: int = Field(_D.lr_patience, ge=0, le=100)
-    min_lr: float = Field(_D.min_lr, ge=0, le=1.0)
-    hflip: bool = _D.hflip
-    head_hidden: int = Field(_D.head_hidden, ge=1, le=8192)
-    head_dropout: float = Field(_D.head_dropout, ge=0, lt=1)
-    feature_cache: bool = _D.feature_cache
-    precision: Literal["auto", "fp32", "bf16"] = _D.precision
-
-    @field_validator("model")
+    @field_validator("model", check_fields=False)
     @classmethod
     def _known_model(cls, v: str) -> str:
         if catalogue.get(v) is None:
             raise ValueError(f"unknown model {v!r}; choose one of GET /api/models")
         return v
 
-
     @model_validator(mode="after")
-    def _paper_batch(self):
-        if "batch_size" not in self.model_fields_set:
-            self.batch_size = paper_batch_size(self.model)
+    def _model_preset(self):
+        for name, value in model_preset(self.model).items():
+            if name not in self.model_fields_set:
+                setattr(self, name, value)
         return self
 
 
-assert set(ExperimentConfig.model_fields) == set(WEB_FIELDS), "web config and engine config drifted apart"
+def _field(o: Option) -> tuple[Any, Any]:
+    choices = o.web_choices or o.choices
+    annotation: Any = Literal[choices] if choices else o.type
+    if o.nullable:
+        annotation = annotation | None
+    bounds = {k: getattr(o, k) for k in ("ge", "gt", "le", "lt") if getattr(o, k) is not None}
+    extra = {"allow_inf_nan": False} if o.type is float else {}
+    if o.type is str and not choices:
+        extra["max_length"] = 200
+    return annotation, Field(o.default, description=o.help, title=o.title, **bounds, **extra)
+
+
+ExperimentConfig = create_model(
+    "ExperimentConfig", __base__=_ConfigRules, __doc__="The engine's config as a browser may set it; defaults "
+    "are the paper's preset.", **{o.name: _field(o) for o in web_options()})
 
 
 class ExperimentCreate(BaseModel):
@@ -74,7 +71,7 @@ class JobPublic(BaseModel):
     experiment_id: int
     experiment_name: str
     model: str
-    status: str
+    status: JobStatus
     attempt: int
     error: str | None
     device: str | None
@@ -104,18 +101,12 @@ class ExperimentPublic(BaseModel):
     jobs: list[JobPublic]
 
 
-class MetricPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    seconds: float
-    images_per_s: float
-    per_class_acc: list[float] | None
-    confusion: list[list[int]] | None
+_METRIC_TYPES = {"int": int, "float": float, "vector": list[float], "matrix": list[list[int]]}
+MetricPublic = create_model(
+    "MetricPublic", __doc__="One epoch's row (core.protocol.EPOCH_ROW). A non-finite value is null here and named in "
+    "`nonfinite`.",
+    **{m.name: (_METRIC_TYPES[m.kind] | None, Field(None, description=m.help)) for m in EPOCH_ROW},
+    nonfinite=(dict[str, str] | None, None))
 
 
 class ModelPublic(BaseModel):
@@ -133,6 +124,7 @@ class ModelPublic(BaseModel):
     pooling: str
     quick: bool
     note: str
+    preset: dict  # the paper's preset values particular to this model (option: value)
 
 
 class ReproduceRequest(BaseModel):

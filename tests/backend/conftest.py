@@ -19,7 +19,8 @@ def api(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOCKLAB_HOME", str(tmp_path / "home"))
     reset_caches()
     from backend.app.main import create_app
-    with TestClient(create_app()) as client:
+    # As the lab's own pages do: a write carries this header (a foreign page cannot send it; security.py).
+    with TestClient(create_app(), headers={"X-Requested-With": "BlockLab"}) as client:
         yield client
     reset_caches()
 

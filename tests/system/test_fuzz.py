@@ -31,7 +31,7 @@ def test_no_server_error_and_responses_match_the_schema(fuzz_lab):
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())
         def fuzz(case):
-            response = case.call(timeout=30)
+            response = case.call(timeout=30, headers={"X-Requested-With": "BlockLab"})
             case.validate_response(response, checks=[not_a_server_error, response_schema_conformance,
                                                      content_type_conformance])
             CASES["n"] += 1

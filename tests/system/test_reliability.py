@@ -9,9 +9,37 @@ import time
 import httpx
 import pytest
 
-from tests.lab import QUICK, SLOW, wait_for
+from tests.lab import QUICK, SLOW, _ping, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+# Waits are bounds on events, derived from what the lab is configured to do, stretched by BUSY: CI shares a
+# 2-core machine, where a process may run at a quarter of its speed (two busy processes beside the lab's own).
+BUSY = 4
+WATCHDOG_PERIOD_S = 1.0  # the backend checks heartbeats about once a second (backend/app/ingest.py)
+WORKER_START_S = 120  # a worker process starting (torch imports) and taking a job, on a busy machine
+REDIS_CLIENT_RETRY_S = 10  # redis-py retries a failed command 3 times (backoff up to 1 + 2 + 4 s) before raising
+
+
+def _setting(lab, name: str) -> float:
+    """A timing setting the lab's processes run with (tests/lab.py sets them for every lab)."""
+    return float(lab.env[f"BLOCKLAB_{name.upper()}"])
+
+
+def _requeue_s(lab) -> float:
+    """The longest the backend may take to requeue a job whose worker went silent: the heartbeat timeout, the
+    watchdog's period and two heartbeat intervals (the last one sent may be one interval old)."""
+    return BUSY * (_setting(lab, "heartbeat_timeout_s") + WATCHDOG_PERIOD_S
+                   + 2 * _setting(lab, "heartbeat_interval_s"))
+
+
+def _epoch_s(lab, jid) -> float:
+    """How long one epoch of this job took (its first stored one), stretched for a busy machine."""
+    return BUSY * max(m["seconds"] for m in lab.client.get(f"/api/jobs/{jid}/metrics").json()[:1])
+
+
+def _count(proc, text: str) -> int:
+    return proc.log.read_text(errors="replace").count(text) if proc.log.exists() else 0
 
 
 @pytest.fixture
@@ -154,21 +182,87 @@ def test_server_binds_to_loopback_by_default(monkeypatch):
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
 
 
+def _holds_lock(pid: int, path) -> bool:
+    """Does process `pid` hold a POSIX lock on this file (/proc/locks: "1: POSIX ADVISORY WRITE <pid>
+    <maj>:<min>:<inode> <start> <end>"; lines with "->" are waiters, which hold nothing)?"""
+    if not path.exists():
+        return False
+    inode = str(path.stat().st_ino)
+    for line in open("/proc/locks").read().splitlines():
+        f = line.split()
+        if "->" not in f and len(f) >= 6 and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == inode:
+            return True
+    return False
+
+
+def _freeze(proc, broker) -> int:
+    """SIGSTOP a worker at a moment it is outside a broker transaction; returns the tries it took. SQLite locks
+    the whole broker file for a transaction (the SQLite transport takes even an empty queue's messages with
+    BEGIN IMMEDIATE): a worker frozen inside one would lock out the backend, which then could not requeue
+    anything until the worker woke. That, not slowness, made this test fail on a loaded machine."""
+    for tries in range(1, 51):
+        os.killpg(proc.p.pid, signal.SIGSTOP)
+        if not _holds_lock(proc.p.pid, broker):
+            return tries
+        os.killpg(proc.p.pid, signal.SIGCONT)
+        wait_for(lambda: not _holds_lock(proc.p.pid, broker), 30, "the worker to end its broker transaction",
+                 interval=0.01)
+    raise AssertionError("the worker was inside a broker transaction at 50 tries to freeze it")
+
+
 def test_a_frozen_worker_is_superseded_and_stops_when_it_wakes(sqlite_lab):
     """SIGSTOP looks like death to the backend (no heartbeat): the job goes to another worker, and when the
     frozen one wakes it hears that its attempt was cancelled and stops, instead of racing the new attempt."""
     lab = sqlite_lab
     jid = lab.submit("frozen", **SLOW, epochs=5)
     w1 = lab.new_worker(1)
-    wait_for(lambda: lab.epochs(jid), 120, "a first epoch")
-    os.killpg(w1.p.pid, signal.SIGSTOP)
-    wait_for(lambda: lab.job(jid)["attempt"] == 2, 60, "the job to be requeued")
+    wait_for(lambda: lab.epochs(jid), WORKER_START_S, "a first epoch")
+    epoch_s = _epoch_s(lab, jid)
+    tries = _freeze(w1, lab.tmp / "home" / "broker.sqlite")
+    wait_for(lambda: lab.job(jid)["attempt"] == 2, _requeue_s(lab), "the job to be requeued")
     lab.new_worker(2)
-    wait_for(lambda: lab.job(jid)["status"] == "running" and lab.job(jid)["worker"].startswith("w2"), 60,
-             "the second worker to take the job")
+    wait_for(lambda: lab.job(jid)["status"] == "running" and lab.job(jid)["worker"].startswith("w2"),
+             WORKER_START_S, "the second worker to take the job")
     os.killpg(w1.p.pid, signal.SIGCONT)
-    wait_for(lambda: "stop requested" in w1.log.read_text(errors="replace"), 60, "the woken worker to stop")
-    job = lab.wait_status(jid, ("succeeded", "failed"), timeout=240)
-    print(f"\nfrozen worker: superseded and stopped on waking; job {job['status']} (attempt {job['attempt']}), "
-          f"epochs {lab.epochs(jid)}")
+    # It hears the cancel at its next check, every few batches: within an epoch.
+    wait_for(lambda: "stop requested" in w1.log.read_text(errors="replace"), epoch_s, "the woken worker to stop")
+    job = lab.wait_status(jid, ("succeeded", "failed"), timeout=WORKER_START_S + 5 * epoch_s)
+    print(f"\nfrozen worker (frozen at try {tries}, outside a broker transaction): superseded and stopped on "
+          f"waking; job {job['status']} (attempt {job['attempt']}), epochs {lab.epochs(jid)}")
     assert job["status"] == "succeeded" and lab.epochs(jid) == [1, 2, 3, 4, 5]
+
+
+def test_redis_restarted_three_times_during_a_job_delays_events_and_loses_none(make_lab):
+    """Only reconnecting can save this job: the watchdog would requeue it only after an hour of silence."""
+    lab = make_lab(redis=True, redis_args=("--appendonly", "yes", "--appendfsync", "always"),
+                   BLOCKLAB_HEARTBEAT_TIMEOUT_S="3600")
+    rport = int(lab.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    worker = lab.new_worker()
+    jid = lab.submit("redis restarted thrice", **SLOW, epochs=6)
+    wait_for(lambda: lab.epochs(jid), WORKER_START_S, "a first epoch")
+    epoch_s = _epoch_s(lab, jid)
+    outages = []
+    for k in range(1, 4):
+        seen = len(lab.epochs(jid))
+        if k > 1:  # the job went on after the last outage: a new epoch arrived
+            wait_for(lambda: len(lab.epochs(jid)) > seen or lab.job(jid)["status"] != "running",
+                     REDIS_CLIENT_RETRY_S + 2 * epoch_s, f"an epoch after outage {k - 1}")
+        assert lab.job(jid)["status"] == "running", f"the job ended before outage {k}"
+        t0 = time.monotonic()
+        lab.redis.stop(signal.SIGKILL)
+        # The outage lasts until both sides met it: the backend's consumer and the worker's publisher.
+        wait_for(lambda: _count(lab.backend, "broker connection lost") >= k, BUSY * REDIS_CLIENT_RETRY_S,
+                 f"the backend to notice outage {k}")
+        wait_for(lambda: _count(worker, "broker unreachable") >= k,
+                 BUSY * (REDIS_CLIENT_RETRY_S + 2 * _setting(lab, "heartbeat_interval_s")),
+                 f"the worker to notice outage {k}")
+        lab.redis.start()
+        wait_for(lambda: _ping(rport), 30, "redis-server to answer")
+        outages.append(round(time.monotonic() - t0, 1))
+    job = lab.wait_status(jid, ("succeeded", "failed", "cancelled"), timeout=BUSY * REDIS_CLIENT_RETRY_S
+                          + 6 * epoch_s)
+    print(f"\nredis killed x3 (outages {outages} s): job {job['status']} (attempt {job['attempt']}), epochs "
+          f"{lab.epochs(jid)}; the worker retried through {_count(worker, 'broker back')} outages")
+    assert job["status"] == "succeeded", lab.logs()
+    assert lab.epochs(jid) == [1, 2, 3, 4, 5, 6] and job["attempt"] == 1
+    assert lab.client.get("/api/jobs?status=running").json() == []

@@ -83,14 +83,73 @@ def test_finished_run_resumes_to_nothing(tiny_cifar_dir, tmp_path):
 
 
 def test_stop_mid_epoch_keeps_the_last_checkpoint(tiny_cifar_dir, tmp_path):
-    calls = {"n": 0}
+    from worker.engine import checkpoint
+    done = {"epoch": 0, "checks": 0}
 
-    def should_stop():
-        calls["n"] += 1
-        return calls["n"] > 3
-    s = run(TrainConfig(**dict(TINY, batch_size=8), epochs=5, stop_check_every=1), Paths(tiny_cifar_dir, tmp_path / "o"),
-            Callbacks(should_stop=should_stop))
-    assert s["status"] == "stopped" and s["epochs_run"] == 0
+    def should_stop():  # stop part-way through epoch 2
+        if done["epoch"] >= 1:
+            done["checks"] += 1
+        return done["checks"] > 2
+    cfg = TrainConfig(**dict(TINY, batch_size=8), epochs=5, stop_check_every=1)
+    s = run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"),
+            Callbacks(should_stop=should_stop, on_epoch=lambda r: done.update(epoch=r["epoch"])))
+    assert s["status"] == "stopped" and s["epochs_run"] == 1
+    ckpt = checkpoint.load(tmp_path / "o")
+    assert ckpt["epoch"] == 1 and [r["epoch"] for r in ckpt["history"]] == [1]
+    assert not (tmp_path / "o" / "checkpoint.tmp").exists()
+    seen = []
+    again = run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"), Callbacks(on_epoch=lambda r: seen.append(r["epoch"])))
+    assert seen == [2, 3, 4, 5] and again["status"] == "succeeded"  # epoch 1 came from the checkpoint
+
+
+def test_a_checkpoint_written_before_an_option_existed_still_resumes(tiny_cifar_dir, tmp_path):
+    """label_smoothing was added after checkpoints existed: a checkpoint without it ran at its default (0)."""
+    from worker.engine import checkpoint
+    cfg = TrainConfig(**TINY, epochs=2)
+    run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "o"))
+    ckpt = checkpoint.load(tmp_path / "o")
+    del ckpt["config"]["label_smoothing"]  # as written before the option was declared
+    torch.save(ckpt, tmp_path / "o" / "checkpoint.pt")
+    seen = []
+    run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"), Callbacks(on_epoch=lambda r: seen.append(r["epoch"])))
+    assert seen == [2]
+    with pytest.raises(ValueError, match="label_smoothing"):  # a result-affecting change is still refused
+        run(TrainConfig(**TINY, epochs=3, label_smoothing=0.1), Paths(tiny_cifar_dir, tmp_path / "o"))
+    seen.clear()
+    run(TrainConfig(**TINY, epochs=3, device="cpu", num_workers=1), Paths(tiny_cifar_dir, tmp_path / "o"),
+        Callbacks(on_epoch=lambda r: seen.append(r["epoch"])))  # runtime options and more epochs: resumes
+    assert seen == [3]
+
+
+def test_label_smoothing_changes_the_training_loss_only(tiny_cifar_dir, tmp_path):
+    """With a vanishing learning rate the model stays put: smoothing raises the training loss, while val_loss
+    (plain cross-entropy), the accuracies and the order of batches are unchanged."""
+    base = dict(TINY, epochs=1, lr=1e-12)
+    plain = run(TrainConfig(**base), Paths(tiny_cifar_dir, tmp_path / "plain"))
+    smooth = run(TrainConfig(**base, label_smoothing=0.2), Paths(tiny_cifar_dir, tmp_path / "smooth"))
+    a, b = _rows(tmp_path / "plain")[0], _rows(tmp_path / "smooth")[0]
+    assert b["train_loss"] != pytest.approx(a["train_loss"], abs=1e-3)
+    for k in ("val_loss", "val_acc", "train_acc"):
+        assert b[k] == pytest.approx(a[k], abs=1e-6), k
+    assert smooth["config"]["label_smoothing"] == 0.2 and plain["config"]["label_smoothing"] == 0.0
+
+
+def test_a_diverged_run_ends_with_advice_and_keeps_earlier_epochs(tiny_cifar_dir, tmp_path, monkeypatch):
+    from worker.engine import checkpoint
+    real = engine.F.cross_entropy
+    calls = {"epoch": 0}
+
+    def diverging(logits, y, **kw):  # the training loss of epoch 2 becomes NaN
+        loss = real(logits, y, **kw)
+        return loss * float("nan") if calls["epoch"] == 1 and "label_smoothing" in kw else loss
+    monkeypatch.setattr(engine.F, "cross_entropy", diverging)
+    rows = []
+    with pytest.raises(engine.Diverged, match="the loss became NaN at epoch 2; try a lower learning rate"):
+        run(TrainConfig(**TINY, epochs=3), Paths(tiny_cifar_dir, tmp_path / "o"),
+            Callbacks(on_epoch=lambda r: (rows.append(r), calls.update(epoch=r["epoch"]))))
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["nonfinite"]["train_loss"] == "NaN"
+    assert json.loads(json.dumps(rows, allow_nan=False))  # strict JSON all the way
+    assert checkpoint.load(tmp_path / "o")["epoch"] == 1  # the diverged state is not a resume point
 
 
 def test_a_second_job_reuses_the_cached_features(tiny_cifar_dir, tmp_path, monkeypatch):
@@ -169,3 +228,22 @@ def test_cli_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "worker.finetune", "--describe", "--model", "no_such_net"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown model" in r.stderr
+
+
+def test_cli_help_shows_every_option_with_its_default():
+    from core.config import OPTIONS
+    r = subprocess.run([sys.executable, "-m", "worker.finetune", "--help"], capture_output=True, text=True,
+                       check=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    for o in OPTIONS:
+        assert f"--{o.name.replace('_', '-')}" in r.stdout, o.name
+    assert "(default: 0.0)" in r.stdout and "256 for swin_base_patch4_window7_224" in r.stdout
+
+
+def test_cli_flags_derive_from_the_options():
+    from worker.finetune import build_parser, config_from_args
+    cfg = config_from_args(build_parser().parse_args(["--model", "swin_base_patch4_window7_224",
+                                                      "--label-smoothing", "0.1", "--no-hflip",
+                                                      "--train-per-class", "all"]))
+    assert (cfg.batch_size, cfg.label_smoothing, cfg.hflip, cfg.train_per_class) == (256, 0.1, False, None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--label-smoothing", "0.9"])  # beyond the declared bound

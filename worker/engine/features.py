@@ -201,3 +201,104 @@ class CacheDir:
             total -= size
             removed.append(path)
         return removed
+
+
+class FrozenFeatures:
+    """The frozen part's output for a run's batches: what the training loop asks for instead of images.
+
+    With the cache on, each image and flip state goes through the frozen part once, when a batch first needs it
+    (`plan` says which states later epochs will use, so none is computed in vain); later batches read it back.
+    With the cache off (or no tail adapter, or no room), every batch runs the frozen part afresh.
+    """
+
+    def __init__(self, model, prep, amp: dict, images: dict[str, torch.Tensor], stores: dict[str, FeatureStore],
+                 info: dict, cache_dir: CacheDir | None):
+        self.model, self.prep, self.amp, self.images = model, prep, amp, images
+        self.stores, self.info, self.cache_dir = stores, info, cache_dir
+        self.needed: torch.Tensor | None = None  # (train images, states): states some remaining epoch uses
+
+    @classmethod
+    def setup(cls, cfg, paths, model, prep, amp: dict, train, val, images: dict[str, torch.Tensor],
+              weights_key: str, data_keys: dict[str, str]) -> "FrozenFeatures":
+        """Decide whether and where features are cached; reuse a finished cache of an earlier job."""
+        def off(reason: str) -> "FrozenFeatures":
+            return cls(model, prep, amp, images, {}, {"enabled": False, "reason": reason}, None)
+
+        if not cfg.feature_cache:
+            return off("turned off (feature_cache=false)")
+        if not model.cacheable:
+            reason = f"no tail adapter for {type(model.backbone).__name__}: full forward pass every step"
+            log.info("feature cache off: %s", reason)
+            return off(reason)
+        device = next(iter(images.values())).device
+        dtype = _DTYPES[cfg.cache_dtype]
+        with torch.no_grad():
+            probe = model.frozen_features(prep(torch.zeros(1, 3, 32, 32, dtype=torch.uint8, device=device)))
+        shapes = [tuple(t.shape[1:]) for t in probe]
+        states = 2 if cfg.hflip else 1
+        need = (FeatureStore.bytes_needed(len(train), states, shapes, dtype)
+                + FeatureStore.bytes_needed(len(val), 1, shapes, dtype))
+        root = Path(paths.cache_dir) if paths.cache_dir else None
+        placement = choose_placement(need, device, root)
+        if placement is None:
+            reason = f"{need / 2**30:.1f} GiB of features fit neither in memory nor on disk"
+            log.warning("feature cache off: %s", reason)
+            return off(reason)
+        key = cache_key(model=cfg.model, split=model.plan.unfreeze_from, cache_at=str(model.tail.cache_at),
+                        weights=weights_key, train=data_keys["train"], val=data_keys["val"], states=states,
+                        size=prep.image_size, dtype=cfg.cache_dtype, bf16=amp["enabled"],
+                        mean=prep.mean.flatten().tolist(), std=prep.std.flatten().tolist())
+        scratch = (root / f".{key}.building") if root else None
+        stores = {name: FeatureStore(n, s, shapes, dtype, placement, device, scratch / name if scratch else None)
+                  for name, n, s in (("train", len(train), states), ("val", len(val), 1))}
+        info = {"enabled": True, "key": key, "placement": placement.where, "reason": placement.reason,
+                "bytes": need, "dtype": cfg.cache_dtype, "reused": False, "kept": False}
+        cdir = CacheDir(root, paths.cache_cap_bytes) if root else None
+        hit = cdir.lookup(key) if cdir else None
+        if hit and all(s.load(hit / name) for name, s in stores.items()):
+            info["reused"] = True
+            log.info("feature cache: reusing %s", hit)
+        info["loaded"] = {name: int(s.filled.sum()) for name, s in stores.items()}
+        return cls(model, prep, amp, images, stores, info, cdir)
+
+    def plan(self, flips_by_epoch) -> None:
+        """Mark the flip states the remaining epochs will use (an iterable of per-epoch flip masks or None)."""
+        n = len(self.images["train"])
+        self.needed = torch.zeros(n, 2, dtype=torch.bool)
+        for flips in flips_by_epoch:
+            self.needed[torch.arange(n), flips.long() if flips is not None else 0] = True
+
+    def train(self, idx: torch.Tensor, flip: torch.Tensor | None) -> list[torch.Tensor]:
+        return self._get("train", idx, flip, self.needed)
+
+    def val(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        return self._get("val", idx, None, None)
+
+    def _get(self, split, idx, flip, need) -> list[torch.Tensor]:
+        x = self.images[split]
+        store = self.stores.get(split)
+        if store is None:
+            with torch.autocast(**self.amp):
+                return self.model.frozen_features(self.prep(x[idx], flip))
+        idx_cpu = idx.cpu()  # the fill bookkeeping lives on the CPU: one transfer per batch, not one per lookup
+        for s in range(store.states):
+            miss = store.missing(idx_cpu, torch.full_like(idx_cpu, s))
+            if need is not None:
+                miss &= need[idx_cpu, s]
+            if miss.any():
+                m_cpu = idx_cpu[miss]
+                m_idx = m_cpu.to(idx.device)
+                with torch.autocast(**self.amp):
+                    f = self.model.frozen_features(self.prep(x[m_idx], torch.full_like(m_idx, s, dtype=torch.bool)))
+                store.put(m_cpu, torch.full_like(m_cpu, s), f)
+        state = flip.long().cpu() if flip is not None else torch.zeros_like(idx_cpu)
+        return store.get(idx_cpu, state, torch.float32)
+
+    def persist(self) -> None:
+        """Keep the cache for later jobs when this run added to it (a later job computes only what is missing)."""
+        if self.cache_dir is None or not self.stores:
+            return
+        if all(int(s.filled.sum()) == self.info["loaded"].get(name, 0) for name, s in self.stores.items()):
+            return
+        self.info["kept"] = self.cache_dir.store(self.info["key"], {"placement": self.info["placement"]},
+                                                 self.stores) is not None

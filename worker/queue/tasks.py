@@ -18,7 +18,7 @@ from core.settings import get_settings
 
 from .celery_app import app
 from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME
+from core.protocol import TASK_NAME, JobStatus
 
 log = logging.getLogger("blocklab.worker")
 
@@ -44,6 +44,7 @@ def _friendly_error(e: BaseException) -> str:
     import torch
 
     from worker.engine.data import DatasetError
+    from worker.engine.train import Diverged
     from worker.engine.weights import WeightsError
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         return (f"out of memory: {str(e).splitlines()[0]}. Lower batch_size or image_size, or run on a GPU "
@@ -52,7 +53,7 @@ def _friendly_error(e: BaseException) -> str:
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
-    if isinstance(e, (DatasetError, WeightsError, ValueError)):
+    if isinstance(e, (DatasetError, WeightsError, Diverged, ValueError)):
         return str(e)
     return f"{type(e).__name__}: {e}"
 
@@ -79,8 +80,8 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
     worker = f"{self.request.hostname or socket.gethostname()} pid {os.getpid()}"
     try:
         if control.cancelled():  # cancelled while queued: never starts
-            events.send("finished", status="cancelled", error=None)
-            return {"status": "cancelled"}
+            events.send("finished", status=JobStatus.CANCELLED, error=None)
+            return {"status": JobStatus.CANCELLED}
         import torch
 
         from worker.engine import checkpoint
@@ -130,13 +131,13 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
         finally:
             beat.stopped.set()
             beat.join()
-        status = "cancelled" if summary["status"] == "stopped" else "succeeded"
+        status = JobStatus.CANCELLED if summary["status"] == "stopped" else JobStatus.SUCCEEDED
         events.send("finished", status=status, error=None, summary=summary)
         return {"status": status}
     except Exception as e:  # noqa: BLE001 - every failure becomes a readable job error, the worker lives on
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        events.send("finished", status="failed", error=_friendly_error(e))
-        return {"status": "failed"}
+        events.send("finished", status=JobStatus.FAILED, error=_friendly_error(e))
+        return {"status": JobStatus.FAILED}
     finally:
         control.close()
         events.close()

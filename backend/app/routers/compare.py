@@ -3,7 +3,8 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.orm import Session
 
 from core import catalogue
-from core.config import WEB_FIELDS
+from core.config import web_options
+from core.protocol import metric_text
 
 from .. import jobs
 from ..csv_export import CSVResponse, to_csv
@@ -14,29 +15,35 @@ router = APIRouter(prefix="/api", tags=["compare"])
 
 
 def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]:
-    header = ["job_id", "experiment", "model", "paper_model", *WEB_FIELDS, "status", "epochs_run",
+    """One row per job: its config (every option a browser may set; a config stored before an option existed
+    had its default), its results rounded as the protocol declares, and the paper's numbers beside them."""
+    options = [o for o in web_options() if o.name != "model"]
+    header = ["job_id", "experiment", "model", "paper_model", *(o.name for o in options), "status", "epochs_run",
               "best_val_acc", "best_epoch", "final_val_loss", "final_val_acc", "trainable_params",
               "paper_val_acc", "diff_vs_paper", "paper_trainable_params", "runtime_s", "images_per_s"]
+    found = {j.id: j for j in db.scalars(jobs.job_query().where(Job.id.in_(ids))).all()}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise HTTPException(404, f"job {missing[0]} not found")
+    views = {v["id"]: v for v in jobs.public_many(db, list(found.values()))}
     rows = []
     for i in ids:
-        job = db.get(Job, i)
-        if job is None:
-            raise HTTPException(404, f"job {i} not found")
-        pub = jobs.to_public(db, job)
+        job, pub = found[i], views[i]
         cfg = job.experiment.config
         spec = catalogue.get(cfg["model"])
         paper = catalogue.paper_row(spec) if spec else None
-        last = job.metrics[-1] if job.metrics else None
-        ips = [m.images_per_s for m in job.metrics]
+        last = job.metrics[-1].row() if job.metrics else {}
+        ips = [m.images_per_s for m in job.metrics if m.images_per_s is not None]
         best = pub["best_val_acc"]
         rows.append([
             job.id, job.experiment.name, cfg["model"], paper["paper_name"] if paper else None,
-            *[cfg.get(f) for f in WEB_FIELDS], job.status, pub["epochs_done"], best, pub["best_epoch"],
-            last.val_loss if last else None, last.val_acc if last else None, pub["trainable_params"],
-            paper["val_acc"] if paper else None,
-            round(best - paper["val_acc"], 6) if paper and best is not None else None,
+            *(cfg.get(o.name, o.default) for o in options), job.status, pub["epochs_done"],
+            metric_text({"val_acc": best}, "val_acc"), pub["best_epoch"],
+            metric_text(last, "val_loss") if last else None, metric_text(last, "val_acc") if last else None,
+            pub["trainable_params"], paper["val_acc"] if paper else None,
+            round(best - paper["val_acc"], 4) if paper and best is not None else None,
             paper["trainable_params"] if paper else None,
-            round(pub["runtime_s"], 3) if pub["runtime_s"] is not None else None,
+            round(pub["runtime_s"], 1) if pub["runtime_s"] is not None else None,
             round(sum(ips) / len(ips), 2) if ips else None,
         ])
     return header, rows

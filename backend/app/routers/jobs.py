@@ -8,6 +8,8 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.protocol import SCALAR_METRICS, TERMINAL, JobStatus, metric_text
+
 from .. import jobs
 from ..csv_export import CSVResponse, to_csv
 from ..db import session_scope
@@ -17,9 +19,6 @@ from ..schemas import JobPublic, MetricPublic
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
-STATUSES = ("queued", "running", "cancelling", "cancelled", "succeeded", "failed")
-
-
 def _job(db: Session, job_id: int) -> Job:
     job = db.get(Job, job_id)
     if job is None:
@@ -28,12 +27,11 @@ def _job(db: Session, job_id: int) -> Job:
 
 
 @router.get("", response_model=list[JobPublic])
-def list_jobs(status: str | None = Query(None, pattern="^(" + "|".join(STATUSES) + ")$"),
-              db: Session = SessionDep):
-    q = select(Job).order_by(Job.id.desc())
+def list_jobs(status: JobStatus | None = None, db: Session = SessionDep):
+    q = jobs.job_query().order_by(Job.id.desc())
     if status:
         q = q.where(Job.status == status)
-    return [jobs.to_public(db, j) for j in db.scalars(q).all()]
+    return jobs.public_many(db, list(db.scalars(q).all()))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
@@ -43,32 +41,32 @@ def get_job(job_id: IdPath, db: Session = SessionDep):
 
 @router.get("/{job_id}/metrics", response_model=list[MetricPublic])
 def get_metrics(job_id: IdPath, db: Session = SessionDep):
-    return _job(db, job_id).metrics
+    return [m.row() for m in _job(db, job_id).metrics]
 
 
 @router.get("/{job_id}/metrics.csv", response_class=CSVResponse)
 def metrics_csv(job_id: IdPath, db: Session = SessionDep):
     job = _job(db, job_id)
-    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
-    body = to_csv(cols, [[getattr(m, c) for c in cols] for m in job.metrics])
+    rows = [m.row() for m in job.metrics]
+    body = to_csv(list(SCALAR_METRICS), [[metric_text(r, c) for c in SCALAR_METRICS] for r in rows])
     return CSVResponse(body,
                        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, dependencies=[WriteAccess])
 def cancel_job(job_id: IdPath, db: Session = SessionDep):
-    job = _job(db, job_id)
-    if job.status in jobs.TERMINAL:
-        raise HTTPException(409, f"job {job_id} is already {job.status}")
-    return jobs.to_public(db, jobs.cancel(db, job))
+    try:
+        return jobs.to_public(db, jobs.cancel(db, _job(db, job_id)))
+    except jobs.Conflict as e:
+        raise HTTPException(409, str(e)) from e
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, dependencies=[WriteAccess])
 def resume_job(job_id: IdPath, db: Session = SessionDep):
-    job = _job(db, job_id)
-    if job.status not in ("cancelled", "failed"):
-        raise HTTPException(409, f"only a cancelled or failed job can be resumed; job {job_id} is {job.status}")
-    return jobs.to_public(db, jobs.resume(db, job))
+    try:
+        return jobs.to_public(db, jobs.resume(db, _job(db, job_id)))
+    except jobs.Conflict as e:
+        raise HTTPException(409, str(e)) from e
 
 
 def _poll(job_id: int, after: int) -> tuple[list[tuple[int, str, dict]], dict | None]:
@@ -105,7 +103,7 @@ async def job_events(job_id: IdPath, request: Request, last_event_id: int | None
             if progress != last_progress:
                 last_progress = progress
                 yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
-            if job["status"] in jobs.TERMINAL and not events:
+            if job["status"] in TERMINAL and not events:
                 yield f"event: end\ndata: {json.dumps({'status': job['status']})}\n\n"
                 return
             if await request.is_disconnected():

@@ -1,0 +1,223 @@
+"""Only the lab's own pages can change its state, and no error response echoes more than a snippet of the input.
+
+Two browser attacks reach a lab on 127.0.0.1 from any web page its user visits:
+- Cross-site requests (CSRF). A form post or a `fetch(..., {mode: "no-cors"})` is a "simple" request: the browser
+  sends it without asking the server first, with at most a form or text/plain content type. Every state-changing
+  request here must therefore carry `Content-Type: application/json` or `X-Requested-With: BlockLab`; a foreign
+  page can set either only after a CORS preflight, and the lab answers no preflight (no CORS middleware: OPTIONS
+  gets 405 and no Access-Control-Allow-* header). An Origin header, when sent, must be the lab's own.
+- DNS rebinding. A page on evil.example re-resolves its own name to 127.0.0.1 and is then "same-origin" with the
+  lab. The browser still sends `Host: evil.example`, so only Host names the lab serves are answered: loopback
+  names, the configured host and BLOCKLAB_ALLOWED_HOSTS.
+
+LabGuard is a pure ASGI middleware (it never buffers a response, so event streams flow through untouched); it also
+counts the request body bytes actually received, chunked bodies included, and answers 413 past the limit.
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import math
+import re
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.settings import get_settings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+CUSTOM_HEADER = ("x-requested-with", "blocklab")
+_HOST = re.compile(r"^(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]/@\s]+))(?::(?P<port>\d{1,5}))?$",
+                   re.IGNORECASE)
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host header value, lower case, without port or IPv6 brackets; None if malformed."""
+    m = _HOST.match(host.strip())
+    return (m.group("v6") or m.group("name")).lower().rstrip(".") if m else None
+
+
+def _is_test_transport(scope: Scope, name: str) -> bool:
+    # Starlette's TestClient talks to the app in-process as client "testclient" with server and Host
+    # "testserver". uvicorn fills "server" from the socket (always an IP address), so no real request matches
+    # all three; and a browser cannot make Host "testserver" unless the user's own resolver serves that name.
+    return (name == "testserver" and (scope.get("client") or ("",))[0] == "testclient"
+            and (scope.get("server") or ("",))[0] == "testserver")
+
+
+def host_allowed(name: str | None, scope: Scope) -> bool:
+    if not name:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        if ipaddress.ip_address(name).is_loopback:  # 127.0.0.0/8 and ::1
+            return True
+    except ValueError:
+        pass
+    s = get_settings()
+    served = {h.strip().strip("[]").lower().rstrip(".") for h in s.allowed_hosts}
+    if s.host not in ("0.0.0.0", "::", ""):
+        served.add(s.host.strip("[]").lower())
+    return name in served or _is_test_transport(scope, name)
+
+
+def _netloc(netloc: str, scheme: str) -> str:
+    """host[:port] in lower case, without the scheme's default port."""
+    netloc = netloc.strip().lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return netloc.removesuffix(default) if default else netloc
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Is `origin` (scheme://host[:port]) the lab's own, given the request's (already allowed) Host header?"""
+    scheme, sep, netloc = origin.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https") or not netloc or "/" in netloc:
+        return False  # also "null": sandboxed frames, file: pages, cross-origin redirects
+    return _netloc(netloc, scheme) == _netloc(host, scheme)
+
+
+def _json_content(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive`: FastAPI re-raises HTTPExceptions met while reading a body, so it becomes a 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over {limit} bytes")
+
+
+class LabGuard:
+    """Host check, CSRF rules for state-changing methods, and a body limit that counts the bytes received."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan; the lab has no websockets
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if not host_allowed(host_name(host), scope):
+            return await _refuse(scope, receive, send, 400,
+                                 "this lab does not serve the host name in this request (DNS rebinding defence); "
+                                 "to reach it by another name, add that name to BLOCKLAB_ALLOWED_HOSTS")
+        if scope["method"] not in SAFE_METHODS:
+            origin = headers.get("origin")
+            if origin is not None and not same_origin(origin, host):
+                return await _refuse(scope, receive, send, 403,
+                                     "cross-origin request refused: only the lab's own pages can change its state")
+            if not (_json_content(headers.get("content-type", ""))
+                    or headers.get(CUSTOM_HEADER[0], "").lower() == CUSTOM_HEADER[1]):
+                return await _refuse(scope, receive, send, 415,
+                                     "a request that changes state needs Content-Type: application/json "
+                                     "or the header X-Requested-With: BlockLab")
+
+        limit = get_settings().max_body_bytes
+        size = headers.get("content-length", "")
+        if size.isdigit() and int(size) > limit:  # fast path: refused before a byte of the body is read
+            return await _refuse(scope, receive, send, 413, f"request body over {limit} bytes")
+
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge as e:  # read outside FastAPI's body parsing: answer it here unless a reply began
+            if started:
+                raise
+            await _refuse(scope, receive, send, 413, e.detail)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status)(scope, receive, send)
+
+
+# --- 422 responses: FastAPI's shape, but short and strict JSON --------------------------------------------------
+
+SNIPPET = 100  # characters of user input an error may echo
+_MAX_ITEMS, _MAX_DEPTH = 20, 6
+
+
+def _utf8(s: str) -> str:
+    """Lone surrogates (e.g. from "\\ud800" in a JSON body) spelled out, so the text encodes as UTF-8."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _cut(s: str, limit: int = SNIPPET) -> str:
+    s = _utf8(s)
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+def _strict(v, depth: int = 0):
+    """v as strict-JSON data: non-finite floats as strings, lone surrogates escaped, containers cut short."""
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v if abs(v) < 10**SNIPPET else _cut(str(v))  # a 4,000-digit integer is text too
+    if isinstance(v, float):
+        return v if math.isfinite(v) else ("NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, str):
+        return _utf8(v[: SNIPPET * 4])
+    if depth >= _MAX_DEPTH:
+        return "…"
+    if isinstance(v, dict):
+        out = {_cut(str(k)): _strict(x, depth + 1) for k, x in itertools.islice(v.items(), _MAX_ITEMS)}
+        return {**out, "…": "…"} if len(v) > _MAX_ITEMS else out
+    if isinstance(v, (list, tuple)):
+        out = [_strict(x, depth + 1) for x in v[:_MAX_ITEMS]]
+        return out + ["…"] if len(v) > _MAX_ITEMS else out
+    return _cut(str(v))  # an exception in ctx, a Decimal, ...
+
+
+def snippet(v, limit: int = SNIPPET):
+    """A strict-JSON rendering of v of about `limit` characters at most (a string snippet when longer)."""
+    v = _strict(v)
+    if isinstance(v, str):
+        return _cut(v, limit)
+    if isinstance(v, (dict, list)):
+        text = json.dumps(v, ensure_ascii=False, allow_nan=False)
+        return v if len(text) <= limit else _cut(text, limit)
+    return v
+
+
+def short_errors(errors) -> list[dict]:
+    """Validation errors in FastAPI's shape (loc, msg, type, input, ctx), each value a short snippet; the first
+    few errors only (a body with 5,000 unknown keys has 5,000)."""
+    out = []
+    for e in errors[:_MAX_ITEMS]:
+        try:
+            d = {"loc": [x if isinstance(x, int) else _cut(str(x)) for x in e.get("loc", ())],
+                 "msg": _cut(str(e.get("msg", "")), 2 * SNIPPET), "type": _cut(str(e.get("type", "")))}
+            if "input" in e:
+                d["input"] = snippet(e["input"])
+            if isinstance(e.get("ctx"), dict):
+                d["ctx"] = {_cut(str(k)): snippet(x) for k, x in itertools.islice(e["ctx"].items(), _MAX_ITEMS)}
+            for k, x in e.items():  # e.g. "url"
+                if k not in d and k != "ctx":
+                    d[_cut(str(k))] = snippet(x)
+        except Exception:  # noqa: BLE001 - an error report must never become a 500
+            d = {"loc": [], "msg": "invalid request", "type": "value_error"}
+        out.append(d)
+    if len(errors) > _MAX_ITEMS:
+        out.append({"loc": [], "msg": f"and {len(errors) - _MAX_ITEMS} more errors", "type": "too_many_errors"})
+    return out
