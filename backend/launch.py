@@ -1,5 +1,13 @@
 """`make run`: the backend and one Celery worker on this machine, on embedded defaults (SQLite for the
-database and the broker; Redis when REDIS_URL is set). Ctrl-C stops both."""
+database and the broker; Redis when REDIS_URL is set), supervised.
+
+A child that dies is started again after a backoff (1 s, doubling to 30 s; back to 1 s once it has run a
+minute), and the other keeps serving meanwhile: a restarted worker takes its lost job back through the
+backend's watchdog, a restarted backend finds the events that waited in the broker. Ctrl-C or SIGTERM stops
+both: SIGTERM, then SIGKILL for what still runs after a few seconds (a job in progress resumes from its last
+checkpoint on the next start). Each child has a session of its own, so a terminal's Ctrl-C reaches only us,
+and asks the kernel to end it should we die without stopping it.
+"""
 from __future__ import annotations
 
 import os
@@ -10,12 +18,22 @@ import time
 
 from core.settings import get_settings
 
+RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
+STABLE_S = 60.0  # a child that ran this long was healthy: its next restart waits RESTART_MIN_S again
+STOP_GRACE_S = 8.0  # from SIGTERM to SIGKILL when stopping
+POLL_S = 0.2
+
+
+def say(msg: str) -> None:
+    print(f"BlockLab: {msg}", flush=True)
+
 
 def commands(settings) -> dict[str, list[str]]:
     py = sys.executable
     return {
+        # Open event streams must not hold a stop past STOP_GRACE_S.
         "backend": [py, "-m", "uvicorn", "backend.app.main:app", "--host", settings.host, "--port",
-                    str(settings.port), "--log-level", "info"],
+                    str(settings.port), "--log-level", "info", "--timeout-graceful-shutdown", "3"],
         # One worker per GPU: one job at a time, fetched one at a time.
         "worker": [py, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
                    "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"worker-{settings.port}@%h",
@@ -23,40 +41,108 @@ def commands(settings) -> dict[str, list[str]]:
     }
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the launcher dies, even by SIGKILL: no orphans."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Child:
+    """One supervised process: started, watched, restarted with backoff, stopped."""
+
+    def __init__(self, name: str, cmd: list[str]):
+        self.name, self.cmd = name, cmd
+        self.p: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.delay = 0.0  # the backoff used for the last restart
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        self.p = subprocess.Popen(self.cmd, env=os.environ.copy(), start_new_session=True,
+                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.started_at, self.restart_at = time.monotonic(), None
+        say(f"started the {self.name} (pid {self.p.pid})")
+
+    def watch(self, now: float) -> None:
+        """Notice an exit and schedule the restart; start it when its time has come."""
+        if self.restart_at is None and self.p is not None and self.p.poll() is not None:
+            stable = now - self.started_at >= STABLE_S
+            self.delay = RESTART_MIN_S if stable or not self.delay else min(self.delay * 2, RESTART_MAX_S)
+            self.restart_at = now + self.delay
+            say(f"the {self.name} (pid {self.p.pid}) stopped ({_exit_text(self.p.returncode)}); "
+                f"restarting it in {self.delay:.0f} s")
+        if self.restart_at is not None and now >= self.restart_at:
+            self.start()
+
+    def alive(self) -> bool:
+        return self.p is not None and self.p.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        """The child's whole session (it was started as its leader), so nothing it spawned outlives it."""
+        if self.p is None:
+            return
+        try:
+            os.killpg(self.p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_all(children: list[Child], grace_s: float = STOP_GRACE_S) -> None:
+    for c in children:
+        if c.alive():
+            c.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(c.alive() for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for c in children:
+        if c.alive():
+            say(f"the {c.name} did not stop within {grace_s:.0f} s; killing it")
+        c.signal_group(signal.SIGKILL)  # also whatever it left in its group
+        if c.p is not None:
+            c.p.wait()
+
+
 def main() -> int:
     s = get_settings()
     s.home.mkdir(parents=True, exist_ok=True)
-    procs = {name: subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
-             for name, cmd in commands(s).items()}
-    print(f"\nBlockLab: http://{s.host}:{s.port}/  (state in {s.home.resolve()}, broker "
-          f"{'Redis' if s.redis_url else 'SQLite'}; Ctrl-C stops)\n", flush=True)
+    stopping = []
 
-    stopping = False
-
-    def stop(*_):
-        nonlocal stopping
-        stopping = True
+    def stop(signum, _frame):
+        if stopping:  # a second Ctrl-C: no more waiting
+            raise KeyboardInterrupt
+        stopping.append(signum)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    code = 0
-    while not stopping:
-        for name, p in procs.items():
-            if p.poll() is not None:
-                print(f"BlockLab: the {name} exited with code {p.returncode}; stopping", flush=True)
-                stopping, code = True, p.returncode or 1
-        time.sleep(0.3)
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for p in procs.values():
-        try:
-            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            p.kill()
-    print("BlockLab: stopped", flush=True)
-    return code
+    children = [Child(name, cmd) for name, cmd in commands(s).items()]
+    try:
+        for c in children:
+            c.start()
+        say(f"http://{s.host}:{s.port}/  (state in {s.home.resolve()}, broker "
+            f"{'Redis' if s.redis_url else 'SQLite'}; Ctrl-C stops)")
+        while not stopping:
+            now = time.monotonic()
+            for c in children:
+                c.watch(now)
+            time.sleep(POLL_S)
+        say("stopping")
+        stop_all(children)
+    except KeyboardInterrupt:
+        stop_all(children, grace_s=0)
+    say("stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_attempts: int = 5  # worker losses tolerated per job before it fails
     visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job: Redis never redelivers a live job
     max_body_bytes: int = 64 * 1024  # request bodies beyond this are refused (413)
+    body_timeout_s: float = 30.0  # a request body that stalls this long is refused (408)
+    header_timeout_s: float = 10.0  # a connection whose request headers do not arrive by then is closed
+    max_streams: int = 100  # event streams open at once (429 beyond) ...
+    max_streams_per_client: int = 10  # ... and per client address
+    stream_keepalive_s: float = 15.0  # an idle event stream sends a comment this often
+    stream_max_s: float = 1800.0  # an event stream ends after this long; EventSource reconnects by itself
 
     def _under_home(self, value: Path | None, *parts: str) -> Path:
         return Path(value) if value is not None else self.home.joinpath(*parts)

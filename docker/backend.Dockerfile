@@ -8,4 +8,4 @@ COPY frontend ./frontend
 RUN pip install --no-cache-dir .
 ENV BLOCKLAB_HOME=/var/lib/blocklab BLOCKLAB_HOST=0.0.0.0 BLOCKLAB_PORT=8000
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "backend.app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "backend.serve"]

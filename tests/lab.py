@@ -1,4 +1,5 @@
-"""A whole lab of real processes for the tests: uvicorn, `celery worker` and `redis-server` on loopback."""
+"""A whole lab of real processes for the tests: the backend (uvicorn), `celery worker` and `redis-server` on
+loopback."""
 from __future__ import annotations
 
 import os
@@ -84,8 +85,7 @@ class Lab:
             extra["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
             wait_for(lambda: _ping(rport), 10, "redis-server")
         self.env = env_for(tmp / "home", **extra)
-        self.backend = self._proc("backend", [sys.executable, "-m", "uvicorn", "backend.app.main:app", "--host",
-                                              "127.0.0.1", "--port", str(self.port)])
+        self.backend = self._proc("backend", [sys.executable, "-m", "backend.serve"])  # BLOCKLAB_PORT above
         self.client = httpx.Client(base_url=self.url, timeout=10, headers={"X-Requested-With": "BlockLab"})
 
     def _proc(self, name, cmd) -> Proc:

@@ -17,11 +17,11 @@ from sqlalchemy.exc import IntegrityError
 
 from core.broker import transport_options
 from core.protocol import ACTIVE, EVENTS_QUEUE, TERMINAL, JobStatus, scalar_view
+from core.settings import Settings
 
 from . import jobs
 from .db import session_scope
 from .models import EpochMetric, Job, utcnow
-from core.settings import Settings
 
 log = logging.getLogger("blocklab.ingest")
 
@@ -53,7 +53,7 @@ def handle_event(ev: dict) -> None:
             if jobs.transition(db, job, ACTIVE, status=JobStatus(ev["status"]), error=ev.get("error"),
                                summary=ev.get("summary"), finished_at=now):
                 jobs.record(db, job)
-        db.commit()
+        jobs.commit(db, job)
 
 
 def _store_epoch(db, job: Job, row: dict, sent_at: float | None = None) -> None:
@@ -66,7 +66,7 @@ def _store_epoch(db, job: Job, row: dict, sent_at: float | None = None) -> None:
     delay = round(time.time() - sent_at, 3) if sent_at else None
     jobs.record(db, job, kind="epoch", epoch=row["epoch"], delay_s=delay, row=scalar_view(row))
     try:
-        db.commit()
+        jobs.commit(db, job)
     except IntegrityError:  # another ingestor stored it first
         db.rollback()
 

@@ -17,6 +17,7 @@ from core import catalogue
 from core.protocol import CANCELLABLE, RESUMABLE, JobStatus
 
 from . import queue
+from .live import live
 from .models import EpochMetric, Experiment, Job, JobEvent, utcnow
 
 
@@ -43,16 +44,22 @@ def transition(db: Session, job: Job, when: Iterable[JobStatus], **values) -> bo
     return True
 
 
+def commit(db: Session, job: Job) -> None:
+    """Commit, then wake the job's event streams (they read what was committed)."""
+    db.commit()
+    live.changed(job.id)
+
+
 def _send(db: Session, job: Job) -> None:
     """Hand the job to the broker; if it is unreachable the job fails with a message and can be resumed."""
-    db.commit()
+    commit(db, job)
     try:
         queue.dispatch(job.id, job.attempt, job.experiment.config)
     except queue.BrokerUnavailable as e:
         if transition(db, job, {JobStatus.QUEUED}, status=JobStatus.FAILED, finished_at=utcnow(),
                       error=f"{e}. Resume the job once the broker is back."):
             record(db, job)
-            db.commit()
+            commit(db, job)
 
 
 def start(db: Session, experiment: Experiment) -> Job:
@@ -77,7 +84,7 @@ def cancel(db: Session, job: Job) -> Job:
     else:
         raise Conflict(f"job {job.id} kept changing; try again")
     record(db, job)
-    db.commit()
+    commit(db, job)
     try:
         queue.cancel(job.id, job.attempt)
     except queue.BrokerUnavailable:
@@ -118,7 +125,7 @@ def requeue_lost(db: Session, job: Job, silent_s: float, max_attempts: int) -> N
         return
     if changed:
         record(db, job)
-        db.commit()
+        commit(db, job)
 
 
 # -- the public view ----------------------------------------------------------------------------------------------

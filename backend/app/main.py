@@ -1,6 +1,7 @@
 """BlockLab's web app: the API routers, the static frontend, and the worker-event consumer."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,11 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from core.settings import get_settings
+
 from .db import migrate
 from .ingest import Ingestor
+from .live import live
 from .routers import catalogue, compare, experiments, health, jobs
 from .security import LabGuard, short_errors
-from core.settings import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 
@@ -24,6 +27,7 @@ async def lifespan(app: FastAPI):
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     migrate()
+    live.bind(asyncio.get_running_loop())  # ingestion (a thread) wakes event streams on this loop
     ingestor = Ingestor(settings)
     ingestor.start()
     app.state.ingestor = ingestor

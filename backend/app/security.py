@@ -15,6 +15,7 @@ counts the request body bytes actually received, chunked bodies included, and an
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -92,6 +93,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body over {limit} bytes")
 
 
+class BodyTimeout(HTTPException):
+    """Raised from `receive` when a request body stops arriving: a half-open request is answered 408."""
+
+    def __init__(self, seconds: float):
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s")
+
+
 class LabGuard:
     """Host check, CSRF rules for state-changing methods, and a body limit that counts the bytes received."""
 
@@ -125,12 +133,20 @@ class LabGuard:
 
         received = 0
         started = False
+        body_done = False
+        timeout = get_settings().body_timeout_s
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect (an event stream): no deadline
+                return await receive()
+            try:  # a body that stalls half-way would hold this request open for ever
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise BodyTooLarge(limit)
             return message
@@ -142,10 +158,10 @@ class LabGuard:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge as e:  # read outside FastAPI's body parsing: answer it here unless a reply began
+        except (BodyTooLarge, BodyTimeout) as e:  # read outside FastAPI's body parsing: answer it here
             if started:
                 raise
-            await _refuse(scope, receive, send, 413, e.detail)
+            await _refuse(scope, receive, send, e.status_code, e.detail)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:

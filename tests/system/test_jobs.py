@@ -40,22 +40,29 @@ def test_cancel_stops_a_running_job_then_resume_finishes_it(lab):
     assert lab.client.post(f"/api/jobs/{queued}/cancel").json()["status"] == "cancelled"
     t0 = time.monotonic()
     assert lab.client.post(f"/api/jobs/{jid}/cancel").json()["status"] == "cancelling"
-    job = lab.wait_status(jid, "cancelled", timeout=30)
+    cancelled = lab.wait_status(jid, "cancelled", timeout=30)
     print(f"\ncancel took {time.monotonic() - t0:.1f} s")
-    assert time.monotonic() - t0 < 15
-    done = lab.epochs(jid)
+    assert time.monotonic() - t0 < 15 and cancelled["attempt"] == 1
+    before = lab.client.get(f"/api/jobs/{jid}/metrics").json()
+    done = [m["epoch"] for m in before]
     assert done == list(range(1, len(done) + 1)) and len(done) < 40
-    # Resume the long one with fewer epochs left: it continues from its checkpoint.
+    run_dir = lab.tmp / "home" / "runs" / f"job-{jid}"
+    lines_before = (run_dir / "metrics.jsonl").read_text().splitlines()
+    # Resume: the job continues from its checkpoint as attempt 2.
     assert lab.client.post(f"/api/jobs/{jid}/resume").json()["status"] == "queued"
     wait_for(lambda: len(lab.epochs(jid)) > len(done), 120, "an epoch after resume")
     lab.client.post(f"/api/jobs/{jid}/cancel")
-    lab.wait_status(jid, "cancelled", timeout=30)
-    after = lab.epochs(jid)
-    assert after == list(range(1, len(after) + 1))  # each epoch once, none repeated
+    final = lab.wait_status(jid, "cancelled", timeout=30)
+    after = lab.client.get(f"/api/jobs/{jid}/metrics").json()
+    assert [m["epoch"] for m in after] == list(range(1, len(after) + 1))  # each epoch once, none repeated
+    assert after[:len(done)] == before  # the finished epochs were kept as they were...
+    lines_after = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert lines_after[:len(lines_before)] == lines_before  # ...and not recomputed: the engine resumed after them
+    assert f"resuming {run_dir} after epoch {len(done)}" in (lab.tmp / "worker1.log").read_text()
+    assert final["attempt"] == 2
     # The worker took the cancelled job before the resumed one, and never started it.
     assert lab.job(queued)["status"] == "cancelled" and lab.epochs(queued) == []
     assert lab.job(queued)["started_at"] is None
-    assert job["attempt"] == 1
 
 
 def test_worker_killed_mid_job_then_new_worker_finishes_it(lab):

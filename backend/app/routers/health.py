@@ -2,6 +2,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from ..db import session_scope
+from ..live import live
 
 router = APIRouter(prefix="/api", tags=["health"])
 
@@ -13,4 +14,4 @@ def health(request: Request):
     ingest = getattr(request.app.state, "ingestor", None)
     return {"status": "ok", "database": "ok",
             "event_consumer": "running" if ingest is not None and ingest.is_alive() else "stopped",
-            "events_seen": ingest.events_seen if ingest is not None else 0}
+            "events_seen": ingest.events_seen if ingest is not None else 0, "event_streams": live.open}

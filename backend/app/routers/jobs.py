@@ -9,15 +9,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.protocol import SCALAR_METRICS, TERMINAL, JobStatus, metric_text
+from core.settings import get_settings
 
 from .. import jobs
 from ..csv_export import CSVResponse, to_csv
 from ..db import session_scope
 from ..deps import MAX_ID, IdPath, SessionDep, WriteAccess
+from ..live import TooManyStreams, live
 from ..models import Job, JobEvent
 from ..schemas import JobPublic, MetricPublic
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
 
 def _job(db: Session, job_id: int) -> Job:
     job = db.get(Job, job_id)
@@ -79,36 +82,77 @@ def _poll(job_id: int, after: int) -> tuple[list[tuple[int, str, dict]], dict | 
         return [(e.id, e.kind, e.data) for e in evs], jobs.to_public(db, job)
 
 
-@router.get("/{job_id}/events")
+def _strict_json(data) -> str:
+    """Events are strict JSON: a stray non-finite number (from an old row, say) goes out as null."""
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError:
+        return json.dumps(json.loads(json.dumps(data), parse_constant=lambda _c: None), allow_nan=False)
+
+
+def _last_event_id(query: int | None, header: str) -> int:
+    """The Last-Event-ID an EventSource sends back on reconnect; anything but a plain id means "from the start"."""
+    if query is not None:
+        return query
+    if header.isascii() and header.isdigit() and len(header) <= 19 and int(header) <= MAX_ID:
+        return int(header)
+    return 0
+
+
+class _Stream(StreamingResponse):
+    """An event stream that gives back its place however it ends (finished, client gone, cancelled)."""
+
+    def __init__(self, body, release, **kw):
+        super().__init__(body, **kw)
+        self._release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+@router.get("/{job_id}/events", responses={429: {"description": "too many event streams open"}})
 async def job_events(job_id: IdPath, request: Request, last_event_id: int | None = Query(None, ge=0, le=MAX_ID)):
     """Server-sent events: replays stored epochs and status changes after Last-Event-ID, then streams new
-    ones, with progress (epoch, batch) in between; ends after the job's final status."""
-    header = request.headers.get("last-event-id", "")
-    after = last_event_id if last_event_id is not None else (int(header) if header.isdigit() else 0)
+    ones, with progress (epoch, batch) in between; ends after the job's final status. The stream sleeps until
+    the job changes (live.py), with a keep-alive comment when idle."""
+    after = _last_event_id(last_event_id, request.headers.get("last-event-id", ""))
     _events, job = await run_in_threadpool(_poll, job_id, after)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
+    s = get_settings()
+    client = request.client.host if request.client else "?"
+    slot = live.slot(client, s.max_streams, s.max_streams_per_client)
+    try:
+        slot.__enter__()
+    except TooManyStreams as e:
+        raise HTTPException(429, str(e)) from e
 
     async def stream():
         nonlocal after
         last_progress = None
+        deadline = asyncio.get_running_loop().time() + s.stream_max_s
         yield "retry: 1000\n\n"
         while True:
             events, job = await run_in_threadpool(_poll, job_id, after)
             for eid, kind, data in events:
                 after = eid
-                yield f"id: {eid}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+                yield f"id: {eid}\nevent: {kind}\ndata: {_strict_json(data)}\n\n"
             progress = {**job["progress"], "status": job["status"], "eta_s": job["eta_s"],
                         "epochs": job["epochs"], "epochs_done": job["epochs_done"]}
             if progress != last_progress:
                 last_progress = progress
-                yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
+                yield f"event: progress\ndata: {_strict_json(progress)}\n\n"
             if job["status"] in TERMINAL and not events:
-                yield f"event: end\ndata: {json.dumps({'status': job['status']})}\n\n"
+                yield f"event: end\ndata: {_strict_json({'status': job['status']})}\n\n"
                 return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.3)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return  # the browser reconnects with Last-Event-ID
+            if not events and not await live.wait(job_id, min(s.stream_keepalive_s, left)):
+                yield ": keep-alive\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _Stream(stream(), lambda: slot.__exit__(None, None, None), media_type="text/event-stream",
+                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
