@@ -15,7 +15,9 @@ from pathlib import Path
 from core import catalogue
 from core.config import OPTIONS, PRESETS, TrainConfig, preset
 from core.options import Option
+from worker.engine.checkpoint import StorageError
 from worker.engine.data import DatasetError
+from worker.engine.train import Diverged
 from worker.engine.weights import WeightsError
 
 
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = _Progress()
         summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download),
                       Callbacks(on_batch=bar.on_batch, on_epoch=bar.on_epoch))
-    except (ValueError, DatasetError, WeightsError) as e:
+    except (ValueError, DatasetError, WeightsError, StorageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

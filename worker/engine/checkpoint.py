@@ -10,7 +10,10 @@ default, so adding an option never strands the runs already stored.
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,29 @@ import torch
 from core.config import TrainConfig, config_differences
 
 CHECKPOINT = "checkpoint.pt"
+_WHERE = "the lab's BLOCKLAB_RUNS_DIR, or the CLI's --out"
+
+
+class StorageError(RuntimeError):
+    """A run's folder cannot take its files: says which folder and what to do (no stack trace for the user)."""
+
+
+@contextmanager
+def writing(folder: Path):
+    """Turn the OS's refusals to write into advice naming the folder."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StorageError(f"no space left in {folder}: free space there or set {_WHERE} to a disk with room, "
+                               "then resume; the last finished epoch's checkpoint is kept") from e
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise StorageError(f"a file stands where the folder {folder} should be ({e.filename}): move it, or "
+                               f"set {_WHERE} elsewhere, then resume") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageError(f"cannot write in {folder} ({e.strerror}): make it writable for the worker, or set "
+                               f"{_WHERE} elsewhere, then resume") from e
+        raise
 
 
 @dataclass
@@ -42,8 +68,16 @@ def save(out_dir: Path, cfg: TrainConfig, progress: Progress, model, optimizer, 
              "history": progress.history, "best_acc": progress.best_acc, "best_epoch": progress.best_epoch}
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()  # serialized in memory, then written with the OS's own errors (torch's writer hides errno)
+    torch.save(state, buf)
+    try:
+        with writing(out_dir), open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no stray file; the previous checkpoint is untouched
     return path
 
 

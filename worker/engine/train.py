@@ -87,7 +87,9 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
         dataset: cifar.Cifar10 | None = None) -> dict:
     cb = callbacks or Callbacks()
     out_dir = Path(paths.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out_dir, [])  # a folder that cannot take files says so now, not after an epoch
     device = resolve_device(cfg.device)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -159,7 +161,8 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
     features.persist()
 
     summary = _summary(cfg, progress, counts, info, status)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    with checkpoint.writing(out_dir):
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -250,13 +253,13 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, cb,
 
 
 def _write_metrics(out_dir: Path, history: list) -> None:
-    with open(out_dir / "metrics.jsonl", "w") as f:
+    with checkpoint.writing(out_dir), open(out_dir / "metrics.jsonl", "w") as f:
         for row in history:
             f.write(json.dumps(row) + "\n")
 
 
 def _append_metrics(out_dir: Path, row: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a") as f:
+    with checkpoint.writing(out_dir), open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
 
 

@@ -43,6 +43,7 @@ def _injected_faults(job_id: int) -> set[str]:
 def _friendly_error(e: BaseException) -> str:
     import torch
 
+    from worker.engine.checkpoint import StorageError
     from worker.engine.data import DatasetError
     from worker.engine.train import Diverged
     from worker.engine.weights import WeightsError
@@ -53,7 +54,7 @@ def _friendly_error(e: BaseException) -> str:
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
-    if isinstance(e, (DatasetError, WeightsError, Diverged, ValueError)):
+    if isinstance(e, (DatasetError, WeightsError, Diverged, StorageError, ValueError)):
         return str(e)
     return f"{type(e).__name__}: {e}"
 
