@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.protocol import EPOCH_ROW, JobStatus
@@ -23,6 +23,7 @@ class Experiment(Base):
     name: Mapped[str] = mapped_column(String(200))
     group: Mapped[str | None] = mapped_column(String(100), index=True)
     config: Mapped[dict] = mapped_column(JSON)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     jobs: Mapped[list["Job"]] = relationship(back_populates="experiment", order_by="Job.id")
 

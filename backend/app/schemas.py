@@ -57,12 +57,23 @@ ExperimentConfig = create_model(
     "are the paper's preset.", **{o.name: _field(o) for o in web_options()})
 
 
+def _not_blank(v: str | None) -> str | None:
+    if v is not None and not v.strip():
+        raise ValueError("must not be empty or only spaces")
+    return v.strip() if v is not None else v
+
+
 class ExperimentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    group: str | None = Field(None, max_length=100)
+    name: Annotated[str, AfterValidator(_not_blank)] = Field(min_length=1, max_length=200)
+    group: Annotated[str | None, AfterValidator(_not_blank)] = Field(None, max_length=100)
     config: ExperimentConfig = Field(default_factory=ExperimentConfig)
     start: bool = True  # queue a job at once
+
+
+class ExperimentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    archived: bool  # hidden from the lists, data kept
 
 
 class JobPublic(BaseModel):
@@ -96,9 +107,16 @@ class ExperimentPublic(BaseModel):
     id: int
     name: str
     group: str | None
-    config: ExperimentConfig
+    archived: bool
+    config: dict[str, Any]  # as stored: the options it was created with (later options took their defaults)
     created_at: UTCDateTime
     jobs: list[JobPublic]
+
+
+class GroupActionPublic(BaseModel):
+    group: str
+    changed: list[int]  # the jobs this request cancelled or resumed
+    unchanged: dict[int, str]  # the others, and why
 
 
 _METRIC_TYPES = {"int": int, "float": float, "vector": list[float], "matrix": list[list[int]]}
@@ -125,6 +143,72 @@ class ModelPublic(BaseModel):
     quick: bool
     note: str
     preset: dict  # the paper's preset values particular to this model (option: value)
+    pretrained_tag: str | None
+    weights_name: str  # what weights="hub" loads: timm's `model.tag`
+    pretrained_on: str
+    native_size: int  # the weights' own input size; the paper's preset runs every model at 224
+    trainable_modules: list[str]
+    keras: bool  # the authors ran it as a Keras application (their notebooks)
+
+
+class Deviation(BaseModel):
+    what: str
+    effect: str  # its likely effect on the number
+
+
+class CardRow(BaseModel):
+    label: str
+    value: str
+
+
+class ConfigDeviation(BaseModel):
+    option: str
+    label: str
+    value: Any
+    paper: Any
+
+
+class ModelCard(BaseModel):
+    """A model's method card for its paper preset (core.config.method_card): what "Reproduce Table 1" runs, set
+    against the paper, with every remaining known deviation and its likely effect."""
+    model: str
+    paper_name: str | None
+    in_paper: bool
+    paper_val_acc: float | None
+    timm_id: str
+    pretrained_tag: str | None
+    weights_name: str
+    pretrained_on: str
+    weights: str
+    image_size: int
+    native_size: int
+    normalization: Literal["imagenet", "half"]
+    precision: str
+    tf32: bool
+    feature_cache: bool
+    cache_dtype: str
+    batch_size: int
+    epochs: int
+    trainable_modules: list[str]
+    trainable_params: int
+    trainable_params_as_paper_counts: int
+    paper_trainable_params: int | None
+    paper_count_includes_mlp_head: bool | None
+    count_matches_paper: bool | None
+    head: str
+    heads: int
+    pooling: str
+    head_init: str
+    head_l2: float
+    bn_momentum: float | None
+    trainable_batchnorms: int
+    adam_eps: float
+    lr: float
+    deviations: list[Deviation]
+    config_deviations: list[ConfigDeviation]
+    rows: list[CardRow]  # the card as a reader sees it, in order
+    note: str
+    config: dict  # the paper preset's full config for this model (what a job's config is compared with)
 
 
 class ReproduceRequest(BaseModel):

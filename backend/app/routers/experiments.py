@@ -1,16 +1,31 @@
-"""Experiments: a name and the engine's config; starting one queues a job."""
-from fastapi import APIRouter, HTTPException
+"""Experiments: a name and the engine's config; starting one queues a job. Groups (a Table 1 reproduction, a
+sweep) are cancelled or resumed at once; an experiment can be archived (hidden, data kept) or deleted."""
+import shutil
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from core import catalogue
+from core.protocol import ACTIVE
+from core.settings import get_settings
 
 from .. import jobs
 from ..deps import IdPath, SessionDep, WriteAccess
-from ..models import Experiment, Job
-from ..schemas import ExperimentConfig, ExperimentCreate, ExperimentPublic, JobPublic, ReproduceRequest
+from ..models import EpochMetric, Experiment, Job, JobEvent
+from ..schemas import (
+    ExperimentConfig,
+    ExperimentCreate,
+    ExperimentPublic,
+    ExperimentUpdate,
+    GroupActionPublic,
+    JobPublic,
+    ReproduceRequest,
+)
 
 router = APIRouter(prefix="/api", tags=["experiments"])
 
@@ -18,8 +33,8 @@ router = APIRouter(prefix="/api", tags=["experiments"])
 def _public_many(db: Session, exps: list[Experiment]) -> list[dict]:
     """Experiments with their jobs: a constant number of queries whatever their number."""
     views = iter(jobs.public_many(db, [j for e in exps for j in e.jobs]))
-    return [{"id": e.id, "name": e.name, "group": e.group, "config": e.config, "created_at": e.created_at,
-             "jobs": [next(views) for _ in e.jobs]} for e in exps]
+    return [{"id": e.id, "name": e.name, "group": e.group, "archived": e.archived, "config": e.config,
+             "created_at": e.created_at, "jobs": [next(views) for _ in e.jobs]} for e in exps]
 
 
 def _public(db: Session, e: Experiment) -> dict:
@@ -38,20 +53,81 @@ def create_experiment(body: ExperimentCreate, db: Session = SessionDep):
 
 
 @router.get("/experiments", response_model=list[ExperimentPublic])
-def list_experiments(group: str | None = None, db: Session = SessionDep):
+def list_experiments(group: str | None = Query(None, max_length=100),
+                     archived: bool | None = Query(False, description="false: hide archived; true: only them; "
+                                                                         "unset: all"),
+                     db: Session = SessionDep):
     q = (select(Experiment).options(selectinload(Experiment.jobs).selectinload(Job.experiment))
          .order_by(Experiment.id.desc()))
     if group is not None:
         q = q.where(Experiment.group == group)
+    if archived is not None:
+        q = q.where(Experiment.archived == archived)
     return _public_many(db, list(db.scalars(q).all()))
+
+
+def _experiment(db: Session, experiment_id: int) -> Experiment:
+    e = db.get(Experiment, experiment_id)
+    if e is None:
+        raise HTTPException(404, f"experiment {experiment_id} not found")
+    return e
 
 
 @router.get("/experiments/{experiment_id}", response_model=ExperimentPublic)
 def get_experiment(experiment_id: IdPath, db: Session = SessionDep):
-    e = db.get(Experiment, experiment_id)
-    if e is None:
-        raise HTTPException(404, f"experiment {experiment_id} not found")
+    return _public(db, _experiment(db, experiment_id))
+
+
+@router.patch("/experiments/{experiment_id}", response_model=ExperimentPublic, dependencies=[WriteAccess])
+def update_experiment(experiment_id: IdPath, body: ExperimentUpdate, db: Session = SessionDep):
+    """Archive (hide from the lists, keep every job and metric) or bring back."""
+    e = _experiment(db, experiment_id)
+    e.archived = body.archived
+    db.commit()
     return _public(db, e)
+
+
+@router.delete("/experiments/{experiment_id}", status_code=204, dependencies=[WriteAccess],
+               responses={409: {"description": "a job of it is still queued or running"}})
+def delete_experiment(experiment_id: IdPath, db: Session = SessionDep):
+    """Delete an experiment with its jobs, their metrics and their run folders. A live job refuses."""
+    e = _experiment(db, experiment_id)
+    live_jobs = [j for j in e.jobs if j.status in ACTIVE]
+    if live_jobs:
+        j = live_jobs[0]
+        raise HTTPException(409, f"job {j.id} of this experiment is {j.status}: cancel it first (or archive the "
+                                 "experiment to hide it)")
+    ids = [j.id for j in e.jobs]
+    if ids:
+        db.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
+        db.execute(delete(EpochMetric).where(EpochMetric.job_id.in_(ids)))
+        db.execute(delete(Job).where(Job.id.in_(ids)))
+    db.delete(e)
+    db.commit()
+    runs = get_settings().runs_path
+    for i in ids:  # checkpoints and metrics files; a folder another machine holds stays there
+        shutil.rmtree(runs / f"job-{i}", ignore_errors=True)
+
+
+@router.post("/groups/{group}/{action}", response_model=GroupActionPublic, dependencies=[WriteAccess])
+def group_action(group: Annotated[str, PathParam(max_length=100)], action: Literal["cancel", "resume"],
+                 db: Session = SessionDep):
+    """Cancel, or resume, the latest job of every experiment in a group at once."""
+    exps = db.scalars(select(Experiment).where(Experiment.group == group)
+                      .options(selectinload(Experiment.jobs))).all()
+    if not exps:
+        raise HTTPException(404, f"group {group!r} not found")
+    changed, unchanged = [], {}
+    for e in exps:
+        if not e.jobs:
+            continue
+        job = e.jobs[-1]
+        try:
+            (jobs.cancel if action == "cancel" else jobs.resume)(db, job)
+            changed.append(job.id)
+        except jobs.Conflict as err:
+            unchanged[job.id] = str(err)
+    return {"group": group, "changed": changed, "unchanged": unchanged}
 
 
 @router.post("/experiments/{experiment_id}/jobs", response_model=JobPublic, status_code=201,

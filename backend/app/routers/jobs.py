@@ -16,7 +16,7 @@ from ..csv_export import CSVResponse, to_csv
 from ..db import session_scope
 from ..deps import MAX_ID, IdPath, SessionDep, WriteAccess
 from ..live import TooManyStreams, live
-from ..models import Job, JobEvent
+from ..models import Experiment, Job, JobEvent
 from ..schemas import JobPublic, MetricPublic
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -30,10 +30,15 @@ def _job(db: Session, job_id: int) -> Job:
 
 
 @router.get("", response_model=list[JobPublic])
-def list_jobs(status: JobStatus | None = None, db: Session = SessionDep):
+def list_jobs(status: JobStatus | None = None,
+              archived: bool | None = Query(False, description="jobs of archived experiments: false hides them, "
+                                                                 "true shows only them, unset shows all"),
+              db: Session = SessionDep):
     q = jobs.job_query().order_by(Job.id.desc())
     if status:
         q = q.where(Job.status == status)
+    if archived is not None:
+        q = q.join(Job.experiment).where(Experiment.archived == archived)
     return jobs.public_many(db, list(db.scalars(q).all()))
 
 

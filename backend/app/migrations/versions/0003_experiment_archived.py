@@ -1,0 +1,22 @@
+"""experiments.archived: hidden from the lists, data kept
+
+Revision ID: 0003
+Revises: 0002
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('experiments', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('archived', sa.Boolean(), nullable=False, server_default='0'))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('experiments', schema=None) as batch_op:
+        batch_op.drop_column('archived')
