@@ -31,9 +31,8 @@ def say(msg: str) -> None:
 def commands(settings) -> dict[str, list[str]]:
     py = sys.executable
     return {
-        # Open event streams must not hold a stop past STOP_GRACE_S.
-        "backend": [py, "-m", "uvicorn", "backend.app.main:app", "--host", settings.host, "--port",
-                    str(settings.port), "--log-level", "info", "--timeout-graceful-shutdown", "3"],
+        # As the tests run it: uvicorn on settings.host:port, with a timeout for half-open connections.
+        "backend": [py, "-m", "backend.serve"],
         # One worker per GPU: one job at a time, fetched one at a time.
         "worker": [py, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
                    "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"worker-{settings.port}@%h",
@@ -70,8 +69,10 @@ class Child:
         self.restart_at: float | None = None
 
     def start(self) -> None:
+        # preexec_fn is unsafe only beside threads; the launcher has none.
+        die_with_us = _die_with_parent if sys.platform == "linux" else None
         self.p = subprocess.Popen(self.cmd, env=os.environ.copy(), start_new_session=True,
-                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                  preexec_fn=die_with_us)  # noqa: PLW1509
         self.started_at, self.restart_at = time.monotonic(), None
         say(f"started the {self.name} (pid {self.p.pid})")
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kombu import Connection
 from kombu import exceptions as kombu_errors
@@ -122,7 +123,7 @@ class ControlChannel:
         self.link = _Link(broker_url, control_queue(job_id, attempt), transport_options)
         self.min_interval_s = min_interval_s  # fast cached epochs poll often; the broker is asked at most this often
         # SQLite: taking a message locks the whole broker file (BEGIN IMMEDIATE), so count first (a read) and
-        # take only when there is something; Redis cannot count an empty queue (it does not exist) and needs not.
+        # take only when there is something; Redis cannot count an empty queue (it does not exist) and need not.
         self._peek = broker_url.startswith("sqla+")
         self._cancelled = False
         self._last = float("-inf")

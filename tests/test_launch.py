@@ -12,7 +12,8 @@ import time
 import httpx
 import pytest
 
-from backend.launch import STOP_GRACE_S
+from backend.launch import STOP_GRACE_S, commands
+from core.settings import Settings
 from tests.conftest import ROOT, env_for
 from tests.lab import SLOW, free_port, wait_for
 
@@ -41,32 +42,52 @@ class Launcher:
                       BLOCKLAB_DATA_DIR=str(data_dir), BLOCKLAB_ALLOW_DOWNLOAD="false",
                       BLOCKLAB_HEARTBEAT_INTERVAL_S="0.5", BLOCKLAB_HEARTBEAT_TIMEOUT_S=str(HEARTBEAT_TIMEOUT_S),
                       OMP_NUM_THREADS="1")
-        self.p = subprocess.Popen([sys.executable, "-m", "backend.launch"], env=env, cwd=ROOT,
-                                  stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.out = open(self.log, "ab")  # noqa: SIM115 - the launcher writes to it until close()
+        self.p = subprocess.Popen([sys.executable, "-m", "backend.launch"], env=env, cwd=ROOT, stdout=self.out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=10, headers={"X-Requested-With": "BlockLab"})
         self.seen: set[int] = set()
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def pids(self, name: str) -> list[int]:
-        """Every pid the launcher said it started for this child, oldest first."""
-        found = [int(p) for p in re.findall(rf"started the {name} \(pid (\d+)\)", self.text())]
+    def children(self, name: str) -> list[int]:
+        """The launcher's live children running this part (read from /proc, not from what the launcher says)."""
+        mark = commands(Settings())[name][2].encode() + b"\0"  # the module after -m: backend.serve, celery
+        pids = []
+        for task in os.listdir(f"/proc/{self.p.pid}/task"):
+            with open(f"/proc/{self.p.pid}/task/{task}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+        found = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if mark in f.read() and _alive(pid):
+                        found.append(pid)
+            except FileNotFoundError:
+                pass
         self.seen.update(found)
         return found
 
     def current(self, name: str, after: int | None = None) -> int:
-        """The child's running pid (one started after `after`, if given), once there is one."""
-        def newest():
-            pids = self.pids(name)
-            return pids and (after is None or pids[-1] != after) and _alive(pids[-1]) and pids[-1]
-        return wait_for(newest, START_S, f"the launcher to start the {name}")
+        """The pid of the child running this part (another than `after`, if given), once there is one."""
+        def one():
+            pids = [p for p in self.children(name) if p != after]
+            return len(pids) == 1 and pids[0]
+        return wait_for(one, START_S, f"the launcher to run a {name}" + (f" after pid {after}" if after else ""))
 
     def healthy(self) -> bool:
         return self.client.get("/api/health").status_code == 200
 
+    def metrics(self, jid) -> list[dict]:
+        return self.client.get(f"/api/jobs/{jid}/metrics").json()
+
+    def job(self, jid) -> dict:
+        return self.client.get(f"/api/jobs/{jid}").json()
+
     def close(self):
         self.client.close()
+        self.out.close()
         if self.p.poll() is None:
             os.killpg(self.p.pid, signal.SIGKILL)
             self.p.wait(10)
@@ -112,30 +133,31 @@ def test_make_run_restarts_a_killed_worker_and_backend_and_ctrl_c_stops_everythi
     r = la.client.post("/api/experiments", json={"name": "survives", "config": dict(SLOW, epochs=3)})
     assert r.status_code == 201, r.text
     jid = r.json()["jobs"][0]["id"]
-    metrics = lambda: la.client.get(f"/api/jobs/{jid}/metrics").json()  # noqa: E731
-    wait_for(metrics, START_S, "the job's first epoch")
-    epoch_s = BUSY * metrics()[0]["seconds"]
+    wait_for(lambda: la.metrics(jid) or la.job(jid)["status"] == "failed", START_S, "the job's first epoch")
+    assert la.metrics(jid), la.job(jid)
+    epoch_s = BUSY * la.metrics(jid)[0]["seconds"]
 
     # The worker dies mid-job: it is started again, the backend answers throughout, the job finishes.
     watch = _HealthWatch(la.url)
     watch.start()
     os.kill(worker, signal.SIGKILL)
     worker2 = la.current("worker", after=worker)
-    job = wait_for(lambda: (j := la.client.get(f"/api/jobs/{jid}").json())["status"] in ("succeeded", "failed")
-                   and j, BUSY * HEARTBEAT_TIMEOUT_S + START_S + 3 * epoch_s, "the job to finish")
+    job = wait_for(lambda: (j := la.job(jid))["status"] in ("succeeded", "failed") and j,
+                   BUSY * HEARTBEAT_TIMEOUT_S + START_S + 3 * epoch_s, "the job to finish")
     watch.stopped.set()
     watch.join(30)
     assert job["status"] == "succeeded", job
-    assert [m["epoch"] for m in metrics()] == [1, 2, 3]
+    assert [m["epoch"] for m in la.metrics(jid)] == [1, 2, 3]
     assert watch.ok > 0 and watch.bad == [], f"the backend stopped answering while the worker restarted: {watch.bad}"
-    assert _alive(backend) and la.pids("backend") == [backend]
+    assert la.children("backend") == [backend]
+    assert re.search(rf"started the worker \(pid {worker2}\)", la.text())
     assert re.search(rf"the worker \(pid {worker}\) stopped \(killed by SIGKILL\); restarting it in \d+ s", la.text())
 
     # The backend dies: it is started again, the worker lives on.
     os.kill(backend, signal.SIGKILL)
     backend2 = la.current("backend", after=backend)
     wait_for(la.healthy, START_S, "the restarted backend to answer")
-    assert _alive(worker2) and la.pids("worker") == [worker, worker2]
+    assert la.children("worker") == [worker2]
     assert re.search(rf"the backend \(pid {backend}\) stopped \(killed by SIGKILL\); restarting it", la.text())
 
     # Ctrl-C: everything stops, promptly, nothing left behind.

@@ -19,7 +19,7 @@ from core.broker import transport_options
 from core.protocol import ACTIVE, EVENTS_QUEUE, TERMINAL, JobStatus, scalar_view
 from core.settings import Settings
 
-from . import jobs
+from . import broker_gc, jobs
 from .db import session_scope
 from .models import EpochMetric, Job, utcnow
 
@@ -94,6 +94,7 @@ class Ingestor(threading.Thread):
         self.stop_event = threading.Event()
         self.connected_at = utcnow()
         self.events_seen = 0
+        self.gc = broker_gc.Collector(settings)  # about once a minute: keeps the broker bounded
 
     def run(self) -> None:
         topts = transport_options(self.settings.broker_url, self.settings.visibility_timeout_s)
@@ -119,6 +120,7 @@ class Ingestor(threading.Thread):
                         if drained and time.monotonic() >= next_watch:
                             next_watch = time.monotonic() + 1.0
                             check_heartbeats(self.settings, self.connected_at)
+                            self.gc.maybe_run()
                     q.close()
             except Exception:  # noqa: BLE001 - broker away (Redis restart): reconnect and go on
                 log.exception("event consumer: broker connection lost; reconnecting")

@@ -182,3 +182,33 @@ def test_finished_attempts_are_those_of_jobs_that_ended_a_grace_period_ago(api):
     candidates = {(ids[0], 1), (ids[0], 2), (ids[1], 1), (ids[1], 2), (ids[1], 3), (ids[2], 1), (ids[3], 1),
                   (10_000, 1)}
     assert broker_gc.finished_in_db(grace_s=600)(candidates) == {(ids[0], 1), (ids[0], 2), (ids[3], 1)}
+
+
+def test_the_backend_collector_cleans_finished_jobs_once_per_period_and_never_raises(api, monkeypatch):
+    from backend.app.db import session_scope
+    from backend.app.models import Experiment, Job, utcnow
+    from core.settings import get_settings
+
+    settings = get_settings()
+    url = settings.broker_url
+    with session_scope() as db:
+        exp = Experiment(name="gc", config={"model": "deit_tiny_patch16_224"})
+        done, running = Job(experiment=exp, status="succeeded", attempt=1, finished_at=utcnow()), \
+            Job(experiment=exp, status="running", attempt=1)
+        db.add_all([exp, done, running])
+        db.commit()
+        ids = done.id, running.id
+    for jid in ids:
+        ControlChannel(url, jid, 1, _topts(url), min_interval_s=0).cancelled()  # each leaves its queue
+    gc = broker_gc.Collector(settings, every_s=3600, grace_s=0)
+    assert gc.maybe_run() is None  # not in its first period: the backend has just started
+    gc._next = 0.0
+    out = gc.maybe_run()
+    assert out is not None and out.queues == 1
+    assert gc.maybe_run() is None  # once per period
+    monkeypatch.setattr(broker_gc, "collect", lambda *a: 1 / 0)
+    gc._next = 0.0
+    assert gc.maybe_run() is None  # logged, not raised into the ingestor's loop
+    with sqlite3.connect(settings.home / "broker.sqlite") as db:
+        names = {n for (n,) in db.execute("SELECT name FROM kombu_queue")}
+    assert f"blocklab.control.job{ids[1]}.attempt1" in names and f"blocklab.control.job{ids[0]}.attempt1" not in names

@@ -74,8 +74,9 @@ def test_200_submissions_from_20_clients_are_all_stored_and_queued(sqlite_lab):
     assert queued == 200
 
 
-def test_50_event_streams_each_get_every_epoch_once(sqlite_lab):
-    lab = sqlite_lab
+def test_50_event_streams_each_get_every_epoch_once(make_lab):
+    # 50 clients, all on 127.0.0.1: one address, so its per-client stream limit must admit them all.
+    lab = make_lab(BLOCKLAB_MAX_STREAMS_PER_CLIENT="50")
     jid = lab.submit("watched", **dict(QUICK, epochs=5, image_size=64))
 
     def watch(_):
@@ -172,14 +173,24 @@ def test_token_protects_every_change_and_a_request_without_it_changes_nothing(ma
 
 
 def test_server_binds_to_loopback_by_default(monkeypatch):
-    from core.settings import Settings
+    """`make run` starts the backend as the lab does, through backend.serve, which binds BLOCKLAB_HOST."""
+    import uvicorn
+
+    from backend import serve
     from backend.launch import commands
-    monkeypatch.delenv("BLOCKLAB_HOST", raising=False)
-    cmd = commands(Settings())["backend"]
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    monkeypatch.setenv("BLOCKLAB_HOST", "0.0.0.0")
-    cmd = commands(Settings())["backend"]
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    from core import settings
+    bound = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: bound.append(kw["host"]))
+    for host in (None, "0.0.0.0"):
+        if host:
+            monkeypatch.setenv("BLOCKLAB_HOST", host)
+        else:
+            monkeypatch.delenv("BLOCKLAB_HOST", raising=False)
+        settings.get_settings.cache_clear()
+        assert commands(settings.get_settings())["backend"][1:] == ["-m", "backend.serve"]
+        serve.main()
+    settings.get_settings.cache_clear()
+    assert bound == ["127.0.0.1", "0.0.0.0"]
 
 
 def _holds_lock(pid: int, path) -> bool:
@@ -188,7 +199,9 @@ def _holds_lock(pid: int, path) -> bool:
     if not path.exists():
         return False
     inode = str(path.stat().st_ino)
-    for line in open("/proc/locks").read().splitlines():
+    with open("/proc/locks") as f:
+        locks = f.read().splitlines()
+    for line in locks:
         f = line.split()
         if "->" not in f and len(f) >= 6 and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == inode:
             return True
@@ -245,15 +258,15 @@ def test_redis_restarted_three_times_during_a_job_delays_events_and_loses_none(m
     for k in range(1, 4):
         seen = len(lab.epochs(jid))
         if k > 1:  # the job went on after the last outage: a new epoch arrived
-            wait_for(lambda: len(lab.epochs(jid)) > seen or lab.job(jid)["status"] != "running",
+            wait_for(lambda seen=seen: len(lab.epochs(jid)) > seen or lab.job(jid)["status"] != "running",
                      REDIS_CLIENT_RETRY_S + 2 * epoch_s, f"an epoch after outage {k - 1}")
         assert lab.job(jid)["status"] == "running", f"the job ended before outage {k}"
         t0 = time.monotonic()
         lab.redis.stop(signal.SIGKILL)
         # The outage lasts until both sides met it: the backend's consumer and the worker's publisher.
-        wait_for(lambda: _count(lab.backend, "broker connection lost") >= k, BUSY * REDIS_CLIENT_RETRY_S,
+        wait_for(lambda k=k: _count(lab.backend, "broker connection lost") >= k, BUSY * REDIS_CLIENT_RETRY_S,
                  f"the backend to notice outage {k}")
-        wait_for(lambda: _count(worker, "broker unreachable") >= k,
+        wait_for(lambda k=k: _count(worker, "broker unreachable") >= k,
                  BUSY * (REDIS_CLIENT_RETRY_S + 2 * _setting(lab, "heartbeat_interval_s")),
                  f"the worker to notice outage {k}")
         lab.redis.start()
