@@ -44,6 +44,19 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
+def _release_session(queue) -> None:
+    """kombu's SQLite transport keeps a SQLAlchemy session per channel, on one engine (pool 5 + 10) shared by every
+    connection of the process; a read leaves that session holding a pooled connection, and closing the channel
+    does not give it back. Many short-lived links (two per job) then empty the pool and the next one waits 30 s
+    and fails. Closing the session returns its connection; the channel opens a new one when used again."""
+    session = getattr(getattr(queue, "channel", None), "_session", None)
+    if session is not None:
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - a broken session is dropped all the same
+            pass
+
+
 class _Link:
     """One connection and one SimpleQueue on it, opened on first use and thrown away after a broker error, so
     the next use starts from a fresh connection (a broken Redis socket or SQLite session is never reused)."""
@@ -62,8 +75,15 @@ class _Link:
             self.queue = self.conn.SimpleQueue(self.queue_name)
         return self.queue
 
+    def idle(self) -> None:
+        """Give back what the link holds between uses (see _release_session)."""
+        if self.queue is not None:
+            _release_session(self.queue)
+
     def reset(self) -> None:
         queue, conn, self.queue, self.conn = self.queue, self.conn, None, None
+        if queue is not None:
+            _release_session(queue)
         for close in (queue and queue.close, conn and conn.release):
             try:
                 close and close()
@@ -93,6 +113,7 @@ class EventPublisher:
             while True:
                 try:
                     self.link.open().put(event, serializer="json")
+                    self.link.idle()
                     break
                 except self.link.errors as e:
                     self.link.reset()
@@ -140,6 +161,7 @@ class ControlChannel:
             q = self.link.open()
             if not (self._peek and q.qsize() == 0):
                 self._drain(q)
+            self.link.idle()
         except Exception as e:  # noqa: BLE001 - no news this time; a fresh connection asks again next time
             if not self._failing:
                 log.warning("control queue unreachable (%s); asking again later", _short(e))
@@ -177,6 +199,7 @@ def request_cancel(conn: Connection, job_id: int, attempt: int, tries: int = 3, 
             try:
                 q.put({"action": "cancel"}, serializer="json")
             finally:
+                _release_session(q)
                 q.close()
             return
         except errors:

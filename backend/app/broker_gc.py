@@ -140,6 +140,9 @@ def finished_in_db(grace_s: float) -> Callable[[set[Attempt]], set[Attempt]]:
             for ids in _chunks(sorted({j for j, _ in candidates})):
                 last.update(db.execute(select(Job.id, Job.attempt).where(
                     Job.id.in_(ids), Job.status.in_([str(s) for s in TERMINAL]),
+                    # A job cancelled before it ever started may still have its task waiting in the jobs
+                    # queue: its cancel must stay until a worker takes that task.
+                    Job.started_at.is_not(None),
                     Job.finished_at.is_not(None), Job.finished_at <= cutoff)).all())
         return {(j, a) for j, a in candidates if j in last and a <= last[j]}
 

@@ -61,6 +61,9 @@ def _store_epoch(db, job: Job, row: dict, sent_at: float | None = None) -> None:
                                                     EpochMetric.epoch == row["epoch"]))
     if exists:
         return
+    if job.status in TERMINAL:  # a worker still training a job that ended (a zombie attempt): not its history
+        log.warning("job %s is %s already: a late epoch %s not stored", job.id, job.status, row["epoch"])
+        return
     db.add(EpochMetric.from_row(job.id, row))
     # delay_s: from the worker sending the epoch to the backend storing it (same clock on one machine).
     delay = round(time.time() - sent_at, 3) if sent_at else None

@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session, selectinload
 
 from core import catalogue
-from core.protocol import CANCELLABLE, RESUMABLE, JobStatus
+from core.protocol import ACTIVE, CANCELLABLE, RESUMABLE, JobStatus
 
 from . import queue
 from .live import live
@@ -25,6 +26,10 @@ class Conflict(Exception):
     """The job was not in a state that allows the change (another request got there first)."""
 
 
+class Gone(Exception):
+    """The job (or its experiment) was deleted while this request looked at it."""
+
+
 def record(db: Session, job: Job, kind: str = "status", **data) -> None:
     db.add(JobEvent(job_id=job.id, kind=kind, data={"status": job.status, "attempt": job.attempt,
                                                      "error": job.error, **data}))
@@ -32,13 +37,16 @@ def record(db: Session, job: Job, kind: str = "status", **data) -> None:
 
 def transition(db: Session, job: Job, when: Iterable[JobStatus], **values) -> bool:
     """Set `values` on the job if it is still in one of `when`, at the attempt we saw; False if it was not."""
-    seen = job.attempt
+    jid, seen = job.id, job.attempt
     db.commit()  # start from a fresh transaction: the condition is checked against the newest row
-    res = db.execute(update(Job).where(Job.id == job.id, Job.status.in_(tuple(when)), Job.attempt == seen)
+    res = db.execute(update(Job).where(Job.id == jid, Job.status.in_(tuple(when)), Job.attempt == seen)
                      .values(**values).execution_options(synchronize_session=False))
     if res.rowcount != 1:
         db.rollback()
-        db.refresh(job)
+        try:
+            db.refresh(job)
+        except InvalidRequestError as e:  # deleted meanwhile
+            raise Gone(f"job {jid} was deleted") from e
         return False
     db.refresh(job)
     return True
@@ -63,9 +71,20 @@ def _send(db: Session, job: Job) -> None:
 
 
 def start(db: Session, experiment: Experiment) -> Job:
+    """Queue a new job of an experiment, unless one of its jobs is still queued or running (resume that one)."""
+    db.commit()
     job = Job(experiment=experiment, status=JobStatus.QUEUED, attempt=1)
     db.add(job)
-    db.flush()
+    try:
+        db.flush()  # the INSERT holds SQLite's write lock until commit: the count below sees every other start
+    except IntegrityError as e:
+        db.rollback()
+        raise Gone(f"experiment {experiment.id} was deleted") from e
+    active = db.scalars(select(Job.id).where(Job.experiment_id == experiment.id, Job.status.in_(tuple(ACTIVE)),
+                                             Job.id != job.id)).first()
+    if active is not None:
+        db.rollback()
+        raise Conflict(f"job {active} of this experiment is still queued or running: cancel it, or wait")
     record(db, job)
     _send(db, job)
     return job
@@ -162,12 +181,23 @@ def _stats(db: Session, job_ids: list[int]) -> dict[int, _Stats]:
 
 def public_many(db: Session, jobs: list[Job]) -> list[dict]:
     """The API's view of jobs: a constant number of queries (jobs' experiments are loaded with them)."""
+    jobs = [j for j in jobs if _experiment_of(j) is not None]  # one deleted while this request read
     stats = _stats(db, [j.id for j in jobs])
     return [_public(j, stats.get(j.id, _Stats())) for j in jobs]
 
 
+def _experiment_of(job: Job) -> Experiment | None:
+    try:
+        return job.experiment
+    except InvalidRequestError:
+        return None
+
+
 def to_public(db: Session, job: Job) -> dict:
-    return public_many(db, [job])[0]
+    views = public_many(db, [job])
+    if not views:
+        raise Gone(f"job {job.id} was deleted")
+    return views[0]
 
 
 def job_query():

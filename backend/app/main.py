@@ -10,9 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from core.settings import get_settings
 
+from . import jobs as job_life
 from .db import migrate
 from .ingest import Ingestor
 from .live import live
@@ -48,6 +50,16 @@ def create_app() -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError):
         # FastAPI's 422 shape, but each echoed value a short snippet and the whole strict JSON (NaN, "\ud800").
         return JSONResponse({"detail": short_errors(exc.errors())}, 422)
+
+    @app.exception_handler(job_life.Gone)
+    @app.exception_handler(ObjectDeletedError)
+    async def gone(request: Request, exc: Exception):  # deleted while this request looked at it
+        detail = str(exc) if isinstance(exc, job_life.Gone) else "it was deleted while this request read it"
+        return JSONResponse({"detail": detail}, 404)
+
+    @app.exception_handler(job_life.Conflict)
+    async def conflict(request: Request, exc: job_life.Conflict):  # another request changed it first
+        return JSONResponse({"detail": str(exc)}, 409)
 
     for r in (catalogue, experiments, jobs, compare, health):
         app.include_router(r.router)

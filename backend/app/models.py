@@ -19,6 +19,7 @@ def utcnow() -> datetime:
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused after a delete (see 0004)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     group: Mapped[str | None] = mapped_column(String(100), index=True)
@@ -30,6 +31,7 @@ class Experiment(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}  # a deleted job's leftover messages never reach a new one
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"), index=True)
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED, index=True)
@@ -66,7 +68,7 @@ for _m in EPOCH_ROW:
 
 class EpochMetric(_EpochColumns, Base):
     __tablename__ = "epoch_metrics"
-    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_job_epoch"),)
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_job_epoch"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
@@ -89,6 +91,7 @@ class EpochMetric(_EpochColumns, Base):
 class JobEvent(Base):
     """What an event stream replays after Last-Event-ID: stored epochs and status changes, in order."""
     __tablename__ = "job_events"
+    __table_args__ = {"sqlite_autoincrement": True}  # Last-Event-IDs stay unique across deletes
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))

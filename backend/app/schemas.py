@@ -6,6 +6,7 @@ never accepted (weights is hub, none or local).
 """
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -58,15 +59,27 @@ ExperimentConfig = create_model(
 
 
 def _not_blank(v: str | None) -> str | None:
-    if v is not None and not v.strip():
+    """A name a person can read and a URL can carry: trimmed, not empty, no control characters."""
+    if v is None:
+        return v
+    if not v.strip():
         raise ValueError("must not be empty or only spaces")
-    return v.strip() if v is not None else v
+    if any(unicodedata.category(c) == "Cc" for c in v):
+        raise ValueError("must not contain control characters")
+    return v.strip()
+
+
+def _group_name(v: str | None) -> str | None:
+    v = _not_blank(v)
+    if v is not None and "/" in v:
+        raise ValueError("must not contain '/' (a group is addressed as /api/groups/<name>/...)")
+    return v
 
 
 class ExperimentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, AfterValidator(_not_blank)] = Field(min_length=1, max_length=200)
-    group: Annotated[str | None, AfterValidator(_not_blank)] = Field(None, max_length=100)
+    group: Annotated[str | None, AfterValidator(_group_name)] = Field(None, max_length=100)
     config: ExperimentConfig = Field(default_factory=ExperimentConfig)
     start: bool = True  # queue a job at once
 
@@ -169,8 +182,8 @@ class ConfigDeviation(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """A model's method card for its paper preset (core.config.method_card): what "Reproduce Table 1" runs, set
-    against the paper, with every remaining known deviation and its likely effect."""
+    """A model's method card (core.config.method_card): what its paper preset (what "Reproduce Table 1" runs), or a
+    given config, runs, set against the paper, with every remaining known deviation and its likely effect."""
     model: str
     paper_name: str | None
     in_paper: bool
@@ -208,10 +221,10 @@ class ModelCard(BaseModel):
     config_deviations: list[ConfigDeviation]
     rows: list[CardRow]  # the card as a reader sees it, in order
     note: str
-    config: dict  # the paper preset's full config for this model (what a job's config is compared with)
+    config: dict  # the model's paper preset (what config_deviations compare with)
 
 
 class ReproduceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    group: str | None = Field(None, max_length=100)
+    group: Annotated[str | None, AfterValidator(_group_name)] = Field(None, max_length=100)
     overrides: dict = Field(default_factory=dict)  # e.g. {"epochs": 1, "train_per_class": 10} for a dry run

@@ -175,12 +175,14 @@ def test_finished_attempts_are_those_of_jobs_that_ended_a_grace_period_ago(api):
         exp = Experiment(name="gc", config={"model": "deit_tiny_patch16_224"})
         db.add(exp)
         specs = [("succeeded", 2, old), ("running", 3, None), ("failed", 1, now), ("cancelled", 1, old)]
-        jobs = [Job(experiment=exp, status=s, attempt=a, finished_at=f) for s, a, f in specs]
+        jobs = [Job(experiment=exp, status=s, attempt=a, finished_at=f, started_at=old) for s, a, f in specs]
+        # Cancelled while queued: its task may still wait for a worker, so its cancel must stay.
+        jobs.append(Job(experiment=exp, status="cancelled", attempt=1, finished_at=old, started_at=None))
         db.add_all(jobs)
         db.commit()
         ids = [j.id for j in jobs]
     candidates = {(ids[0], 1), (ids[0], 2), (ids[1], 1), (ids[1], 2), (ids[1], 3), (ids[2], 1), (ids[3], 1),
-                  (10_000, 1)}
+                  (ids[4], 1), (10_000, 1)}
     assert broker_gc.finished_in_db(grace_s=600)(candidates) == {(ids[0], 1), (ids[0], 2), (ids[3], 1)}
 
 
@@ -193,8 +195,8 @@ def test_the_backend_collector_cleans_finished_jobs_once_per_period_and_never_ra
     url = settings.broker_url
     with session_scope() as db:
         exp = Experiment(name="gc", config={"model": "deit_tiny_patch16_224"})
-        done, running = Job(experiment=exp, status="succeeded", attempt=1, finished_at=utcnow()), \
-            Job(experiment=exp, status="running", attempt=1)
+        done, running = Job(experiment=exp, status="succeeded", attempt=1, finished_at=utcnow(),
+                            started_at=utcnow()), Job(experiment=exp, status="running", attempt=1)
         db.add_all([exp, done, running])
         db.commit()
         ids = done.id, running.id

@@ -64,3 +64,71 @@ def test_a_name_of_only_spaces_is_refused(api):
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "name"
     assert api.post("/api/experiments", json={"name": "ok", "group": "  ", "config": TINY}).status_code == 422
     assert api.post("/api/experiments", json={"name": "  padded  ", "config": TINY}).json()["name"] == "padded"
+
+
+def test_ids_are_never_reused_after_a_delete(api):
+    e = _exp(api)
+    jid = e["jobs"][0]["id"]
+    api.post(f"/api/jobs/{jid}/cancel")
+    assert api.delete(f"/api/experiments/{e['id']}").status_code == 204
+    again = _exp(api)
+    assert again["id"] > e["id"] and again["jobs"][0]["id"] > jid  # a deleted job's leftovers name no new job
+
+
+def test_an_experiment_has_at_most_one_live_job(api):
+    e = _exp(api)
+    r = api.post(f"/api/experiments/{e['id']}/jobs")
+    assert r.status_code == 409 and "still queued or running" in r.json()["detail"]
+    api.post(f"/api/jobs/{e['jobs'][0]['id']}/cancel")
+    assert api.post(f"/api/experiments/{e['id']}/jobs").status_code == 201
+
+
+def test_group_names_a_url_can_carry(api):
+    for group in ("a/b", "\x00", "  "):
+        r = api.post("/api/experiments", json={"name": "x", "group": group, "config": TINY})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "group", group
+        assert api.post("/api/reproduce", json={"group": group}).status_code == 422
+    assert api.get("/api/experiments?archived=all").json() == []
+
+
+def _race(fn_a, fn_b):
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+    gate = Barrier(2)
+
+    def go(fn):
+        gate.wait()
+        return fn()
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(go, fn_a), pool.submit(go, fn_b)
+        return a.result(), b.result()
+
+
+def test_deletes_racing_other_requests_never_give_a_500_nor_leave_a_hidden_job(api, monkeypatch):
+    from backend.app import queue
+    sent = []
+    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config: sent.append(job_id))
+    outcomes = set()
+    for _ in range(12):
+        e = _exp(api)
+        jid = e["jobs"][0]["id"]
+        api.post(f"/api/jobs/{jid}/cancel")
+        rivals = [lambda: api.post(f"/api/jobs/{jid}/resume"), lambda: api.post(f"/api/experiments/{e['id']}/jobs"),
+                  lambda: api.patch(f"/api/experiments/{e['id']}", json={"archived": True}),
+                  lambda: api.delete(f"/api/experiments/{e['id']}"), lambda: api.get("/api/jobs"),
+                  lambda: api.get("/api/experiments?archived=all"), lambda: api.get(f"/api/jobs/{jid}"),
+                  lambda: api.get(f"/api/compare.csv?jobs={jid}")]
+        for rival in rivals:
+            if api.get(f"/api/experiments/{e['id']}").status_code == 404:
+                break
+            sent.clear()
+            d, r = _race(lambda: api.delete(f"/api/experiments/{e['id']}"), rival)
+            assert d.status_code in (204, 404, 409) and r.status_code < 500, (d.text, r.status_code, r.text)
+            outcomes.add((d.status_code, r.status_code))
+            if d.status_code == 204:  # deleted: nothing this race sent may name a job that is gone
+                assert sent == [], (sent, r.status_code, r.text)
+            if d.status_code == 409:  # the rival started or resumed it first: stop that job and try again
+                for j in api.get("/api/jobs?archived=all").json():
+                    if j["status"] in ("queued", "running"):
+                        api.post(f"/api/jobs/{j['id']}/cancel")
+    assert (204, 404) in outcomes or (204, 200) in outcomes

@@ -26,6 +26,9 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
     if missing:
         raise HTTPException(404, f"job {missing[0]} not found")
     views = {v["id"]: v for v in jobs.public_many(db, list(found.values()))}
+    gone = [i for i in ids if i not in views]  # deleted while this request read
+    if gone:
+        raise HTTPException(404, f"job {gone[0]} not found")
     rows = []
     for i in ids:
         job, pub = found[i], views[i]

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from core import catalogue
@@ -54,15 +54,15 @@ def create_experiment(body: ExperimentCreate, db: Session = SessionDep):
 
 @router.get("/experiments", response_model=list[ExperimentPublic])
 def list_experiments(group: str | None = Query(None, max_length=100),
-                     archived: bool | None = Query(False, description="false: hide archived; true: only them; "
-                                                                         "unset: all"),
+                     archived: Literal["false", "true", "all"] = Query(
+                         "false", description="false: hide archived experiments; true: only them; all: both"),
                      db: Session = SessionDep):
     q = (select(Experiment).options(selectinload(Experiment.jobs).selectinload(Job.experiment))
          .order_by(Experiment.id.desc()))
     if group is not None:
         q = q.where(Experiment.group == group)
-    if archived is not None:
-        q = q.where(Experiment.archived == archived)
+    if archived != "all":
+        q = q.where(Experiment.archived == (archived == "true"))
     return _public_many(db, list(db.scalars(q).all()))
 
 
@@ -81,29 +81,41 @@ def get_experiment(experiment_id: IdPath, db: Session = SessionDep):
 @router.patch("/experiments/{experiment_id}", response_model=ExperimentPublic, dependencies=[WriteAccess])
 def update_experiment(experiment_id: IdPath, body: ExperimentUpdate, db: Session = SessionDep):
     """Archive (hide from the lists, keep every job and metric) or bring back."""
-    e = _experiment(db, experiment_id)
-    e.archived = body.archived
+    res = db.execute(update(Experiment).where(Experiment.id == experiment_id).values(archived=body.archived))
     db.commit()
-    return _public(db, e)
+    if res.rowcount != 1:
+        raise HTTPException(404, f"experiment {experiment_id} not found")
+    db.expire_all()
+    return _public(db, _experiment(db, experiment_id))
 
 
 @router.delete("/experiments/{experiment_id}", status_code=204, dependencies=[WriteAccess],
                responses={409: {"description": "a job of it is still queued or running"}})
 def delete_experiment(experiment_id: IdPath, db: Session = SessionDep):
-    """Delete an experiment with its jobs, their metrics and their run folders. A live job refuses."""
-    e = _experiment(db, experiment_id)
-    live_jobs = [j for j in e.jobs if j.status in ACTIVE]
-    if live_jobs:
-        j = live_jobs[0]
-        raise HTTPException(409, f"job {j.id} of this experiment is {j.status}: cancel it first (or archive the "
-                                 "experiment to hide it)")
-    ids = [j.id for j in e.jobs]
+    """Delete an experiment with its jobs, their metrics and their run folders. A live job refuses.
+
+    One write transaction: its first statement takes SQLite's write lock, so a resume or a start that races
+    with the delete either committed before it (and the delete refuses) or runs after it (and finds nothing)."""
+    db.commit()
+    touched = db.execute(update(Experiment).where(Experiment.id == experiment_id)
+                         .values(archived=Experiment.archived))
+    if touched.rowcount != 1:
+        db.rollback()
+        raise HTTPException(404, f"experiment {experiment_id} not found")
+    live_job = db.execute(select(Job.id, Job.status).where(Job.experiment_id == experiment_id,
+                                                           Job.status.in_(tuple(ACTIVE)))).first()
+    if live_job is not None:
+        db.rollback()
+        raise HTTPException(409, f"job {live_job.id} of this experiment is {live_job.status}: cancel it first (or "
+                                 "archive the experiment to hide it)")
+    ids = list(db.scalars(select(Job.id).where(Job.experiment_id == experiment_id)))
     if ids:
         db.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
         db.execute(delete(EpochMetric).where(EpochMetric.job_id.in_(ids)))
         db.execute(delete(Job).where(Job.id.in_(ids)))
-    db.delete(e)
+    db.execute(delete(Experiment).where(Experiment.id == experiment_id))
     db.commit()
+    db.expunge_all()
     runs = get_settings().runs_path
     for i in ids:  # checkpoints and metrics files; a folder another machine holds stays there
         shutil.rmtree(runs / f"job-{i}", ignore_errors=True)
@@ -125,7 +137,7 @@ def group_action(group: Annotated[str, PathParam(max_length=100)], action: Liter
         try:
             (jobs.cancel if action == "cancel" else jobs.resume)(db, job)
             changed.append(job.id)
-        except jobs.Conflict as err:
+        except (jobs.Conflict, jobs.Gone) as err:
             unchanged[job.id] = str(err)
     return {"group": group, "changed": changed, "unchanged": unchanged}
 
@@ -133,10 +145,7 @@ def group_action(group: Annotated[str, PathParam(max_length=100)], action: Liter
 @router.post("/experiments/{experiment_id}/jobs", response_model=JobPublic, status_code=201,
              dependencies=[WriteAccess])
 def start_job(experiment_id: IdPath, db: Session = SessionDep):
-    e = db.get(Experiment, experiment_id)
-    if e is None:
-        raise HTTPException(404, f"experiment {experiment_id} not found")
-    return jobs.to_public(db, jobs.start(db, e))
+    return jobs.to_public(db, jobs.start(db, _experiment(db, experiment_id)))
 
 
 @router.post("/reproduce", response_model=list[ExperimentPublic], status_code=201, dependencies=[WriteAccess])

@@ -1,6 +1,7 @@
 """Jobs: status, live events, metrics, cancel and resume."""
 import asyncio
 import json
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -31,14 +32,15 @@ def _job(db: Session, job_id: int) -> Job:
 
 @router.get("", response_model=list[JobPublic])
 def list_jobs(status: JobStatus | None = None,
-              archived: bool | None = Query(False, description="jobs of archived experiments: false hides them, "
-                                                                 "true shows only them, unset shows all"),
+              archived: Literal["false", "true", "all"] = Query(
+                  "false", description="jobs of archived experiments: false hides them, true shows only them, all "
+                                       "shows both"),
               db: Session = SessionDep):
     q = jobs.job_query().order_by(Job.id.desc())
     if status:
         q = q.where(Job.status == status)
-    if archived is not None:
-        q = q.join(Job.experiment).where(Experiment.archived == archived)
+    if archived != "all":
+        q = q.join(Job.experiment).where(Experiment.archived == (archived == "true"))
     return jobs.public_many(db, list(db.scalars(q).all()))
 
 
@@ -84,7 +86,8 @@ def _poll(job_id: int, after: int) -> tuple[list[tuple[int, str, dict]], dict | 
             return [], None
         evs = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
                          .order_by(JobEvent.id).limit(500)).all()
-        return [(e.id, e.kind, e.data) for e in evs], jobs.to_public(db, job)
+        views = jobs.public_many(db, [job])  # empty when the job was deleted meanwhile
+        return [(e.id, e.kind, e.data) for e in evs], (views[0] if views else None)
 
 
 def _strict_json(data) -> str:
@@ -142,6 +145,9 @@ async def job_events(job_id: IdPath, request: Request, last_event_id: int | None
         yield "retry: 1000\n\n"
         while True:
             events, job = await run_in_threadpool(_poll, job_id, after)
+            if job is None:  # deleted while watched
+                yield f"event: end\ndata: {_strict_json({'status': 'deleted'})}\n\n"
+                return
             for eid, kind, data in events:
                 after = eid
                 yield f"id: {eid}\nevent: {kind}\ndata: {_strict_json(data)}\n\n"
