@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any, Literal
 
 from . import catalogue
-from .options import Option, options_of, opt
+from .options import Option, opt, options_of
 
 
 @dataclass
@@ -25,6 +25,8 @@ class TrainConfig:
                           label="Batch size")
     lr: float = opt(1e-4, "Adam learning rate (paper: 1e-4)", gt=0, le=1.0, advanced=False,
                     label="Learning rate (Adam)")
+    adam_eps: float = opt(1e-8, "Adam epsilon (torch's 1e-8; the authors' Keras CNNs ran with Keras' 1e-7)", gt=0,
+                          le=1.0, label="Adam epsilon")
     lr_factor: float = opt(0.6, "ReduceLROnPlateau factor (paper: 0.6) ...", gt=0, lt=1, label="LR reduce factor")
     lr_patience: int = opt(2, "... after this many epochs without a better validation accuracy (paper: 2) ...",
                            ge=0, le=100, label="LR patience (epochs)")
@@ -37,8 +39,8 @@ class TrainConfig:
                                       ge=1, le=5000, none_means="all", label="Training images per class")
     val_limit: int | None = opt(None, "validation images (paper: the whole 10,000-image test set)", ge=1, le=10000,
                                 none_means="all 10,000", label="Validation images")
-    image_size: int | None = opt(None, "input size the 32 px images are upsampled to", ge=32, le=512,
-                                 none_means="the model's own", label="Image size")
+    image_size: int | None = opt(224, "input size the 32 px images are upsampled to (paper: 224 for every model)",
+                                 ge=32, le=512, none_means="the weights' own size", label="Image size")
     pooling: Literal["auto", "model", "max", "avg"] = opt(
         "auto", "pooling before the head; auto = the catalogue's (max for the Keras-origin CNNs)",
         label="Pooling before the head")
@@ -47,13 +49,27 @@ class TrainConfig:
                            "Linear(256, 10))", ge=1, le=8192, label="Head hidden units")
     head_dropout: float = opt(0.5, "dropout rate of the head (authors' notebooks: 0.5)", ge=0, lt=1,
                               label="Head dropout")
+    head_init: Literal["torch", "he_normal"] = opt(
+        "torch", "init of the head's Linear layers: torch = PyTorch's default; he_normal = Keras' he_normal kernels "
+        "and zero biases (the authors' Keras CNNs)", label="Head init")
+    head_l2: float = opt(0.0, "L2 penalty on the head, Keras semantics: this times the sum of squared kernel weights "
+                         "of both Linear layers is added to the training loss (the authors' Keras CNNs: 0.01); "
+                         "val_loss stays plain cross-entropy", ge=0, le=1.0, label="Head L2 (Keras)")
+    bn_momentum: float | None = opt(
+        None, "BatchNorm momentum inside the trainable block, torch convention (new = (1 - m) old + m batch): "
+        "Keras' 0.99 is torch's 0.01 (the authors' Keras CNNs)", gt=0, le=1.0,
+        none_means="the module's own (0.1)", label="BatchNorm momentum (block)")
     seed: int = opt(0, "data subset, init, flips and batch order all derive from it", ge=0, le=2**31 - 1)
     feature_cache: bool = opt(True, "run the frozen part once per image and flip state (exact up to the storage "
                               "dtype; see features.py)", label="Frozen-feature cache")
     cache_dtype: Literal["float16", "bfloat16", "float32"] = opt(
         "float16", "storage dtype of cached frozen features", web=False)
-    precision: Literal["auto", "fp32", "bf16"] = opt(
-        "auto", "auto = bf16 autocast where the hardware has it, else fp32")
+    precision: Literal["fp32", "bf16", "auto"] = opt(
+        "fp32", "fp32 = the paper; bf16 = bf16 autocast, a speed option (frozen part and block); auto = bf16 where "
+        "the hardware has it, else fp32")
+    tf32: bool = opt(False, "allow TF32 tensor cores for fp32 matmuls and convolutions on GPUs that have them (a "
+                     "speed option). Off = plain fp32, as the paper (Kaggle's 2021 GPUs had no TF32)",
+                     label="TF32 matmuls (GPU)")
     device: str = opt("auto", "auto = cuda when available, else cpu; or cpu, cuda, cuda:N", web=False,
                       affects_result=False)
     num_workers: int = opt(0, "data workers (data is preprocessed in batched tensor ops; rarely needed)", ge=0,
@@ -123,3 +139,114 @@ def preset(name: str = "paper", **overrides: Any) -> TrainConfig:
     model = overrides.get("model", base.get("model", TrainConfig.model))
     merged = {**_defaults(), **model_preset(model), **base, **overrides}
     return TrainConfig.from_dict(merged)
+
+
+# -- the method card ------------------------------------------------------------------------------------------------
+# What a run computes, set against the paper, for a reader who has to judge its number. Built from the catalogue
+# entry and the config alone (torch-free): the API serves it (GET /api/models/{id}), `--describe` prints it, and
+# tests/worker/test_catalogue.py proves the catalogue facts it rests on against the real architectures.
+
+_NORMALIZATION = {"imagenet": "ImageNet mean/std, as its weights expect",
+                  "half": "mean = std = 0.5 (inputs in [-1, 1]), as its weights expect"}
+_OWN_POOLING = {"vit": "the class token after the final norm", "cait": "the class token after the final norm",
+                "coat": "the class token after the final norm", "swin": "global average pooling",
+                "nfnet": "global average pooling", "efficientnet": "global average pooling"}
+
+
+def _pooling_text(spec: catalogue.ModelSpec, pooling: str) -> str:
+    if spec.heads == 2:
+        return "the class and the distillation token after the final norm, one head each, logits averaged"
+    if pooling == "model":
+        return f"the model's own: {_OWN_POOLING.get(spec.arch, 'timm forward_head')}"
+    return {"max": "global max pooling (the authors' Keras code: pooling='max')",
+            "avg": "global average pooling"}[pooling]
+
+
+def _bn_text(spec: catalogue.ModelSpec, momentum: float | None) -> str:
+    where = (f"on the trainable part's {spec.trainable_batchnorms} BatchNorm layers" if spec.trainable_batchnorms
+             else "no BatchNorm in the trainable part: no effect")
+    value = ("the module's own, 0.1 (Keras momentum 0.9)" if momentum is None
+             else f"{momentum:g} (Keras momentum {1 - momentum:g})")
+    return f"{value}; {where}; frozen BatchNorms never update"
+
+
+def method_card(cfg: TrainConfig) -> dict:
+    """The method card of a run: the weights, input, numerics, trainable part, head and optimizer it uses, its
+    trainable count against Table 1, and every remaining known deviation from the authors' runs with its likely
+    effect. `config_deviations` lists where `cfg` leaves the model's paper preset (none for the preset itself)."""
+    spec = catalogue.get(cfg.model)
+    if spec is None:
+        raise ValueError(f"{cfg.model!r} is not in the catalogue: no method card")
+    row = catalogue.paper_row(spec)
+    paper = preset("paper", model=cfg.model)
+    image_size = cfg.image_size or spec.native_size
+    trainable = spec.trainable_backbone_params + spec.head_params(cfg.head_hidden)
+    counted = trainable if row is None or row["count_includes_mlp_head"] else spec.trainable_backbone_params
+    pooling = spec.pooling if cfg.pooling == "auto" else cfg.pooling
+    modules = [*spec.trainable_modules, *(f"heads.{i}" for i in range(spec.heads))]
+    head = (f"Linear({spec.num_features}, {cfg.head_hidden}) -> ELU -> Dropout({cfg.head_dropout:g}) -> "
+            f"Linear({cfg.head_hidden}, {catalogue.NUM_CLASSES})" + (" (x2)" if spec.heads == 2 else ""))
+    weights = {"hub": f"{spec.weights_name}: {spec.pretrained_on}", "none": "none: random init (no pretraining)",
+               "local": "a local file in the server's weights folder"}.get(cfg.weights, f"the file {cfg.weights}")
+    size = f"{image_size} px, bilinear from 32 px" + (
+        f" (its weights' own size is {spec.native_size})" if spec.native_size != image_size else "")
+    precision = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
+                 "auto": "bf16 autocast where the hardware has it, else fp32"}[cfg.precision]
+    tf32 = ("TF32 allowed for fp32 matmuls and convolutions (a speed option)" if cfg.tf32 else
+            "TF32 off: fp32 matmuls and convolutions run in full fp32 (the engine also turns off PyTorch's cuDNN "
+            "TF32 default)")
+    cache = (f"on: the frozen part runs once per image and flip state, its output kept as {cfg.cache_dtype}"
+             + ("" if cfg.cache_dtype == "float32" else " (the block's input rounded to 16 bits; float32 is exact)")
+             if cfg.feature_cache else "off: the frozen part runs every step")
+    l2 = ("none" if not cfg.head_l2 else
+          f"{cfg.head_l2:g} x the sum of squared kernel weights of both Linear layers, added to the training loss "
+          f"(Keras' l2({cfg.head_l2:g})); val_loss stays plain cross-entropy, the loss Keras would print is recorded "
+          f"as keras_train_loss and keras_val_loss")
+    init = ("PyTorch's default (Kaiming-uniform kernels, a = sqrt(5); uniform biases)" if cfg.head_init == "torch"
+            else "Keras' he_normal kernels (truncated normal, std sqrt(2 / fan_in)), zero biases")
+    training = (f"Adam (lr {cfg.lr:g}, eps {cfg.adam_eps:g}), batch {cfg.batch_size}, {cfg.epochs} epochs; lr x"
+                f"{cfg.lr_factor:g} after {cfg.lr_patience} epochs without a better validation accuracy (Keras "
+                f"semantics), floor {cfg.min_lr:g}")
+    data = (f"{'all 50,000' if cfg.train_per_class is None else f'{cfg.train_per_class * 10:,}'} training images"
+            f"{', random horizontal flip' if cfg.hflip else ', no augmentation'}; validation on "
+            f"{'all 10,000' if cfg.val_limit is None else f'{cfg.val_limit:,}'} test images, unflipped")
+    if row is None:
+        count = f"{trainable:,} (not in the paper's Table 1)"
+    else:
+        count = (f"{counted:,} counted as the paper counts ({'with' if row['count_includes_mlp_head'] else 'without'}"
+                 f" the MLP head) against Table 1's {row['trainable_params']:,}: "
+                 + ("the same" if counted == row["trainable_params"] else "differs (see the deviations)"))
+    differs = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
+               for o in result_options() if o.name != "model" and getattr(cfg, o.name) != getattr(paper, o.name)]
+    rows = [("Model", f"{spec.id} (timm)" + (f", the paper's {spec.paper_name}" if spec.paper_name else "")),
+            ("Weights", weights), ("Image size", size), ("Normalization", _NORMALIZATION[spec.input_norm]),
+            ("Precision", f"{precision}; {tf32}"), ("Frozen-feature cache", cache), ("Data", data),
+            ("Training", training), ("Trainable modules", ", ".join(modules)), ("Trainable parameters", count),
+            ("Head", head), ("Pooling", _pooling_text(spec, pooling)), ("Head init", init), ("Head L2", l2),
+            ("BatchNorm momentum", _bn_text(spec, cfg.bn_momentum)), ("Adam epsilon", f"{cfg.adam_eps:g}")]
+    return {
+        "model": spec.id, "paper_name": spec.paper_name, "in_paper": row is not None,
+        "paper_val_acc": row["val_acc"] if row else None,
+        "timm_id": spec.id, "pretrained_tag": spec.pretrained_tag, "weights_name": spec.weights_name,
+        "pretrained_on": spec.pretrained_on, "weights": cfg.weights,
+        "image_size": image_size, "native_size": spec.native_size, "normalization": spec.input_norm,
+        "precision": cfg.precision, "tf32": cfg.tf32, "feature_cache": cfg.feature_cache,
+        "cache_dtype": cfg.cache_dtype, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+        "trainable_modules": modules, "trainable_params": trainable,
+        "trainable_params_as_paper_counts": counted,
+        "paper_trainable_params": row["trainable_params"] if row else None,
+        "paper_count_includes_mlp_head": row["count_includes_mlp_head"] if row else None,
+        "count_matches_paper": counted == row["trainable_params"] if row else None,
+        "head": head, "heads": spec.heads, "pooling": pooling, "head_init": cfg.head_init, "head_l2": cfg.head_l2,
+        "bn_momentum": cfg.bn_momentum, "trainable_batchnorms": spec.trainable_batchnorms,
+        "adam_eps": cfg.adam_eps, "lr": cfg.lr,
+        "deviations": [asdict(d) for d in catalogue.known_deviations(spec)],
+        "config_deviations": differs,
+        "rows": [{"label": k, "value": v} for k, v in rows],
+        "note": spec.note,
+    }
+
+
+def paper_card(model: str) -> dict:
+    """The method card of a model's paper preset (what "Reproduce Table 1" runs)."""
+    return method_card(preset("paper", model=model))

@@ -68,6 +68,10 @@ EPOCH_ROW: tuple[Metric, ...] = (
     Metric("seconds", "float", "wall time of the epoch, training and validation", column=True, digits=3),
     Metric("train_seconds", "float", "wall time of the training part", digits=3),
     Metric("images_per_s", "float", "training images per second", column=True, digits=2),
+    Metric("keras_train_loss", "float", "with head_l2 on: mean of cross-entropy plus the L2 penalty, the training "
+           "loss Keras prints (the authors' logs); null when off", digits=5),
+    Metric("keras_val_loss", "float", "with head_l2 on: validation cross-entropy plus the L2 penalty, the val_loss "
+           "Keras prints; null when off", digits=5),
     Metric("per_class_acc", "vector", "validation accuracy per class", column=True),
     Metric("confusion", "matrix", "validation confusion matrix, rows true, columns predicted", column=True),
 )

@@ -26,7 +26,7 @@ const secs = (v) => (v === null || v === undefined ? "–" : v < 90 ? `${Math.ro
 // Plotly renders a little HTML in legends and hover text: user text goes in as entities only.
 const plotText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
-const state = { models: null, paper: null, token: localStorage.getItem("blocklab-token") };
+const state = { models: null, paper: null, cards: {}, token: localStorage.getItem("blocklab-token") };
 let cleanup = [];
 
 class ApiError extends Error {
@@ -82,6 +82,45 @@ async function catalogue() {
 const can = (what, j) => state.statuses[what].includes(j.status);  // "cancellable" | "resumable" | "progressing"
 const modelById = (id) => (state.models || []).find((m) => m.id === id);
 const paperCurve = (model) => (model && model.paper_name ? state.paper.curves[model.paper_name] : null);
+
+// ---------------------------------------------------------------------------------------------------- method card
+// A model's method card (GET /api/models/{id}, built from the catalogue): what it runs, as rows, and each known
+// deviation from the authors' runs with its likely effect. On the job page, the card of the job's own config
+// (its options as query parameters) with where the job leaves the paper preset; nothing here lists an option.
+function cardView(card, forJob) {
+  const box = el("div", { class: "method-card-body", "data-model": card.model });
+  box.append(el("h3", { text: `Method card: ${card.paper_name ? `${card.paper_name} · ` : ""}${card.timm_id}` }));
+  box.append(el("table", { class: "card-rows" }, el("tbody", {}, card.rows.map((r) =>
+    el("tr", {}, el("th", { text: r.label }), el("td", { text: r.value }))))));
+  if (forJob) {
+    const shown = (v) => (v === null || v === undefined ? "empty" : String(v));
+    const differs = card.config_deviations;
+    box.append(el("h4", { text: differs.length ? "This job leaves the paper preset" : "This job runs the paper preset" }),
+      differs.length ? el("ul", { class: "job-differs" }, differs.map((d) =>
+        el("li", {}, el("strong", { text: d.label }), `: ${shown(d.value)} (paper preset: ${shown(d.paper)})`))) : "");
+  }
+  if (card.deviations.length) {
+    box.append(el("h4", { text: "Known deviations from the authors' runs" }),
+      el("ul", { class: "deviations" }, card.deviations.map((d) =>
+        el("li", {}, el("span", { text: d.what }), el("div", { class: "effect", text: `Likely effect: ${d.effect}` })))));
+  } else if (!card.in_paper) {
+    box.append(el("p", { class: "muted", text: "Not in the paper's Table 1: nothing to compare with." }));
+  }
+  return box;
+}
+
+async function showCard(box, id, jobConfig) {
+  box.dataset.want = id;  // a slower answer for a model picked before must not overwrite this one
+  const query = jobConfig ? "?" + new URLSearchParams(Object.entries(jobConfig).filter(([k]) => k !== "model")
+    .map(([k, v]) => [k, v === null || v === undefined ? "" : String(v)])).toString() : "";
+  if (!state.cards[id + query]) box.replaceChildren(el("p", { class: "muted", text: "Loading the method card…" }));
+  try {
+    const card = state.cards[id + query] = state.cards[id + query] || await api(`/api/models/${encodeURIComponent(id)}${query}`);
+    if (box.dataset.want === id) box.replaceChildren(cardView(card, Boolean(jobConfig)));
+  } catch (e) {
+    if (box.dataset.want === id) box.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` }));
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------- routing
 async function route() {
@@ -169,7 +208,7 @@ function renderNew(view) {
   const picker = modelPicker();
   picker.value = modelOpt.default;
   form.append(el("h2", { text: "New job" }),
-    el("p", { class: "muted", text: "The paper's preset is filled in: Adam 1e-4, batch 512 (256 for Swin-B), 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip." }),
+    el("p", { class: "muted", text: "The paper's preset is filled in: 224 px, fp32, Adam 1e-4, batch 512 (256 for Swin-B), 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip; the Keras CNNs get the authors' Keras head and defaults. The method card beside it says what the chosen model runs and where it still differs from the authors' runs." }),
     fieldRow("name", "Name", el("input", { id: "f-name", name: "name", value: "my run", maxlength: 200 })),
     fieldRow("model", modelOpt.label, picker, modelOpt.help));
   const advanced = el("details", { id: "advanced" }, el("summary", { text: "Advanced settings" }));
@@ -181,16 +220,19 @@ function renderNew(view) {
     inputs.push([o, input]);
     (o.advanced ? advanced : form).append(fieldRow(o.name, o.label, input, o.advanced ? o.help : null));
   }
+  const cardBox = el("aside", { class: "card method-card", id: "method-card" });
   picker.addEventListener("change", () => {  // the model's own preset values, where the user changed nothing
     for (const [o, input] of inputs) if (!input.dataset.touched) setInput(input, o, optionValue(o, picker.value));
+    showCard(cardBox, picker.value);
   });
   form.append(advanced, el("div", {}, el("button", { type: "submit", id: "submit" , text: "Start job" })));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form); });
+  showCard(cardBox, picker.value);
 
   const reproduce = el("div", { class: "card" }, el("h2", { text: "Reproduce Table 1" }),
     el("p", { class: "muted", text: "Queue the paper's ten models with the paper preset as one group, then compare them side by side with Table 1." }),
     el("button", { id: "reproduce", class: "secondary", text: "Reproduce Table 1", onclick: reproduceTable1 }));
-  view.append(form, reproduce);
+  view.append(el("div", { class: "new-job" }, form, cardBox), reproduce);
 }
 
 function readConfig(form) {
@@ -323,10 +365,15 @@ async function renderJob(view, id) {
   const plots = el("div", { class: "grid2" },
     el("div", { class: "card" }, el("div", { id: "plot-acc", class: "plot" })),
     el("div", { class: "card" }, el("div", { id: "plot-loss", class: "plot" })));
+  const cardBox = el("div", { class: "card method-card", id: "job-card" });
   const epochPick = el("select", { id: "epoch-pick" });
   const detail = el("div", { class: "card" }, el("label", {}, "Epoch: ", epochPick),
     el("div", { class: "grid2" }, el("div", { id: "plot-class", class: "plot" }), el("div", { id: "plot-confusion", class: "plot" })));
-  view.append(head, plots, detail);
+  view.append(head, plots, detail, cardBox);
+  if (model) {
+    api(`/api/experiments/${job.experiment_id}`).then((exp) => showCard(cardBox, job.model, exp.config))
+      .catch((e) => cardBox.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` })));
+  } else cardBox.replaceChildren(el("p", { class: "muted", text: `${job.model} is not in the catalogue: no method card.` }));
 
   let metrics = await api(`/api/jobs/${id}/metrics`);
   let current = job;
@@ -356,9 +403,13 @@ async function renderJob(view, id) {
       { x: ep, y: metrics.map((m) => m.val_acc), name: "val accuracy", mode: "lines+markers" },
       { x: ep, y: metrics.map((m) => m.train_acc), name: "train accuracy", mode: "lines+markers" },
       ...paperTraces(model, current.epochs)], LAYOUT("Accuracy", "accuracy"), { responsive: true });
+    // With the head's L2 penalty on, the losses Keras would have printed (the authors' logs) go beside the plain ones.
+    const keras = metrics.some((m) => m.keras_val_loss !== null && m.keras_val_loss !== undefined) ? [
+      { x: ep, y: metrics.map((m) => m.keras_val_loss), name: "val loss + L2 (Keras)", mode: "lines", line: { dash: "dot" } },
+      { x: ep, y: metrics.map((m) => m.keras_train_loss), name: "train loss + L2 (Keras)", mode: "lines", line: { dash: "dot" } }] : [];
     Plotly.react("plot-loss", [
       { x: ep, y: metrics.map((m) => m.val_loss), name: "val loss", mode: "lines+markers" },
-      { x: ep, y: metrics.map((m) => m.train_loss), name: "train loss", mode: "lines+markers" }],
+      { x: ep, y: metrics.map((m) => m.train_loss), name: "train loss", mode: "lines+markers" }, ...keras],
       LAYOUT("Loss (cross-entropy)", "loss"), { responsive: true });
     const chosen = Number(epochPick.value) || (ep.length ? ep[ep.length - 1] : null);
     epochPick.replaceChildren(...ep.map((e) => el("option", { value: e, text: `epoch ${e}` })));

@@ -1,24 +1,37 @@
 """Benchmark: the engine against the loop a user would write from the usual tutorials, side by side.
 
-    python -m worker.bench --model deit_tiny_patch16_224 --images 1024 --epochs 3      # `make bench`
+    python -m worker.bench --model deit_tiny_patch16_224 --images 1024 --epochs 3 --batch-size 64   # quick, CPU
+    python -m worker.bench --model deit_base_distilled_patch16_224 --images 50000 --val-images 10000 \\
+        --epochs 20 --ref-epochs 2 --ref-workers 16 --device cuda --json bench-gpu.json            # the GPU figures
 
 Both sides train the same model on the same images (generated CIFAR-sized images unless --data-dir is given),
-on the same device, for the same epochs, each in its own process so peak memory is its own. The reference is
-the tutorial recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader, a timm model whose parameters
-are frozen except the last block, a full forward pass every step, fp32. The engine is `worker.engine.train.run` with
-its defaults (frozen-feature cache, batched preprocessing, bf16 where the hardware has it).
-Prints images/s per training epoch for both, their ratio, and peak memory.
+on the same device, for the same epochs, each in its own process so peak memory is its own. Unset flags take the
+model's paper preset (core/config.py with its catalogue entry: batch 512, 224 px, fp32).
+
+- The reference is the tutorial recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader, a timm model
+  whose parameters are frozen except the last block, a full forward pass every step, fp32 under PyTorch's default
+  TF32 settings.
+- The engine is `worker.engine.train.run` once per variant: "paper" is the paper's preset as Reproduce Table 1 runs
+  it (fp32, TF32 off); "fast" adds the speed options (bf16 autocast, TF32 allowed). Both use the frozen-feature
+  cache and batched preprocessing on the device.
+
+Prints images/s per training epoch for each side, their ratio and peak memory; `--json OUT` writes every figure
+(per-epoch speeds and times, validation time, time to train all epochs, cache placement and size, peak host and
+device memory, the device and library versions) to one file.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+VARIANTS = {"paper": {}, "fast": {"precision": "bf16", "tf32": True}}
 
 
 def _dataset(args):
@@ -32,30 +45,55 @@ def _dataset(args):
     return data.Cifar10(train, val, tuple(f"c{i}" for i in range(10)), "generated")
 
 
+def engine_config(args, variant: str = "paper"):
+    """The model's paper preset, with the flags given and the variant's speed options."""
+    from core.config import preset
+    given = {"batch_size": args.batch_size, "image_size": args.image_size}
+    return preset("paper", model=args.model, weights=args.weights, epochs=args.epochs, device=args.device, seed=0,
+                  feature_cache=not args.no_cache, **{k: v for k, v in given.items() if v is not None},
+                  **VARIANTS[variant])
+
+
+def _device_info(device) -> dict:
+    import timm
+    import torch
+    out = {"device": str(device), "torch": torch.__version__, "timm": timm.__version__,
+           "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return out
+
+
 def _peak(device) -> dict:
     import torch
     out = {"peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
-        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["peak_gpu_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["peak_gpu_reserved_mib"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
     return out
 
 
-def run_engine(args) -> dict:
-    from core.config import TrainConfig
+def run_engine(args, variant: str) -> dict:
     from worker.engine.train import Paths, resolve_device, run
 
-    cfg = TrainConfig(model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
-                      image_size=args.image_size, device=args.device, seed=0, feature_cache=not args.no_cache,
-                      precision=args.precision)
+    cfg = engine_config(args, variant)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         s = run(cfg, Paths(Path("."), Path(out)), dataset=_dataset(args))
         total = time.perf_counter() - t0
         rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return {"side": "engine", "images_per_s": [r["images_per_s"] for r in rows], "wall_s": round(total, 2),
-            "epoch_s": [r["seconds"] for r in rows], "precision": s["precision"],
-            "feature_cache": s["feature_cache"].get("placement") if s["feature_cache"]["enabled"] else "off",
-            **_peak(resolve_device(args.device))}
+    cache = s["feature_cache"]
+    return {"side": f"engine-{variant}", "config": {k: cfg.to_dict()[k] for k in (
+                "model", "batch_size", "image_size", "precision", "tf32", "feature_cache", "cache_dtype")},
+            "images_per_s": [r["images_per_s"] for r in rows], "epoch_s": [r["seconds"] for r in rows],
+            "train_s": [r["train_seconds"] for r in rows],
+            "val_s": [round(r["seconds"] - r["train_seconds"], 3) for r in rows],
+            "wall_s": round(total, 2), "precision": s["precision"], "tf32": cfg.tf32,
+            "feature_cache": cache.get("placement") if cache["enabled"] else "off",
+            "feature_cache_gib": round(cache["bytes"] / 2**30, 3) if cache["enabled"] else None,
+            "feature_cache_reason": cache["reason"], "best_val_acc": s["best_val_acc"],
+            **_device_info(resolve_device(args.device)), **_peak(resolve_device(args.device))}
 
 
 def run_reference(args) -> dict:
@@ -71,11 +109,12 @@ def run_reference(args) -> dict:
     from worker.engine.train import resolve_device
     from worker.engine.weights import create_backbone
 
+    cfg = engine_config(args)  # the same model, size and batch as the engine's paper variant
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = create_backbone(args.model, args.weights, img_size=args.image_size)
-    cfg = resolve_model_data_config(model)
-    size = args.image_size or cfg["input_size"][-1]
+    model = create_backbone(args.model, args.weights, img_size=cfg.image_size)
+    data_cfg = resolve_model_data_config(model)
+    size = cfg.image_size or data_cfg["input_size"][-1]
     model.reset_classifier(0)
     for p in model.parameters():
         p.requires_grad = False
@@ -86,7 +125,7 @@ def run_reference(args) -> dict:
     net = torch.nn.Sequential(model, head).to(device)
     tf = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
                              transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                             transforms.Normalize(cfg["mean"], cfg["std"])])
+                             transforms.Normalize(data_cfg["mean"], data_cfg["std"])])
     ds = _dataset(args).train
 
     class Cifar(Dataset):
@@ -96,7 +135,7 @@ def run_reference(args) -> dict:
         def __getitem__(self, i):
             return tf(Image.fromarray(ds.images[i].transpose(1, 2, 0))), int(ds.labels[i])
 
-    loader = DataLoader(Cifar(), batch_size=args.batch_size, shuffle=True, num_workers=args.ref_workers,
+    loader = DataLoader(Cifar(), batch_size=cfg.batch_size, shuffle=True, num_workers=args.ref_workers,
                         pin_memory=device.type == "cuda", persistent_workers=args.ref_workers > 0)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     ips, epoch_s = [], []
@@ -115,18 +154,43 @@ def run_reference(args) -> dict:
         dt = time.perf_counter() - t0
         ips.append(round(len(ds) / dt, 2))
         epoch_s.append(round(dt, 3))
-    return {"side": "reference", "images_per_s": ips, "epoch_s": epoch_s,
-            "wall_s": round(time.perf_counter() - t_all, 2), "precision": "fp32", **_peak(device)}
+    return {"side": "reference", "config": {"model": args.model, "batch_size": cfg.batch_size, "image_size": size,
+                                            "precision": "fp32", "workers": args.ref_workers},
+            "images_per_s": ips, "epoch_s": epoch_s, "train_s": epoch_s,
+            "wall_s": round(time.perf_counter() - t_all, 2), "precision": "fp32", "tf32": "PyTorch's defaults",
+            **_device_info(device), **_peak(device)}
+
+
+def summarize(results: dict, epochs: int) -> dict:
+    """Figures derived from the sides: steady-state speeds, time to train all epochs, and ratios to the reference
+    (whose epochs all cost the same, so its mean epoch stands for the ones it did not run)."""
+    ref = results["reference"]
+    ref_epoch = sum(ref["train_s"]) / len(ref["train_s"])
+    out = {"reference_mean_images_per_s": round(sum(ref["images_per_s"]) / len(ref["images_per_s"]), 2),
+           "reference_train_s_for_all_epochs": round(ref_epoch * epochs, 2), "engine": {}}
+    for side, r in results.items():
+        if side == "reference":
+            continue
+        later = r["images_per_s"][1:] or r["images_per_s"]
+        train_total = sum(r["train_s"])
+        out["engine"][side] = {
+            "first_epoch_images_per_s": r["images_per_s"][0],
+            "later_epochs_mean_images_per_s": round(sum(later) / len(later), 2),
+            "train_s_all_epochs": round(train_total, 2), "train_and_val_s_all_epochs": round(sum(r["epoch_s"]), 2),
+            "ratio_per_epoch": [round(ips / out["reference_mean_images_per_s"], 2) for ips in r["images_per_s"]],
+            "speedup_all_epochs_training": round(ref_epoch * epochs / train_total, 2) if train_total else None}
+    return out
 
 
 def build_parser():
+    from core.config import OPTIONS_BY_NAME
     p = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--images", type=int, default=1024, help="training images")
     p.add_argument("--val-images", type=int, default=128, help="validation images (the engine's epochs)")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the model's paper preset (512; Swin-B 256)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the paper preset's (224)")
     p.add_argument("--weights", default="none", help="none | hub | PATH (speed does not depend on the values)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder; default: generated images")
@@ -134,41 +198,76 @@ def build_parser():
     p.add_argument("--ref-epochs", type=int, default=None,
                    help="epochs of the reference loop (default --epochs); its epochs all cost the same")
     p.add_argument("--no-cache", action="store_true", help="engine without its frozen-feature cache")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="the engine's")
-    p.add_argument("--side", choices=["both", "engine", "reference"], default="both")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="engine runs: paper = the preset (fp32, TF32 off); fast = bf16 autocast and TF32 "
+                        f"({OPTIONS_BY_NAME['precision'].name}, {OPTIONS_BY_NAME['tf32'].name} options)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure to this JSON file")
+    p.add_argument("--side", default="all", help=argparse.SUPPRESS)  # one side in a child process
     return p
+
+
+def _child(args, side: str) -> dict | None:
+    argv = ["--model", args.model, "--images", str(args.images), "--val-images", str(args.val_images),
+            "--epochs", str(args.epochs), "--weights", args.weights, "--device", args.device,
+            "--ref-workers", str(args.ref_workers), "--side", side]
+    for flag, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size),
+                        ("--data-dir", args.data_dir), ("--ref-epochs", args.ref_epochs)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.no_cache:
+        argv.append("--no-cache")
+    out = subprocess.run([sys.executable, "-m", "worker.bench", *argv], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if out.returncode or line is None:
+        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+        return None
+    return json.loads(line[7:])
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.side != "both":
-        res = run_engine(args) if args.side == "engine" else run_reference(args)
+    if args.side != "all":
+        res = run_reference(args) if args.side == "reference" else run_engine(args, args.side.split("-", 1)[1])
         print("RESULT " + json.dumps(res))
         return 0
     results = {}
-    base = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--side")]
-    for side in ("reference", "engine"):
-        out = subprocess.run([sys.executable, "-m", "worker.bench", *base, "--side", side], capture_output=True,
-                             text=True)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if out.returncode or line is None:
-            print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+    for side in ("reference", *(f"engine-{v}" for v in args.variants)):
+        res = _child(args, side)
+        if res is None:
             return 1
-        results[side] = json.loads(line[7:])
-    ref, eng = results["reference"], results["engine"]
-    print(f"model {args.model}, {args.images} training images, {args.epochs} epochs, batch {args.batch_size}, "
-          f"device {args.device}; engine precision {eng['precision']}, feature cache {eng['feature_cache']}")
-    print(f"{'epoch':>5} {'reference img/s':>16} {'engine img/s':>13} {'ratio':>7}")
-    ref_mean = sum(ref["images_per_s"]) / len(ref["images_per_s"])
-    for i, e in enumerate(eng["images_per_s"], start=1):
-        r = ref["images_per_s"][i - 1] if i <= len(ref["images_per_s"]) else None
-        shown = f"{r:>16.1f}" if r is not None else f"{'(' + format(ref_mean, '.1f') + ')':>16}"
-        print(f"{i:>5} {shown} {e:>13.1f} {e / (r or ref_mean):>6.2f}x")
-    print(f"wall: reference {ref['wall_s']} s, engine {eng['wall_s']} s (engine includes validation each epoch)")
-    for side, r in (("reference", ref), ("engine", eng)):
+        results[side] = res
+    summary = summarize(results, args.epochs)
+    ref = results["reference"]
+    engines = [results[f"engine-{v}"] for v in args.variants]
+    cfg = engines[0]["config"]
+    print(f"model {args.model}, {args.images} training images, {args.epochs} epochs, batch {cfg['batch_size']}, "
+          f"{cfg['image_size']} px, device {engines[0]['device']}; feature cache {engines[0]['feature_cache']}")
+    print(f"{'epoch':>5} {'reference img/s':>16}" + "".join(f" {e['side'] + ' img/s':>22} {'ratio':>7}"
+                                                          for e in engines))
+    ref_mean = summary["reference_mean_images_per_s"]
+    for i in range(args.epochs):
+        r = ref["images_per_s"][i] if i < len(ref["images_per_s"]) else None
+        line = f"{i + 1:>5} " + (f"{r:>16.1f}" if r is not None else f"{'(' + format(ref_mean, '.1f') + ')':>16}")
+        for e in engines:
+            ips = e["images_per_s"][i]
+            line += f" {ips:>22.1f} {ips / (r or ref_mean):>6.2f}x"
+        print(line)
+    for e in engines:
+        s = summary["engine"][e["side"]]
+        print(f"{e['side']} ({e['precision']}, TF32 {'on' if e['tf32'] else 'off'}): {s['train_s_all_epochs']} s "
+              f"training for {args.epochs} epochs against the reference's {summary['reference_train_s_for_all_epochs']}"
+              f" s ({s['speedup_all_epochs_training']}x); validation included: {s['train_and_val_s_all_epochs']} s")
+    for r in (ref, *engines):
         mem = ", ".join(f"{k} {v}" for k, v in r.items() if k.startswith("peak"))
-        print(f"peak memory {side}: {mem}")
-    print("JSON " + json.dumps(results))
+        print(f"peak memory {r['side']}: {mem}")
+    report = {"command": ["python", "-m", "worker.bench", *(argv if argv is not None else sys.argv[1:])],
+              "images": args.images, "val_images": args.val_images, "epochs": args.epochs, "sides": results,
+              "summary": summary}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    print("JSON " + json.dumps({**results, "engine": engines[0]}))  # "engine": the first variant (older readers)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Command line for the engine: `python -m worker.finetune --model M --data-dir D --out DIR [...]`.
 
 Writes DIR/metrics.jsonl (one JSON object per epoch) and DIR/summary.json; shows a progress bar. `--describe`
-prints a model's parameter counts and trainable modules without training or downloading; `--list-models` prints
-the catalogue.
+prints a model's method card as JSON (weights, input, numerics, trainable part, head, optimizer, its count against
+Table 1, the known deviations from the authors' runs) with what the real architecture says, without training or
+downloading; `--list-models` prints the catalogue.
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from core import catalogue
-from core.config import OPTIONS, PRESETS, TrainConfig, preset
+from core.config import OPTIONS, PRESETS, TrainConfig, method_card, preset
 from core.options import Option
 from worker.engine.checkpoint import StorageError
 from worker.engine.data import DatasetError
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
             training.add_argument(flag, type=_parse(o), choices=o.choices, default=None, help=_help(o),
                                   metavar=None if o.choices else o.type.__name__.upper())
     info = p.add_argument_group("information")
-    info.add_argument("--describe", action="store_true", help="print parameter counts and trainable modules")
+    info.add_argument("--describe", action="store_true",
+                      help="print the model's method card and parameter counts as JSON (no training, no download)")
     info.add_argument("--list-models", action="store_true", help="print the model catalogue as JSON")
     return p
 
@@ -81,28 +84,32 @@ def list_models() -> list[dict]:
 
 
 def describe(cfg: TrainConfig) -> dict:
-    """Counts from the real architecture, built on the meta device: no weights, no download, no memory."""
+    """The method card (core.config.method_card) of `cfg`, with what the real architecture says beside it under
+    "architecture": built on the meta device through the engine's own builder, so no weights, no download, no
+    memory. For a catalogue model the two agree (tests/worker/test_catalogue.py proves the stored facts)."""
     import timm
     import torch
 
-    from worker.engine.model import SingleBlockModel, plan_for
+    from worker.engine.device import DevicePolicy
+    from worker.engine.train import build_model
 
     if not timm.is_model(cfg.model):
         raise ValueError(f"unknown model {cfg.model!r}: not a timm model name (see --list-models)")
+    meta = replace(cfg, weights="none")
     with torch.device("meta"):
-        backbone = timm.create_model(cfg.model, pretrained=False)
-        m = SingleBlockModel(backbone, plan_for(cfg.model, backbone, cfg.pooling), cfg.head_hidden,
-                             cfg.head_dropout)
-    spec = catalogue.get(cfg.model)
-    row = catalogue.paper_row(spec) if spec else None
-    counts = m.count_params()
-    return {"model": cfg.model, **counts, "unfreeze_from": m.plan.unfreeze_from, "rule": m.plan.arch,
+        m, prep = build_model(meta, DevicePolicy(torch.device("meta")))
+    bns = m.trainable_batchnorms()
+    arch = {**m.count_params(), "unfreeze_from": m.plan.unfreeze_from, "rule": m.plan.arch,
             "pooling": m.plan.pooling, "trainable_modules": m.trainable_module_names(),
-            "feature_cache_supported": m.cacheable,
-            "paper_name": spec.paper_name if spec else None,
-            "paper_trainable_params": row["trainable_params"] if row else None,
-            "paper_count_includes_mlp_head": row["count_includes_mlp_head"] if row else None,
-            "note": spec.note if spec else None}
+            "feature_cache_supported": m.cacheable, "image_size": prep.image_size,
+            "pretrained_tag": m.backbone.pretrained_cfg.get("tag"),
+            "native_size": m.backbone.pretrained_cfg["input_size"][-1], "trainable_batchnorms": len(bns),
+            "bn_momentum": sorted({bn.momentum for bn in bns}), "num_features": m.backbone.num_features}
+    if catalogue.get(cfg.model) is None:
+        return {"model": cfg.model, "in_catalogue": False, "timm_id": cfg.model, **arch,
+                "note": "not in the catalogue: no paper row, no method card", "architecture": arch}
+    return {**method_card(cfg), "in_catalogue": True, "unfreeze_from": arch["unfreeze_from"], "rule": arch["rule"],
+            "feature_cache_supported": arch["feature_cache_supported"], "architecture": arch}
 
 
 class _Progress:

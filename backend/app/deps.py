@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Path
 
-from .db import get_session
 from core.settings import get_settings
+
+from .db import get_session
 
 SessionDep = Depends(get_session)
 

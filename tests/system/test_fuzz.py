@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
+from core.config import web_options
 from tests.lab import Lab
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -59,8 +60,7 @@ _scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.flo
                     allow_infinity=True), _text, st.sampled_from(["1e400", "-1e400", "NaN", "-Infinity"]))
 _value = st.recursive(_scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(_text, c, max_size=3),
                       max_leaves=6)
-_FIELDS = ["model", "epochs", "batch_size", "lr", "label_smoothing", "weights", "train_per_class", "image_size",
-           "seed", "pooling", "hflip", "precision", "head_dropout", "lr_factor"]
+_FIELDS = [o.name for o in web_options()]  # every option a browser may set
 
 
 def _raw(obj) -> bytes:

@@ -1,22 +1,35 @@
-"""The catalogue's counts come from the real architectures, and reproduce the paper's Table 1 exactly wherever
-the architecture is the same (counted the paper's way: see table1.csv's count_includes_mlp_head)."""
+"""The catalogue's facts come from the real architectures and timm's pretrained registry (the backend's method cards
+rest on them without building a model), and reproduce the paper's Table 1 exactly wherever the architecture is the
+same (counted the paper's way: see table1.csv's count_includes_mlp_head). Every paper model's preset builds at 224,
+loads the tagged weights its card names, and only the authors' Keras CNNs get Keras' head and BatchNorm defaults."""
 
 import pytest
 import timm
 import torch
+from torch import nn
 
 from core import catalogue
-from worker.engine.model import SingleBlockModel, plan_for
+from core.config import method_card, paper_card, preset
+from worker.engine import weights as weights_mod
+from worker.engine.device import DevicePolicy
+from worker.engine.train import build_model
 
 SAME_ARCHITECTURE = ["deit_base_distilled_patch16_224", "cait_s24_224", "coat_lite_small",
-                     "swin_base_patch4_window7_224", "vit_large_patch32_224", "dm_nfnet_f6", "tf_efficientnetv2_l",
+                     "swin_base_patch4_window7_224", "vit_large_patch32_384", "dm_nfnet_f6", "tf_efficientnetv2_l",
                      "vgg19", "densenet201"]
+PAPER_MODELS = [r["model_id"] for r in catalogue.paper_table1()]
+META = DevicePolicy(torch.device("meta"))
+
+
+def _build(model_id, **overrides):
+    """The model as a paper-preset run builds it, on the meta device: the architecture without weights or memory."""
+    cfg = preset("paper", model=model_id, weights="none", **overrides)
+    with torch.device("meta"):
+        return build_model(cfg, META)
 
 
 def _counts(model_id):
-    with torch.device("meta"):  # random init without memory: the architecture is all we count
-        m = SingleBlockModel(timm.create_model(model_id, pretrained=False), plan_for(model_id))
-    return m.count_params()
+    return _build(model_id)[0].count_params()
 
 
 @pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
@@ -24,6 +37,23 @@ def test_stored_counts_match_the_architecture(model_id):
     spec = catalogue.CATALOGUE[model_id]
     c = _counts(model_id)
     assert (c["trainable_params"], c["total_params"]) == (spec.trainable_params, spec.total_params)
+    assert (c["trainable_backbone_params"], c["head_params"]) == (spec.trainable_backbone_params, spec.head_params())
+
+
+@pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
+def test_stored_modules_widths_and_batchnorms_match_the_architecture(model_id):
+    """What a method card says about the trainable part is what the engine trains."""
+    spec = catalogue.CATALOGUE[model_id]
+    m, _prep = _build(model_id)
+    assert m.trainable_module_names() == [*spec.trainable_modules, *(f"heads.{i}" for i in range(spec.heads))]
+    assert m.backbone.num_features == spec.num_features and len(m.heads) == spec.heads
+    assert len(m.trainable_batchnorms()) == spec.trainable_batchnorms
+    assert method_card(preset("paper", model=model_id))["trainable_modules"] == m.trainable_module_names()
+    if spec.pooling == "model" and spec.heads == 1:  # the card's words for the model's own pooling
+        gp = getattr(m.backbone, "global_pool", None) or m.backbone.head.global_pool
+        own = {"token": "class token", "avg": "global average"}[gp if isinstance(gp, str) else gp.pool_type]
+        rows = {r["label"]: r["value"] for r in paper_card(model_id)["rows"]}
+        assert own in rows["Pooling"]
 
 
 @pytest.mark.parametrize("model_id", SAME_ARCHITECTURE)
@@ -32,11 +62,14 @@ def test_trainable_counts_reproduce_table1(model_id):
     c = _counts(model_id)
     ours = c["trainable_params"] if row["count_includes_mlp_head"] else c["trainable_backbone_params"]
     assert ours == row["trainable_params"]
+    card = paper_card(model_id)
+    assert card["trainable_params_as_paper_counts"] == ours and card["count_matches_paper"]
 
 
 def test_all_ten_paper_models_are_in_the_catalogue():
     rows = catalogue.paper_table1()
     assert len(rows) == 10 and all(r["model_id"] in catalogue.CATALOGUE for r in rows)
+    assert next(r for r in rows if r["paper_name"] == "ViT-L/32")["model_id"] == "vit_large_patch32_384"
 
 
 def test_stand_in_says_it_differs_and_shows_both_counts():
@@ -44,16 +77,121 @@ def test_stand_in_says_it_differs_and_shows_both_counts():
     row = catalogue.paper_row(spec)
     assert row["trainable_params"] != spec.trainable_params
     assert f"{spec.trainable_params:,}" in spec.note and f"{row['trainable_params']:,}" in spec.note
+    assert not paper_card("resnet152")["count_matches_paper"]
 
 
+# -- item 1: the paper upsamples every model to 224 -----------------------------------------------------------------
+# The frozen part's output (the trainable block's inputs) at 224: a model built for its weights' own size (NFNet-F6
+# 448, EfficientNetV2-L 384, ViT-L/32-384) would give a grid twice or 1.7 times as large.
+AT_224 = {
+    "deit_base_distilled_patch16_224": [(198, 768)],  # 14 x 14 patches + class + distillation token
+    "cait_s24_224": [(196, 384), (1, 384)],
+    "coat_lite_small": [(50, 512)],  # 7 x 7 + class token
+    "swin_base_patch4_window7_224": [(7, 7, 1024)],
+    "vit_large_patch32_384": [(50, 1024)],  # 7 x 7 patches of 32 px + class token
+    "dm_nfnet_f6": [(1536, 7, 7)],
+    "tf_efficientnetv2_l": [(640, 7, 7)],
+    "vgg19": [(512, 14, 14)],  # the input of block5's first conv, stride 16
+    "densenet201": [(896, 7, 7)],
+    "resnet152": [(1024, 14, 14)],  # the input of layer4, stride 16
+}
 
-@pytest.mark.parametrize("model_id", [s.id for s in catalogue.CATALOGUE.values()])
+
+@pytest.mark.parametrize("model_id", PAPER_MODELS)
+def test_every_paper_models_preset_builds_at_224(model_id):
+    cfg = preset("paper", model=model_id)
+    assert cfg.image_size == 224 and paper_card(model_id)["image_size"] == 224
+    m, prep = _build(model_id)
+    assert prep.image_size == 224
+    x = prep(torch.zeros(2, 3, 32, 32, dtype=torch.uint8, device="meta"))
+    assert tuple(x.shape) == (2, 3, 224, 224)
+    feats = m.frozen_features(x)
+    assert [tuple(f.shape[1:]) for f in feats] == AT_224[model_id]
+    before_pool = m.tail.run(m.backbone, m.cache_point, tuple(feats), m._static_kwargs)
+    if m.plan.family == "cnn":
+        assert tuple(before_pool.shape[-2:]) == (7, 7)  # stride 32 at 224
+    else:
+        pe = m.backbone.patch_embed if hasattr(m.backbone, "patch_embed") else m.backbone.patch_embed1
+        assert tuple(pe.img_size) == (224, 224)
+    assert tuple(m.forward_from_features(feats).shape) == (2, 10)
+
+
+def test_vit_l32_is_the_21k_then_1k_release_at_224_with_the_papers_count():
+    spec = catalogue.CATALOGUE["vit_large_patch32_384"]
+    assert spec.weights_name in timm.list_pretrained("vit_large_patch32_384*")
+    assert spec.weights_name == "vit_large_patch32_384.orig_in21k_ft_in1k" and spec.native_size == 384
+    m, _prep = _build("vit_large_patch32_384")
+    assert m.backbone.patch_embed.grid_size == (7, 7) and tuple(m.backbone.pos_embed.shape) == (1, 50, 1024)
+    assert m.count_params()["trainable_params"] == 12_863_242 == catalogue.paper_row(spec)["trainable_params"]
+    assert not hasattr(m.backbone, "pre_logits") or not any(True for _ in m.backbone.pre_logits.parameters())
+
+
+# -- items 2, 3: the weights each card names are the ones a run loads ----------------------------------------------
+@pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
 def test_hub_weights_exist_and_match_the_papers_pretraining(model_id):
     spec = catalogue.CATALOGUE[model_id]
-    cfg = timm.models.get_pretrained_cfg(f"{model_id}.{spec.pretrained_tag}" if spec.pretrained_tag else model_id)
-    tag = cfg.tag
-    assert f"{model_id}.{tag}" in timm.list_pretrained(f"{model_id}*")
+    assert spec.pretrained_tag, "every model names its tag: timm's default may change under us"
+    cfg = timm.models.get_pretrained_cfg(spec.weights_name)
+    assert cfg.tag == spec.pretrained_tag and spec.weights_name in timm.list_pretrained(f"{model_id}*")
+    assert cfg.input_size[-1] == spec.native_size
+    expected = {"imagenet": (0.485, 0.456, 0.406), "half": (0.5, 0.5, 0.5)}[spec.input_norm]
+    assert tuple(cfg.mean) == pytest.approx(expected, abs=1e-3)
+    in21k = "21k" in cfg.tag or "22k" in cfg.tag
+    assert in21k == ("21k" in spec.pretrained_on or "22k" in spec.pretrained_on)
     row = catalogue.paper_row(spec)
     if row is not None:
-        in21k = "21k" in tag or "22k" in tag
-        assert in21k == (row["pretrained_on"] == "ImageNet-21k"), (tag, row["pretrained_on"])
+        assert in21k == (row["pretrained_on"] == "ImageNet-21k"), (cfg.tag, row["pretrained_on"])
+
+
+@pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
+def test_each_models_pretrained_tag_is_the_cards(model_id, monkeypatch):
+    """weights=hub asks timm for exactly `model.tag` of the card (and the architecture's config carries it)."""
+    asked = []
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: asked.append((name, kw)) or nn.Identity())
+    weights_mod.create_backbone(model_id, "hub", img_size=224)
+    card = paper_card(model_id)
+    assert asked[0][0] == f"{model_id}.{card['pretrained_tag']}" == card["weights_name"]
+    assert asked[0][1]["pretrained"] is True
+    monkeypatch.undo()
+    m, _prep = _build(model_id)
+    assert m.backbone.pretrained_cfg["tag"] == card["pretrained_tag"]
+
+
+def test_resnet152_loads_torchvisions_weights_and_says_so():
+    spec = catalogue.CATALOGUE["resnet152"]
+    assert spec.pretrained_tag == "tv_in1k" and timm.models.get_pretrained_cfg("resnet152").tag != "tv_in1k"
+    card = paper_card("resnet152")
+    assert "tv_in1k" in card["note"] and "torchvision" in card["pretrained_on"]
+    assert any("Stand-in" in d["what"] for d in card["deviations"])
+
+
+# -- items 4, 5: Keras' defaults in the Keras rows only --------------------------------------------------------------
+@pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
+def test_only_the_keras_cnns_carry_keras_defaults(model_id):
+    spec = catalogue.CATALOGUE[model_id]
+    cfg = preset("paper", model=model_id)
+    keras = (cfg.head_init, cfg.head_l2, cfg.bn_momentum, cfg.adam_eps) == ("he_normal", 0.01, 0.01, 1e-7)
+    torch_defaults = (cfg.head_init, cfg.head_l2, cfg.bn_momentum, cfg.adam_eps) == ("torch", 0.0, None, 1e-8)
+    assert keras == spec.keras and torch_defaults == (not spec.keras)
+    assert spec.keras == (spec.paper_name in ("VGG-19", "DenseNet201", "ResNet152V2"))
+
+
+def _frozen_bn_like(mod) -> bool:
+    return "Frozen" in type(mod).__name__
+
+
+@pytest.mark.parametrize("model_id", PAPER_MODELS)
+def test_bn_momentum_applies_to_the_trainable_batchnorms_of_the_keras_rows_only(model_id):
+    spec = catalogue.CATALOGUE[model_id]
+    m, _prep = _build(model_id)
+    trainable = m.trainable_batchnorms()
+    expected = 0.01 if spec.keras else 0.1
+    assert all(bn.momentum == expected for bn in trainable) and len(trainable) == spec.trainable_batchnorms
+    inside = {id(b) for b in trainable}
+    for name, mod in m.backbone.named_modules():  # the frozen part's BatchNorms: frozen, never re-tuned
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and id(mod) not in inside:
+            pytest.fail(f"{name} is a trainable-style BatchNorm in the frozen part")
+        if _frozen_bn_like(mod):
+            assert not hasattr(mod, "momentum") or mod.momentum in (None, 0.1), name
+    if model_id in ("densenet201", "resnet152"):
+        assert trainable and any(_frozen_bn_like(mod) for mod in m.backbone.modules())

@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
-from worker.engine import features
 from core.config import TrainConfig
+from worker.engine import features
+from worker.engine.device import DevicePolicy
 from worker.engine.features import FeatureStore, Placement
 from worker.engine.train import Paths, run
 
@@ -14,7 +15,7 @@ from .test_train import KEYS, TINY
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_memory_mapped_store_round_trips(tmp_path, dtype):
-    store = FeatureStore(6, 2, [(4, 3)], dtype, Placement("disk", "test"), torch.device("cpu"), tmp_path / "s")
+    store = FeatureStore(6, 2, [(4, 3)], dtype, Placement("disk", "test"), DevicePolicy.for_device(torch.device("cpu")), tmp_path / "s")
     assert (tmp_path / "s" / "input0.npy").is_file()
     idx, state = torch.tensor([1, 4]), torch.tensor([0, 1])
     f = torch.randn(2, 4, 3)
@@ -22,7 +23,7 @@ def test_memory_mapped_store_round_trips(tmp_path, dtype):
     assert store.missing(idx, state).tolist() == [False, False] and int(store.filled.sum()) == 2
     torch.testing.assert_close(store.get(idx, state, torch.float32)[0], f.to(dtype).float())
     store.save(tmp_path / "saved")
-    again = FeatureStore(6, 2, [(4, 3)], dtype, Placement("memory", "test"), torch.device("cpu"))
+    again = FeatureStore(6, 2, [(4, 3)], dtype, Placement("memory", "test"), DevicePolicy.for_device(torch.device("cpu")))
     assert again.load(tmp_path / "saved")
     torch.testing.assert_close(again.get(idx, state, torch.float32)[0], f.to(dtype).float())
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from worker.engine import train as engine
 from core.config import TrainConfig
+from worker.engine import train as engine
 from worker.engine.schedule import PlateauLR
 from worker.engine.train import Callbacks, Paths, run
 
@@ -247,3 +247,76 @@ def test_cli_flags_derive_from_the_options():
     assert (cfg.batch_size, cfg.label_smoothing, cfg.hflip, cfg.train_per_class) == (256, 0.1, False, None)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--label-smoothing", "0.9"])  # beyond the declared bound
+
+
+def _stopped_after_first_epoch(cfg, paths):
+    done = {"epoch": 0}
+    s = run(cfg, paths, Callbacks(on_epoch=lambda r: done.update(epoch=r["epoch"]),
+                                  should_stop=lambda: done["epoch"] >= 1))
+    assert s["status"] == "stopped" and s["epochs_run"] == 1 and s["feature_cache"]["kept"]
+    return s
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_a_resumed_run_reuses_the_feature_cache(tiny_cifar_dir, tmp_path, monkeypatch, hflip):
+    """Issue 11, item 7: the key hashes the frozen part only, so the attempt that resumes (its block trained,
+    restored from the checkpoint) finds the cache its first attempt kept and runs the frozen part for nothing it
+    holds: beyond the sizing probe, for nothing at all (the first epoch computed, at each image's first sight, every
+    flip state a later epoch uses)."""
+    import numpy as np
+    count = CountFrozen(monkeypatch)
+    paths = Paths(tiny_cifar_dir, tmp_path / "o", cache_dir=tmp_path / "cache", cache_cap_bytes=1 << 30)
+    cfg = TrainConfig(**TINY, epochs=3, hflip=hflip)
+    first = _stopped_after_first_epoch(cfg, paths)
+    filled = torch.from_numpy(np.load(tmp_path / "cache" / first["feature_cache"]["key"] / "train" / "filled.npy"))
+    if hflip:  # epochs 2-3 use both states of many images: all were cached during epoch 1
+        needed = torch.zeros_like(filled)
+        for epoch in (2, 3):
+            needed[torch.arange(len(needed)), engine._epoch_order(cfg, epoch, len(needed))[1].long()] = True
+        assert needed[:, 1].any() and not (needed & ~filled).any()
+    before = count.images
+    second = run(cfg, paths)
+    assert second["status"] == "succeeded" and second["epochs_run"] == 3
+    assert second["feature_cache"]["reused"] and second["feature_cache"]["key"] == first["feature_cache"]["key"]
+    assert count.images - before == 1  # the sizing probe only
+    uncached = TrainConfig(**TINY, epochs=3, hflip=hflip, feature_cache=False)  # and the numbers are the same
+    run(uncached, Paths(tiny_cifar_dir, tmp_path / "plain"))
+    _close(_rows(tmp_path / "plain"), _rows(tmp_path / "o"), 2e-2)
+
+
+def test_the_cache_key_hashes_the_frozen_part_only(tiny_cifar_dir):
+    """Training (or restoring) the block changes nothing the cached features depend on; a frozen weight does."""
+    from worker.engine.device import DevicePolicy
+    from worker.engine.train import build_model
+    from worker.engine.weights import fingerprint
+    cfg = TrainConfig(**TINY)
+    model, _prep = build_model(cfg, DevicePolicy.for_device(torch.device("cpu")))
+    key = fingerprint(model.frozen_state())
+    with torch.no_grad():
+        model.block.mlp.fc1.weight.add_(1.0)
+        model.backbone.norm.weight.mul_(2.0)
+        model.heads[0][1].weight.add_(1.0)
+    assert fingerprint(model.frozen_state()) == key
+    with torch.no_grad():
+        model.backbone.blocks[3].attn.qkv.weight.add_(1e-3)
+    assert fingerprint(model.frozen_state()) != key
+    assert not any(k.startswith(("blocks.11.", "norm.")) for k in model.frozen_state())
+
+
+def test_the_paper_preset_is_fp32_without_tf32_and_bf16_is_a_named_option(tiny_cifar_dir, tmp_path):
+    from core.config import preset
+    paper = preset("paper")
+    assert (paper.precision, paper.tf32, paper.image_size) == ("fp32", False, 224)
+    seen = {}
+
+    def during(_info):
+        seen["matmul"] = torch.backends.cuda.matmul.fp32_precision
+        seen["conv"] = torch.backends.cudnn.conv.fp32_precision
+    outside = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    s = run(TrainConfig(**{**TINY, "precision": "fp32"}, epochs=1), Paths(tiny_cifar_dir, tmp_path / "a"),
+            Callbacks(on_info=during))
+    assert s["precision"] == "fp32" and seen == {"matmul": "ieee", "conv": "ieee"}  # TF32 off, cuDNN's too
+    s = run(TrainConfig(**{**TINY, "precision": "bf16"}, epochs=1, tf32=True), Paths(tiny_cifar_dir, tmp_path / "b"),
+            Callbacks(on_info=during))
+    assert s["precision"] == "bf16" and seen == {"matmul": "tf32", "conv": "tf32"}
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == outside

@@ -5,11 +5,13 @@ output for an image depends only on the image and on the paper's one augmentatio
 cache stores that output for both flip states of every training image and for every validation image; every
 epoch then runs only the block, its kept layers and the head. The result is exact up to the storage dtype.
 
-Storage, chosen by a size check before training: the GPU when it fits, else (pinned) host memory, else a
-memory-mapped file under the cache directory. A finished cache is kept under `<cache_dir>/<key>/`, keyed by
-model, split point, weights and data fingerprints, image size and preprocessing, so a second job on the same
-model and data (a learning-rate sweep) skips the frozen part entirely. Old entries are evicted (least recently
-used) to keep the directory under its size cap.
+Storage, chosen by a size check before training (the run's DevicePolicy, device.py, says what the device offers):
+the device when it fits, else host memory (pinned when a GPU reads it), else a memory-mapped file under the cache
+directory. A finished cache is kept under `<cache_dir>/<key>/`, keyed by model, split point, the frozen part's
+weights (never the trainable block's: a resumed run, whose block has trained, finds the cache its first attempt
+kept), data fingerprints, image size, preprocessing and numerics, so a second job on the same model and data (a
+learning-rate sweep) skips the frozen part entirely. Old entries are evicted (least recently used) to keep the
+directory under its size cap.
 """
 from __future__ import annotations
 
@@ -25,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .device import DevicePolicy
+from .weights import fingerprint
+
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when what is cached changes meaning
+CACHE_VERSION = 2  # bump when what is cached or its key changes meaning
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -38,7 +43,7 @@ def cache_key(**parts) -> str:
 
 @dataclass
 class Placement:
-    where: str  # "cuda" | "memory" | "disk"
+    where: str  # "device" | "memory" | "disk"
     reason: str
 
 
@@ -53,15 +58,18 @@ def _host_available_bytes() -> int:
     return 0
 
 
-def choose_placement(nbytes: int, device: torch.device, cache_dir: Path | None) -> Placement | None:
+def choose_placement(nbytes: int, policy: DevicePolicy, cache_dir: Path | None) -> Placement | None:
     """Where `nbytes` of features fit, leaving room for training; None when nowhere."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
+    if policy.device_free_bytes is not None:
+        free = policy.device_free_bytes()
         if nbytes < 0.6 * free - (2 << 30):
-            return Placement("cuda", f"{nbytes / 2**30:.2f} GiB fit in {free / 2**30:.1f} GiB free GPU memory")
+            return Placement("device", f"{nbytes / 2**30:.2f} GiB fit in {free / 2**30:.1f} GiB free memory on "
+                             f"{policy.device}")
     host = _host_available_bytes()
     if nbytes < 0.6 * host:
-        return Placement("memory", f"{nbytes / 2**30:.2f} GiB fit in {host / 2**30:.1f} GiB available host memory")
+        pinned = ", pinned" if policy.pin_memory else ""
+        return Placement("memory", f"{nbytes / 2**30:.2f} GiB fit in {host / 2**30:.1f} GiB available host "
+                         f"memory{pinned}")
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         disk = shutil.disk_usage(cache_dir).free
@@ -74,10 +82,11 @@ class FeatureStore:
     """Cached frozen features of one split: for each block input, a tensor (N, states, *shape)."""
 
     def __init__(self, n: int, states: int, shapes: list[tuple[int, ...]], dtype: torch.dtype,
-                 placement: Placement, device: torch.device, path: Path | None = None):
+                 placement: Placement, policy: DevicePolicy, path: Path | None = None):
         self.n, self.states, self.shapes, self.dtype = n, states, shapes, dtype
         self.placement = placement
-        self.device = device
+        self.policy = policy
+        self.device = policy.device
         self.filled = torch.zeros(n, states, dtype=torch.bool)
         self.tensors = [self._alloc(i, (n, states, *s), path) for i, s in enumerate(shapes)]
 
@@ -92,10 +101,10 @@ class FeatureStore:
 
     def _alloc(self, i: int, shape, path: Path | None) -> torch.Tensor:
         where = self.placement.where
-        if where == "cuda":
+        if where == "device":
             return torch.empty(shape, dtype=self.dtype, device=self.device)
         if where == "memory":
-            return torch.empty(shape, dtype=self.dtype, pin_memory=self.device.type == "cuda")
+            return self.policy.host_empty(shape, self.dtype)
         assert path is not None
         path.mkdir(parents=True, exist_ok=True)
         # numpy has no bfloat16: store raw 16-bit words and view them back.
@@ -218,9 +227,10 @@ class FrozenFeatures:
         self.needed: torch.Tensor | None = None  # (train images, states): states some remaining epoch uses
 
     @classmethod
-    def setup(cls, cfg, paths, model, prep, amp: dict, train, val, images: dict[str, torch.Tensor],
-              weights_key: str, data_keys: dict[str, str]) -> "FrozenFeatures":
-        """Decide whether and where features are cached; reuse a finished cache of an earlier job."""
+    def setup(cls, cfg, paths, model, prep, policy: DevicePolicy, amp: dict, train, val,
+              images: dict[str, torch.Tensor], data_keys: dict[str, str]) -> "FrozenFeatures":
+        """Decide whether and where features are cached; reuse a finished cache of an earlier job (or of this job's
+        earlier attempt: the key hashes the frozen part only, which training never changes)."""
         def off(reason: str) -> "FrozenFeatures":
             return cls(model, prep, amp, images, {}, {"enabled": False, "reason": reason}, None)
 
@@ -230,7 +240,7 @@ class FrozenFeatures:
             reason = f"no tail adapter for {type(model.backbone).__name__}: full forward pass every step"
             log.info("feature cache off: %s", reason)
             return off(reason)
-        device = next(iter(images.values())).device
+        device = policy.device
         dtype = _DTYPES[cfg.cache_dtype]
         with torch.no_grad():
             probe = model.frozen_features(prep(torch.zeros(1, 3, 32, 32, dtype=torch.uint8, device=device)))
@@ -239,17 +249,17 @@ class FrozenFeatures:
         need = (FeatureStore.bytes_needed(len(train), states, shapes, dtype)
                 + FeatureStore.bytes_needed(len(val), 1, shapes, dtype))
         root = Path(paths.cache_dir) if paths.cache_dir else None
-        placement = choose_placement(need, device, root)
+        placement = choose_placement(need, policy, root)
         if placement is None:
             reason = f"{need / 2**30:.1f} GiB of features fit neither in memory nor on disk"
             log.warning("feature cache off: %s", reason)
             return off(reason)
         key = cache_key(model=cfg.model, split=model.plan.unfreeze_from, cache_at=str(model.tail.cache_at),
-                        weights=weights_key, train=data_keys["train"], val=data_keys["val"], states=states,
-                        size=prep.image_size, dtype=cfg.cache_dtype, bf16=amp["enabled"],
-                        mean=prep.mean.flatten().tolist(), std=prep.std.flatten().tolist())
+                        frozen=fingerprint(model.frozen_state()), train=data_keys["train"], val=data_keys["val"],
+                        states=states, size=prep.image_size, dtype=cfg.cache_dtype, bf16=amp["enabled"],
+                        tf32=cfg.tf32, mean=prep.mean.flatten().tolist(), std=prep.std.flatten().tolist())
         scratch = (root / f".{key}.building") if root else None
-        stores = {name: FeatureStore(n, s, shapes, dtype, placement, device, scratch / name if scratch else None)
+        stores = {name: FeatureStore(n, s, shapes, dtype, placement, policy, scratch / name if scratch else None)
                   for name, n, s in (("train", len(train), states), ("val", len(val), 1))}
         info = {"enabled": True, "key": key, "placement": placement.where, "reason": placement.reason,
                 "bytes": need, "dtype": cfg.cache_dtype, "reused": False, "kept": False}

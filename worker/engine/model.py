@@ -4,6 +4,10 @@ Freezing follows the paper (Keras `trainable=False`): frozen parameters get no g
 always runs in inference mode, so its BatchNorm statistics and dropout never change (timm's `freeze()` turns its
 BatchNorms into FrozenBatchNorm). The frozen part is also run under `torch.inference_mode()`: it records no
 autograd history and keeps no activations for backward.
+
+The authors' Keras CNNs trained their block's BatchNorms with Keras' momentum 0.99 (torch's 0.01): `bn_momentum`
+sets it on the BatchNorms of the trainable part only. Their heads had he_normal kernels and an L2(0.01) penalty:
+`head_init` and `head_l2_term` (heads.py).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from core import catalogue
+
 from .heads import MLPHead
 from .split import TAILS, Tail, capture_block_input, generic_unfreeze_point
 
@@ -50,7 +55,8 @@ def plan_for(model_name: str, backbone: nn.Module | None = None, pooling: str = 
 
 class SingleBlockModel(nn.Module):
     def __init__(self, backbone: nn.Module, plan: Plan, head_hidden: int = 256, head_dropout: float = 0.5,
-                 num_classes: int = catalogue.NUM_CLASSES):
+                 num_classes: int = catalogue.NUM_CLASSES, head_init: str = "torch",
+                 bn_momentum: float | None = None):
         super().__init__()
         self.plan = plan
         self.backbone = backbone
@@ -63,17 +69,21 @@ class SingleBlockModel(nn.Module):
         self.cache_point = backbone.get_submodule(cache_at)
         tokens = self.tail.tokens if self.tail else 1
         self.heads = nn.ModuleList(
-            MLPHead(backbone.num_features, head_hidden, head_dropout, num_classes) for _ in range(tokens))
+            MLPHead(backbone.num_features, head_hidden, head_dropout, num_classes, head_init) for _ in range(tokens))
         self._static_kwargs: dict = {}
         self._trainable_modules = self._select_trainable()
         self._freeze_rest()
+        if bn_momentum is not None:
+            for bn in self.trainable_batchnorms():
+                bn.momentum = bn_momentum
 
     # -- which parameters train ----------------------------------------------------------------------------------
     def _select_trainable(self) -> list[str]:
         """Module paths (inside the backbone) that train: the block and the layers after it the paper keeps."""
-        if self.tail is not None:
+        if self.tail is not None:  # kept layers that exist and hold weights (not an Identity fc_norm)
             post = self.tail.post_modules(self.backbone, self.plan.unfreeze_from)
-            return [self.plan.unfreeze_from, *[p for p in post if _has_module(self.backbone, p)]]
+            return [self.plan.unfreeze_from, *[p for p in post if _has_module(self.backbone, p)
+                                               and any(True for _ in self.backbone.get_submodule(p).parameters())]]
         # Generic rule: the block and every module registered after it ("from the last block to the end").
         block = self.plan.unfreeze_from
         names: list[str] = []
@@ -95,6 +105,21 @@ class SingleBlockModel(nn.Module):
             freeze(self.backbone, submodules=frozen)  # FrozenBatchNorm: running stats can never move
         for p in self.backbone.parameters():
             p.requires_grad_(id(p) in trainable)
+
+    def trainable_batchnorms(self) -> list[nn.Module]:
+        """The BatchNorm layers of the trainable part (the frozen ones are FrozenBatchNorm and never update)."""
+        return [m for name in self._trainable_modules for m in self.backbone.get_submodule(name).modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def head_l2_term(self) -> torch.Tensor:
+        """Sum of squared kernel weights of every head's Linear layers: Keras' l2 penalty is its factor times this."""
+        return sum(h.kernel_sq_sum() for h in self.heads)
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The frozen part's parameters and buffers: what the cached features depend on, and all they depend on
+        (the trainable block's weights change in training; a resumed run's features are still the same)."""
+        trainable = tuple(f"{m}." for m in self._trainable_modules)
+        return {k: v for k, v in self.backbone.state_dict().items() if not k.startswith(trainable)}
 
     def trainable_parameter_names(self, prefix: str = "backbone.") -> list[str]:
         return [prefix + name for name, p in self.backbone.named_parameters() if p.requires_grad]

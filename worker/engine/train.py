@@ -1,7 +1,14 @@
 """The single-block fine-tuning run, top to bottom: data, model, feature cache, epochs, checkpoints.
 
 Pure PyTorch + timm: no web or queue imports. The command line (finetune.py) and the Celery task (tasks.py)
-both call `run()` and watch it through `Callbacks`.
+both call `run()` and watch it through `Callbacks`. Whatever differs by device type (feature store, pinned memory,
+channels_last, autocast dtype) is the run's DevicePolicy (device.py): tests pass one to force a GPU branch on the
+CPU. Numerics are the paper's fp32 unless `precision` or `tf32` ask for speed.
+
+The loss is cross-entropy (with label smoothing when set). With `head_l2` (the authors' Keras CNNs: 0.01) the
+training loss adds Keras' L2 penalty on the head's kernels; `train_loss` and `val_loss` stay plain cross-entropy,
+comparable across models, and `keras_train_loss` / `keras_val_loss` record what Keras would have printed (the
+authors' logs, shared/paper/curves.csv, are such losses).
 """
 from __future__ import annotations
 
@@ -24,12 +31,12 @@ from core.protocol import epoch_row
 
 from . import checkpoint
 from . import data as cifar
+from .device import DevicePolicy, fp32_math, resolve_device  # resolve_device: tasks.py and bench.py import it here
 from .features import FrozenFeatures
 from .model import SingleBlockModel, plan_for
 from .preprocess import Preprocess
 from .schedule import PlateauLR
 from .weights import create_backbone
-from .weights import fingerprint as weights_fingerprint
 
 log = logging.getLogger("blocklab.engine")
 
@@ -66,33 +73,22 @@ class Diverged(RuntimeError):
         self.epoch, self.nonfinite = epoch, nonfinite
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda asked for, but PyTorch sees no CUDA GPU here")
-    return torch.device(name)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:  # CPUs with AVX-512 BF16 or AMX run bf16 matrix work natively (oneDNN)
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
 def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
-        dataset: cifar.Cifar10 | None = None) -> dict:
-    cb = callbacks or Callbacks()
+        dataset: cifar.Cifar10 | None = None, policy: DevicePolicy | None = None) -> dict:
+    """Train `cfg` and return its summary. `policy` defaults to what the device offers (device.py)."""
+    policy = policy or DevicePolicy.for_device(resolve_device(cfg.device))
+    with fp32_math(cfg.tf32):
+        return _run(cfg, paths, callbacks or Callbacks(), dataset, policy)
+
+
+def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 | None,
+         policy: DevicePolicy) -> dict:
     out_dir = Path(paths.out_dir)
     with checkpoint.writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_metrics(out_dir, [])  # a folder that cannot take files says so now, not after an epoch
-    device = resolve_device(cfg.device)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    device = policy.device
+    amp = policy.amp(cfg.precision)
     torch.manual_seed(cfg.seed)
 
     # -- data: uint8 arrays on the training device; every transform is batched -------------------------------
@@ -102,19 +98,19 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
     images = {"train": torch.from_numpy(train.images).to(device), "val": torch.from_numpy(val.images).to(device)}
     labels = {"train": torch.from_numpy(train.labels).to(device), "val": torch.from_numpy(val.labels).to(device)}
 
-    # -- model, and the frozen part's features (keyed on the pretrained weights, before a checkpoint loads) ------
-    model, prep = _build_model(cfg, paths, device)
-    features = FrozenFeatures.setup(cfg, paths, model, prep, amp, train, val, images,
-                                    weights_fingerprint(model.backbone),
+    # -- model, and the frozen part's features (keyed on the frozen part only: a resumed run finds its cache) ----
+    model, prep = build_model(cfg, policy, paths.weights_dir)
+    features = FrozenFeatures.setup(cfg, paths, model, prep, policy, amp, train, val, images,
                                     {"train": cifar.fingerprint(train), "val": cifar.fingerprint(val)})
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg)
     scheduler = PlateauLR(optimizer, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
     progress = checkpoint.restore(out_dir, cfg, model, optimizer, scheduler)
     if progress.epoch:
         log.info("resuming %s after epoch %d", out_dir, progress.epoch)
     _write_metrics(out_dir, progress.history)
     counts = model.count_params()
-    info = {**counts, "device": str(device), "precision": "bf16" if use_bf16 else "fp32",
+    info = {**counts, "device": str(device), "precision": "bf16" if amp["enabled"] else "fp32", "tf32": cfg.tf32,
+            "channels_last": prep.channels_last,
             "image_size": prep.image_size, "train_images": len(train), "val_images": len(val),
             "resumed_from_epoch": progress.epoch, "feature_cache": features.info}
     log.info("run: %s", json.dumps(info))
@@ -131,13 +127,16 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
         for epoch in remaining:
             t0 = time.perf_counter()
             lr = scheduler.lr
-            train_loss, train_acc = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, cb,
-                                                 stop)
+            tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, cb, stop)
             train_seconds = time.perf_counter() - t0
             ev = _evaluate(model, features, labels["val"], cfg, amp, cb, epoch, stop)
             seconds = time.perf_counter() - t0
-            row = epoch_row(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=ev["loss"],
+            with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
+                penalty = float(_l2_penalty(model, cfg))
+            row = epoch_row(epoch=epoch, train_loss=tr["loss"], train_acc=tr["acc"], val_loss=ev["loss"],
                             val_acc=ev["acc"], lr=lr, seconds=round(seconds, 3),
+                            keras_train_loss=tr["keras_loss"],
+                            keras_val_loss=ev["loss"] + penalty if cfg.head_l2 else None,
                             train_seconds=round(train_seconds, 3),
                             images_per_s=round(len(train) / train_seconds, 2), per_class_acc=ev["per_class"],
                             confusion=ev["confusion"])
@@ -166,17 +165,37 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
     return summary
 
 
-def _build_model(cfg: TrainConfig, paths: Paths, device: torch.device) -> tuple[SingleBlockModel, Preprocess]:
-    """The backbone with its last block unfrozen and the paper's head, and the preprocessing its weights expect."""
-    backbone = create_backbone(cfg.model, cfg.weights, paths.weights_dir, img_size=cfg.image_size)
+def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None = None
+                ) -> tuple[SingleBlockModel, Preprocess]:
+    """The backbone with its last block unfrozen and the paper's head, and the preprocessing its weights expect.
+
+    The paper upsamples every model to 224 (the preset's `image_size`), whatever size its weights were trained at
+    (NFNet-F6 448, EfficientNetV2-L 384): transformers are built for that size (timm resamples their position
+    embeddings), CNNs take it as it is. Works under `torch.device("meta")` with weights="none" (tests build every
+    paper model that way).
+    """
+    backbone = create_backbone(cfg.model, cfg.weights, weights_dir, img_size=cfg.image_size)
     data_cfg = resolve_model_data_config(backbone)
     image_size = cfg.image_size or data_cfg["input_size"][-1]
     model = SingleBlockModel(backbone, plan_for(cfg.model, backbone, cfg.pooling), cfg.head_hidden,
-                             cfg.head_dropout).to(device)
-    channels_last = device.type == "cuda" and model.plan.family == "cnn"
+                             cfg.head_dropout, head_init=cfg.head_init, bn_momentum=cfg.bn_momentum).to(policy.device)
+    channels_last = policy.channels_last and model.plan.family == "cnn"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, Preprocess(image_size, data_cfg["mean"], data_cfg["std"], device, channels_last)
+    return model, Preprocess(image_size, data_cfg["mean"], data_cfg["std"], policy.device, channels_last)
+
+
+def make_optimizer(model: SingleBlockModel, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam on the trainable parameters, with the preset's epsilon (the authors' Keras CNNs: Keras' 1e-7)."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
+
+
+def _l2_penalty(model: SingleBlockModel, cfg: TrainConfig) -> torch.Tensor:
+    """Keras' kernel_regularizer=l2(head_l2) on both Dense layers of the head: head_l2 x the sum of squared kernel
+    weights (0 when off)."""
+    if not cfg.head_l2:
+        return torch.zeros(())
+    return cfg.head_l2 * model.head_l2_term()
 
 
 class _StopCheck:
@@ -191,30 +210,35 @@ class _StopCheck:
             raise StopRequested
 
 
-def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig, amp, epoch, cb, stop):
-    """One pass over the training images in the epoch's seeded order; returns (mean loss, accuracy)."""
+def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig, amp, epoch, cb, stop) -> dict:
+    """One pass over the training images in the epoch's seeded order: mean cross-entropy, accuracy, and (with an
+    L2 penalty) the mean of cross-entropy plus penalty, the loss Keras prints."""
     n = len(y)
     perm, flips = _epoch_order(cfg, epoch, n)
     perm = perm.to(y.device)
     flips = flips.to(y.device) if flips is not None else None
     nb = math.ceil(n / cfg.batch_size)
     model.train()
-    loss_sum, correct = torch.zeros((), device=y.device), torch.zeros((), device=y.device)
+    zero = torch.zeros((), device=y.device)
+    loss_sum, keras_sum, correct = zero.clone(), zero.clone(), zero.clone()
     for b in range(nb):
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         feats = features.train(idx, flips[idx] if flips is not None else None)
         with torch.autocast(**amp):
             logits = model.forward_from_features(feats)
             loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.label_smoothing)
+        total = loss + _l2_penalty(model, cfg).to(loss.device) if cfg.head_l2 else loss  # the penalty in fp32
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(idx)
+        keras_sum += total.detach() * len(idx)  # Keras' progress bar: the batch-size-weighted mean of its loss
         correct += (logits.argmax(1) == y[idx]).sum()
         if cb.on_batch:
             cb.on_batch({"phase": "train", "epoch": epoch, "batch": b + 1, "batches": nb})
         stop()
-    return float(loss_sum) / n, float(correct) / n
+    return {"loss": float(loss_sum) / n, "acc": float(correct) / n,
+            "keras_loss": float(keras_sum) / n if cfg.head_l2 else None}
 
 
 def _epoch_order(cfg: TrainConfig, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,13 +33,12 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
 
     if not timm.is_model(model):
         raise ValueError(f"unknown model {model!r}: not a timm model name (see --list-models)")
-    spec = catalogue.get(model)
-    name = f"{model}.{spec.pretrained_tag}" if spec and spec.pretrained_tag else model
+    name = hub_name(model)
     kwargs = {}
-    if img_size and _takes_img_size(model) and img_size != _default_size(model):
+    if img_size and _takes_img_size(model) and img_size != _default_size(name):
         kwargs["img_size"] = img_size
-    if weights == "none":
-        return timm.create_model(model, pretrained=False, **kwargs)
+    if weights == "none":  # the tagged name all the same: its pretrained config sets the input normalization
+        return timm.create_model(name, pretrained=False, **kwargs)
     if weights == "hub":
         _hub_cache_env(weights_dir)
         try:
@@ -55,14 +54,22 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found. Pass weights=hub, weights=none, or the path of a "
                            f".safetensors/.pth state_dict for timm's {model}.")
-    backbone = timm.create_model(model, pretrained=False, **kwargs)
+    backbone = timm.create_model(name, pretrained=False, **kwargs)
     load_local(backbone, path)
     return backbone
 
 
-def _default_size(model: str) -> int:
+def hub_name(model: str) -> str:
+    """The timm name whose pretrained weights weights="hub" loads: `model.tag`, the tag from the catalogue (which
+    names one for every model, so a change of timm's default tag never changes what a run loads)."""
+    spec = catalogue.get(model)
+    return spec.weights_name if spec else model
+
+
+def _default_size(name: str) -> int:
+    """The input size of the weights `name` (a `model.tag`) loads: what timm builds the model for by default."""
     import timm
-    return timm.models.get_pretrained_cfg(model).input_size[-1]
+    return timm.models.get_pretrained_cfg(name).input_size[-1]
 
 
 def _takes_img_size(model: str) -> bool:
@@ -137,10 +144,10 @@ def convert_efficientnet_pytorch(sd: dict, backbone: nn.Module) -> dict:
     return out
 
 
-def fingerprint(backbone: nn.Module) -> str:
-    """Content hash of the backbone's weights: part of the feature-cache key."""
+def fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of named tensors (a state_dict, or the frozen part of one): part of the feature-cache key."""
     h = hashlib.sha256()
-    for k, v in sorted(backbone.state_dict().items()):
+    for k, v in sorted(state.items()):
         h.update(k.encode())
         t = v.detach().cpu().contiguous().reshape(-1)
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.settings import Settings, get_settings
-
 from core.broker import transport_options
 from core.protocol import JOBS_QUEUE
+from core.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

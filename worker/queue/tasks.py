@@ -14,11 +14,11 @@ import time
 import traceback
 from pathlib import Path
 
+from core.broker import ControlChannel, EventPublisher, transport_options
+from core.protocol import TASK_NAME, JobStatus
 from core.settings import get_settings
 
 from .celery_app import app
-from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME, JobStatus
 
 log = logging.getLogger("blocklab.worker")
 
@@ -85,8 +85,8 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
             return {"status": JobStatus.CANCELLED}
         import torch
 
-        from worker.engine import checkpoint
         from core.config import TrainConfig
+        from worker.engine import checkpoint
         from worker.engine.train import Callbacks, Paths, resolve_device, run
 
         cfg_dict = dict(config)

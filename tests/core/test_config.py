@@ -1,0 +1,126 @@
+"""The paper's preset is the paper (issue 11): 224 px and fp32 for every paper model, the authors' Keras settings
+in the three Keras CNN rows only, and a method card per model, built torch-free from the catalogue, that names each
+remaining known deviation with its likely effect."""
+import pytest
+
+from core import catalogue
+from core.config import OPTIONS_BY_NAME, TrainConfig, config_differences, method_card, paper_card, preset
+
+PAPER = [r["model_id"] for r in catalogue.paper_table1()]
+KERAS = {"vgg19", "densenet201", "resnet152"}
+CARD_FACTS = ("timm_id", "pretrained_tag", "pretrained_on", "image_size", "precision", "tf32", "batch_size",
+              "trainable_modules", "trainable_params", "paper_trainable_params", "head", "pooling", "head_init",
+              "head_l2", "bn_momentum", "adam_eps", "deviations")
+
+
+@pytest.mark.parametrize("model", PAPER)
+def test_every_paper_model_runs_at_224_in_fp32_without_tf32(model):
+    cfg = preset("paper", model=model)
+    assert (cfg.image_size, cfg.precision, cfg.tf32) == (224, "fp32", False)
+    card = paper_card(model)
+    assert (card["image_size"], card["precision"], card["tf32"]) == (224, "fp32", False)
+    spec = catalogue.get(model)
+    if spec.native_size != 224:  # NFNet-F6 (448), EfficientNetV2-L and ViT-L/32 (384): the card says both sizes
+        assert f"its weights' own size is {spec.native_size}" in _row(card, "Image size")
+
+
+def test_the_speed_options_are_named_and_off_by_default():
+    precision, tf32 = OPTIONS_BY_NAME["precision"], OPTIONS_BY_NAME["tf32"]
+    assert precision.default == "fp32" and set(precision.choices) == {"fp32", "bf16", "auto"}
+    assert tf32.default is False and tf32.web and precision.web
+    card = method_card(preset("paper", model="deit_base_distilled_patch16_224", precision="bf16", tf32=True))
+    assert {d["option"]: (d["value"], d["paper"]) for d in card["config_deviations"]} == {
+        "precision": ("bf16", "fp32"), "tf32": (True, False)}
+    assert "speed option" in _row(card, "Precision") and "TF32 allowed" in _row(card, "Precision")
+
+
+@pytest.mark.parametrize("model", list(catalogue.CATALOGUE))
+def test_keras_settings_only_in_the_keras_rows(model):
+    cfg = preset("paper", model=model)
+    got = {k: getattr(cfg, k) for k in catalogue.KERAS_PRESET}
+    if model in KERAS:
+        assert got == {"head_init": "he_normal", "head_l2": 0.01, "bn_momentum": 0.01, "adam_eps": 1e-7}
+    else:
+        assert got == {"head_init": "torch", "head_l2": 0.0, "bn_momentum": None, "adam_eps": 1e-8}
+
+
+def test_the_new_options_are_declared_with_their_bounds():
+    o = OPTIONS_BY_NAME
+    assert o["head_init"].choices == ("torch", "he_normal") and o["head_init"].default == "torch"
+    assert (o["head_l2"].default, o["head_l2"].ge) == (0.0, 0)
+    assert o["bn_momentum"].nullable and o["bn_momentum"].default is None and o["bn_momentum"].gt == 0
+    assert (o["adam_eps"].default, o["adam_eps"].gt) == (1e-8, 0)
+    for bad in (dict(head_init="xavier"), dict(head_l2=-1.0), dict(bn_momentum=0.0), dict(adam_eps=0.0),
+                dict(bn_momentum=1.5)):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_jobs_stored_before_the_new_options_resume_at_their_defaults():
+    """A job stored before issue 11 (precision auto, image size None, no Keras options) rebuilds the same config
+    from its stored experiment, so its checkpoint resumes; the new options at their defaults change nothing."""
+    old = {**TrainConfig().to_dict(), "precision": "auto", "image_size": None}
+    for name in ("head_init", "head_l2", "bn_momentum", "adam_eps", "tf32"):
+        del old[name]
+    assert config_differences(old, TrainConfig.from_dict(old)) == []
+    assert config_differences(old, TrainConfig.from_dict({**old, "head_l2": 0.01})) == ["head_l2"]
+
+
+@pytest.mark.parametrize("model", list(catalogue.CATALOGUE))
+def test_every_model_has_a_method_card_with_the_facts_the_issue_names(model):
+    card = paper_card(model)
+    assert set(CARD_FACTS) <= set(card)
+    spec = catalogue.get(model)
+    assert card["pretrained_tag"] == spec.pretrained_tag and card["weights_name"] == f"{model}.{spec.pretrained_tag}"
+    assert card["trainable_params"] == spec.trainable_params and card["config_deviations"] == []
+    labels = [r["label"] for r in card["rows"]]
+    for label in ("Weights", "Image size", "Precision", "Training", "Trainable modules", "Trainable parameters",
+                  "Head", "Pooling", "Head init", "Head L2", "BatchNorm momentum", "Adam epsilon"):
+        assert label in labels, label
+    assert all(d["what"] and d["effect"] for d in card["deviations"])
+    assert bool(card["deviations"]) == card["in_paper"]
+
+
+def _row(card, label):
+    return next(r["value"] for r in card["rows"] if r["label"] == label)
+
+
+def _deviations(model):
+    return " ".join(d["what"] + " " + d["effect"] for d in paper_card(model)["deviations"])
+
+
+def test_the_cards_name_each_remaining_deviation_with_its_effect():
+    assert "Stand-in" in _deviations("resnet152") and "15,497,994" in _deviations("resnet152")
+    assert "22k" in _deviations("swin_base_patch4_window7_224") and "below the paper" in _deviations(
+        "swin_base_patch4_window7_224")
+    for model in KERAS:
+        text = _deviations(model)
+        assert "9,728" in text and "flipped" in text and "patience 3" in text and "best of 20" in text
+    for model in set(PAPER) - KERAS:
+        assert "9,728" in _deviations(model) and "no code" in _deviations(model)
+    assert "caffe" in _deviations("vgg19") and "[-1, 1]" in _deviations("resnet152")
+    assert "DenseNet ('torch' mode)" not in _deviations("densenet201")  # normalized as its Keras weights expect
+    assert "vit-keras" in _deviations("vit_large_patch32_384")
+
+
+def test_the_keras_cards_say_what_keras_settings_do():
+    card = paper_card("densenet201")
+    assert "he_normal" in _row(card, "Head init") and "0.01" in _row(card, "Head L2")
+    assert "keras_train_loss" in _row(card, "Head L2")
+    assert "65 BatchNorm" in _row(card, "BatchNorm momentum") and "0.99" in _row(card, "BatchNorm momentum")
+    assert "no effect" in _row(paper_card("vgg19"), "BatchNorm momentum")  # VGG has no BatchNorm
+    assert _row(card, "Adam epsilon") == "1e-07"
+    assert _row(paper_card("deit_base_distilled_patch16_224"), "Head L2") == "none"
+
+
+def test_the_card_counts_the_papers_way():
+    card = paper_card("densenet201")  # Table 1 counts DenseNet201 without the MLP head
+    assert card["trainable_params_as_paper_counts"] == 6_982_400 == card["paper_trainable_params"]
+    assert card["trainable_params"] == 7_476_746 and card["count_matches_paper"]
+    wider = method_card(preset("paper", model="densenet201", head_hidden=512))
+    assert wider["trainable_params"] - card["trainable_params"] == 1920 * 256 + 256 + 256 * 10
+
+
+def test_a_model_outside_the_catalogue_has_no_card():
+    with pytest.raises(ValueError, match="not in the catalogue"):
+        method_card(TrainConfig(model="convnext_atto"))
