@@ -393,6 +393,9 @@ async function renderJob(view, id) {
         ` · best ${pct(j.best_val_acc)}${j.best_epoch ? ` (epoch ${j.best_epoch})` : ""}`,
         j.device ? ` · ${j.device}` : "", " ", ...actions),
       j.error ? el("p", { class: "error-text", id: "job-error", text: j.error }) : "",
+      // A diverged epoch is data: its non-finite values are named here (the curves leave a gap there).
+      ...metrics.filter((m) => m.nonfinite).map((m) => el("p", { class: "error-text nonfinite",
+        text: `epoch ${m.epoch}: ${Object.entries(m.nonfinite).map(([k, v]) => `${k} ${v}`).join(", ")}` })),
       el("p", {}, el("a", { href: `/api/jobs/${id}/metrics.csv`, text: "metrics.csv" }), " · ",
         el("a", { href: `#/compare?jobs=${id}`, text: "compare" })));
   };

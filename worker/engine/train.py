@@ -92,9 +92,7 @@ def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 |
     torch.manual_seed(cfg.seed)
 
     # -- data: uint8 arrays on the training device; every transform is batched -------------------------------
-    ds = dataset or cifar.load_cifar10(paths.data_dir, paths.allow_download, paths.download_url)
-    train = cifar.stratified_subset(ds.train, cfg.train_per_class, cfg.seed)
-    val = cifar.limit(ds.val, cfg.val_limit)
+    train, val = _load_data(cfg, paths, dataset)
     images = {"train": torch.from_numpy(train.images).to(device), "val": torch.from_numpy(val.images).to(device)}
     labels = {"train": torch.from_numpy(train.labels).to(device), "val": torch.from_numpy(val.labels).to(device)}
 
@@ -125,27 +123,13 @@ def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 |
     status = "succeeded"
     try:
         for epoch in remaining:
-            t0 = time.perf_counter()
-            lr = scheduler.lr
-            tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, cb, stop)
-            train_seconds = time.perf_counter() - t0
-            ev = _evaluate(model, features, labels["val"], cfg, amp, cb, epoch, stop)
-            seconds = time.perf_counter() - t0
-            with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
-                penalty = float(_l2_penalty(model, cfg))
-            row = epoch_row(epoch=epoch, train_loss=tr["loss"], train_acc=tr["acc"], val_loss=ev["loss"],
-                            val_acc=ev["acc"], lr=lr, seconds=round(seconds, 3),
-                            keras_train_loss=tr["keras_loss"],
-                            keras_val_loss=ev["loss"] + penalty if cfg.head_l2 else None,
-                            train_seconds=round(train_seconds, 3),
-                            images_per_s=round(len(train) / train_seconds, 2), per_class_acc=ev["per_class"],
-                            confusion=ev["confusion"])
+            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, cb, stop)
             _append_metrics(out_dir, row)
             if row["nonfinite"]:  # a diverged epoch is data, but not a state to resume from
                 if cb.on_epoch:
                     cb.on_epoch(row)
                 raise Diverged(epoch, row["nonfinite"])
-            scheduler.step(ev["acc"])
+            scheduler.step(row["val_acc"])
             progress.record(row)
             checkpoint.save(out_dir, cfg, progress, model, optimizer, scheduler)
             log.info("epoch %d/%d: val_acc %.4f val_loss %.4f (%.1f img/s)", epoch, cfg.epochs, row["val_acc"],
@@ -163,6 +147,30 @@ def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 |
     with checkpoint.writing(out_dir):
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None) -> tuple[cifar.Split, cifar.Split]:
+    """The training subset (stratified and seeded) and the validation images the config asks for."""
+    ds = dataset or cifar.load_cifar10(paths.data_dir, paths.allow_download, paths.download_url)
+    return cifar.stratified_subset(ds.train, cfg.train_per_class, cfg.seed), cifar.limit(ds.val, cfg.val_limit)
+
+
+def _epoch(model, optimizer, lr: float, features, labels: dict, cfg: TrainConfig, amp, epoch: int, cb,
+           stop) -> dict:
+    """One epoch, training then validation, as the protocol's epoch row."""
+    t0 = time.perf_counter()
+    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, cb, stop)
+    train_seconds = time.perf_counter() - t0
+    ev = _evaluate(model, features, labels["val"], cfg, amp, cb, epoch, stop)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
+        penalty = float(_l2_penalty(model, cfg))
+    return epoch_row(epoch=epoch, train_loss=tr["loss"], train_acc=tr["acc"], val_loss=ev["loss"], val_acc=ev["acc"],
+                     lr=lr, seconds=round(seconds, 3), keras_train_loss=tr["keras_loss"],
+                     keras_val_loss=ev["loss"] + penalty if cfg.head_l2 else None,
+                     train_seconds=round(train_seconds, 3),
+                     images_per_s=round(len(labels["train"]) / train_seconds, 2), per_class_acc=ev["per_class"],
+                     confusion=ev["confusion"])
 
 
 def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None = None
