@@ -173,3 +173,10 @@ def test_frontend_and_plotly_are_served_locally(api):
     assert "BlockLab" in api.get("/").text
     js = api.get("/vendor/plotly.min.js")
     assert js.status_code == 200 and len(js.content) > 1_000_000
+
+
+def test_the_page_names_a_favicon_the_backend_serves(api):
+    import re
+    href = re.search(r'<link rel="icon" href="([^"]+)"', api.get("/").text).group(1)
+    r = api.get(href)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content

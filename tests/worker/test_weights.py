@@ -32,6 +32,8 @@ def test_missing_file_and_offline_hub_say_what_to_do(tmp_path, monkeypatch):
         create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
     msg = str(e.value)
     assert str(tmp_path / "w" / "hub") in msg and "weights=none" in msg and "local" in msg
+    # In the web's terms (the form offers hub, none and local), and no doubled full stop.
+    assert "deit_tiny_patch16_224.safetensors" in msg and "weights=local" in msg and ".." not in msg
 
 
 def test_real_efficientnet_lite0_checkpoint_loads_into_timm():

@@ -45,11 +45,13 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - hub failures come in many types; all mean the same to a user
             where = Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub"))
+            first = (str(e).splitlines() or [""])[0].rstrip(". ")
             raise WeightsError(
                 f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {where}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Offline? Download them once on a "
-                f"connected machine into that cache, or pass a local .safetensors/.pth file (weights=PATH), or "
-                f"weights=none for random init.") from e
+                f"{type(e).__name__}: {first}. Offline? Download them once on a connected machine into that "
+                f"cache; or put {model}.safetensors (or .pth) in the weights folder and choose weights=local (the "
+                f"lab's BLOCKLAB_WEIGHTS_DIR; on the command line, --weights PATH); or choose weights=none for "
+                f"random init.") from e
     path = Path(weights)
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found. Pass weights=hub, weights=none, or the path of a "
