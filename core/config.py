@@ -121,6 +121,10 @@ PRESETS: dict[str, dict[str, Any]] = {
               "val_limit": 200, "image_size": 112},
 }
 
+# A labelled dry run: the whole pipeline of a job in minutes, never mistaken for a paper run (the experiment is
+# marked `dry_run`, and the job list, compare view and CSV say so). These values replace the job's own.
+DRY_RUN: dict[str, Any] = {"epochs": 2, "train_per_class": 50, "val_limit": 500, "image_size": 112}
+
 
 @cache
 def _defaults() -> dict[str, Any]:

@@ -43,6 +43,32 @@ CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 RESUMABLE = frozenset({JobStatus.CANCELLED, JobStatus.FAILED})
 
 
+# -- what a job is doing now ---------------------------------------------------------------------------------------
+class Phase(StrEnum):
+    """Where a job is, in order. Every phase but `queued` (the backend's: position in the queue) is reported by
+    the worker in `progress` events: {"phase", "done", "total", "epoch", "split"}, `total` None when unknown."""
+    QUEUED = "queued"
+    STARTING = "starting"  # the worker took the job: building the model
+    DOWNLOADING = "downloading"  # pretrained weights or the dataset: bytes done of total
+    LOADING = "loading"  # reading the dataset into memory
+    FEATURES = "features"  # the frozen part, once per image: images done of total, per split
+    TRAINING = "training"  # the trainable block and head: batch of batches
+    VALIDATING = "validating"  # batch of batches
+
+
+PHASE_UNITS: dict[Phase, str] = {Phase.QUEUED: "jobs ahead", Phase.STARTING: "", Phase.DOWNLOADING: "bytes",
+                                 Phase.LOADING: "images", Phase.FEATURES: "images", Phase.TRAINING: "batches",
+                                 Phase.VALIDATING: "batches"}
+
+
+def progress(phase: Phase, done: int = 0, total: int | None = None, epoch: int | None = None,
+             split: str | None = None, **detail: Any) -> dict:
+    """One progress report, as engine callbacks pass it and `progress` events carry it. `detail` holds extras
+    a phase may add (the file being downloaded: {"what": "weights of deit_base_patch16_224"})."""
+    return {"phase": Phase(phase).value, "done": int(done), "total": None if total is None else int(total),
+            "epoch": epoch, "split": split, **detail}
+
+
 # -- the epoch row ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:

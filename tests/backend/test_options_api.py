@@ -37,7 +37,8 @@ def test_the_form_is_served_from_the_options_declaration(api):
 
 
 def test_the_frontend_lists_no_option_and_no_status():
-    js = (ROOT / "frontend" / "app.js").read_text()
+    js = "\n".join(f.read_text() for f in sorted((ROOT / "frontend").rglob("*.js")))
+    assert "renderJob" in js  # every module is read
     for o in OPTIONS:
         if o.name != "model":
             assert f'"{o.name}"' not in js and f"{o.name}:" not in js, o.name
