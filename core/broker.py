@@ -187,8 +187,10 @@ class ControlChannel:
         self.link.reset()
 
 
-def request_cancel(conn: Connection, job_id: int, attempt: int, tries: int = 3, backoff_s: float = 0.2) -> None:
-    """Ask the worker of this attempt to stop. A broken connection (Redis restarted since `conn` connected) is
+def request_cancel(conn: Connection, job_id: int, attempt: int, tries: int = 3, backoff_s: float = 0.2,
+                   force: bool = False) -> None:
+    """Ask the worker of this attempt to stop (`force`: at once, ending its process if it must; its supervisor
+    starts a fresh one). A broken connection (Redis restarted since `conn` connected) is
     retried on a fresh clone of it; after `tries` the last error is raised for the caller to judge (a worker
     that cannot hear a cancel is either gone, which the watchdog handles, or finishes normally)."""
     errors = broker_errors(conn)
@@ -197,7 +199,7 @@ def request_cancel(conn: Connection, job_id: int, attempt: int, tries: int = 3, 
         try:
             q = c.SimpleQueue(control_queue(job_id, attempt))
             try:
-                q.put({"action": "cancel"}, serializer="json")
+                q.put({"action": "cancel", "force": force}, serializer="json")
             finally:
                 _release_session(q)
                 q.close()
