@@ -74,7 +74,8 @@ class TrainConfig:
                       affects_result=False)
     num_workers: int = opt(0, "data workers (data is preprocessed in batched tensor ops; rarely needed)", ge=0,
                            le=64, web=False, affects_result=False)
-    stop_check_every: int = opt(5, "batches between checks of the stop callback", ge=1, le=10_000, web=False,
+    stop_check_every: int = opt(5, "ignored since issue 13 (kept so stored configs still load): stops are checked "
+                                "by time, at every batch and inside long work", ge=1, le=10_000, web=False,
                                 affects_result=False)
 
     def __post_init__(self):

@@ -56,7 +56,7 @@ class Phase(StrEnum):
     VALIDATING = "validating"  # batch of batches
 
 
-PHASE_UNITS: dict[Phase, str] = {Phase.QUEUED: "jobs ahead", Phase.STARTING: "", Phase.DOWNLOADING: "bytes",
+PHASE_UNITS: dict[Phase, str] = {Phase.QUEUED: "position in the queue", Phase.STARTING: "", Phase.DOWNLOADING: "bytes",
                                  Phase.LOADING: "images", Phase.FEATURES: "images", Phase.TRAINING: "batches",
                                  Phase.VALIDATING: "batches"}
 

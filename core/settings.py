@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0  # worker -> backend liveness signal while a job runs
     heartbeat_timeout_s: float = 60.0  # a running job silent this long has lost its worker
     max_attempts: int = 5  # worker losses tolerated per job before it fails
+    control_poll_s: float = 0.2  # a worker's watchdog asks its job's control queue for a cancel this often
+    # A cancel the engine has not honoured this long after the worker heard it ends the worker process (a force
+    # stop: the job is reported cancelled, the supervisor starts a fresh worker). The engine honours one within a
+    # layer of the model; only a hung step (a stalled download, a wedged device) ever needs this.
+    cancel_grace_s: float = 10.0
     visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job: Redis never redelivers a live job
     max_body_bytes: int = 64 * 1024  # request bodies beyond this are refused (413)
     body_timeout_s: float = 30.0  # a request body that stalls this long is refused (408)
@@ -38,6 +43,8 @@ class Settings(BaseSettings):
     max_streams_per_client: int = 10  # ... and per client address
     stream_keepalive_s: float = 15.0  # an idle event stream sends a comment this often
     stream_max_s: float = 1800.0  # an event stream ends after this long; EventSource reconnects by itself
+    worker_report_s: float = 30.0  # a worker reports itself (device, throughput, weights, data) this often
+    plan_long_s: float = 600.0  # a plan calls a run long (and the UI asks first) beyond this estimate
 
     def _under_home(self, value: Path | None, *parts: str) -> Path:
         return Path(value) if value is not None else self.home.joinpath(*parts)

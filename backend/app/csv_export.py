@@ -23,6 +23,12 @@ def safe_cell(v):
     return v
 
 
+def tidy(v):
+    """A float no declaration rounds, at 6 significant digits: values that passed through float32 (a learning
+    rate of 7.999999797903001e-05) read as they were meant (8e-05). Anything else as it is."""
+    return float(f"{v:.6g}") if isinstance(v, float) else v
+
+
 def to_csv(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC)  # text always quoted, numbers bare

@@ -16,10 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from core.broker import transport_options
-from core.protocol import ACTIVE, EVENTS_QUEUE, TERMINAL, JobStatus, scalar_view
+from core import protocol
+from core.protocol import ACTIVE, EVENTS_QUEUE, TERMINAL, JobStatus, Phase, scalar_view
 from core.settings import Settings
 
-from . import broker_gc, jobs
+from . import broker_gc, job_view, jobs, queue
 from .db import session_scope
 from .models import EpochMetric, Job, utcnow
 
@@ -27,6 +28,10 @@ log = logging.getLogger("blocklab.ingest")
 
 
 def handle_event(ev: dict) -> None:
+    if ev.get("type") == "worker":  # a worker's self-report (no job): kept in memory for plans
+        from . import workers
+        workers.store(ev)
+        return
     with session_scope() as db:
         job = db.get(Job, int(ev.get("job_id", 0)))
         if job is None:
@@ -42,11 +47,17 @@ def handle_event(ev: dict) -> None:
             job.heartbeat_at = now
         if kind == "started" and job.status == JobStatus.QUEUED:
             if jobs.transition(db, job, {JobStatus.QUEUED}, status=JobStatus.RUNNING, worker=ev.get("worker"),
-                               device=ev.get("device"), started_at=job.started_at or now, error=None):
+                               device=ev.get("device"), started_at=job.started_at or now, error=None,
+                               progress=protocol.progress(Phase.STARTING)):
                 jobs.record(db, job, worker=job.worker, device=job.device)
+        elif kind == "started" and job.status in TERMINAL:
+            # This attempt ended here first (cancelled while queued, force-stopped, then delivered again after
+            # its worker died): the worker must not train a job nobody waits for.
+            _tell_to_stop(job)
         elif kind == "progress" and job.status in (JobStatus.RUNNING, JobStatus.CANCELLING):
-            job.phase, job.progress_epoch = ev["phase"], ev["epoch"]
-            job.progress_batch, job.progress_batches = ev["batch"], ev["batches"]
+            report = job_view.progress_report(ev)
+            if report is not None:
+                job.progress = report
         elif kind == "info":
             job.info = ev["info"]
         elif kind == "finished" and job.status not in TERMINAL:
@@ -54,6 +65,14 @@ def handle_event(ev: dict) -> None:
                                summary=ev.get("summary"), finished_at=now):
                 jobs.record(db, job)
         jobs.commit(db, job)
+
+
+def _tell_to_stop(job: Job) -> None:
+    try:
+        queue.cancel(job.id, job.attempt)
+    except queue.BrokerUnavailable:
+        log.warning("job %s is %s, but its attempt %s started and cannot be told to stop", job.id, job.status,
+                    job.attempt)
 
 
 def _store_epoch(db, job: Job, row: dict, sent_at: float | None = None) -> None:

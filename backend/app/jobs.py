@@ -1,4 +1,5 @@
-"""Job life cycle on the backend: queue, cancel, resume, requeue after a lost worker, and the public view.
+"""Job life cycle on the backend: queue, cancel, force stop, resume, requeue after a lost worker (the public view
+is in job_view.py).
 
 Every status change is a conditional update on (status, attempt): of two requests that race (two resumes, a
 cancel and the watchdog), exactly one changes the job and the other is told what happened instead. Only the
@@ -6,20 +7,20 @@ winner talks to the broker, so a job is never sent twice.
 """
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session, selectinload
 
-from core import catalogue
 from core.protocol import ACTIVE, CANCELLABLE, RESUMABLE, JobStatus
 
-from . import queue
+from . import job_view, queue
 from .live import live
-from .models import EpochMetric, Experiment, Job, JobEvent, utcnow
+from .models import Experiment, Job, JobEvent, utcnow
+
+# A job whose worker may not answer a cancel (busy in a long step, hung): stopped at once, the worker told to end.
+FORCE_STOPPABLE = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
 
 
 class Conflict(Exception):
@@ -73,7 +74,7 @@ def _send(db: Session, job: Job) -> None:
 def start(db: Session, experiment: Experiment) -> Job:
     """Queue a new job of an experiment, unless one of its jobs is still queued or running (resume that one)."""
     db.commit()
-    job = Job(experiment=experiment, status=JobStatus.QUEUED, attempt=1)
+    job = Job(experiment=experiment, status=JobStatus.QUEUED, attempt=1, queued_at=utcnow())
     db.add(job)
     try:
         db.flush()  # the INSERT holds SQLite's write lock until commit: the count below sees every other start
@@ -111,10 +112,35 @@ def cancel(db: Session, job: Job) -> Job:
     return job
 
 
+def force_stop(db: Session, job: Job) -> Job:
+    """End a running or cancelling job now, whether or not its worker answers: the job is `cancelled` at once
+    (resumable like any cancelled job), and the worker is told to stop at once, ending its process if it must
+    (its supervisor starts a fresh one). Whatever that attempt still sends is ignored: the job ended."""
+    for _ in range(3):
+        if job.status not in FORCE_STOPPABLE:
+            raise Conflict(f"job {job.id} is {job.status}; force stop is for a running or cancelling job"
+                           + (" (a queued job is cancelled at once: POST .../cancel)"
+                              if job.status == JobStatus.QUEUED else ""))
+        was = job.status
+        if transition(db, job, {was}, status=JobStatus.CANCELLED, finished_at=utcnow(),
+                      error=f"force-stopped by the user while {was}: the worker was told to stop at once"):
+            break
+    else:
+        raise Conflict(f"job {job.id} kept changing; try again")
+    record(db, job, note="force stop")
+    commit(db, job)
+    try:
+        queue.cancel(job.id, job.attempt, force=True)
+    except queue.BrokerUnavailable:
+        pass  # the job is stopped here all the same; a worker that cannot hear it is lost to the watchdog
+    return job
+
+
 def resume(db: Session, job: Job) -> Job:
     """Continue a cancelled or failed job from its last checkpoint (a new attempt of the same job)."""
     if job.status not in RESUMABLE or not transition(db, job, RESUMABLE, status=JobStatus.QUEUED,
-                                                     attempt=Job.attempt + 1, error=None, finished_at=None):
+                                                     attempt=Job.attempt + 1, error=None, finished_at=None,
+                                                     progress=None, queued_at=utcnow()):
         raise Conflict(f"only a cancelled or failed job can be resumed; job {job.id} is {job.status}")
     record(db, job, note="resumed")
     _send(db, job)
@@ -133,7 +159,8 @@ def requeue_lost(db: Session, job: Job, silent_s: float, max_attempts: int) -> N
                                    "up. Check the workers' logs (out of host memory? killed?), then resume the job.")
     else:
         silent_attempt = job.attempt
-        if not transition(db, job, lost, status=JobStatus.QUEUED, attempt=Job.attempt + 1):
+        if not transition(db, job, lost, status=JobStatus.QUEUED, attempt=Job.attempt + 1, progress=None,
+                          queued_at=utcnow()):
             return
         try:  # if that worker is only cut off, not dead, it stops instead of racing the next attempt
             queue.cancel(job.id, silent_attempt)
@@ -147,50 +174,8 @@ def requeue_lost(db: Session, job: Job, silent_s: float, max_attempts: int) -> N
         commit(db, job)
 
 
-# -- the public view ----------------------------------------------------------------------------------------------
-@dataclass
-class _Stats:
-    epochs_done: int = 0
-    best_val_acc: float | None = None
-    best_epoch: int | None = None
-    recent_seconds: tuple[float, ...] = ()
-
-
-def _stats(db: Session, job_ids: list[int]) -> dict[int, _Stats]:
-    """Epoch statistics of many jobs in one query (window functions), whatever their number."""
-    if not job_ids:
-        return {}
-    by_acc = func.row_number().over(partition_by=EpochMetric.job_id,
-                                    order_by=(EpochMetric.val_acc.is_(None), EpochMetric.val_acc.desc(),
-                                              EpochMetric.epoch))
-    by_recent = func.row_number().over(partition_by=EpochMetric.job_id, order_by=EpochMetric.epoch.desc())
-    count = func.count().over(partition_by=EpochMetric.job_id)
-    inner = (select(EpochMetric.job_id, EpochMetric.epoch, EpochMetric.val_acc, EpochMetric.seconds,
-                    by_acc.label("by_acc"), by_recent.label("by_recent"), count.label("n"))
-             .where(EpochMetric.job_id.in_(job_ids)).subquery())
-    rows = db.execute(select(inner).where((inner.c.by_acc == 1) | (inner.c.by_recent <= 3))).all()
-    out: dict[int, _Stats] = {}
-    for r in rows:
-        s = out.setdefault(r.job_id, _Stats(epochs_done=r.n))
-        if r.by_acc == 1 and r.val_acc is not None:
-            s.best_val_acc, s.best_epoch = r.val_acc, r.epoch
-        if r.by_recent <= 3 and r.seconds is not None:
-            s.recent_seconds += (r.seconds,)
-    return out
-
-
-def public_many(db: Session, jobs: list[Job]) -> list[dict]:
-    """The API's view of jobs: a constant number of queries (jobs' experiments are loaded with them)."""
-    jobs = [j for j in jobs if _experiment_of(j) is not None]  # one deleted while this request read
-    stats = _stats(db, [j.id for j in jobs])
-    return [_public(j, stats.get(j.id, _Stats())) for j in jobs]
-
-
-def _experiment_of(job: Job) -> Experiment | None:
-    try:
-        return job.experiment
-    except InvalidRequestError:
-        return None
+# -- the public view (job_view.py) ---------------------------------------------------------------------------------
+public_many = job_view.public_many
 
 
 def to_public(db: Session, job: Job) -> dict:
@@ -203,28 +188,3 @@ def to_public(db: Session, job: Job) -> dict:
 def job_query():
     """Jobs with their experiment, loaded in the same round trip."""
     return select(Job).options(selectinload(Job.experiment))
-
-
-def _public(job: Job, st: _Stats) -> dict:
-    cfg = job.experiment.config
-    spec = catalogue.get(cfg["model"])
-    paper = catalogue.paper_row(spec) if spec else None
-    eta = None
-    if job.status == JobStatus.RUNNING and st.recent_seconds:
-        eta = statistics.mean(st.recent_seconds) * max(cfg["epochs"] - st.epochs_done, 0)
-    runtime = None
-    if job.started_at:
-        runtime = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
-    info = job.info or {}
-    return {
-        "id": job.id, "experiment_id": job.experiment_id, "experiment_name": job.experiment.name,
-        "model": cfg["model"], "status": job.status, "attempt": job.attempt, "error": job.error,
-        "device": job.device, "worker": job.worker,
-        "progress": {"phase": job.phase, "epoch": job.progress_epoch, "batch": job.progress_batch,
-                     "batches": job.progress_batches},
-        "epochs": cfg["epochs"], "epochs_done": st.epochs_done, "best_val_acc": st.best_val_acc,
-        "best_epoch": st.best_epoch, "paper_val_acc": paper["val_acc"] if paper else None,
-        "trainable_params": info.get("trainable_params", spec.trainable_params if spec else None),
-        "eta_s": eta, "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at, "heartbeat_at": job.heartbeat_at, "runtime_s": runtime, "info": job.info,
-    }

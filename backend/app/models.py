@@ -25,6 +25,8 @@ class Experiment(Base):
     group: Mapped[str | None] = mapped_column(String(100), index=True)
     config: Mapped[dict] = mapped_column(JSON)
     archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # core.config.DRY_RUN was applied over its config: a labelled check of the pipeline, never a paper run
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     jobs: Mapped[list["Job"]] = relationship(back_populates="experiment", order_by="Job.id")
 
@@ -39,13 +41,13 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(200))
     worker: Mapped[str | None] = mapped_column(String(200))
-    phase: Mapped[str | None] = mapped_column(String(10))
-    progress_epoch: Mapped[int] = mapped_column(Integer, default=0)
-    progress_batch: Mapped[int] = mapped_column(Integer, default=0)
-    progress_batches: Mapped[int] = mapped_column(Integer, default=0)
+    # The current attempt's latest progress report (core.protocol.progress: phase, done, total, epoch, split)
+    progress: Mapped[dict | None] = mapped_column(JSON)
     info: Mapped[dict | None] = mapped_column(JSON)
     summary: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When it was last handed to the broker (created, resumed, requeued): the queue serves jobs in this order
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

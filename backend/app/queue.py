@@ -38,11 +38,12 @@ def dispatch(job_id: int, attempt: int, config: dict) -> None:
         raise BrokerUnavailable(f"the job broker is unreachable ({type(e).__name__}: {e})") from e
 
 
-def cancel(job_id: int, attempt: int) -> None:
+def cancel(job_id: int, attempt: int, force: bool = False) -> None:
+    """Tell the worker of this attempt to stop (`force`: at once, ending its process if it must)."""
     try:
         s = get_settings()
         with Connection(s.broker_url, transport_options=transport_options(s.broker_url, s.visibility_timeout_s)) as conn:
             conn.ensure_connection(max_retries=3)
-            request_cancel(conn, job_id, attempt)
+            request_cancel(conn, job_id, attempt, force=force)
     except Exception as e:  # noqa: BLE001
         raise BrokerUnavailable(f"the job broker is unreachable ({type(e).__name__}: {e})") from e

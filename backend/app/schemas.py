@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from core import catalogue
 from core.config import model_preset, web_options
 from core.options import Option
-from core.protocol import EPOCH_ROW, JobStatus
+from core.protocol import EPOCH_ROW, JobStatus, Phase
 
 # The database keeps naive UTC; the API says so (RFC 3339 with an offset).
 UTCDateTime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
@@ -82,11 +82,67 @@ class ExperimentCreate(BaseModel):
     group: Annotated[str | None, AfterValidator(_group_name)] = Field(None, max_length=100)
     config: ExperimentConfig = Field(default_factory=ExperimentConfig)
     start: bool = True  # queue a job at once
+    dry_run: bool = Field(False, description="a labelled dry run: core.config.DRY_RUN (fewer epochs and images, a "
+                          "small size) replaces those options; the experiment is marked and never a paper run")
 
 
 class ExperimentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     archived: bool  # hidden from the lists, data kept
+
+
+class ProgressPublic(BaseModel):
+    """What the job is doing now (core.protocol.progress): `done` of `total` (None: unknown) in `unit`. Queued: the
+    position in the queue (1 = next) of `total` queued jobs. A phase's extras (download: `what`) pass through."""
+    model_config = ConfigDict(extra="allow")
+    phase: Phase
+    done: int
+    total: int | None
+    unit: str
+    epoch: int | None
+    split: str | None
+
+
+class SettingsPublic(BaseModel):
+    """What actually ran, as the worker reported it before the first epoch (the config may say "auto")."""
+    image_size: int | None = None
+    precision: str | None = None
+    tf32: bool | None = None
+    device: str | None = None
+    channels_last: bool | None = None
+    train_images: int | None = None
+    val_images: int | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    feature_cache: dict | None = None  # the engine's report, with `reused` (a cache from an earlier run was loaded)
+    resumed_from_epoch: int | None = None
+
+
+class AttemptPublic(BaseModel):
+    """One delivery of the job to a worker. outcome: queued | running | cancelling (still going), succeeded |
+    failed | cancelled, or lost (its worker went silent and the job was handed out again)."""
+    attempt: int
+    worker: str | None
+    device: str | None
+    queued_at: UTCDateTime | None
+    started_at: UTCDateTime | None
+    ended_at: UTCDateTime | None
+    outcome: str
+    error: str | None
+
+
+class TimingsPublic(BaseModel):
+    """Where the time went. queued_s: created to started (or to now / the cancel); setup_s: started to the first
+    epoch's beginning (model, weights, data); train_s: the epochs' own wall time; total_s: created to finished
+    (or now)."""
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    first_epoch_at: UTCDateTime | None  # when the first epoch's row arrived
+    finished_at: UTCDateTime | None
+    queued_s: float | None
+    setup_s: float | None
+    train_s: float | None
+    total_s: float | None
 
 
 class JobPublic(BaseModel):
@@ -100,7 +156,9 @@ class JobPublic(BaseModel):
     error: str | None
     device: str | None
     worker: str | None
-    progress: dict
+    progress: ProgressPublic | None  # null once the job ended
+    queue_position: int | None  # queued: 1 = next
+    dry_run: bool  # the experiment is a labelled dry run: never compare it with the paper as a reproduction
     epochs: int
     epochs_done: int
     best_val_acc: float | None
@@ -114,6 +172,10 @@ class JobPublic(BaseModel):
     heartbeat_at: UTCDateTime | None
     runtime_s: float | None
     info: dict | None
+    config: dict[str, Any]  # every option, effective: the stored config with later options at their defaults
+    settings: SettingsPublic | None  # null until the worker reported what it runs
+    attempts: list[AttemptPublic]  # oldest first
+    timings: TimingsPublic
 
 
 class ExperimentPublic(BaseModel):
@@ -121,6 +183,7 @@ class ExperimentPublic(BaseModel):
     name: str
     group: str | None
     archived: bool
+    dry_run: bool
     config: dict[str, Any]  # as stored: the options it was created with (later options took their defaults)
     created_at: UTCDateTime
     jobs: list[JobPublic]
@@ -227,4 +290,5 @@ class ModelCard(BaseModel):
 class ReproduceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     group: Annotated[str | None, AfterValidator(_group_name)] = Field(None, max_length=100)
-    overrides: dict = Field(default_factory=dict)  # e.g. {"epochs": 1, "train_per_class": 10} for a dry run
+    overrides: dict = Field(default_factory=dict)  # e.g. {"epochs": 1, "precision": "bf16"}
+    dry_run: bool = False  # core.config.DRY_RUN over each model's preset, every experiment marked

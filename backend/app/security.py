@@ -73,12 +73,17 @@ def _netloc(netloc: str, scheme: str) -> str:
     return netloc.removesuffix(default) if default else netloc
 
 
-def same_origin(origin: str, host: str) -> bool:
-    """Is `origin` (scheme://host[:port]) the lab's own, given the request's (already allowed) Host header?"""
+def same_origin(origin: str, host: str, request_scheme: str | None = None) -> bool:
+    """Is `origin` (scheme://host[:port]) the lab's own, given the request's (already allowed) Host header and,
+    when known, its scheme? An origin is scheme, host and port: a page served over plain http (which anyone on
+    the network can write into) is not the https lab of the same name. Behind a TLS proxy the request's scheme
+    is the one the proxy reports (uvicorn reads X-Forwarded-Proto from a trusted proxy)."""
     scheme, sep, netloc = origin.strip().partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("http", "https") or not netloc or "/" in netloc:
         return False  # also "null": sandboxed frames, file: pages, cross-origin redirects
+    if request_scheme is not None and scheme != request_scheme.lower():
+        return False
     return _netloc(netloc, scheme) == _netloc(host, scheme)
 
 
@@ -117,7 +122,7 @@ class LabGuard:
                                  "to reach it by another name, add that name to BLOCKLAB_ALLOWED_HOSTS")
         if scope["method"] not in SAFE_METHODS:
             origin = headers.get("origin")
-            if origin is not None and not same_origin(origin, host):
+            if origin is not None and not same_origin(origin, host, scope.get("scheme", "http")):
                 return await _refuse(scope, receive, send, 403,
                                      "cross-origin request refused: only the lab's own pages can change its state")
             if not (_json_content(headers.get("content-type", ""))
@@ -125,6 +130,9 @@ class LabGuard:
                 return await _refuse(scope, receive, send, 415,
                                      "a request that changes state needs Content-Type: application/json "
                                      "or the header X-Requested-With: BlockLab")
+
+        if scope["method"] == "HEAD" and scope["path"].startswith(_HEAD_AS_GET):
+            scope, send = {**scope, "method": "GET"}, _headers_only(send)
 
         limit = get_settings().max_body_bytes
         size = headers.get("content-length", "")
@@ -158,10 +166,38 @@ class LabGuard:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
+        except _HeadDone:
+            pass
         except (BodyTooLarge, BodyTimeout) as e:  # read outside FastAPI's body parsing: answer it here
             if started:
                 raise
             await _refuse(scope, receive, send, e.status_code, e.detail)
+
+
+# HEAD is GET without the body (RFC 9110), but FastAPI's routes answer GET alone and a HEAD fell through to the
+# static files' 404. On these paths the middleware runs the GET and sends its status and headers only.
+_HEAD_AS_GET = ("/api/", "/vendor/", "/openapi.json", "/docs")
+
+
+class _HeadDone(Exception):
+    """A HEAD's response is complete while the app still streams a body nobody reads: stop the app."""
+
+
+def _headers_only(send: Send) -> Send:
+    """A `send` that passes a response's start and ends its body at once. A stream's next piece stops the app
+    (an event stream would otherwise go on, unread, until its time is up)."""
+    done = False
+
+    async def send_head(message: Message) -> None:
+        nonlocal done
+        if message["type"] == "http.response.start":
+            await send(message)
+        elif message["type"] == "http.response.body":
+            if done:
+                raise _HeadDone
+            done = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return send_head
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:

@@ -102,6 +102,7 @@ def test_statuses_come_from_the_enum(api):
     s = api.get("/api/statuses").json()
     assert s["all"] == [x.value for x in JobStatus]
     assert set(s["cancellable"]) == {"queued", "running"} and set(s["resumable"]) == {"cancelled", "failed"}
+    assert set(s["force_stoppable"]) == {"running", "cancelling"}
     schema = api.get("/openapi.json").json()["components"]["schemas"]
     assert schema["JobStatus"]["enum"] == s["all"]
 
@@ -117,7 +118,7 @@ def test_an_extra_metric_needs_no_column_and_a_nonfinite_one_is_kept(api):
     assert m2["train_loss"] is None and m2["nonfinite"] == {"train_loss": "NaN", "val_loss": "Infinity"}
     csv_rows = list(csv.DictReader(io.StringIO(api.get(f"/api/jobs/{jid}/metrics.csv").text)))
     assert [r["train_loss"] for r in csv_rows] == ["0.5", "NaN"]
-    assert list(csv_rows[0]) == [m.name for m in EPOCH_ROW if m.scalar]
+    assert list(csv_rows[0]) == [*(m.name for m in EPOCH_ROW if m.scalar), "precision", "dry_run"]
 
 
 def test_listing_jobs_runs_a_constant_number_of_queries(api):
@@ -137,8 +138,13 @@ def test_listing_jobs_runs_a_constant_number_of_queries(api):
         return n["q"]
 
     def add_jobs(k):
-        for _ in range(k):
+        for i in range(k):
             jid = _job(api)
+            if i % 2:  # some running, with attempts, settings and progress; others queued (a queue position)
+                handle_event({"type": "started", "job_id": jid, "attempt": 1, "ts": 0, "worker": "w", "device": "cpu"})
+                handle_event({"type": "info", "job_id": jid, "attempt": 1, "ts": 0, "info": {"precision": "fp32"}})
+                handle_event({"type": "progress", "job_id": jid, "attempt": 1, "ts": 0, "phase": "training",
+                              "done": 1, "total": 4, "epoch": 4})
             for e in (1, 2, 3):
                 handle_event({"type": "epoch", "job_id": jid, "attempt": 1, "ts": 0, "row": _row(e)})
 

@@ -159,15 +159,23 @@ def test_a_foreign_origin_cannot_change_state(bare):
     eid = _experiment(bare)["id"]
     before = _counts(bare)
     for origin in ("http://evil.example", "null", "http://localhost", "http://testserver.evil.example",
-                   "http://testserver:8080", "http://evil.example/http://testserver", "testserver"):
+                   "http://testserver:8080", "http://evil.example/http://testserver", "testserver",
+                   "https://testserver"):  # the lab is served over http here: an https page is another origin
         r = bare.post(f"/api/experiments/{eid}/jobs", headers={**XRW, "Origin": origin})
         assert r.status_code == 403, (origin, r.text)
         assert bare.post("/api/experiments", json={"name": "x"}, headers={"Origin": origin}).status_code == 403
     assert _counts(bare) == before
     assert bare.get("/api/experiments", headers={"Origin": "http://evil.example"}).status_code == 200  # reads: SOP
-    for origin in ("http://testserver", "http://TestServer:80", "https://testserver"):
+    for origin in ("http://testserver", "http://TestServer:80"):
         fresh = _experiment(bare)["id"]  # one live job per experiment
         assert bare.post(f"/api/experiments/{fresh}/jobs", headers={**XRW, "Origin": origin}).status_code == 201
+
+
+def test_the_origin_must_match_the_scheme_too():
+    assert same_origin("https://lab.example", "lab.example", "https")
+    assert not same_origin("http://lab.example", "lab.example", "https")  # a plain-http page on the lab's name
+    assert not same_origin("https://127.0.0.1:8000", "127.0.0.1:8000", "http")
+    assert same_origin("HTTP://127.0.0.1:8000", "127.0.0.1:8000", "http")
 
 
 def test_the_origin_must_match_the_host_with_its_port():

@@ -5,6 +5,7 @@ import time
 import httpx
 import pytest
 
+from core.protocol import PHASE_UNITS, Phase
 from tests.lab import QUICK, SLOW, wait_for
 
 pytestmark = pytest.mark.system
@@ -15,12 +16,15 @@ def test_small_job_runs_end_to_end(lab):
     jid = lab.submit("tiny", **QUICK)
     delays = []
     with httpx.Client(base_url=lab.url, timeout=None) as c, c.stream("GET", f"/api/jobs/{jid}/events") as r:
-        kinds = []
+        kinds, phases = [], []
         for line in r.iter_lines():
             if line.startswith("event: "):
                 kinds.append(line[7:])
             elif line.startswith("data: ") and kinds and kinds[-1] == "epoch":
                 delays.append(json.loads(line[6:])["delay_s"])
+            elif line.startswith("data: ") and kinds and kinds[-1] == "progress":
+                p = json.loads(line[6:])["progress"]
+                phases.append(p and (p["phase"], p["unit"]))
             if kinds and kinds[-1] == "end":
                 break
     print(f"\nepoch delivery, worker -> database: {', '.join(f'{d:.2f} s' for d in delays)}")
@@ -30,6 +34,16 @@ def test_small_job_runs_end_to_end(lab):
     assert kinds.count("epoch") == 2 and "progress" in kinds
     assert lab.epochs(jid) == [1, 2]
     assert job["worker"] and job["device"].startswith("cpu") and job["info"]["trainable_params"] > 0
+    # What ran, each attempt, where the time went; progress went through named phases, each with its unit.
+    assert job["settings"]["precision"] == "fp32" and job["settings"]["image_size"] == QUICK["image_size"]
+    assert job["settings"]["device"].startswith("cpu") and job["settings"]["train_images"] > 0
+    assert [(a["attempt"], a["outcome"]) for a in job["attempts"]] == [(1, "succeeded")]
+    assert job["attempts"][0]["worker"] == job["worker"] and job["progress"] is None and not job["dry_run"]
+    t = job["timings"]
+    assert t["total_s"] >= t["train_s"] > 0 and t["setup_s"] is not None and t["queued_s"] >= 0
+    seen = {ph for ph, _unit in filter(None, phases)}
+    assert seen and seen <= {p.value for p in Phase}, phases  # the stream shows the newest at each look
+    assert all(unit == PHASE_UNITS[Phase(ph)] for ph, unit in filter(None, phases))
 
 
 def test_cancel_stops_a_running_job_then_resume_finishes_it(lab):

@@ -102,3 +102,17 @@ def test_half_open_requests_are_closed(make_lab):
           f"{answer.split(chr(13))[0]!r}")
     assert closed == 200 and answer.startswith("HTTP/1.1 408")
     assert lab.client.get("/api/health").status_code == 200
+
+
+def test_head_on_a_stream_answers_headers_and_gives_its_place_back(make_lab):
+    """HEAD is GET without the body: on an event stream it answers at once and holds no stream open."""
+    lab = make_lab()
+    jid = lab.submit("waits", **QUICK)
+    t0 = time.monotonic()
+    r = lab.client.head(f"/api/jobs/{jid}/events")
+    took = time.monotonic() - t0
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream") and r.content == b""
+    wait_for(lambda: _open_count(lab) == 0, 10, "the HEAD's stream place given back")
+    head = lab.client.head(f"/api/jobs/{jid}")
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
+    print(f"\nHEAD on an event stream answered in {1000 * took:.0f} ms")

@@ -9,6 +9,7 @@ from core import catalogue
 from core.config import TrainConfig, method_card, preset, web_options
 from core.protocol import CANCELLABLE, RESUMABLE, TERMINAL, JobStatus
 
+from ..jobs import FORCE_STOPPABLE
 from ..schemas import ExperimentConfig, ModelCard, ModelPublic
 
 router = APIRouter(prefix="/api", tags=["catalogue"])
@@ -55,4 +56,6 @@ def options():
 def statuses():
     """Job statuses and what a user may do in each: the frontend's buttons follow these lists."""
     return {"all": [s.value for s in JobStatus], "terminal": sorted(TERMINAL), "cancellable": sorted(CANCELLABLE),
-            "resumable": sorted(RESUMABLE), "progressing": [JobStatus.RUNNING, JobStatus.CANCELLING]}
+            "resumable": sorted(RESUMABLE), "progressing": [JobStatus.RUNNING, JobStatus.CANCELLING],
+            "force_stoppable": sorted(FORCE_STOPPABLE), "waiting": [JobStatus.QUEUED],
+            "stopping": [JobStatus.CANCELLING], "errored": [JobStatus.FAILED]}

@@ -1,4 +1,4 @@
-"""GET /api/compare.csv: one row per job, beside the paper's numbers."""
+"""GET /api/compare.csv: one row per job, beside the paper's numbers, each marked dry run or not."""
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.orm import Session
 
@@ -6,19 +6,30 @@ from core import catalogue
 from core.config import web_options
 from core.protocol import metric_text
 
-from .. import jobs
-from ..csv_export import CSVResponse, to_csv
+from .. import job_view, jobs
+from ..csv_export import CSVResponse, tidy, to_csv
 from ..deps import SessionDep
 from ..models import Job
 
 router = APIRouter(prefix="/api", tags=["compare"])
 
 
+def _value(job: Job, pub: dict, option: str):
+    """An option's cell: as configured, but precision as it ran (fp32 or bf16; "auto" says nothing), empty while
+    no worker said for an "auto" job."""
+    if option == "precision":
+        ran = job_view.ran_precision(job)
+        return ran or (None if pub["config"]["precision"] == "auto" else pub["config"]["precision"])
+    return pub["config"][option]
+
+
 def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]:
-    """One row per job: its config (every option a browser may set; a config stored before an option existed
-    had its default), its results rounded as the protocol declares, and the paper's numbers beside them."""
+    """One row per job: whether it was a dry run (never a paper reproduction, whatever its numbers), its config
+    (every option a browser may set; a config stored before an option existed had its default; the precision
+    that ran), its results rounded as the protocol declares, and the paper's numbers beside them."""
     options = [o for o in web_options() if o.name != "model"]
-    header = ["job_id", "experiment", "model", "paper_model", *(o.name for o in options), "status", "epochs_run",
+    header = ["job_id", "experiment", "model", "paper_model", "dry_run", *(o.name for o in options), "status",
+              "epochs_run",
               "best_val_acc", "best_epoch", "final_val_loss", "final_val_acc", "trainable_params",
               "paper_val_acc", "diff_vs_paper", "paper_trainable_params", "runtime_s", "images_per_s"]
     found = {j.id: j for j in db.scalars(jobs.job_query().where(Job.id.in_(ids))).all()}
@@ -39,8 +50,8 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
         ips = [m.images_per_s for m in job.metrics if m.images_per_s is not None]
         best = pub["best_val_acc"]
         rows.append([
-            job.id, job.experiment.name, cfg["model"], paper["paper_name"] if paper else None,
-            *(cfg.get(o.name, o.default) for o in options), job.status, pub["epochs_done"],
+            job.id, job.experiment.name, cfg["model"], paper["paper_name"] if paper else None, pub["dry_run"],
+            *(tidy(_value(job, pub, o.name)) for o in options), job.status, pub["epochs_done"],
             metric_text({"val_acc": best}, "val_acc"), pub["best_epoch"],
             metric_text(last, "val_loss") if last else None, metric_text(last, "val_acc") if last else None,
             pub["trainable_params"], paper["val_acc"] if paper else None,

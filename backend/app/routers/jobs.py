@@ -1,4 +1,4 @@
-"""Jobs: status, live events, metrics, cancel and resume."""
+"""Jobs: status, live events, metrics, cancel, force stop and resume."""
 import asyncio
 import json
 from typing import Literal
@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from core.protocol import SCALAR_METRICS, TERMINAL, JobStatus, metric_text
 from core.settings import get_settings
 
-from .. import jobs
-from ..csv_export import CSVResponse, to_csv
+from .. import job_view, jobs
+from ..csv_export import CSVResponse, tidy, to_csv
 from ..db import session_scope
 from ..deps import MAX_ID, IdPath, SessionDep, WriteAccess
 from ..live import TooManyStreams, live
@@ -58,7 +58,12 @@ def get_metrics(job_id: IdPath, db: Session = SessionDep):
 def metrics_csv(job_id: IdPath, db: Session = SessionDep):
     job = _job(db, job_id)
     rows = [m.row() for m in job.metrics]
-    body = to_csv(list(SCALAR_METRICS), [[metric_text(r, c) for c in SCALAR_METRICS] for r in rows])
+    # Every row says what ran (the precision, never "auto") and whether it was a dry run, so a file on its own
+    # cannot pass for a paper run.
+    ran = job_view.ran_precision(job) or job_view.effective_config(job.experiment.config)["precision"]
+    run = [None if ran == "auto" else ran, bool(job.experiment.dry_run)]
+    body = to_csv([*SCALAR_METRICS, "precision", "dry_run"],
+                  [[*(tidy(metric_text(r, c)) for c in SCALAR_METRICS), *run] for r in rows])
     return CSVResponse(body,
                        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'})
 
@@ -67,6 +72,17 @@ def metrics_csv(job_id: IdPath, db: Session = SessionDep):
 def cancel_job(job_id: IdPath, db: Session = SessionDep):
     try:
         return jobs.to_public(db, jobs.cancel(db, _job(db, job_id)))
+    except jobs.Conflict as e:
+        raise HTTPException(409, str(e)) from e
+
+
+@router.post("/{job_id}/force-stop", response_model=JobPublic, dependencies=[WriteAccess],
+             responses={409: {"description": "the job is not running or cancelling"}})
+def force_stop_job(job_id: IdPath, db: Session = SessionDep):
+    """Stop a running or cancelling job now: it becomes `cancelled` at once (resumable), and its worker is told
+    to stop at once, ending its process if it must (the worker's supervisor starts a fresh one)."""
+    try:
+        return jobs.to_public(db, jobs.force_stop(db, _job(db, job_id)))
     except jobs.Conflict as e:
         raise HTTPException(409, str(e)) from e
 
@@ -107,6 +123,14 @@ def _last_event_id(query: int | None, header: str) -> int:
     return 0
 
 
+def progress_event(job: dict) -> dict:
+    """A stream's `progress` event: the job's `progress` object (null once it ended) under "progress" and, for
+    readers of the flat form, its fields at the top level too; with what a live view updates beside it."""
+    p = job["progress"]
+    return {**(p or {}), "progress": p, "status": job["status"], "eta_s": job["eta_s"], "epochs": job["epochs"],
+            "epochs_done": job["epochs_done"], "queue_position": job["queue_position"]}
+
+
 class _Stream(StreamingResponse):
     """An event stream that gives back its place however it ends (finished, client gone, cancelled)."""
 
@@ -124,7 +148,7 @@ class _Stream(StreamingResponse):
 @router.get("/{job_id}/events", responses={429: {"description": "too many event streams open"}})
 async def job_events(job_id: IdPath, request: Request, last_event_id: int | None = Query(None, ge=0, le=MAX_ID)):
     """Server-sent events: replays stored epochs and status changes after Last-Event-ID, then streams new
-    ones, with progress (epoch, batch) in between; ends after the job's final status. The stream sleeps until
+    ones, with `progress` events (progress_event) in between; ends after the job's final status. The stream sleeps until
     the job changes (live.py), with a keep-alive comment when idle."""
     after = _last_event_id(last_event_id, request.headers.get("last-event-id", ""))
     _events, job = await run_in_threadpool(_poll, job_id, after)
@@ -151,8 +175,7 @@ async def job_events(job_id: IdPath, request: Request, last_event_id: int | None
             for eid, kind, data in events:
                 after = eid
                 yield f"id: {eid}\nevent: {kind}\ndata: {_strict_json(data)}\n\n"
-            progress = {**job["progress"], "status": job["status"], "eta_s": job["eta_s"],
-                        "epochs": job["epochs"], "epochs_done": job["epochs_done"]}
+            progress = progress_event(job)
             if progress != last_progress:
                 last_progress = progress
                 yield f"event: progress\ndata: {_strict_json(progress)}\n\n"

@@ -1,0 +1,153 @@
+"""POST /api/plan: what a set of runs will cost and whether they can run, before anything is queued.
+
+Per run: its effective config and method card, the estimated time on the lab's worker (core.estimate, with the
+throughput the worker measured on its own device) and on a reference GPU, and a preflight from the worker's
+self-report (backend/app/workers.py): are the weights and the data there, will they download (about how much), or
+are they missing with downloads impossible, which blocks the run and says how to fix it in the web's terms. The
+same runs as a labelled dry run (core.config.DRY_RUN) are totalled beside them. GET /api/workers lists the reports.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core import catalogue, estimate
+from core.config import DRY_RUN, TrainConfig, method_card
+from core.settings import get_settings
+
+from .. import workers
+from ..schemas import ExperimentConfig
+
+router = APIRouter(prefix="/api", tags=["plan"])
+
+
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    configs: list[ExperimentConfig] | None = Field(None, max_length=50, description="the runs to plan")
+    reproduce: bool = Field(False, description="plan Table 1: the paper's ten models with the paper preset")
+    overrides: dict = Field(default_factory=dict, description="with reproduce: options set for every model")
+    dry_run: bool = Field(False, description="plan the runs as labelled dry runs (core DRY_RUN values)")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.reproduce and not self.configs:
+            raise ValueError("give configs (a list of experiment configs) or reproduce: true")
+        return self
+
+
+def _configs(body: PlanRequest) -> list[dict]:
+    if not body.reproduce:
+        return [c.model_dump() for c in body.configs]
+    out = []
+    for row in catalogue.paper_table1():
+        overrides = {k: v for k, v in body.overrides.items() if k != "model"}
+        try:
+            out.append(ExperimentConfig(model=row["model_id"], **overrides).model_dump())
+        except ValidationError as err:
+            raise RequestValidationError([{**d, "loc": ("body", "overrides", *d["loc"])}
+                                          for d in err.errors(include_url=False)]) from err
+    return out
+
+
+def _weights(cfg: dict, rep: dict | None) -> dict:
+    model, choice = cfg["model"], cfg["weights"]
+    if choice == "none":
+        return {"state": "none", "mb": 0, "message": "weights: none, random init: nothing to load"}
+    if rep is None:
+        return {"state": "unknown", "mb": None, "message": "no worker has reported: start one to check the weights"}
+    have = rep.get("weights", {}).get(model, {})
+    wdir = rep.get("weights_dir", "the weights folder")
+    put = f"weights: local, put {model}.safetensors in {wdir}"
+    if choice == "local":
+        if have.get("local"):
+            return {"state": "cached", "mb": have.get("local_mb"), "message": f"weights: local file {have['local']}"}
+        return {"state": "missing", "mb": None,
+                "message": f"{put} (the worker has no {model}.safetensors or .pth there); or choose weights: hub or "
+                           "none"}
+    if have.get("hub"):
+        return {"state": "cached", "mb": have.get("hub_mb"), "message": "weights: in the worker's hub cache"}
+    mb = estimate.weights_mb(model)
+    if not rep.get("hub_offline") and rep.get("hub_reachable"):
+        return {"state": "download", "mb": mb, "message": f"weights: will download about {mb} MB from the hub"}
+    why = "the hub is switched off (HF_HUB_OFFLINE)" if rep.get("hub_offline") else "it cannot reach the hub"
+    alt = " (the worker has that file: choose weights: local)" if have.get("local") else ""
+    return {"state": "missing", "mb": mb,
+            "message": f"weights: not in the worker's hub cache ({wdir}/hub) and {why}. Fix: {put}{alt}; or choose "
+                       "weights: none (random init); or download them once into that cache on a connected machine"}
+
+
+def _data(rep: dict | None) -> dict:
+    if rep is None:
+        return {"state": "unknown", "mb": None, "message": "no worker has reported: start one to check the data"}
+    where = rep.get("data_dir", "the data folder")
+    if rep.get("data_present"):
+        return {"state": "present", "mb": 0, "message": f"data: CIFAR-10 in {where}"}
+    mb = estimate.CIFAR_ARCHIVE_MB
+    if rep.get("allow_download") and rep.get("data_host_reachable"):
+        return {"state": "download", "mb": mb, "message": f"data: will download CIFAR-10 ({mb} MB) into {where}"}
+    why = ("downloads are off (BLOCKLAB_ALLOW_DOWNLOAD=false)" if not rep.get("allow_download")
+           else "the worker cannot reach the dataset's host")
+    fix = (f"copy the official cifar-10-batches-py/ folder or cifar-10-python.tar.gz into {where}"
+           + (", or allow downloads (BLOCKLAB_ALLOW_DOWNLOAD=true)" if not rep.get("allow_download") else ""))
+    return {"state": "missing", "mb": mb, "message": f"data: CIFAR-10 is not in {where} and {why}. Fix: {fix}"}
+
+
+def _dry(cfg: dict) -> dict:
+    return {**cfg, **DRY_RUN}
+
+
+def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
+    spec = catalogue.get(cfg["model"])
+    # A job of this model at this size has run here: its own speed beats the calibration's.
+    measured = (rep or {}).get("measured", {}).get(f"{cfg['model']}@{cfg.get('image_size')}")
+    est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))
+    est["measured"] = measured is not None
+    pre = {"weights": _weights(cfg, rep), "data": _data(rep)}
+    reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
+    secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
+    return {"model": cfg["model"], "paper_name": spec.paper_name, "config": cfg,
+            "card": method_card(TrainConfig(**cfg)), "estimate": est, "preflight": pre,
+            "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None, "long": secs > long_s}
+
+
+def _total(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else round(sum(values), 1)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+@router.post("/plan")
+def plan(body: PlanRequest):
+    """The plan of runs, before they are queued (changes nothing)."""
+    s = get_settings()
+    rep = workers.latest()
+    configs = _configs(body)
+    items = [_item(_dry(c) if body.dry_run else c, rep, s.plan_long_s) for c in configs]
+    dry = [estimate.estimate(_dry(c), (rep or {}).get("gflops")) for c in configs]
+    here = _total(i["estimate"]["this_device_s"] for i in items)
+    ref = _total(i["estimate"]["reference_s"] for i in items)
+    worker = None if rep is None else {
+        "name": rep["name"], "device": rep.get("device"), "gflops": rep.get("gflops"),
+        "reported_at": _iso(rep["reported_at"]), "stale": workers.is_stale(rep),
+        "calibration": rep.get("calibration"), "measured": rep.get("measured", {}),
+        "allow_download": rep.get("allow_download"), "hub_reachable": rep.get("hub_reachable"),
+        "hub_offline": rep.get("hub_offline"), "workers": len(workers.all_reports())}
+    return {"worker": worker, "reference": dict(estimate.REFERENCE), "items": items,
+            "total_this_device_s": here, "total_reference_s": ref,
+            "long": (here if here is not None else ref) > s.plan_long_s, "long_threshold_s": s.plan_long_s,
+            "blocked": any(i["blocked"] for i in items), "dry_run_applied": body.dry_run,
+            "dry_run": {"changes": dict(DRY_RUN), "total_this_device_s": _total(d["this_device_s"] for d in dry),
+                        "total_reference_s": _total(d["reference_s"] for d in dry)}}
+
+
+@router.get("/workers")
+def list_workers():
+    """Every worker's latest self-report (device, measured throughput, weights and data present)."""
+    return [{**r, "reported_at": _iso(r["reported_at"]), "stale": workers.is_stale(r)}
+            for r in workers.all_reports()]

@@ -1,0 +1,50 @@
+"""The latest self-report of every worker (worker/queue/report.py), fed by event ingestion, read by plans.
+
+In memory: a report is advice about now, resent every `worker_report_s`, so nothing is lost by a backend restart
+but the minute until the next one (a plan then says no worker has reported yet). A report older than three
+intervals is stale: its worker has likely gone.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+_lock = threading.Lock()
+_reports: dict[str, dict] = {}
+
+
+def store(ev: dict) -> None:
+    """Keep a `worker` event's report, as the latest of its worker."""
+    report = ev.get("worker")
+    if not isinstance(report, dict) or not report.get("name"):
+        return
+    with _lock:
+        _reports[str(report["name"])] = {**report, "reported_at": float(ev.get("ts") or time.time())}
+
+
+def is_stale(report: dict, now: float | None = None) -> bool:
+    interval = float(report.get("interval_s") or 30.0)
+    return (now or time.time()) - report["reported_at"] > 3 * interval + 5
+
+
+def latest() -> dict | None:
+    """The report a plan uses: the freshest of the live workers (any of them may take the next job), else the
+    freshest stale one (said to be stale), else None."""
+    with _lock:
+        reports = list(_reports.values())
+    if not reports:
+        return None
+    now = time.time()
+    live = [r for r in reports if not is_stale(r, now)]
+    return max(live or reports, key=lambda r: r["reported_at"])
+
+
+def all_reports() -> list[dict]:
+    with _lock:
+        return sorted(_reports.values(), key=lambda r: r["name"])
+
+
+def clear() -> None:
+    """Forget every report (tests)."""
+    with _lock:
+        _reports.clear()

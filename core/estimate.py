@@ -1,0 +1,120 @@
+"""How long a run will take, before it is queued: the work of its frozen part and of its trainable block, counted
+in FLOPs per image, divided by a device's measured throughput. Torch-free: the backend plans with it.
+
+The FLOPs per image come from `core/flops.json` (written by `tools/gen_flops.py` from the real timm models with
+torch's FlopCounterMode; forward only, at 224 and 112 px). A run costs
+
+    frozen part:  once per image and flip state some epoch uses (the frozen-feature cache), validation images once;
+                  without the cache, every image every epoch
+    block:        epochs x training images x 3 x block forward (forward + backward, about twice the forward)
+                  + epochs x validation images x block forward
+
+An image size between or beyond the stored ones scales the nearest stored size's work with the pixel count (for
+transformers: with the token count), which is what the matmuls and convolutions scale with. Setup (building the
+model, reading the data, downloads) is not counted: the plan states downloads separately.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from . import catalogue
+
+FLOPS_FILE = Path(__file__).with_name("flops.json")
+
+# The modern GPU every plan also quotes, for reference. NVIDIA's A100 datasheet gives 19.5 TFLOP/s peak FP32
+# (non-tensor-core: the paper's numerics, TF32 off); a training loop of large matmuls reaches roughly 60 % of a
+# peak, so 11,700 GFLOP/s effective. An assumption stated as one, not a measurement of this lab.
+REFERENCE = {"name": "NVIDIA A100 40GB (fp32, TF32 off)", "gflops": 11_700.0,
+             "source": "60% of the 19.5 TFLOP/s FP32 peak on NVIDIA's A100 datasheet (an assumption, not measured "
+                       "here)"}
+
+CIFAR_ARCHIVE_MB = 163  # cifar-10-python.tar.gz: 170,498,071 bytes
+
+
+@lru_cache(maxsize=1)
+def flops_table() -> dict[str, dict[int, dict]]:
+    """model id -> image size -> {"frozen", "block"} forward GFLOPs per image."""
+    raw = json.loads(FLOPS_FILE.read_text())["models"]
+    return {m: {int(s): v for s, v in sizes.items()} for m, sizes in raw.items()}
+
+
+def gflops_per_image(model: str, image_size: int | None) -> dict[str, float]:
+    """Forward GFLOPs per image of the frozen part and of the trainable block + head at `image_size` (None: the
+    weights' own size)."""
+    spec = catalogue.get(model)
+    if spec is None:
+        raise ValueError(f"unknown model {model!r}")
+    size = image_size or spec.native_size
+    sizes = flops_table().get(model)
+    if not sizes:
+        raise ValueError(f"no FLOPs for {model} in {FLOPS_FILE.name}: run tools/gen_flops.py")
+    base = min(sizes, key=lambda s: (abs(s - size), -s))
+    scale = (size / base) ** 2
+    return {"frozen": sizes[base]["frozen"] * scale, "block": sizes[base]["block"] * scale}
+
+
+def image_counts(cfg: dict) -> tuple[int, int]:
+    """Training and validation images a config uses (CIFAR-10: 5,000 per class, 10,000 test images)."""
+    per_class = cfg.get("train_per_class")
+    n_train = 50_000 if per_class is None else round(10 * min(per_class, 5000))
+    val = cfg.get("val_limit")
+    return n_train, 10_000 if val is None else min(int(val), 10_000)
+
+
+def flip_states(epochs: int, hflip: bool) -> float:
+    """Expected flip states per training image that some epoch uses: each epoch flips an image with probability
+    1/2, so a state goes unused with probability 1/2^epochs (the cache computes only used states)."""
+    return 2 * (1 - 0.5 ** epochs) if hflip else 1.0
+
+
+def work(cfg: dict) -> dict[str, float]:
+    """GFLOPs of a whole run: the frozen part's and the training's (block forward+backward and validation)."""
+    per = gflops_per_image(cfg["model"], cfg.get("image_size", 224))
+    epochs = int(cfg.get("epochs", 20))
+    n_train, n_val = image_counts(cfg)
+    if cfg.get("feature_cache", True):
+        frozen = per["frozen"] * (n_train * flip_states(epochs, cfg.get("hflip", True)) + n_val)
+    else:
+        frozen = per["frozen"] * epochs * (n_train + n_val)
+    train = epochs * per["block"] * (3 * n_train + n_val)
+    return {"frozen_gflop": frozen, "train_gflop": train, "train_images": n_train, "val_images": n_val,
+            "frozen_gflop_per_image": per["frozen"], "block_gflop_per_image": per["block"]}
+
+
+def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
+    """The run's time on a device of `gflops` effective GFLOP/s."""
+    if not gflops:
+        return {"frozen_s": None, "train_s": None, "total_s": None}
+    w = work(cfg)
+    frozen, train = w["frozen_gflop"] / gflops, w["train_gflop"] / gflops
+    return {"frozen_s": round(frozen, 1), "train_s": round(train, 1), "total_s": round(frozen + train, 1)}
+
+
+def estimate(cfg: dict, gflops: float | None) -> dict[str, Any]:
+    """What a plan shows per run: seconds on this device (None when no worker has measured one) and on the
+    reference GPU, with the work they rest on."""
+    here = seconds(cfg, gflops)
+    ref = seconds(cfg, REFERENCE["gflops"])
+    w = work(cfg)
+    return {"this_device_s": here["total_s"], "reference_s": ref["total_s"], "frozen_s": here["frozen_s"],
+            "train_s": here["train_s"], "reference_frozen_s": ref["frozen_s"], "reference_train_s": ref["train_s"],
+            "gflops": gflops, "frozen_gflop": round(w["frozen_gflop"], 1), "train_gflop": round(w["train_gflop"], 1),
+            "train_images": w["train_images"], "val_images": w["val_images"]}
+
+
+def run_gflops(cfg: dict, train_images: int, val_images: int, epochs: int, seconds_: float) -> float:
+    """Effective GFLOP/s a finished run achieved: its work (as this module counts it, for the images it really
+    had) over its measured epoch time. What refines a worker's calibration for that model and size: fed back, it
+    predicts the run's own time."""
+    counted = {**cfg, "epochs": epochs, "train_per_class": train_images / 10, "val_limit": val_images}
+    w = work(counted)
+    return (w["frozen_gflop"] + w["train_gflop"]) / seconds_
+
+
+def weights_mb(model: str) -> int:
+    """About how big a model's weights file is (fp32 parameters), when the hub has not said."""
+    spec = catalogue.get(model)
+    return round(spec.total_params * 4 / 2**20) if spec else 0

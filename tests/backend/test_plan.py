@@ -1,0 +1,145 @@
+"""POST /api/plan against worker reports fed through the real ingestion path: estimates, preflight states and
+their fixes, dry-run totals, validation errors naming the field."""
+import time
+
+import pytest
+
+from backend.app import ingest, workers
+from core import estimate
+from core.config import DRY_RUN, preset
+
+
+def _report(**over):
+    weights = {m: {"hub": False, "hub_mb": None, "local": None, "local_mb": None} for m in estimate.flops_table()}
+    rep = {"name": "w1@lab", "pid": 1, "device": "cpu (cpu)", "gflops": 100.0, "calibration": {"gflops": 100.0},
+           "measured": {}, "weights_dir": "/lab/weights", "weights": weights, "hub_offline": True,
+           "hub_reachable": False, "data_dir": "/lab/data", "data_present": True, "allow_download": False,
+           "data_host_reachable": False, "interval_s": 30.0}
+    rep.update(over)
+    return rep
+
+
+def _send(rep, ts=None):
+    ingest.handle_event({"type": "worker", "job_id": 0, "attempt": 0, "ts": ts or time.time(), "worker": rep})
+
+
+@pytest.fixture
+def plan_api(api):
+    workers.clear()
+    yield api
+    workers.clear()
+
+
+def test_without_a_report_the_plan_says_so_and_still_gives_the_reference(plan_api):
+    r = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224", "weights": "none"}]})
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["worker"] is None and p["total_this_device_s"] is None
+    item = p["items"][0]
+    assert item["estimate"]["this_device_s"] is None and item["estimate"]["reference_s"] > 0
+    assert item["preflight"]["data"]["state"] == "unknown"
+    assert "no worker has reported" in item["preflight"]["data"]["message"]
+    assert not item["blocked"]
+    assert p["reference"]["name"].startswith("NVIDIA A100") and p["reference"]["gflops"] > 0
+
+
+def test_estimate_uses_the_reported_throughput(plan_api):
+    _send(_report(gflops=50.0))
+    cfg = {"model": "deit_tiny_patch16_224", "weights": "none", "epochs": 3}
+    p = plan_api.post("/api/plan", json={"configs": [cfg]}).json()
+    full = {**preset("paper").to_dict(), **cfg}
+    w = estimate.work(full)
+    est = p["items"][0]["estimate"]
+    assert est["this_device_s"] == pytest.approx((w["frozen_gflop"] + w["train_gflop"]) / 50, abs=0.5)
+    assert est["reference_s"] == pytest.approx(est["this_device_s"] * 50 / estimate.REFERENCE["gflops"], rel=0.02)
+    assert p["worker"]["name"] == "w1@lab" and p["worker"]["gflops"] == 50.0 and not p["worker"]["stale"]
+    assert p["total_this_device_s"] == est["this_device_s"]
+    assert p["long"] == (est["this_device_s"] > 600)
+
+
+def test_a_jobs_measured_rate_for_the_model_and_size_wins_over_the_calibration(plan_api):
+    cfg = {"model": "deit_tiny_patch16_224", "weights": "none", "image_size": 112}
+    _send(_report(gflops=100.0))
+    before = plan_api.post("/api/plan", json={"configs": [cfg]}).json()["items"][0]["estimate"]
+    _send(_report(gflops=100.0, measured={"deit_tiny_patch16_224@112": 25.0}))
+    after = plan_api.post("/api/plan", json={"configs": [cfg, dict(cfg, image_size=224)]}).json()["items"]
+    assert after[0]["estimate"]["measured"] and after[0]["estimate"]["gflops"] == 25.0
+    assert after[0]["estimate"]["this_device_s"] == pytest.approx(4 * before["this_device_s"], rel=0.01)
+    assert not after[1]["estimate"]["measured"] and after[1]["estimate"]["gflops"] == 100.0
+
+
+def test_reproduce_offline_without_weights_blocks_every_model_saying_how_to_fix_it(plan_api):
+    _send(_report())
+    p = plan_api.post("/api/plan", json={"reproduce": True}).json()
+    assert len(p["items"]) == 10 and p["blocked"]
+    for item in p["items"]:
+        w = item["preflight"]["weights"]
+        assert w["state"] == "missing" and item["blocked"]
+        assert f"weights: local, put {item['model']}.safetensors in /lab/weights" in w["message"]
+        assert item["block_reason"] and ".." not in item["block_reason"]
+        assert item["config"]["epochs"] == 20 and item["card"]["model"] == item["model"]
+    assert p["long"]  # ten 20-epoch 224 px runs at 100 GFLOP/s
+    assert p["dry_run"]["changes"] == DRY_RUN
+    assert p["dry_run"]["total_this_device_s"] < p["total_this_device_s"] / 20
+
+
+def test_weights_states(plan_api):
+    rep = _report(hub_offline=False, hub_reachable=True)
+    rep["weights"]["vgg19"] = {"hub": True, "hub_mb": 548.1, "local": None, "local_mb": None}
+    rep["weights"]["resnet152"] = {"hub": False, "hub_mb": None, "local": "/lab/weights/resnet152.pth",
+                                   "local_mb": 230.0}
+    _send(rep)
+    cfgs = [{"model": "vgg19"}, {"model": "densenet201"}, {"model": "resnet152", "weights": "local"},
+            {"model": "cait_s24_224", "weights": "local"}, {"model": "deit_tiny_patch16_224", "weights": "none"}]
+    items = plan_api.post("/api/plan", json={"configs": cfgs}).json()["items"]
+    states = [(i["preflight"]["weights"]["state"], i["preflight"]["weights"]["mb"]) for i in items]
+    assert states == [("cached", 548.1), ("download", estimate.weights_mb("densenet201")), ("cached", 230.0),
+                      ("missing", None), ("none", 0)]
+    assert "will download about" in items[1]["preflight"]["weights"]["message"]
+    assert items[3]["blocked"] and "put cait_s24_224.safetensors in /lab/weights" in items[3]["block_reason"]
+    assert [i["blocked"] for i in items] == [False, False, False, True, False]
+
+
+def test_data_states(plan_api):
+    cfg = {"configs": [{"model": "deit_tiny_patch16_224", "weights": "none"}]}
+    _send(_report(data_present=False, allow_download=True, data_host_reachable=True))
+    d = plan_api.post("/api/plan", json=cfg).json()["items"][0]["preflight"]["data"]
+    assert (d["state"], d["mb"]) == ("download", 163)
+    _send(_report(data_present=False, allow_download=False))
+    item = plan_api.post("/api/plan", json=cfg).json()["items"][0]
+    assert item["preflight"]["data"]["state"] == "missing" and item["blocked"]
+    assert "cifar-10-python.tar.gz into /lab/data" in item["block_reason"]
+    assert "BLOCKLAB_ALLOW_DOWNLOAD=true" in item["block_reason"]
+
+
+def test_dry_run_plans_the_labelled_values(plan_api):
+    _send(_report())
+    p = plan_api.post("/api/plan", json={"configs": [{"model": "vgg19", "weights": "none"}], "dry_run": True}).json()
+    cfg = p["items"][0]["config"]
+    assert {k: cfg[k] for k in DRY_RUN} == DRY_RUN and p["dry_run_applied"]
+    assert p["total_this_device_s"] == p["dry_run"]["total_this_device_s"]
+
+
+def test_a_stale_report_is_used_but_said_stale(plan_api):
+    _send(_report(interval_s=1.0), ts=time.time() - 60)
+    p = plan_api.post("/api/plan", json={"configs": [{"model": "vgg19", "weights": "none"}]}).json()
+    assert p["worker"]["stale"] is True and p["items"][0]["estimate"]["this_device_s"] > 0
+    listed = plan_api.get("/api/workers").json()
+    assert [w["name"] for w in listed] == ["w1@lab"] and listed[0]["stale"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"configs": [{"model": "deit_tiny_patch16_224", "lr": -1}]}, ["body", "configs", 0, "lr"]),
+    ({"configs": [{"model": "nope"}]}, ["body", "configs", 0, "model"]),
+    ({"reproduce": True, "overrides": {"epochs": 0}}, ["body", "overrides", "epochs"]),
+    ({"configs": [], "unknown": 1}, ["body", "unknown"]),
+])
+def test_validation_errors_name_the_field(plan_api, body, field):
+    r = plan_api.post("/api/plan", json=body)
+    assert r.status_code == 422, r.text
+    assert field in [d["loc"] for d in r.json()["detail"]], r.json()
+
+
+def test_an_empty_plan_is_refused(plan_api):
+    r = plan_api.post("/api/plan", json={})
+    assert r.status_code == 422 and "reproduce" in r.text

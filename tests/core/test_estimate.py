@@ -1,0 +1,88 @@
+"""Run-time estimates: the FLOPs file covers the catalogue and matches the real models, and the arithmetic counts
+the frozen part once per image and used flip state and the block three times per training image per epoch."""
+import pytest
+
+from core import catalogue, estimate
+from core.config import DRY_RUN, preset
+
+
+def test_the_flops_file_covers_every_catalogue_model_at_every_stored_size():
+    table = estimate.flops_table()
+    assert set(table) == set(catalogue.CATALOGUE)
+    for model, sizes in table.items():
+        assert set(sizes) == {224, 112}, model
+        for size, v in sizes.items():
+            assert v["frozen"] > 0 and v["block"] > 0 and v["cacheable"], (model, size)
+            assert v["frozen"] > v["block"], (model, size)  # a single block is the small part
+
+
+def test_one_entry_recomputed_from_the_real_model():
+    """The generator's measurement, run again on the real timm architecture, gives the stored numbers."""
+    pytest.importorskip("torch")
+    from tools.gen_flops import measure
+    got = measure("deit_tiny_patch16_224", 112)
+    stored = estimate.flops_table()["deit_tiny_patch16_224"][112]
+    assert got["frozen"] == pytest.approx(stored["frozen"], rel=1e-6)
+    assert got["block"] == pytest.approx(stored["block"], rel=1e-6)
+
+
+def test_known_order_of_magnitude():
+    """DeiT-B at 224 is about 17.6 GMACs (its paper), 35 GFLOPs at 2 per multiply-add: the frozen part is eleven
+    of its twelve blocks. The trainable last block computes only the class token's rows (split.py), so its work is
+    about the keys and values of all 197 tokens: 2 x 2 x 197 x 768^2 FLOPs."""
+    per = estimate.gflops_per_image("deit_base_patch16_224", 224)
+    assert per["frozen"] == pytest.approx(35.1 * 11 / 12, rel=0.1)
+    assert per["block"] == pytest.approx(4 * 197 * 768**2 / 1e9, rel=0.1)
+
+
+def test_other_sizes_scale_with_the_pixel_count_from_the_nearest_stored_size():
+    at224 = estimate.gflops_per_image("vgg19", 224)
+    assert estimate.gflops_per_image("vgg19", 448)["frozen"] == pytest.approx(4 * at224["frozen"])
+    at112 = estimate.gflops_per_image("vgg19", 112)
+    assert estimate.gflops_per_image("vgg19", 56)["block"] == pytest.approx(at112["block"] / 4)
+    native = estimate.gflops_per_image("dm_nfnet_f6", None)  # None: the weights' own size, 448
+    assert native["frozen"] == pytest.approx(4 * estimate.gflops_per_image("dm_nfnet_f6", 224)["frozen"])
+
+
+def test_work_of_the_paper_run():
+    cfg = preset("paper", model="deit_base_distilled_patch16_224").to_dict()
+    per = estimate.gflops_per_image(cfg["model"], 224)
+    w = estimate.work(cfg)
+    states = 2 * (1 - 0.5 ** 20)
+    assert w["train_images"] == 50_000 and w["val_images"] == 10_000
+    assert w["frozen_gflop"] == pytest.approx(per["frozen"] * (50_000 * states + 10_000))
+    assert w["train_gflop"] == pytest.approx(20 * per["block"] * (3 * 50_000 + 10_000))
+
+
+def test_no_flip_means_one_state_and_no_cache_means_the_frozen_part_every_epoch():
+    base = preset("paper", model="deit_tiny_patch16_224", epochs=3).to_dict()
+    per = estimate.gflops_per_image("deit_tiny_patch16_224", 224)
+    assert estimate.work({**base, "hflip": False})["frozen_gflop"] == pytest.approx(per["frozen"] * 60_000)
+    assert estimate.flip_states(1, True) == 1.0 and estimate.flip_states(2, True) == 1.5
+    assert estimate.work({**base, "feature_cache": False})["frozen_gflop"] == pytest.approx(
+        per["frozen"] * 3 * 60_000)
+
+
+def test_seconds_divide_work_by_throughput():
+    cfg = {**preset("paper", model="resnet152").to_dict(), **DRY_RUN}
+    w = estimate.work(cfg)
+    s = estimate.seconds(cfg, 100.0)
+    assert s["frozen_s"] == pytest.approx(w["frozen_gflop"] / 100, abs=0.1)
+    assert s["train_s"] == pytest.approx(w["train_gflop"] / 100, abs=0.1)
+    assert s["total_s"] == pytest.approx((w["frozen_gflop"] + w["train_gflop"]) / 100, abs=0.2)
+    assert estimate.seconds(cfg, None)["total_s"] is None
+    e = estimate.estimate(cfg, None)
+    assert e["this_device_s"] is None and e["reference_s"] > 0
+
+
+def test_a_runs_measured_rate_predicts_its_own_time():
+    """A job's effective GFLOP/s (its work over its time, for the images it really had), fed back, predicts that
+    job's time: the refinement is consistent with the estimate."""
+    cfg = {**preset("paper", model="deit_tiny_patch16_224").to_dict(), "epochs": 3, "image_size": 32}
+    g = estimate.run_gflops(cfg, train_images=200, val_images=40, epochs=3, seconds_=12.5)
+    same = {**cfg, "train_per_class": 20, "val_limit": 40}
+    assert estimate.seconds(same, g)["total_s"] == pytest.approx(12.5, abs=0.1)
+
+
+def test_weights_size_from_the_parameter_count():
+    assert estimate.weights_mb("deit_base_patch16_224") == round(85_998_090 * 4 / 2**20)
