@@ -30,7 +30,9 @@ export function cardView(card, forJob) {
 
 export async function showCard(box, id, jobConfig) {
   box.dataset.want = id;  // a slower answer for a model picked before must not overwrite this one
-  const query = jobConfig ? "?" + new URLSearchParams(Object.entries(jobConfig).filter(([k]) => k !== "model")
+  // Only the options a browser sets (GET /api/options): a job's effective config also lists the engine-only ones.
+  const web = new Set((state.options || []).map((o) => o.name));
+  const query = jobConfig ? "?" + new URLSearchParams(Object.entries(jobConfig).filter(([k]) => k !== "model" && web.has(k))
     .map(([k, v]) => [k, v === null || v === undefined ? "" : String(v)])).toString() : "";
   if (!state.cards[id + query]) box.replaceChildren(el("p", { class: "muted", text: "Loading the method card…" }));
   try {

@@ -1,79 +1,223 @@
-// Compare runs with each other and with the paper's Table 1 and Fig. 2.
+// Compare runs with each other and with the paper's Table 1 and Fig. 2, live: statuses, progress and curves follow
+// the runs while they progress (one list request per tick, metrics only for runs that gained an epoch).
 "use strict";
-import { $, el, pct, int, secs, plotText, state, api, ApiError, showMessage, clearMessage, fail, onLeave, viewSignal, isAbort, catalogue, can, modelById, paperCurve } from "./util.js";
-import { LAYOUT } from "./job.js";
+import { el, pct, int, plotText, state, api, fail, onLeave, viewSignal, modelById, paperCurve, can } from "./util.js";
+import { chartBox, layout, modelColour, placeLabels, SYMBOLS } from "./charts.js";
+import { loadRuns, phaseText, phaseDetail, deviations, deviationText, dryBadge, runLabel } from "./runs.js";
+import { makePicker, modelName } from "./picker.js";
 
-// ---------------------------------------------------------------------------------------------------- compare
-export async function renderCompare(view, params) {
-  const jobs = await api("/api/jobs");
-  let ids = (params.get("jobs") || "").split(",").filter(Boolean).map(Number);
-  const group = params.get("group");
-  if (group) {
-    const exps = await api(`/api/experiments?group=${encodeURIComponent(group)}`);
-    ids = exps.flatMap((e) => (e.jobs.length ? [e.jobs[e.jobs.length - 1].id] : []));
-  }
-  const picker = el("div", { class: "card", id: "picker" }, el("h2", { text: group ? `Compare: group ${group}` : "Compare" }));
-  const list = el("div", {});
-  for (const j of jobs) {
-    list.append(el("label", { style: "display:block" },
-      el("input", { type: "checkbox", value: j.id, checked: ids.includes(j.id), class: "pick" }),
-      ` #${j.id} `, el("span", { text: j.experiment_name }), ` · ${j.model} · ${j.status} · best ${pct(j.best_val_acc)}`));
-  }
-  picker.append(list, el("button", { id: "compare-go", text: "Compare selected", onclick: () => {
-    const chosen = [...list.querySelectorAll("input.pick:checked")].map((i) => i.value);
-    location.hash = `#/compare?jobs=${chosen.join(",")}`;
-  } }));
-  view.append(picker);
-  if (!ids.length) { view.append(el("p", { class: "muted", text: "Pick jobs to compare." })); return; }
+const MULTIPLES_BEYOND = 6;  // more runs than this: one small chart per model instead of one crowded chart
+const POLL_ACTIVE_MS = 2000;  // while a listed run is queued or running
+const POLL_IDLE_MS = 10000;  // otherwise: picks up runs started elsewhere
+const METRIC_FETCHES_PER_TICK = 8;  // the cap on metric requests a tick sends
 
-  const chosen = jobs.filter((j) => ids.includes(j.id)).sort((x, y) => x.id - y.id);
-  const metrics = await Promise.all(chosen.map((j) => api(`/api/jobs/${j.id}/metrics`)));
-  const csvHref = `/api/compare.csv?jobs=${chosen.map((j) => j.id).join(",")}`;
-  view.append(el("div", { class: "card" }, el("a", { href: csvHref, download: "blocklab-compare.csv", id: "download-csv" },
-                                                   el("button", { type: "button", text: "Download CSV" }))));
-
-  // Validation curves with the paper's lines.
-  const traces = chosen.map((j, i) => ({ x: metrics[i].map((m) => m.epoch), y: metrics[i].map((m) => m.val_acc),
-    name: plotText(`#${j.id} ${j.experiment_name}`), mode: "lines+markers" }));
-  const seen = new Set();
-  for (const j of chosen) {
-    const m = modelById(j.model);
-    if (!m || !m.paper_name || seen.has(m.id)) continue;
-    seen.add(m.id);
-    const curve = paperCurve(m);
-    if (curve) traces.push({ x: curve.map((p) => p.epoch), y: curve.map((p) => p.val_acc), name: `paper: ${m.paper_name}`, mode: "lines", line: { color: "#999" } });
-    traces.push({ x: [1, Math.max(...chosen.map((c) => c.epochs), 20)], y: [m.paper_val_acc, m.paper_val_acc], mode: "lines",
-                  name: `paper best: ${m.paper_name}`, line: { dash: "dash" } });
-  }
-  const curves = el("div", { class: "card" }, el("div", { id: "plot-compare", class: "plot" }));
-  const fig2 = el("div", { class: "card" }, el("div", { id: "plot-fig2", class: "plot tall" }));
-  // Table: runs beside the paper.
-  const table = el("table", { id: "compare-table" }, el("thead", {}, el("tr", {},
-    ["Job", "Name", "Model", "Paper model", "Best val acc", "Epoch", "Trainable params", "Paper acc", "Difference", "Paper trainable"].map((h) => el("th", { text: h })))));
-  const body = el("tbody", {});
-  for (const j of chosen) {
-    const m = modelById(j.model);
-    const diff = j.best_val_acc !== null && m && m.paper_val_acc ? j.best_val_acc - m.paper_val_acc : null;
-    body.append(el("tr", { "data-job": j.id }, el("td", { text: `#${j.id}` }), el("td", { text: j.experiment_name }),
-      el("td", { text: j.model }), el("td", { text: m && m.paper_name ? m.paper_name : "–" }),
-      el("td", { text: pct(j.best_val_acc) }), el("td", { text: j.best_epoch ?? "–" }), el("td", { text: int(j.trainable_params) }),
-      el("td", { text: pct(m && m.paper_val_acc) }), el("td", { text: diff === null ? "–" : `${diff >= 0 ? "+" : ""}${(100 * diff).toFixed(2)} pts` }),
-      el("td", { text: int(m && m.paper_trainable_params) })));
-  }
-  table.append(body);
-  view.append(curves, el("div", { class: "card" }, el("h3", { text: "Runs beside Table 1" }), table), fig2);
-  Plotly.react("plot-compare", traces, LAYOUT("Validation accuracy", "accuracy"), { responsive: true });
-
-  // The paper's Fig. 2 view: trainable parameters against accuracy.
-  const t1 = state.paper.table1;
-  const runs = chosen.filter((j) => j.best_val_acc !== null);
-  Plotly.react("plot-fig2", [
-    { x: t1.map((r) => r.trainable_params), y: t1.map((r) => r.val_acc), text: t1.map((r) => r.paper_name),
-      mode: "markers+text", textposition: "top center", name: "paper (Table 1)", marker: { size: 9, color: "#999" } },
-    { x: runs.map((j) => j.trainable_params), y: runs.map((j) => j.best_val_acc), text: runs.map((j) => plotText(`#${j.id}`)),
-      mode: "markers+text", textposition: "bottom center", name: "your runs", marker: { size: 10, color: "#2f62c9" } }],
-    { title: { text: "Trainable parameters vs. accuracy (paper Fig. 2)" }, uirevision: "keep",
-      xaxis: { title: { text: "trainable parameters" }, type: "log" }, yaxis: { title: { text: "best val accuracy" } } },
-    { responsive: true });
+// ---------------------------------------------------------------------------------------------------- curves
+function paperLines(m, lastEpoch, showlegend = true) {
+  if (!m || !m.paper_name) return [];
+  const colour = modelColour(m.id);
+  const out = [];
+  const curve = paperCurve(m);
+  if (curve) out.push({ x: curve.map((p) => p.epoch), y: curve.map((p) => p.val_acc), mode: "lines", name: plotText(`paper: ${m.paper_name}`),
+                        legendgroup: `paper-${m.id}`, showlegend, line: { color: colour, dash: "dash", width: 2 } });
+  if (m.paper_val_acc) out.push({ x: [1, lastEpoch], y: [m.paper_val_acc, m.paper_val_acc], mode: "lines",
+    name: plotText(`paper best: ${m.paper_name} ${pct(m.paper_val_acc)}`), legendgroup: `paper-${m.id}`, showlegend: showlegend && !curve,
+    hovertemplate: `paper best ${plotText(m.paper_name)}: ${pct(m.paper_val_acc)}<extra></extra>`, line: { color: colour, dash: "dot", width: 1 } });
+  return out;
 }
 
+function runTrace(r, rows, symbol) {
+  return { x: rows.map((m) => m.epoch), y: rows.map((m) => m.val_acc), mode: "lines+markers", name: plotText(runLabel(r)),
+    line: { color: modelColour(r.model), width: r.dry_run ? 1.5 : 2.5 }, opacity: r.dry_run ? 0.75 : 1,
+    marker: { symbol: r.dry_run ? `${symbol}-open` : symbol, size: 7, color: modelColour(r.model) },
+    hovertemplate: `${plotText(runLabel(r))}<br>epoch %{x}: %{y:.2%}<extra></extra>` };
+}
+
+// What a chart of these runs waits for, when none has an epoch yet.
+function waitingText(runs) {
+  if (!runs.length) return "Pick runs in the table above, then Compare selected.";
+  const what = runs.slice(0, 4).map((r) => `#${r.id} ${phaseText(r) || r.status}`);
+  const dead = runs.every((r) => !can("progressing", r) && !can("waiting", r));
+  return `${dead ? "No epoch was recorded for these runs" : "Waiting for the first epoch"}: ${what.join("; ")}${runs.length > 4 ? "; …" : ""}.`;
+}
+
+function drawCurves(area, chosen, metrics) {
+  const lastEpoch = Math.max(20, ...chosen.map((r) => r.epochs));
+  const byModel = new Map();
+  for (const r of chosen) { if (!byModel.has(r.model)) byModel.set(r.model, []); byModel.get(r.model).push(r); }
+  const anyData = chosen.some((r) => (metrics.get(r.id) || []).length);  // none yet: one message, not a grid of them
+  const multiples = anyData && chosen.length > MULTIPLES_BEYOND && byModel.size > 1;
+  const key = multiples ? `multi:${[...byModel.keys()].join(",")}` : "single";
+  if (area.dataset.key !== key) {  // the charts' layout changed: new boxes (Plotly keeps zoom within one layout)
+    area.dataset.key = key;
+    area.replaceChildren();
+    area.boxes = new Map();
+    if (!multiples) {
+      const b = chartBox("plot-compare");
+      area.boxes.set("", b);
+      area.append(el("div", { class: "card" }, b));
+    } else {
+      const grid = el("div", { class: "multiples", id: "multiples" });
+      const order = (state.models || []).map((m) => m.id);
+      const models = [...byModel.keys()].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+      models.forEach((id, i) => {
+        const b = chartBox(`plot-model-${i}`, "plot small");
+        b.dataset.model = id;
+        area.boxes.set(id, b);
+        grid.append(el("div", { class: "card" }, el("h4", { class: "multiple-title", style: `color:${modelColour(id)}`,
+          text: modelName({ model: id }) }), b));
+      });
+      area.append(el("p", { class: "muted", text: `${chosen.length} runs: one chart per model, each in its model's colour with its paper curve dashed.` }), grid);
+    }
+  }
+  for (const [id, box] of area.boxes) {
+    const runs = id ? byModel.get(id) || [] : chosen;
+    if (!runs.some((r) => (metrics.get(r.id) || []).length)) { box.show(waitingText(runs)); continue; }
+    const seen = new Map();
+    const traces = runs.map((r) => {
+      const n = seen.get(r.model) || 0;
+      seen.set(r.model, n + 1);
+      return runTrace(r, metrics.get(r.id) || [], SYMBOLS[n % SYMBOLS.length]);
+    });
+    for (const m of [...new Set(runs.map((r) => r.model))]) traces.push(...paperLines(modelById(m), lastEpoch));
+    const title = id ? modelName({ model: id }) : "Validation accuracy";
+    const shownEpochs = Math.max(...runs.map((r) => r.epochs), ...(traces.flatMap((t) => t.x)));
+    const lay = layout(title, "val accuracy", { yaxis: { title: { text: "val accuracy" }, tickformat: ".0%", automargin: true },
+      xaxis: { title: { text: "epoch" }, dtick: Math.max(1, Math.ceil(shownEpochs / (id ? 5 : 10))), automargin: true } });
+    if (id) lay.title.font = { color: modelColour(id) };
+    box.draw(traces, lay);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------- Fig. 2
+// Trainable parameters against accuracy: the paper's ten points labelled by model name (placed so that no two
+// labels overlap), the user's runs as markers in their model's colour whose hover names the job and run.
+async function drawFig2(box, chosen) {
+  const t1 = state.paper.table1;
+  const runs = chosen.filter((r) => r.best_val_acc !== null && r.trainable_params);
+  const xs = [...t1.map((r) => r.trainable_params), ...runs.map((r) => r.trainable_params)];
+  const ys = [...t1.map((r) => r.val_acc), ...runs.map((r) => r.best_val_acc)];
+  const xr = [Math.log10(Math.min(...xs)) - 0.35, Math.log10(Math.max(...xs)) + 0.35];
+  const yr = [Math.min(...ys) - 0.04, Math.max(...ys) + 0.05];  // room above the top labels
+  const traces = [{ x: t1.map((r) => r.trainable_params), y: t1.map((r) => r.val_acc), mode: "markers", name: "paper (Table 1)",
+    marker: { size: 10, color: t1.map((r) => modelColour(r.model_id)), line: { width: 1, color: "#333" } },
+    text: t1.map((r) => plotText(r.paper_name)),
+    hovertemplate: "%{text} (paper): %{y:.2%}, %{x:,} trainable<extra></extra>" }];
+  for (const dry of [false, true]) {
+    const rs = runs.filter((r) => r.dry_run === dry);
+    if (!rs.length) continue;
+    traces.push({ x: rs.map((r) => r.trainable_params), y: rs.map((r) => r.best_val_acc), mode: "markers",
+      name: dry ? "your dry runs" : "your runs", text: rs.map((r) => plotText(runLabel(r))),
+      marker: { size: 12, symbol: dry ? "diamond-open" : "diamond", color: rs.map((r) => modelColour(r.model)), line: { width: dry ? 2 : 1, color: dry ? null : "#111" } },
+      hovertemplate: "%{text}: %{y:.2%}, %{x:,} trainable<extra></extra>" });
+  }
+  const lay = layout("Trainable parameters vs. accuracy (paper Fig. 2)", "best val accuracy", {
+    xaxis: { title: { text: "trainable parameters (log)" }, type: "log", range: xr, automargin: true },
+    yaxis: { title: { text: "best val accuracy" }, range: yr, tickformat: ".0%", automargin: true } });
+  await box.draw(traces, lay);
+  // Pixels from the fixed ranges and the plot area's size (Plotly's computed margins).
+  const size = (box.plot._fullLayout && box.plot._fullLayout._size) || { w: box.plot.clientWidth - 80, h: box.plot.clientHeight - 120 };
+  const toPixel = (x, y) => [(Math.log10(x) - xr[0]) / (xr[1] - xr[0]) * size.w, (1 - (y - yr[0]) / (yr[1] - yr[0])) * size.h];
+  const placed = placeLabels(t1.map((r) => ({ x: r.trainable_params, y: r.val_acc, text: r.paper_name, model: r.model_id })), toPixel, size);
+  await Plotly.relayout(box.plot, { annotations: placed.map((p) => ({ x: Math.log10(p.x), y: p.y, text: plotText(p.text),
+    ax: p.ax, ay: p.ay, showarrow: true, arrowhead: 0, arrowwidth: 0.8, arrowcolor: "#aaa", standoff: 5,
+    font: { size: 11, color: modelColour(p.model) }, bgcolor: "rgba(255,255,255,0.85)" })) });
+}
+
+// ---------------------------------------------------------------------------------------------------- Table 1
+// Each run beside the paper's row for its model, saying when the number is not a paper run's: a dry run, or a
+// config that leaves the paper preset (which options, with the paper's values).
+const COLUMNS = ["Job", "Name", "Model", "Paper model", "Status", "Best val acc", "Paper acc", "Difference", "Trainable / paper"];
+
+function tableRows(chosen) {
+  return chosen.flatMap((r) => {
+    const m = modelById(r.model);
+    const diff = r.best_val_acc !== null && m && m.paper_val_acc ? r.best_val_acc - m.paper_val_acc : null;
+    const devs = deviations(r);
+    const honest = r.dry_run ? "dry run: not comparable" : devs.length ? "not the paper preset" : "";
+    const what = phaseDetail(r);
+    const row = el("tr", { "data-job": r.id, class: r.dry_run ? "dry-run" : devs.length ? "deviates" : null },
+      el("td", {}, el("a", { href: `#/job/${r.id}`, text: `#${r.id}` })),
+      el("td", { class: "name-cell" }, el("span", { class: "name", text: r.experiment_name }), " ", dryBadge(r)),
+      el("td", { class: "model" }, el("span", { class: "swatch", style: `background:${modelColour(r.model)}` }), r.model),
+      el("td", { text: m && m.paper_name ? m.paper_name : "–" }),
+      el("td", { class: "run-status" }, el("span", { class: `status status-${r.status}`, text: r.status }), what && what !== r.status ? el("div", { class: "phase-text", text: what }) : null),
+      el("td", { class: "best", text: `${pct(r.best_val_acc)}${r.best_epoch ? ` (ep. ${r.best_epoch})` : ""}` }),
+      el("td", { text: pct(m && m.paper_val_acc) }),
+      el("td", { class: "diff" }, diff === null ? "–" : `${diff >= 0 ? "+" : ""}${(100 * diff).toFixed(2)} pts`,
+        honest ? el("div", { class: "caveat", text: honest }) : null),
+      el("td", { text: `${int(r.trainable_params)} / ${int(m && m.paper_trainable_params)}` }));
+    if (!r.dry_run && !devs.length) return [row];
+    // Under the run, across the table: why its number is not a paper run's.
+    row.classList.add("has-note");
+    return [row, el("tr", { class: "run-note", "data-job-note": r.id }, el("td", {}), el("td", { colspan: COLUMNS.length - 1 },
+      r.dry_run ? el("span", { class: "badge dry", text: "dry run" }) : null,
+      r.dry_run ? " fewer epochs and images, small size: a pipeline check, not a paper run. " : "",
+      devs.length ? el("span", { class: "deviations" }, el("strong", { text: "Leaves the paper preset: " }), devs.map(deviationText).join("; ")) : null))];
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------- the view
+export async function renderCompare(view, params) {
+  const signal = viewSignal();
+  const group = params.get("group");
+  let ids = (params.get("jobs") || "").split(",").filter(Boolean).map(Number);
+  let runs = await loadRuns("false");
+  if (group) ids = runs.filter((r) => r.group === group && r.latest).map((r) => r.id);
+  const metrics = new Map();  // job id -> its epoch rows
+  const fetched = new Map();  // job id -> epochs_done when its rows were fetched
+
+  const apply = (chosenIds) => {
+    ids = chosenIds.sort((a, b) => a - b);
+    history.replaceState(null, "", `#/compare?jobs=${ids.join(",")}`);
+    tick().catch(fail);
+  };
+  const picker = makePicker({ selected: ids, group, onApply: apply, onChanged: () => tick().catch(fail) });
+  const curves = el("div", { id: "curves" });
+  const csv = el("a", { download: "blocklab-compare.csv", id: "download-csv" }, el("button", { type: "button", text: "Download CSV" }));
+  const tbody = el("tbody", {});
+  const table = el("table", { id: "compare-table" }, el("thead", {}, el("tr", {}, COLUMNS.map((h) => el("th", { text: h })))), tbody);
+  const fig2 = chartBox("plot-fig2", "plot tall");
+  const results = el("div", { id: "results" }, curves,
+    el("div", { class: "card" }, el("div", { class: "card-head" }, el("h3", { text: "Runs beside Table 1" }), csv),
+      el("div", { class: "table-wrap" }, table)),
+    el("div", { class: "card" }, fig2));
+  const hint = el("p", { class: "muted card", id: "pick-hint", hidden: true });
+  view.append(picker, hint, results);
+
+  let timer = null;
+  let busy = false;
+  let again = false;  // a change (Compare selected, archive, delete) arrived during a tick: run one more at once
+  async function tick() {
+    if (signal.aborted) return;
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      runs = await loadRuns(picker.archivedMode());
+      picker.update(runs);
+      const chosen = runs.filter((r) => ids.includes(r.id)).sort((a, b) => a.id - b.id);
+      results.hidden = !chosen.length;
+      hint.hidden = Boolean(chosen.length);
+      hint.textContent = ids.length ? "The chosen runs are gone (deleted, or archived: tick show archived)."
+        : "Pick runs in the table above, then Compare selected.";
+      if (!chosen.length) return;
+      // Metrics only for runs that gained an epoch since their last fetch, a few per tick.
+      const stale = chosen.filter((r) => fetched.get(r.id) !== r.epochs_done).slice(0, METRIC_FETCHES_PER_TICK);
+      const rows = await Promise.all(stale.map((r) => api(`/api/jobs/${r.id}/metrics`)));
+      stale.forEach((r, i) => { metrics.set(r.id, rows[i]); fetched.set(r.id, r.epochs_done); });
+      csv.href = `/api/compare.csv?jobs=${chosen.map((r) => r.id).join(",")}`;
+      tbody.replaceChildren(...tableRows(chosen));
+      drawCurves(curves, chosen, metrics);
+      await drawFig2(fig2, chosen);
+    } finally {
+      busy = false;
+      if (!signal.aborted) {
+        clearTimeout(timer);
+        const active = runs.some((r) => can("waiting", r) || can("progressing", r));
+        timer = setTimeout(() => tick().catch(fail), again ? 0 : active ? POLL_ACTIVE_MS : POLL_IDLE_MS);
+        again = false;
+      }
+    }
+  }
+  onLeave(() => clearTimeout(timer));
+  await tick();
+}

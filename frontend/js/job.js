@@ -1,18 +1,23 @@
-// One job: its live curves, per-class accuracy, confusion matrix and method card.
+// One job: what it does now (phase, bar), what ran (settings, attempts, timings), its live curves, per-class
+// accuracy and confusion matrix, and its method card. Everything it fetches or streams stops when the user leaves:
+// its requests carry the view's abort signal and the event stream closes on that signal's abort.
 "use strict";
-import { $, el, pct, int, secs, plotText, state, api, ApiError, showMessage, clearMessage, fail, onLeave, viewSignal, isAbort, catalogue, can, modelById, paperCurve } from "./util.js";
+import { el, pct, int, secs, state, api, fail, viewSignal, isAbort, can, modelById, paperCurve } from "./util.js";
 import { showCard } from "./card.js";
 import { jobActions } from "./jobs.js";
+import { phaseText, dryBadge } from "./runs.js";
+import { chartBox, layout, PLOT_CONFIG } from "./charts.js";
+import { confusionFigure } from "./heatmap.js";
 
-// ---------------------------------------------------------------------------------------------------- one job
-export const LAYOUT = (title, y) => ({ title: { text: title }, uirevision: "keep", margin: { t: 40, r: 20, b: 40, l: 55 },
-  xaxis: { title: { text: "epoch" }, dtick: 1 }, yaxis: { title: { text: y } }, legend: { orientation: "h" } });
+// Kept for views that still import it: the job page's own charts use charts.js's layout().
+export const LAYOUT = (title, y) => layout(title, y);
+const CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 export function paperTraces(model, nEpochs) {
   const traces = [];
   const curve = paperCurve(model);
   if (curve) traces.push({ x: curve.map((p) => p.epoch), y: curve.map((p) => p.val_acc), name: `paper: ${model.paper_name}`,
-                           mode: "lines+markers", line: { color: "#999" }, marker: { size: 4 } });
+                           mode: "lines+markers", line: { color: "#999", dash: "dot" }, marker: { size: 4 } });
   if (model && model.paper_val_acc) {
     const last = Math.max(nEpochs, curve ? curve.length : 0, 1);
     traces.push({ x: [1, last], y: [model.paper_val_acc, model.paper_val_acc], mode: "lines",
@@ -21,91 +26,242 @@ export function paperTraces(model, nEpochs) {
   return traces;
 }
 
-export async function renderJob(view, id) {
-  const job = await api(`/api/jobs/${id}`);
-  const model = modelById(job.model);
-  const head = el("div", { class: "card", id: "job-head" });
-  const plots = el("div", { class: "grid2" },
-    el("div", { class: "card" }, el("div", { id: "plot-acc", class: "plot" })),
-    el("div", { class: "card" }, el("div", { id: "plot-loss", class: "plot" })));
-  const cardBox = el("div", { class: "card method-card", id: "job-card" });
-  const epochPick = el("select", { id: "epoch-pick" });
-  const detail = el("div", { class: "card" }, el("label", {}, "Epoch: ", epochPick),
-    el("div", { class: "grid2" }, el("div", { id: "plot-class", class: "plot" }), el("div", { id: "plot-confusion", class: "plot" })));
-  view.append(head, plots, detail, cardBox);
-  if (model) {
-    api(`/api/experiments/${job.experiment_id}`).then((exp) => showCard(cardBox, job.model, exp.config))
-      .catch((e) => cardBox.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` })));
-  } else cardBox.replaceChildren(el("p", { class: "muted", text: `${job.model} is not in the catalogue: no method card.` }));
+// ---------------------------------------------------------------------------------------------------- what ran
+const when = (t) => (t ? new Date(t).toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "medium" }) : "–");
+const rows = (pairs) => el("table", { class: "kv" }, el("tbody", {}, pairs.filter(Boolean).map(([k, v, cls]) =>
+  el("tr", { class: cls || null }, el("th", { text: k }), el("td", { text: v === null || v === undefined || v === "" ? "–" : String(v) })))));
 
-  let metrics = await api(`/api/jobs/${id}/metrics`);
-  let current = job;
-  const classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+function configTable(cfg, modelId) {
+  const m = modelById(modelId);
+  return rows(state.options.map((o) => {
+    if (!(o.name in cfg)) return null;
+    const v = cfg[o.name];
+    const paper = o.name === "model" ? v : m && m.preset && o.name in m.preset ? m.preset[o.name] : o.default;
+    const shown = v === null || v === undefined ? (o.none_means || "none") : String(v);
+    const differs = (v ?? null) !== (paper ?? null);
+    return [o.label, differs ? `${shown} (paper: ${paper === null || paper === undefined ? (o.none_means || "none") : paper})` : shown,
+            differs ? "differs" : null];
+  }));
+}
+
+function ranTable(s) {
+  if (!s) return el("p", { class: "muted", id: "settings-wait", text: "The worker has not reported what it runs yet (it does once it has built the model)." });
+  const cache = s.feature_cache;
+  // The cache's gist: reused or computed, its storage dtype, where it lives and how big it is.
+  const cacheText = !cache ? "off" : typeof cache !== "object" ? String(cache) : cache.enabled === false ? "off"
+    : [cache.reused ? "reused (computed by an earlier run)" : "computed in this run", cache.dtype,
+       cache.placement ? `kept in ${cache.placement}` : "", cache.bytes ? `${(cache.bytes / 2 ** 20).toFixed(1)} MB` : ""]
+      .filter(Boolean).join(" · ");
+  return rows([
+    ["Image size", s.image_size ? `${s.image_size} px` : null],
+    ["Precision", `${s.precision ?? "–"}${s.tf32 ? " (TF32 on)" : ""}`],
+    ["Device", s.device],
+    s.channels_last !== undefined && ["Channels last", s.channels_last ? "yes" : "no"],
+    ["Training images", int(s.train_images)],
+    ["Validation images", int(s.val_images)],
+    ["Trainable / total params", `${int(s.trainable_params)} / ${int(s.total_params)}`],
+    ["Feature cache", cacheText, cache && cache.reused ? "reused" : null],
+    s.resumed_from_epoch ? ["Resumed from epoch", s.resumed_from_epoch] : null,
+  ]);
+}
+
+function attemptsTable(attempts) {
+  if (!attempts || !attempts.length) return el("p", { class: "muted", text: "No attempt has started yet." });
+  return el("table", { class: "attempts", id: "job-attempts" },
+    el("thead", {}, el("tr", {}, ["#", "Worker", "Device", "Started", "Ended", "Outcome", "Error"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, attempts.map((a) => el("tr", { "data-attempt": a.attempt },
+      el("td", { text: a.attempt }), el("td", { text: a.worker || "–" }), el("td", { text: a.device || "–" }),
+      el("td", { text: when(a.started_at) }), el("td", { text: when(a.ended_at) }),
+      el("td", { class: `status status-${a.outcome}`, text: a.outcome || "–" }),
+      el("td", { class: "error-text", text: a.error || "" })))));
+}
+
+function timingsTable(j) {
+  const t = j.timings || { created_at: j.created_at, started_at: j.started_at, finished_at: j.finished_at, total_s: j.runtime_s };
+  return rows([["Created", when(t.created_at)], ["Started", when(t.started_at)], ["First epoch", when(t.first_epoch_at)],
+    ["Finished", when(t.finished_at)], ["Queued", secs(t.queued_s)], ["Setup (download, load, model)", secs(t.setup_s)],
+    ["Training", secs(t.train_s)], ["Total", secs(t.total_s)]]);
+}
+
+// ---------------------------------------------------------------------------------------------------- the page
+export async function renderJob(view, id) {
+  const signal = viewSignal();  // this visit's: a later view has its own
+  const get = (path) => api(path, { signal });
+  let current = await get(`/api/jobs/${id}`);
+  const model = modelById(current.model);
+
+  const head = el("div", { class: "card", id: "job-head" });
+  const phase = el("div", { id: "job-phase" });
+  const errorBox = el("div", { id: "job-error-box" });
+  const acc = chartBox("plot-acc"), loss = chartBox("plot-loss"), perClass = chartBox("plot-class"), confusion = chartBox("plot-confusion");
+  const epochPick = el("select", { id: "epoch-pick" });
+  const modeButton = el("button", { type: "button", class: "secondary", id: "confusion-mode", "data-mode": "count", text: "Show row percentages" });
+  const settings = el("div", { class: "card", id: "job-settings" });
+  const cardBox = el("div", { class: "card method-card", id: "job-card" });
+  view.append(head, errorBox,
+    el("div", { class: "grid2 job-plots" }, el("div", { class: "card" }, acc), el("div", { class: "card" }, loss)),
+    el("div", { class: "card", id: "job-detail" },
+      el("div", { class: "detail-controls" }, el("label", {}, "Epoch: ", epochPick), modeButton),
+      el("div", { class: "grid2 job-plots" }, perClass, confusion)),
+    settings, cardBox);
+
+  let exp = null;
+  const config = async () => current.config || (exp = exp || await get(`/api/experiments/${current.experiment_id}`)).config;
+  if (model) {
+    config().then((cfg) => showCard(cardBox, current.model, cfg))
+      .catch((e) => { if (!isAbort(e)) cardBox.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` })); });
+  } else cardBox.replaceChildren(el("p", { class: "muted", text: `${current.model} is not in the catalogue: no method card.` }));
+
+  let metrics = await get(`/api/jobs/${id}/metrics`);
 
   const drawHead = () => {
     const j = current;
-    const actions = [];
-    actions.push(...jobActions(j, () => (can("cancellable", j) ? refreshJob() : route())));
+    const best = j.best_epoch ? ` (epoch ${j.best_epoch})` : "";
+    const clone = el("a", { class: "button secondary", id: "clone", href: `#/new?clone=${j.id}`, text: "Clone",
+                            title: "open the new-job form filled in from this job" });
     head.replaceChildren(
-      el("h2", {}, `Job #${j.id}: `, el("span", { class: "name", text: j.experiment_name })),
-      el("p", {}, "Status: ", el("span", { id: "job-status", class: `status status-${j.status}`, text: j.status }),
+      el("h2", {}, `Job #${j.id}: `, el("span", { class: "name", text: j.experiment_name }), " ", dryBadge(j)),
+      el("p", { class: "job-status-line" }, "Status: ", el("span", { id: "job-status", class: `status status-${j.status}`, text: j.status }),
         ` · ${j.model}${model && model.paper_name ? ` (paper: ${model.paper_name}, ${pct(model.paper_val_acc)})` : ""}`,
-        ` · epoch ${j.epochs_done}/${j.epochs}`,
-        can("progressing", j) && j.progress.batches ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "",
-        can("progressing", j) ? ` · ETA ${secs(j.eta_s)}` : "",
-        ` · best ${pct(j.best_val_acc)}${j.best_epoch ? ` (epoch ${j.best_epoch})` : ""}`,
-        j.device ? ` · ${j.device}` : "", " ", ...actions),
-      j.error ? el("p", { class: "error-text", id: "job-error", text: j.error }) : "",
-      // A diverged epoch is data: its non-finite values are named here (the curves leave a gap there).
-      ...metrics.filter((m) => m.nonfinite).map((m) => el("p", { class: "error-text nonfinite",
-        text: `epoch ${m.epoch}: ${Object.entries(m.nonfinite).map(([k, v]) => `${k} ${v}`).join(", ")}` })),
+        ` · epoch ${j.epochs_done}/${j.epochs}`, can("progressing", j) ? ` · ETA ${secs(j.eta_s)}` : "",
+        ` · best ${pct(j.best_val_acc)}${best}`, j.device ? ` · ${j.device}` : "", j.attempt > 1 ? ` · attempt ${j.attempt}` : ""),
+      el("div", { class: "job-actions" }, ...jobActions(j, refreshJob), clone),
       el("p", {}, el("a", { href: `/api/jobs/${id}/metrics.csv`, text: "metrics.csv" }), " · ",
         el("a", { href: `#/compare?jobs=${id}`, text: "compare" })));
+    const live = can("waiting", j) || can("progressing", j);
+    const p = j.progress || {};
+    const done = p.done ?? p.batch, total = p.total ?? p.batches;
+    const frac = live && total && !can("waiting", j) ? Math.min(done / total, 1) : null;
+    phase.replaceChildren(...(live ? [el("div", { class: "phase-line", "data-phase": p.phase || "" },
+      el("span", { class: "phase-text", id: "phase-text", text: phaseText(j) || j.status }),
+      frac === null ? "" : el("span", { class: "bar phase-bar", id: "phase-bar", role: "progressbar", "aria-valuenow": Math.round(100 * frac) },
+        el("span", { style: `width:${(100 * frac).toFixed(1)}%` })))] : []));
+    head.append(phase);
+    errorBox.replaceChildren(
+      j.error ? el("div", { class: "card job-error-card" }, el("h3", { text: can("errored", j) ? "Why it failed" : "Note from the run" }),
+        el("p", { class: "error-text", id: "job-error", text: j.error })) : "",
+      // A diverged epoch is data: its non-finite values are named here (the curves leave a gap there).
+      ...metrics.filter((m) => m.nonfinite).map((m) => el("p", { class: "error-text nonfinite",
+        text: `epoch ${m.epoch}: ${Object.entries(m.nonfinite).map(([k, v]) => `${k} ${v}`).join(", ")}` })));
+  };
+
+  const drawSettings = async () => {
+    let cfg = null;
+    try { cfg = await config(); } catch (e) { if (isAbort(e)) return; }
+    settings.replaceChildren(el("h3", { text: "What this job runs" }),
+      el("div", { class: "grid2 settings-grid" },
+        el("div", { id: "job-config" }, el("h4", { text: "Config (effective values)" }),
+          cfg ? configTable(cfg, current.model) : el("p", { class: "muted", text: "config not available" })),
+        el("div", { id: "job-ran" }, el("h4", { text: "What ran (the worker's report)" }), ranTable(current.settings),
+          el("h4", { text: "Timings" }), el("div", { id: "job-timings" }, timingsTable(current)))),
+      el("h4", { text: "Attempts" }), attemptsTable(current.attempts));
+  };
+
+  // The epoch shown: the user's pick, else the latest while the job runs and the best once it has ended.
+  const shownEpoch = (ep) => {
+    if (epochPick.value) return Number(epochPick.value);
+    const running = can("waiting", current) || can("progressing", current);
+    return running || !current.best_epoch ? ep[ep.length - 1] : current.best_epoch;
+  };
+  const waiting = () => {
+    const j = current;
+    if (can("waiting", j) || can("progressing", j)) return `waiting for the first epoch: ${phaseText(j) || j.status}`;
+    return `no epoch finished: the job is ${j.status}`;
   };
 
   const draw = () => {
     const ep = metrics.map((m) => m.epoch);
-    Plotly.react("plot-acc", [
+    const picked = epochPick.value;
+    const running = can("waiting", current) || can("progressing", current);
+    const auto = running ? "latest epoch (follows the run)" : `best epoch${current.best_epoch ? ` (${current.best_epoch})` : ""}`;
+    epochPick.replaceChildren(el("option", { value: "", text: `auto: ${auto}` }), ...ep.map((e) => el("option", { value: e, text: `epoch ${e}` })));
+    epochPick.value = ep.includes(Number(picked)) ? picked : "";
+    if (!ep.length) {
+      const msg = waiting();
+      for (const box of [acc, loss, perClass, confusion]) box.show(msg);
+      return;
+    }
+    acc.draw([
       { x: ep, y: metrics.map((m) => m.val_acc), name: "val accuracy", mode: "lines+markers" },
       { x: ep, y: metrics.map((m) => m.train_acc), name: "train accuracy", mode: "lines+markers" },
-      ...paperTraces(model, current.epochs)], LAYOUT("Accuracy", "accuracy"), { responsive: true });
+      ...paperTraces(model, current.epochs)], layout("Accuracy", "accuracy"), PLOT_CONFIG);
     // With the head's L2 penalty on, the losses Keras would have printed (the authors' logs) go beside the plain ones.
     const keras = metrics.some((m) => m.keras_val_loss !== null && m.keras_val_loss !== undefined) ? [
       { x: ep, y: metrics.map((m) => m.keras_val_loss), name: "val loss + L2 (Keras)", mode: "lines", line: { dash: "dot" } },
       { x: ep, y: metrics.map((m) => m.keras_train_loss), name: "train loss + L2 (Keras)", mode: "lines", line: { dash: "dot" } }] : [];
-    Plotly.react("plot-loss", [
+    loss.draw([
       { x: ep, y: metrics.map((m) => m.val_loss), name: "val loss", mode: "lines+markers" },
       { x: ep, y: metrics.map((m) => m.train_loss), name: "train loss", mode: "lines+markers" }, ...keras],
-      LAYOUT("Loss (cross-entropy)", "loss"), { responsive: true });
-    const chosen = Number(epochPick.value) || (ep.length ? ep[ep.length - 1] : null);
-    epochPick.replaceChildren(...ep.map((e) => el("option", { value: e, text: `epoch ${e}` })));
-    if (chosen) epochPick.value = chosen;
-    const m = metrics.find((x) => x.epoch === chosen);
+      layout("Loss (cross-entropy)", "loss"), PLOT_CONFIG);
+    const m = metrics.find((x) => x.epoch === shownEpoch(ep));
+    const which = m ? `epoch ${m.epoch}${m.epoch === current.best_epoch ? ", best" : ""}` : "";
+    epochPick.dataset.shown = m ? m.epoch : "";
     if (m && m.per_class_acc) {
-      Plotly.react("plot-class", [{ type: "bar", x: classes, y: m.per_class_acc, name: "per-class accuracy" }],
-        { title: { text: `Per-class accuracy, epoch ${m.epoch}` }, uirevision: "keep", yaxis: { range: [0, 1] }, margin: { t: 40 } }, { responsive: true });
-      Plotly.react("plot-confusion", [{ type: "heatmap", z: m.confusion, x: classes, y: classes, colorscale: "Blues" }],
-        { title: { text: `Confusion matrix, epoch ${m.epoch}` }, uirevision: "keep", xaxis: { title: { text: "predicted" } },
-          yaxis: { title: { text: "true" }, autorange: "reversed" }, margin: { t: 40 } }, { responsive: true });
-    }
+      perClass.draw([{ type: "bar", x: CLASSES, y: m.per_class_acc, name: "per-class accuracy",
+                       hovertemplate: "%{x}: %{y:.1%}<extra></extra>" }],
+        layout(`Per-class accuracy, ${which}`, "accuracy", { xaxis: { automargin: true, tickangle: -40 },
+          yaxis: { title: { text: "accuracy" }, range: [0, 1], tickformat: ".0%", automargin: true }, showlegend: false }), PLOT_CONFIG);
+    } else perClass.show(`no per-class accuracy for ${which || "this epoch"}`);
+    if (m && m.confusion) {
+      const mode = modeButton.dataset.mode;
+      const fig = confusionFigure(m.confusion, CLASSES, mode, `Confusion matrix, ${which}${mode === "row" ? " (row %)" : ""}`);
+      confusion.draw(fig.data, fig.layout, PLOT_CONFIG);
+    } else confusion.show(`no confusion matrix for ${which || "this epoch"}`);
   };
   epochPick.addEventListener("change", draw);
+  modeButton.addEventListener("click", () => {
+    const row = modeButton.dataset.mode !== "row";
+    modeButton.dataset.mode = row ? "row" : "count";
+    modeButton.textContent = row ? "Show counts" : "Show row percentages";
+    draw();
+  });
 
-  const refreshJob = async () => { current = await api(`/api/jobs/${id}`); drawHead(); };
+  // Epoch and status events each ask for a refresh; refreshes do not overlap (a replay of many stored epochs on
+  // opening costs one or two requests, not one per epoch).
+  let busy = null, again = false;
+  const refresh = async (withMetrics) => {
+    if (busy) { again = again || withMetrics; return busy; }
+    busy = (async () => {
+      try {
+        const [j, ms] = await Promise.all([get(`/api/jobs/${id}`), withMetrics ? get(`/api/jobs/${id}/metrics`) : null]);
+        current = j;
+        if (ms) metrics = ms;
+        drawHead(); draw(); drawSettings();
+        ensureStream();
+      } catch (e) { if (!isAbort(e)) fail(e); }
+    })();
+    await busy;
+    busy = null;
+    if (again) { again = false; await refresh(true); }
+  };
+  async function refreshJob() { await refresh(true); }
+
+  let source = null;
+  const closeStream = () => { if (source) { source.close(); source = null; } };
+  function ensureStream() {
+    if (source || signal.aborted || state.statuses.terminal.includes(current.status)) return;
+    source = new EventSource(`/api/jobs/${id}/events`);
+    source.addEventListener("epoch", () => refresh(true));
+    source.addEventListener("status", () => refresh(true));
+    source.addEventListener("progress", (ev) => {
+      // The job's progress object under "progress" (null once it ended); older streams sent its fields flat.
+      const { status, eta_s, epochs, epochs_done, queue_position, ...flat } = JSON.parse(ev.data);
+      const progress = "progress" in flat ? flat.progress : flat;
+      const changed = status !== current.status || epochs_done !== current.epochs_done;
+      current = { ...current, status, eta_s, epochs_done, queue_position: queue_position ?? null, progress };
+      drawHead();
+      if (!metrics.length) draw();  // the waiting message says what the worker does
+      if (changed) refresh(true);
+    });
+    source.addEventListener("end", () => { closeStream(); refresh(true); });
+  }
+  signal.addEventListener("abort", () => {
+    closeStream();
+    for (const box of [acc, loss, perClass, confusion]) if (!box.plot.hidden) Plotly.purge(box.plot);
+  });
+
   drawHead();
   draw();
-
-  const source = new EventSource(`/api/jobs/${id}/events`);
-  source.addEventListener("epoch", async () => {
-    try { metrics = await api(`/api/jobs/${id}/metrics`); await refreshJob(); draw(); } catch (e) { fail(e); }
-  });
-  source.addEventListener("progress", (ev) => {
-    const p = JSON.parse(ev.data);
-    current = { ...current, status: p.status, eta_s: p.eta_s, epochs_done: p.epochs_done,
-                progress: { phase: p.phase, epoch: p.epoch, batch: p.batch, batches: p.batches } };
-    drawHead();
-  });
-  source.addEventListener("status", () => refreshJob().catch(fail));
-  source.addEventListener("end", () => { source.close(); refreshJob().catch(fail); });
-  onLeave(() => source.close());
+  drawSettings();
+  ensureStream();
 }

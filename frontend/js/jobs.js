@@ -1,16 +1,16 @@
-// The job list, and the actions (cancel, resume) every view shares.
+// The job list, and the actions (cancel, force stop, resume) every view shares. Each row says what the job does
+// now (queue position, download, frozen pass, batch of batches), marks a dry run, and shows its error in full.
 "use strict";
-import { $, el, pct, int, secs, plotText, state, api, ApiError, showMessage, clearMessage, fail, onLeave, viewSignal, isAbort, catalogue, can, modelById, paperCurve } from "./util.js";
+import { el, pct, secs, state, api, showMessage, fail, onLeave, can } from "./util.js";
+import { loadRuns, phaseDetail, progressFraction, dryBadge } from "./runs.js";
 
 // ---------------------------------------------------------------------------------------------------- jobs
 export function progressCell(j) {
-  const within = can("progressing", j) && j.progress.epoch > j.epochs_done && j.progress.batches
-    ? j.progress.batch / j.progress.batches : 0;
-  const frac = Math.min((j.epochs_done + within) / j.epochs, 1);
-  const batch = can("progressing", j) && j.progress.batches
-    ? ` · ${j.progress.phase} batch ${j.progress.batch}/${j.progress.batches}` : "";
-  return el("td", { class: "progress" }, el("span", { class: "bar" }, el("span", { style: `width:${(100 * frac).toFixed(1)}%` })),
-            ` epoch ${j.epochs_done}/${j.epochs}${batch}`);
+  const { frac, phase } = progressFraction(j);
+  const what = phaseDetail(j);  // the status column beside it says queued or cancelling
+  return el("td", { class: "progress" },
+    el("span", { class: `bar${phase ? " phase" : ""}` }, el("span", { style: `width:${(100 * frac).toFixed(1)}%` })),
+    ` epoch ${j.epochs_done}/${j.epochs}`, what ? el("div", { class: "phase-text", text: what }) : null);
 }
 
 // A button that is disabled while its request is in flight: a double click sends one request.
@@ -23,41 +23,87 @@ export function actionButton(cls, text, request, then) {
   return b;
 }
 
+// Cancel while it may be cancelled; Force stop once a cancel is pending (a worker that does not answer: the
+// backend ends the job now and the supervisor starts a fresh worker); Resume after.
+const forceStoppable = (j) => state.statuses.force_stoppable.includes(j.status);
 export function jobActions(j, then) {
   const post = (what) => () => api(`/api/jobs/${j.id}/${what}`, { method: "POST" });
   const out = [];
   if (can("cancellable", j)) out.push(actionButton("cancel", "Cancel", post("cancel"), then));
+  else if (forceStoppable(j)) {
+    const b = actionButton("force-stop", "Force stop", post("force-stop"), then);
+    b.title = "the worker has not stopped yet: end the job now (its worker process is restarted)";
+    out.push(b);
+  }
   if (can("resumable", j)) out.push(actionButton("resume", "Resume", post("resume"), then));
   return out;
 }
 
-function jobRow(j, refresh) {
-  const actions = el("td", {}, ...jobActions(j, refresh));
-  const row = el("tr", { "data-job": j.id },
+const COLUMNS = ["Job", "Name", "Status", "Model", "Progress", "ETA", "Best val acc", "Paper", ""];
+
+function jobRows(j, refresh) {
+  const row = el("tr", { "data-job": j.id, class: j.dry_run ? "dry-run" : null },
     el("td", {}, el("a", { href: `#/job/${j.id}`, text: `#${j.id}` })),
-    el("td", { class: "name", text: j.experiment_name }),
+    el("td", { class: "name name-cell" }, el("span", { class: "run-name", text: j.experiment_name }), " ", dryBadge(j),
+      j.group ? el("div", { class: "muted small group-of", text: `group ${j.group}` }) : null),
     el("td", { class: `status status-${j.status}`, text: j.status }),
-    el("td", { text: j.model }),
+    el("td", { class: "model", text: j.model }),
     progressCell(j),
     el("td", { text: can("progressing", j) ? secs(j.eta_s) : "–" }),
     el("td", { class: "best", text: pct(j.best_val_acc) }),
     el("td", { text: pct(j.paper_val_acc) }),
-    actions);
-  if (j.error) row.title = j.error;
-  return row;
+    el("td", { class: "actions" }, ...jobActions(j, refresh)));
+  if (!j.error) return [row];
+  row.classList.add("has-error");
+  // The error in full, under its job: the reason a run failed is what a student reads first.
+  return [row, el("tr", { class: "job-error", "data-job-error": j.id },
+    el("td", {}), el("td", { colspan: COLUMNS.length - 1 }, el("div", { class: "error-text", text: j.error })))];
+}
+
+// Groups (a Table 1 reproduction, a sweep): cancel or resume all of their latest jobs at once.
+function groupBar(runs, refresh) {
+  const groups = new Map();
+  for (const r of runs.filter((x) => x.group && x.latest)) {
+    if (!groups.has(r.group)) groups.set(r.group, []);
+    groups.get(r.group).push(r);
+  }
+  if (!groups.size) return null;
+  const act = (g, what) => async () => {
+    const res = await api(`/api/groups/${encodeURIComponent(g)}/${what}`, { method: "POST" });
+    const verb = what === "cancel" ? "Cancelled" : "Resumed";
+    const left = Object.entries(res.unchanged || {});
+    showMessage(`${verb} ${res.changed.length} job(s) of group ${g}` +
+      (left.length ? `; ${left.length} unchanged (${left.map(([id, why]) => `#${id}: ${why}`).join("; ")})` : "."), "info");
+  };
+  return el("div", { class: "groups", id: "groups" }, el("h3", { text: "Groups" }), [...groups].map(([g, rs]) => {
+    const counts = {};
+    rs.forEach((r) => { counts[r.status] = (counts[r.status] || 0) + 1; });
+    const buttons = [];
+    if (rs.some((r) => can("cancellable", r))) buttons.push(actionButton("group-cancel", "Cancel group", act(g, "cancel"), refresh));
+    if (rs.some((r) => can("resumable", r))) buttons.push(actionButton("group-resume", "Resume group", act(g, "resume"), refresh));
+    return el("div", { class: "group-row", "data-group": g },
+      el("strong", { class: "group-name", text: g }),
+      el("span", { class: "muted", text: ` ${rs.length} run(s): ${Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(", ")}` }),
+      rs.some((r) => r.dry_run) ? el("span", { class: "badge dry", text: "dry run" }) : null,
+      el("a", { href: `#/compare?group=${encodeURIComponent(g)}`, text: "compare" }), ...buttons);
+  }));
 }
 
 export function renderJobs(view) {
   const tbody = el("tbody", { id: "jobs-body" });
-  view.append(el("div", { class: "card" }, el("h2", { text: "Jobs" }),
-    el("table", { id: "jobs" }, el("thead", {}, el("tr", {}, ["Job", "Name", "Status", "Model", "Progress", "ETA", "Best val acc", "Paper"].map((h) => el("th", { text: h })), el("th"))), tbody)));
+  const groupsBox = el("div", {});
+  view.append(el("div", { class: "card" }, el("h2", { text: "Jobs" }), groupsBox,
+    el("div", { class: "table-wrap" }, el("table", { id: "jobs" },
+      el("thead", {}, el("tr", {}, COLUMNS.map((h) => el("th", { text: h })))), tbody))));
   let busy = false;
   const refresh = async () => {
     if (busy) return;
     busy = true;
     try {
-      const jobs = await api("/api/jobs");
-      tbody.replaceChildren(...(jobs.length ? jobs.map((j) => jobRow(j, refresh)) : [el("tr", {}, el("td", { colspan: 9, class: "muted", text: "No jobs yet." }))]));
+      const runs = await loadRuns("false");
+      tbody.replaceChildren(...(runs.length ? runs.flatMap((j) => jobRows(j, refresh))
+        : [el("tr", {}, el("td", { colspan: COLUMNS.length, class: "muted", text: "No jobs yet." }))]));
+      groupsBox.replaceChildren(...[groupBar(runs, refresh)].filter(Boolean));
     } catch (e) { fail(e); } finally { busy = false; }
   };
   refresh();

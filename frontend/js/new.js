@@ -2,13 +2,15 @@
 "use strict";
 import { $, el, pct, int, secs, plotText, state, api, ApiError, showMessage, clearMessage, fail, onLeave, viewSignal, isAbort, catalogue, can, modelById, paperCurve } from "./util.js";
 import { showCard } from "./card.js";
+import { fetchPlan, confirmPlan } from "./plan.js";
 
 // ---------------------------------------------------------------------------------------------------- new job
 // Every field comes from GET /api/options (core/config.py declares them); the paper's preset is their defaults,
 // with the model's own values (GET /api/models: `preset`, e.g. batch 256 for Swin-B) for fields left untouched.
 function fieldRow(name, label, input, help) {
   return el("div", { class: "row" }, el("label", { for: `f-${name}`, text: label, title: help || null }), input,
-            help ? el("div", { class: "hint", text: help }) : null, el("div", { class: "field-error", id: `err-${name}` }));
+            help ? el("div", { class: "hint", text: help }) : null, el("div", { class: "field-error", id: `err-${name}` }),
+            el("div", { class: "field-warn", id: `warn-${name}`, "aria-live": "polite" }));
 }
 
 function optionValue(o, modelId) {
@@ -52,13 +54,39 @@ function modelPicker() {
   return select;
 }
 
+
+// ---------------------------------------------------------------------------------------------------- form values
+// The form starts from, in order: the job being cloned (#/new?clone=<job id>), the values last queued from this
+// browser (localStorage), or the paper's preset. "Back to the paper's preset" returns to the last.
+const REMEMBER = "blocklab-form";
+
+function remembered() {
+  try { return JSON.parse(localStorage.getItem(REMEMBER)) || null; } catch (e) { return null; }
+}
+function remember(body) {
+  try { localStorage.setItem(REMEMBER, JSON.stringify({ name: body.name, config: body.config })); } catch (e) { /* private mode */ }
+}
+
+// A job's config (JobPublic.config, or its experiment's on an older backend) and the name to give a clone.
+async function cloneSource(jobId, signal) {
+  const job = await api(`/api/jobs/${jobId}`, { signal });
+  const config = job.config || (await api(`/api/experiments/${job.experiment_id}`, { signal })).config;
+  return { name: `${job.experiment_name} (clone of #${job.id})`, config, job };
+}
+
+// The paper's training images for a config: train_per_class x 10 classes, or the whole 50,000.
+export const trainImages = (perClass) => (perClass ? perClass * 10 : 50000);
+
 export function renderNew(view) {
+  const signal = viewSignal();
   const form = el("form", { class: "job card", id: "job-form", novalidate: true });
   const modelOpt = state.options.find((o) => o.name === "model");
   const picker = modelPicker();
   picker.value = modelOpt.default;
+  const origin = el("p", { class: "form-origin", id: "form-origin" });
   form.append(el("h2", { text: "New job" }),
     el("p", { class: "muted", text: "The paper's preset is filled in: 224 px, fp32, Adam 1e-4, batch 512 (256 for Swin-B), 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip; the Keras CNNs get the authors' Keras head and defaults. The method card beside it says what the chosen model runs and where it still differs from the authors' runs." }),
+    origin,
     fieldRow("name", "Name", el("input", { id: "f-name", name: "name", value: "my run", maxlength: 200 })),
     fieldRow("model", modelOpt.label, picker, modelOpt.help));
   const advanced = el("details", { id: "advanced" }, el("summary", { text: "Advanced settings" }));
@@ -71,18 +99,66 @@ export function renderNew(view) {
     (o.advanced ? advanced : form).append(fieldRow(o.name, o.label, input, o.advanced ? o.help : null));
   }
   const cardBox = el("aside", { class: "card method-card", id: "method-card" });
+  const byName = Object.fromEntries(inputs.map(([o, input]) => [o.name, input]));
+
+  // A batch larger than the training images runs as one smaller batch per epoch: said as the user types.
+  const warnBatch = () => {
+    const slot = $("#warn-batch_size", form);
+    const batch = Number(byName.batch_size && byName.batch_size.value);
+    const perClass = byName.train_per_class && byName.train_per_class.value.trim() !== "" ? Number(byName.train_per_class.value) : null;
+    const images = trainImages(perClass);
+    slot.textContent = batch > images
+      ? `Batch ${int(batch)} is larger than the ${int(images)} training images (${int(perClass)} per class × 10): every epoch is one batch of ${int(images)}, not ${int(batch)}.`
+      : "";
+  };
+  for (const input of [byName.batch_size, byName.train_per_class]) if (input) input.addEventListener("input", warnBatch);
+
+  const resetTo = (config) => {  // values as given; those equal to the model's preset keep following the model
+    if (config.model && modelById(config.model)) picker.value = config.model;
+    for (const [o, input] of inputs) {
+      const preset = optionValue(o, picker.value);
+      const value = config && o.name in config ? config[o.name] : preset;
+      setInput(input, o, value);
+      if (JSON.stringify(value ?? null) === JSON.stringify(preset ?? null)) delete input.dataset.touched;
+      else input.dataset.touched = "1";
+    }
+    warnBatch();
+    showCard(cardBox, picker.value);
+  };
+  const presetButton = el("button", { type: "button", class: "secondary", id: "preset-reset", text: "Back to the paper's preset",
+    onclick: () => { resetTo({ model: picker.value }); origin.textContent = `The paper's preset for ${picker.value}.`; } });
   picker.addEventListener("change", () => {  // the model's own preset values, where the user changed nothing
     for (const [o, input] of inputs) if (!input.dataset.touched) setInput(input, o, optionValue(o, picker.value));
+    warnBatch();
     showCard(cardBox, picker.value);
   });
-  form.append(advanced, el("div", {}, el("button", { type: "submit", id: "submit" , text: "Start job" })));
-  form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form); });
-  showCard(cardBox, picker.value);
+  form.append(advanced, el("div", { class: "form-buttons" }, el("button", { type: "submit", id: "submit", text: "Start job" }), presetButton));
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form, view, signal); });
 
   const reproduce = el("div", { class: "card" }, el("h2", { text: "Reproduce Table 1" }),
-    el("p", { class: "muted", text: "Queue the paper's ten models with the paper preset as one group, then compare them side by side with Table 1." }),
-    el("button", { id: "reproduce", class: "secondary", text: "Reproduce Table 1", onclick: reproduceTable1 }));
+    el("p", { class: "muted", text: "Queue the paper's ten models with the paper preset as one group, then compare them side by side with Table 1. A plan (times, weights and data) comes first: nothing is queued before you confirm it." }),
+    el("button", { id: "reproduce", class: "secondary", text: "Reproduce Table 1", onclick: () => reproduceTable1(view, signal) }));
   view.append(el("div", { class: "new-job" }, form, cardBox), reproduce);
+
+  const cloneId = Number(new URLSearchParams(location.hash.split("?")[1] || "").get("clone"));
+  const last = remembered();
+  if (cloneId) {
+    origin.textContent = `Loading job #${cloneId}…`;
+    cloneSource(cloneId, signal).then((src) => {
+      $("#f-name", form).value = src.name;
+      resetTo(src.config);
+      origin.textContent = `Filled in from job #${cloneId}${src.job.dry_run ? " (a dry run: its reduced values are filled in)" : ""}: change what you want, then start it.`;
+      origin.dataset.source = "clone";
+    }).catch((e) => { if (!isAbort(e)) { origin.textContent = ""; fail(e); } });
+  } else if (last && last.config) {
+    $("#f-name", form).value = last.name || "my run";
+    resetTo(last.config);
+    origin.textContent = "Your last values are filled in.";
+    origin.dataset.source = "remembered";
+  } else {
+    showCard(cardBox, picker.value);
+    warnBatch();
+  }
 }
 
 function readConfig(form) {
@@ -97,33 +173,54 @@ function readConfig(form) {
   return cfg;
 }
 
-async function submitJob(form) {
+function showFieldErrors(form, e) {
+  if (!(e.status === 422 && Array.isArray(e.detail))) return false;
+  const loose = [];
+  for (const d of e.detail) {
+    const field = d.loc[d.loc.length - 1];
+    const slot = $(`#err-${field}`, form);
+    if (slot) {
+      slot.textContent = d.msg;
+      if ($("#advanced", form).contains(slot)) $("#advanced", form).open = true;
+    } else loose.push(`${d.loc.join(".")}: ${d.msg}`);
+  }
+  showMessage(loose.length ? loose.join("; ") : "Please correct the highlighted fields.");
+  return true;
+}
+
+// Start job: ask for the plan first; a long job (or one its preflight blocks) is shown and confirmed before it is
+// queued, a short one is queued at once.
+async function submitJob(form, view, signal) {
   clearMessage();
   form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
   const button = $("#submit", form);
   button.disabled = true;
+  const body = { name: $("#f-name", form).value, config: readConfig(form) };
   try {
-    const exp = await api("/api/experiments", { method: "POST", json: { name: $("#f-name", form).value, config: readConfig(form) } });
+    const plan = await fetchPlan({ configs: [body.config] }, signal);
+    let dry = false;
+    if (plan && (plan.long || plan.items.some((i) => i.blocked))) {
+      const ok = await confirmPlan(view, plan, { title: `Plan: ${body.name}`, what: "this job", signal });
+      if (!ok) return;
+      dry = ok.dry_run;
+    }
+    const exp = await api("/api/experiments", { method: "POST", json: dry ? { ...body, dry_run: true } : body, signal });
+    remember(body);
     location.hash = `#/job/${exp.jobs[0].id}`;
   } catch (e) {
-    if (e.status === 422 && Array.isArray(e.detail)) {
-      const loose = [];
-      for (const d of e.detail) {
-        const field = d.loc[d.loc.length - 1];
-        const slot = $(`#err-${field}`, form);
-        if (slot) {
-          slot.textContent = d.msg;
-          if ($("#advanced", form).contains(slot)) $("#advanced", form).open = true;
-        } else loose.push(`${d.loc.join(".")}: ${d.msg}`);
-      }
-      showMessage(loose.length ? loose.join("; ") : "Please correct the highlighted fields.");
-    } else fail(e);
+    if (!showFieldErrors(form, e)) fail(e);
   } finally { button.disabled = false; }
 }
 
-async function reproduceTable1() {
+async function reproduceTable1(view, signal) {
+  const button = $("#reproduce", view);
+  button.disabled = true;
   try {
-    const exps = await api("/api/reproduce", { method: "POST", json: {} });
+    const plan = await fetchPlan({ reproduce: true }, signal);
+    const n = plan ? plan.items.length : state.paper.table1.length;
+    const ok = await confirmPlan(view, plan, { title: "Plan: Reproduce Table 1", what: `${n} jobs`, signal });
+    if (!ok) return;
+    const exps = await api("/api/reproduce", { method: "POST", json: ok.dry_run ? { dry_run: true } : {}, signal });
     location.hash = `#/compare?group=${encodeURIComponent(exps[0].group)}`;
-  } catch (e) { fail(e); }
+  } catch (e) { fail(e); } finally { button.disabled = false; }
 }

@@ -68,6 +68,7 @@ export async function api(path, opts = {}) {
     $("#token-box").hidden = false;
     throw new ApiError(401, "This lab needs its access token: enter it above, then try again.");
   }
+  if (r.status === 204) return null;  // DELETE: no body, whatever its content type says
   const isJson = (r.headers.get("content-type") || "").includes("json");
   const body = isJson ? await r.json() : await r.text();
   if (!r.ok) throw new ApiError(r.status, isJson ? body.detail : body);
@@ -97,6 +98,6 @@ export async function catalogue() {
   }
   return { models: state.models, paper: state.paper };
 }
-export const can = (what, j) => state.statuses[what].includes(j.status);  // "cancellable" | "resumable" | "progressing"
+export const can = (what, j) => state.statuses[what].includes(j.status);  // a list of GET /api/statuses
 export const modelById = (id) => (state.models || []).find((m) => m.id === id);
 export const paperCurve = (model) => (model && model.paper_name ? state.paper.curves[model.paper_name] : null);

@@ -33,6 +33,7 @@ def test_submit_a_job_through_the_form_and_watch_it_live(ui_lab, page):
     page.fill("#f-batch_size", "32")
     page.select_option("#f-weights", "none")
     page.fill("#f-val_limit", "40")
+    page.fill("#f-train_per_class", "20")  # the tiny set's all: a short run, queued without a plan dialog
     page.fill("#f-image_size", "96")
     page.uncheck("#f-feature_cache")
     shot(page, "new-job-form")
@@ -113,6 +114,7 @@ def test_reproduce_table1_opens_the_group_beside_table1(make_lab, page):
     lab = make_lab()  # no worker: the ten paper models only queue
     page.goto(lab.url + "/#/new")
     page.click("#reproduce")
+    page.click("#plan-dialog[open] #plan-confirm")  # the plan comes first (test_plan_dialog.py)
     page.wait_for_url("**/#/compare?group=*")
     page.wait_for_selector("#compare-table tbody tr >> nth=9")
     names = page.eval_on_selector_all("#compare-table tbody tr td:nth-child(4)", "els => els.map(e => e.textContent)")

@@ -1,0 +1,134 @@
+// The plan shown before anything heavy is queued (POST /api/plan): per model what will run, how long it should take
+// on this lab's worker and on a reference GPU, whether its weights and data are there, and the choice between the
+// full paper run and a labelled dry run. Nothing is queued until the user confirms here.
+"use strict";
+import { el, int, api, ApiError, modelById } from "./util.js";
+import { showCard, cardView } from "./card.js";
+
+// The plan for {configs: [...]} or {reproduce: true}; null when this server has no plan endpoint (an older backend):
+// the caller then still asks before queueing, without estimates.
+export async function fetchPlan(body, signal) {
+  try {
+    return await api("/api/plan", { method: "POST", json: body, signal });
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 404 || e.status === 405)) return null;
+    throw e;
+  }
+}
+
+// Seconds as a person reads a duration: 40 s, 12 min, 3.4 h, 2.1 days.
+export function duration(s) {
+  if (s === null || s === undefined || !Number.isFinite(s)) return "unknown";
+  if (s < 90) return `${Math.max(1, Math.round(s))} s`;
+  if (s < 90 * 60) return `${Math.round(s / 60)} min`;
+  if (s < 48 * 3600) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} days`;
+}
+
+const WEIGHTS = { cached: "cached", none: "none needed (random init)", download: "will download", missing: "missing",
+                  unknown: "unknown" };
+const DATA = { present: "present", download: "will download", missing: "missing", unknown: "unknown" };
+
+function preflightCell(p, words, what) {
+  if (!p) return el("td", { class: "muted", text: "unknown" });
+  const word = words[p.state] || p.state;
+  const text = p.state === "download" && p.mb ? `will download about ${int(Math.round(p.mb))} MB` : word;
+  return el("td", { class: `preflight preflight-${p.state}`, "data-what": what },
+    // A missing one's message is the row's "Blocked:" line (how to fix it): said once.
+    el("span", { class: "state", text }), p.message && p.state !== "missing" ? el("div", { class: "hint", text: p.message }) : "");
+}
+
+// One line saying what the config runs (the card beside it says it in full).
+function runSummary(cfg) {
+  if (!cfg) return "";
+  const imgs = cfg.train_per_class ? `${int(cfg.train_per_class * 10)} training images` : "all training images";
+  const size = cfg.image_size ? `${cfg.image_size} px` : "native size";
+  return `${cfg.epochs} epochs · batch ${cfg.batch_size} · ${size} · ${cfg.precision} · ${imgs} · weights ${cfg.weights}`;
+}
+
+// The method card's gist in the row (weights, input, trainable part, how many known deviations), the whole card
+// one click away: the plan carries each item's card (else it is fetched when opened).
+function cardSummary(card) {
+  if (!card) return "";
+  const row = (label) => (card.rows.find((r) => r.label === label) || {}).value;
+  const parts = [row("Weights"), row("Image size"), row("Precision") && row("Precision").split(";")[0],
+                 `${int(card.trainable_params)} trainable`];
+  const dev = card.deviations.length ? ` · ${card.deviations.length} known deviation${card.deviations.length > 1 ? "s" : ""} from the authors' runs` : "";
+  return parts.filter(Boolean).join(" · ") + dev;
+}
+
+function itemRow(item, refName) {
+  const model = modelById(item.model);
+  const card = el("div", { class: "method-card plan-card" });
+  const more = el("details", { class: "plan-card-more" }, el("summary", { text: "method card" }), card);
+  more.addEventListener("toggle", () => {
+    if (!more.open || card.firstChild) return;
+    if (item.card) card.append(cardView(item.card, true));
+    else showCard(card, item.model, item.config);
+  });
+  const est = item.estimate || {};
+  return el("tr", { "data-model": item.model, class: item.blocked ? "blocked" : null },
+    el("td", {}, el("strong", { text: item.paper_name || (model && model.paper_name) || item.model }),
+      el("div", { class: "hint", text: item.model }), el("div", { class: "hint run-summary", text: runSummary(item.config) }),
+      el("div", { class: "hint card-summary", text: cardSummary(item.card) }),
+      more,
+      item.blocked ? el("div", { class: "error-text block-reason", text: `Blocked: ${item.block_reason || "cannot run"}` }) : ""),
+    el("td", { class: "est-this", text: duration(est.this_device_s) }),
+    el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null }),
+    preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights"),
+    preflightCell(item.preflight && item.preflight.data, DATA, "dataset"));
+}
+
+function workerLine(plan) {
+  const w = plan.worker;
+  if (!w) return el("p", { class: "warn", id: "plan-worker", text: "No worker has reported yet: the times below assume the reference GPU's speed, and the preflight could not ask a worker." });
+  const gf = w.gflops ? `, measured ${int(Math.round(w.gflops))} GFLOP/s` : "";
+  return el("p", { id: "plan-worker", class: w.stale ? "warn" : "muted",
+                   text: `This lab's worker: ${w.name} on ${w.device}${gf}${w.stale ? " (its last report is old: it may be gone)" : ""}.` });
+}
+
+// Shows the plan in a modal dialog inside `container`; resolves {dry_run} when confirmed, null when dismissed (or
+// when the view is left: the dialog goes with it).
+export function confirmPlan(container, plan, { title, what, signal }) {
+  return new Promise((resolve) => {
+    const dialog = el("dialog", { id: "plan-dialog", "aria-labelledby": "plan-title" });
+    let settled = false;
+    const done = (v) => { if (settled) return; settled = true; if (dialog.open) dialog.close(); dialog.remove(); resolve(v); };
+    const items = plan ? plan.items : [];
+    const blocked = items.filter((i) => i.blocked);
+    const refName = plan && plan.reference ? plan.reference.name : "a modern GPU";
+    const dry = plan && plan.dry_run ? plan.dry_run : null;
+    const changes = dry && dry.changes ? Object.entries(dry.changes).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ")
+                                       : "fewer epochs and images, small size";
+    const choice = (value, label, detail, checked) => el("label", { class: "plan-choice" },
+      el("input", { type: "radio", name: "plan-mode", value, checked, id: `plan-mode-${value}` }),
+      el("span", {}, el("strong", { text: label }), el("span", { class: "hint", text: detail })));
+    const full = plan ? `${duration(plan.total_this_device_s)} on this worker · ${duration(plan.total_reference_s)} on ${refName}` : "no estimate";
+    const dryText = dry ? `${changes}: ${duration(dry.total_this_device_s)} on this worker · ${duration(dry.total_reference_s)} on ${refName}. Marked "dry run" everywhere, never taken for a paper result.`
+                        : `${changes}. Marked "dry run" everywhere, never taken for a paper result.`;
+    const confirm = el("button", { type: "button", id: "plan-confirm", text: `Queue ${what}` });
+    const back = el("button", { type: "button", class: "secondary", id: "plan-cancel", text: "Back, queue nothing" });
+    dialog.append(
+      el("h2", { id: "plan-title", text: title }),
+      plan ? workerLine(plan) : el("p", { class: "warn", id: "plan-missing", text: "This server gives no plan (no POST /api/plan): no time estimate or weights check before queueing." }),
+      plan ? el("div", { class: "plan-table-wrap" }, el("table", { id: "plan-items" },
+        el("thead", {}, el("tr", {}, ["Model: what runs", "This worker", `Reference (${refName})`, "Weights", "Data"]
+          .map((h) => el("th", { text: h })))),
+        el("tbody", {}, items.map((i) => itemRow(i, refName))))) : "",
+      plan ? el("p", { id: "plan-total" }, el("strong", { text: "Total, full run: " }), full) : "",
+      el("fieldset", { class: "plan-mode" }, el("legend", { text: "What to queue" }),
+        choice("full", "Full paper run", full, true), choice("dry", "Dry run (labelled)", dryText, false)),
+      blocked.length ? el("p", { class: "error-text", id: "plan-blocked",
+        text: `${blocked.length === items.length && items.length > 1 ? "Every model" : blocked.length === 1 ? "1 model" : `${blocked.length} models`} cannot run as planned (see "Blocked" above): fix that, then plan again. Nothing was queued.` }) : "",
+      el("div", { class: "plan-buttons" }, confirm, back));
+    confirm.disabled = blocked.length > 0;
+    confirm.addEventListener("click", () => done({ dry_run: dialog.querySelector("#plan-mode-dry").checked }));
+    back.addEventListener("click", () => done(null));
+    dialog.addEventListener("cancel", (ev) => { ev.preventDefault(); done(null); });  // Escape
+    if (signal) signal.addEventListener("abort", () => done(null));
+    container.append(dialog);
+    dialog.showModal();
+    (confirm.disabled ? back : confirm).focus();
+  });
+}
+
