@@ -134,10 +134,11 @@ class EventPublisher:
 
 
 class ControlChannel:
-    """A worker's view of its job's control queue: has a cancel been asked for this attempt?
+    """A worker's view of its job's control queue: has a cancel been asked for this attempt, and was it a force
+    stop (`force`: the worker is to end at once, its process too if it must)?
 
     Never raises: a broker hiccup must not kill the run, so an error means "no news", the connection is
-    rebuilt, and the question is asked again at the next check."""
+    rebuilt, and the question is asked again at the next check. One thread asks (the task's watchdog)."""
 
     def __init__(self, broker_url: str, job_id: int, attempt: int, transport_options: dict | None = None,
                  min_interval_s: float = 0.5):
@@ -147,15 +148,16 @@ class ControlChannel:
         # take only when there is something; Redis cannot count an empty queue (it does not exist) and need not.
         self._peek = broker_url.startswith("sqla+")
         self._cancelled = False
+        self.force = False  # a cancel with force=true arrived
         self._last = float("-inf")
         self._failing = False
 
     def cancelled(self) -> bool:
-        if self._cancelled:
-            return True
+        if self._cancelled and self.force:
+            return True  # nothing more to hear
         now = time.monotonic()
         if now - self._last < self.min_interval_s:
-            return False
+            return self._cancelled
         self._last = now
         try:
             q = self.link.open()
@@ -182,6 +184,7 @@ class ControlChannel:
             msg.ack()
             if msg.payload.get("action") == "cancel":
                 self._cancelled = True
+                self.force = self.force or bool(msg.payload.get("force"))
 
     def close(self) -> None:
         self.link.reset()

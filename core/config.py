@@ -74,9 +74,6 @@ class TrainConfig:
                       affects_result=False)
     num_workers: int = opt(0, "data workers (data is preprocessed in batched tensor ops; rarely needed)", ge=0,
                            le=64, web=False, affects_result=False)
-    stop_check_every: int = opt(5, "ignored since issue 13 (kept so stored configs still load): stops are checked "
-                                "by time, at every batch and inside long work", ge=1, le=10_000, web=False,
-                                affects_result=False)
 
     def __post_init__(self):
         for o in OPTIONS_BY_NAME.values():
@@ -89,6 +86,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = {k: v for k, v in d.items() if k not in RETIRED}  # a stored config may still name a retired option
         unknown = sorted(set(d) - set(OPTIONS_BY_NAME))
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
@@ -96,6 +94,9 @@ class TrainConfig:
 
 
 OPTIONS: tuple[Option, ...] = options_of(TrainConfig)
+# Options that once existed and now mean nothing: dropped when a stored config (a checkpoint, the database) has them.
+# stop_check_every: since issue 13 stops are checked by time, at every batch and inside long work.
+RETIRED: frozenset[str] = frozenset({"stop_check_every"})
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,33 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
+class Supervisor(threading.Thread):
+    """Starts a worker again whenever it exits, as `make run`'s launcher (backend/launch.py) and docker's restart
+    policy do; `restarted` counts the restarts and is signalled at each."""
+
+    def __init__(self, proc: Proc):
+        super().__init__(daemon=True, name=f"supervise-{proc.name}")
+        self.proc, self.restarts, self.closing, self.restarted = proc, 0, threading.Event(), threading.Condition()
+
+    def run(self):
+        while not self.closing.is_set():
+            try:
+                self.proc.p.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            if self.closing.is_set():
+                return
+            self.proc.start()
+            with self.restarted:
+                self.restarts += 1
+                self.restarted.notify_all()
+
+    def wait_restarts(self, n: int, timeout: float) -> None:
+        with self.restarted:
+            if not self.restarted.wait_for(lambda: self.restarts >= n, timeout):
+                raise AssertionError(f"the worker was not restarted {n} time(s) within {timeout} s")
+
+
 class Lab:
     """A whole BlockLab on loopback: backend, workers, optional Redis, one home folder."""
 
@@ -70,9 +98,11 @@ class Lab:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[Proc] = []
+        self.supervisors: list[Supervisor] = []
         extra = {"BLOCKLAB_DATA_DIR": str(data_dir), "BLOCKLAB_PORT": str(self.port),
                  "BLOCKLAB_HEARTBEAT_INTERVAL_S": "0.5", "BLOCKLAB_HEARTBEAT_TIMEOUT_S": "6",
-                 "BLOCKLAB_DEVICE": "cpu", "BLOCKLAB_ALLOW_DOWNLOAD": "false", "OMP_NUM_THREADS": "1"}
+                 "BLOCKLAB_DEVICE": "cpu", "BLOCKLAB_ALLOW_DOWNLOAD": "false", "OMP_NUM_THREADS": "1",
+                 "BLOCKLAB_CONTROL_POLL_S": "0.2", "BLOCKLAB_CANCEL_GRACE_S": "10"}
         self.redis: Proc | None = None
         if redis:
             rport = free_port()
@@ -97,11 +127,16 @@ class Lab:
         self.backend.start()
         wait_for(lambda: self.client.get("/api/health").status_code == 200, 30, "backend health")
 
-    def new_worker(self, n: int = 1) -> Proc:
-        return self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker",
-                                         "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
-                                         "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
-                                         "INFO"]).start()
+    def new_worker(self, n: int = 1, supervised: bool = False) -> Proc:
+        """A worker process; `supervised`: started again whenever it exits (`lab.supervisors[-1]`)."""
+        p = self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker",
+                                      "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
+                                      "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
+                                      "INFO"]).start()
+        if supervised:
+            self.supervisors.append(Supervisor(p))
+            self.supervisors[-1].start()
+        return p
 
     def submit(self, name="job", **cfg) -> int:
         r = self.client.post("/api/experiments", json={"name": name, "config": cfg})
@@ -125,6 +160,10 @@ class Lab:
 
     def close(self):
         self.client.close()
+        for s in self.supervisors:
+            s.closing.set()
+        for s in self.supervisors:
+            s.join(5)
         for p in reversed(self.procs):
             p.stop()
         if self.redis:

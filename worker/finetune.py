@@ -1,21 +1,36 @@
 """Command line for the engine: `python -m worker.finetune --model M --data-dir D --out DIR [...]`.
 
-Writes DIR/metrics.jsonl (one JSON object per epoch) and DIR/summary.json; shows a progress bar. `--describe`
-prints a model's method card as JSON (weights, input, numerics, trainable part, head, optimizer, its count against
-Table 1, the known deviations from the authors' runs) with what the real architecture says, without training or
-downloading; `--list-models` prints the catalogue.
+Writes DIR/metrics.jsonl (one JSON object per epoch), DIR/summary.json and DIR/checkpoint.pt. While it runs,
+stderr shows one progress bar per phase (downloading, loading, frozen features, training, validating) and one line
+per finished epoch, nothing else (log lines go through the bars; `--verbose` shows the engine's INFO lines); the
+end is a short readable summary: best accuracy against the paper's, epochs, time. `--json` prints only the summary
+as JSON on stdout, for machines. Run again into the same DIR, it says whether it resumes (from which epoch) or is
+already complete (then it trains nothing). Ctrl-C stops after the current batch, keeping the last finished epoch.
+
+`--describe` prints a model's method card as JSON (weights, input, numerics, trainable part, head, optimizer, its
+count against Table 1, the known deviations from the authors' runs) with what the real architecture says, without
+training or downloading; `--list-models` prints the catalogue.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 from core import catalogue
-from core.config import OPTIONS, PRESETS, TrainConfig, method_card, preset
+from core.config import (
+    OPTIONS,
+    PRESETS,
+    TrainConfig,
+    config_differences,
+    method_card,
+    preset,
+)
 from core.options import Option
 from worker.engine.checkpoint import StorageError
 from worker.engine.data import DatasetError
@@ -51,12 +66,21 @@ def _help(o: Option) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m worker.finetune", description=__doc__.split("\n")[0])
     run = p.add_argument_group("where")
-    run.add_argument("--data-dir", type=Path, help="CIFAR-10: cifar-10-batches-py/ or cifar-10-python.tar.gz")
-    run.add_argument("--out", type=Path, help="output folder (metrics.jsonl, summary.json, checkpoint.pt)")
-    run.add_argument("--weights-dir", type=Path, help="cache for hub weights")
-    run.add_argument("--cache-dir", type=Path, help="keep finished feature caches here for later runs")
-    run.add_argument("--download", action="store_true", help="download CIFAR-10 when the data dir has none")
-    run.add_argument("--preset", default="paper", choices=list(PRESETS), help="starting values (default: paper)")
+    run.add_argument("--data-dir", type=Path, metavar="DIR",
+                     help="CIFAR-10: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (required to "
+                          "train; default: none)")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="output folder: metrics.jsonl, summary.json, checkpoint.pt; an existing one is resumed "
+                          "(required to train; default: none)")
+    run.add_argument("--weights-dir", type=Path, metavar="DIR",
+                     help="cache for hub weights (DIR/hub); default: Hugging Face's own cache (~/.cache/huggingface)")
+    run.add_argument("--cache-dir", type=Path, metavar="DIR",
+                     help="keep finished frozen-feature caches here for later runs (default: none, not kept)")
+    run.add_argument("--download", action="store_true",
+                     help="download CIFAR-10 (163 MB) when the data dir has none (default: off)")
+    run.add_argument("--preset", default="paper", choices=list(PRESETS),
+                     help="starting values: paper = the paper's recipe, quick = a few-minute CPU check "
+                          "(default: paper)")
     training = p.add_argument_group("training options (core/config.py; unset = the preset's value)")
     for o in OPTIONS:  # every option, from its one declaration
         flag = "--" + o.name.replace("_", "-")
@@ -65,10 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             training.add_argument(flag, type=_parse(o), choices=o.choices, default=None, help=_help(o),
                                   metavar=None if o.choices else o.type.__name__.upper())
+    output = p.add_argument_group("output")
+    output.add_argument("--json", action="store_true",
+                        help="print only the summary, as JSON on stdout; no bars or epoch lines (default: off)")
+    output.add_argument("--verbose", action="store_true",
+                        help="also show the engine's log lines (printed above the bars) (default: off)")
     info = p.add_argument_group("information")
     info.add_argument("--describe", action="store_true",
-                      help="print the model's method card and parameter counts as JSON (no training, no download)")
-    info.add_argument("--list-models", action="store_true", help="print the model catalogue as JSON")
+                      help="print the model's method card and parameter counts as JSON (no training, no download) "
+                           "(default: off)")
+    info.add_argument("--list-models", action="store_true",
+                      help="print the model catalogue as JSON (default: off)")
     return p
 
 
@@ -112,29 +143,201 @@ def describe(cfg: TrainConfig) -> dict:
             "feature_cache_supported": arch["feature_cache_supported"], "architecture": arch}
 
 
-class _Progress:
-    """tqdm bar per epoch phase."""
+_PHASE_TEXT = {"downloading": "downloading", "loading": "loading data", "features": "frozen features",
+               "training": "training", "validating": "validating"}
 
-    def __init__(self):
+
+class _Bars:
+    """One tqdm bar per phase (per epoch, split or file): a new phase closes the last bar first, so two bars
+    never share the terminal; log records and epoch lines are written above the bar (tqdm.write)."""
+
+    def __init__(self, out=None):
         from tqdm import tqdm
-        self.tqdm, self.bar, self.key = tqdm, None, None
+        self.tqdm, self.out = tqdm, out or sys.stderr
+        self.bar, self.key, self.epochs = None, None, None
 
-    def on_batch(self, e: dict) -> None:
-        key = (e["epoch"], e["phase"])
-        if key != self.key:
-            if self.bar:
-                self.bar.close()
-            self.bar = self.tqdm(total=e["batches"], desc=f"epoch {e['epoch']} {e['phase']}", leave=False,
-                                 file=sys.stderr)
-            self.key = key
-        self.bar.update(1)
+    def write(self, text: str) -> None:
+        self.tqdm.write(text, file=self.out)
 
-    def on_epoch(self, row: dict) -> None:
-        if self.bar:
+    def close(self) -> None:
+        if self.bar is not None:
             self.bar.close()
             self.bar, self.key = None, None
-        print(json.dumps({k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                                              "seconds", "images_per_s")}), file=sys.stderr)
+
+    def on_progress(self, p: dict) -> None:
+        phase = p["phase"]
+        if phase not in _PHASE_TEXT:  # starting: a moment, no bar
+            return
+        key = (phase, p.get("epoch"), p.get("split"), p.get("what"))
+        if key != self.key:
+            self.close()
+            desc = _PHASE_TEXT[phase]
+            if p.get("epoch") is not None:
+                desc = f"epoch {p['epoch']} {desc}"
+            if p.get("split"):
+                desc += f" ({p['split']})"
+            if p.get("what"):
+                desc += f" {p['what']}"
+            size = ({"unit": "B", "unit_scale": True, "unit_divisor": 1024} if phase == "downloading" else
+                    {"unit": " batch" if phase in ("training", "validating") else " img"})
+            self.bar = self.tqdm(total=p.get("total"), desc=desc, leave=False, file=self.out, dynamic_ncols=True,
+                                 **size)
+            self.key = key
+        if p.get("total") is not None and self.bar.total != p["total"]:
+            self.bar.total = p["total"]
+        self.bar.update(max(0, p["done"] - self.bar.n))
+
+    def on_epoch(self, row: dict) -> None:
+        self.close()
+        self.write(epoch_line(row, self.epochs))
+
+
+class _BarLog(logging.Handler):
+    """Log records printed through the bars (never in the middle of one)."""
+
+    def __init__(self, bars: _Bars):
+        super().__init__()
+        self.bars = bars
+
+    def emit(self, record):
+        self.bars.write(self.format(record))
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def epoch_line(row: dict, epochs: int | None = None) -> str:
+    of = f"/{epochs}" if epochs else ""
+    return (f"epoch {row['epoch']}{of}: train loss {_num(row['train_loss'], '.4f')} acc {_num(row['train_acc'], '.4f')}"
+            f" | val loss {_num(row['val_loss'], '.4f')} acc {_num(row['val_acc'], '.4f')} | lr {row['lr']:g} | "
+            f"{_num(row['seconds'], '.1f')} s, {_num(row['images_per_s'], '.0f')} img/s")
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = round(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def summary_text(summary: dict, out: Path) -> str:
+    """The end of a run for a person: outcome, best accuracy against the paper's, epochs, time, where it is."""
+    status = {"succeeded": "finished", "stopped": "stopped", "complete": "already complete"}.get(
+        summary["status"], summary["status"])
+    lines = [f"{summary['model']}: {status}, {summary['epochs_run']} of {summary['epochs']} epochs in "
+             f"{_duration(summary.get('seconds'))}" + (f" ({summary['images_per_s']:.0f} training img/s)"
+                                                       if summary.get("images_per_s") else "")]
+    best = summary.get("best_val_acc")
+    if best is not None:
+        paper = summary.get("paper_val_acc")
+        against = (f"; the paper's {summary['paper_name']}: {paper:.4f} ({(best - paper) * 100:+.2f} points)"
+                   if paper is not None else "; not a Table 1 model")
+        lines.append(f"best validation accuracy {best:.4f} at epoch {summary['best_epoch']}{against}")
+    if summary.get("trainable_params"):
+        lines.append(f"trained {summary['trainable_params']:,} of {summary['total_params']:,} parameters on "
+                     f"{summary.get('device') or '-'}, {summary.get('precision') or '-'}")
+    if summary["status"] == "stopped":
+        lines.append("stopped" + (f" during {summary['stopped_in']}" if summary.get("stopped_in") else "") +
+                     ": run the same command again to resume from the last finished epoch")
+    lines.append(f"results: {out}/metrics.jsonl, {out}/summary.json")
+    return "\n".join(lines)
+
+
+def existing_run(out: Path, cfg: TrainConfig) -> dict | None:
+    """What `out` already holds for `cfg`: {"epoch": k, "complete": bool, "history": [...]}; None when nothing.
+    A checkpoint of another config is an error (the engine would refuse it after building the model)."""
+    from worker.engine import checkpoint
+    ckpt = checkpoint.load(out) if out.is_dir() else None
+    if ckpt is None:
+        return None
+    diff = config_differences(ckpt["config"], cfg)
+    if diff:
+        raise ValueError(f"{out} holds a checkpoint of another config (differs in {diff}); use another output "
+                         "folder (--out)")
+    return {"epoch": ckpt["epoch"], "complete": ckpt["epoch"] >= cfg.epochs, "history": list(ckpt["history"]),
+            "best_acc": ckpt["best_acc"], "best_epoch": ckpt["best_epoch"]}
+
+
+def _complete_summary(out: Path, cfg: TrainConfig, prior: dict) -> dict:
+    """The summary of a run found complete: the one it wrote, marked as found, not as new."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        spec = catalogue.get(cfg.model)
+        row = catalogue.paper_row(spec) if spec else None
+        summary = {"model": cfg.model, "epochs_run": prior["epoch"], "best_val_acc": prior["best_acc"],
+                   "best_epoch": prior["best_epoch"], "paper_name": spec.paper_name if spec else None,
+                   "paper_val_acc": row["val_acc"] if row else None,
+                   "seconds": round(sum(r["seconds"] for r in prior["history"]), 3)}
+    summary.pop("config", None)
+    return {**summary, "status": "complete", "epochs": cfg.epochs, "already_complete": True,
+            "resumed_from_epoch": prior["epoch"]}
+
+
+def _callbacks(bars: _Bars | None, stop: threading.Event):
+    """The engine's callbacks: progress to the bars, and the stop event Ctrl-C sets."""
+    from worker.engine.train import Callbacks
+    if bars is None:
+        return Callbacks(stop=stop)
+    return Callbacks(on_epoch=bars.on_epoch, on_progress=bars.on_progress, stop=stop)
+
+
+def _on_interrupt(stop: threading.Event, say):
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        say("stopping after the current step (the last finished epoch is kept); Ctrl-C again to abort")
+    return handler
+
+
+def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
+    from worker.engine.train import Paths, run
+
+    quiet = a.json
+    bars = None if quiet else _Bars()
+    say = (lambda text: None) if quiet else bars.write
+    handler = _BarLog(bars) if bars else logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if a.verbose and not quiet else logging.WARNING)
+
+    prior = existing_run(a.out, cfg)
+    if prior and prior["complete"]:
+        summary = _complete_summary(a.out, cfg, prior)
+        if quiet:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(f"{a.out} already holds this run, complete ({prior['epoch']} of {cfg.epochs} epochs): nothing to "
+                  "train. Raise --epochs to train on, or choose another --out. What it found:", file=sys.stderr)
+            print(summary_text(summary, a.out), file=sys.stderr)
+        return 0
+    if prior:
+        say(f"resuming {a.out} from epoch {prior['epoch'] + 1} ({prior['epoch']} of {cfg.epochs} epochs done)")
+    elif bars:
+        say(f"training {cfg.model} for {cfg.epochs} epochs into {a.out}")
+    if bars:
+        bars.epochs = cfg.epochs
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, _on_interrupt(stop, say))
+    try:
+        summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download),
+                      _callbacks(bars, stop))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bars:
+            bars.close()
+        root.removeHandler(handler)
+    summary = {k: v for k, v in summary.items() if k != "config"}
+    summary["resumed_from_epoch"] = prior["epoch"] if prior else 0
+    if quiet:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary_text(summary, a.out), file=sys.stderr)
+    return 0 if summary["status"] == "succeeded" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,17 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.data_dir is None or a.out is None:
             print("error: --data-dir and --out are required to train", file=sys.stderr)
             return 2
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        from worker.engine.train import Callbacks, Paths, run
-
-        bar = _Progress()
-        summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download),
-                      Callbacks(on_batch=bar.on_batch, on_epoch=bar.on_epoch))
+        return train(a, cfg)
     except (ValueError, DatasetError, WeightsError, StorageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

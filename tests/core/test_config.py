@@ -124,3 +124,12 @@ def test_the_card_counts_the_papers_way():
 def test_a_model_outside_the_catalogue_has_no_card():
     with pytest.raises(ValueError, match="not in the catalogue"):
         method_card(TrainConfig(model="convnext_atto"))
+
+
+def test_a_stored_config_naming_a_retired_option_still_loads():
+    from core.config import RETIRED, TrainConfig
+    saved = TrainConfig().to_dict() | {"stop_check_every": 5}  # a checkpoint written before issue 13
+    assert "stop_check_every" in RETIRED and "stop_check_every" not in OPTIONS_BY_NAME
+    assert TrainConfig.from_dict(saved) == TrainConfig()
+    with pytest.raises(ValueError, match="unknown config field"):
+        TrainConfig.from_dict({"stop_check_evry": 5})

@@ -146,12 +146,15 @@ def test_hub_weights_exist_and_match_the_papers_pretraining(model_id):
 @pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
 def test_each_models_pretrained_tag_is_the_cards(model_id, monkeypatch):
     """weights=hub asks timm for exactly `model.tag` of the card (and the architecture's config carries it)."""
-    asked = []
+    asked, fetched = [], []
     monkeypatch.setattr(timm, "create_model", lambda name, **kw: asked.append((name, kw)) or nn.Identity())
+    # The engine fetches the weights file itself (progress, cancel), then timm loads that file.
+    monkeypatch.setattr(weights_mod, "_hub_file", lambda name, *a: fetched.append(name) or "/w/model.safetensors")
     weights_mod.create_backbone(model_id, "hub", img_size=224)
     card = paper_card(model_id)
-    assert asked[0][0] == f"{model_id}.{card['pretrained_tag']}" == card["weights_name"]
+    assert asked[0][0] == f"{model_id}.{card['pretrained_tag']}" == card["weights_name"] == fetched[0]
     assert asked[0][1]["pretrained"] is True
+    assert asked[0][1]["pretrained_cfg_overlay"] == {"file": "/w/model.safetensors"}
     monkeypatch.undo()
     m, _prep = _build(model_id)
     assert m.backbone.pretrained_cfg["tag"] == card["pretrained_tag"]

@@ -83,17 +83,21 @@ def test_finished_run_resumes_to_nothing(tiny_cifar_dir, tmp_path):
 
 
 def test_stop_mid_epoch_keeps_the_last_checkpoint(tiny_cifar_dir, tmp_path):
+    """A stop set at batch 3 of epoch 2 ends the run there: no further batch trains, the checkpoint of epoch 1
+    stays, and the run resumes from it."""
     from worker.engine import checkpoint
-    done = {"epoch": 0, "checks": 0}
+    from worker.engine.stop import Stop
+    stop, batches = Stop(), []
 
-    def should_stop():  # stop part-way through epoch 2
-        if done["epoch"] >= 1:
-            done["checks"] += 1
-        return done["checks"] > 2
-    cfg = TrainConfig(**dict(TINY, batch_size=8), epochs=5, stop_check_every=1)
-    s = run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"),
-            Callbacks(should_stop=should_stop, on_epoch=lambda r: done.update(epoch=r["epoch"])))
-    assert s["status"] == "stopped" and s["epochs_run"] == 1
+    def on_progress(p):
+        if p["phase"] == "training":
+            batches.append((p["epoch"], p["done"]))
+            if (p["epoch"], p["done"]) == (2, 3):
+                stop.set()
+    cfg = TrainConfig(**dict(TINY, batch_size=8), epochs=5)
+    s = run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"), Callbacks(on_progress=on_progress, stop=stop))
+    assert s["status"] == "stopped" and s["epochs_run"] == 1 and s["stopped_in"] == "training"
+    assert batches[-1] == (2, 3)  # checked at every batch: not one more
     ckpt = checkpoint.load(tmp_path / "o")
     assert ckpt["epoch"] == 1 and [r["epoch"] for r in ckpt["history"]] == [1]
     assert not (tmp_path / "o" / "checkpoint.tmp").exists()
@@ -257,31 +261,59 @@ def _stopped_after_first_epoch(cfg, paths):
     return s
 
 
+def _used_states(cfg, epochs, n) -> torch.Tensor:
+    """(image, flip state) pairs the given epochs train on."""
+    used = torch.zeros(n, 2, dtype=torch.bool)
+    for epoch in epochs:
+        flips = engine._epoch_order(cfg, epoch, n)[1]
+        used[torch.arange(n), flips.long() if flips is not None else 0] = True
+    return used
+
+
 @pytest.mark.parametrize("hflip", [False, True])
 def test_a_resumed_run_reuses_the_feature_cache(tiny_cifar_dir, tmp_path, monkeypatch, hflip):
     """Issue 11, item 7: the key hashes the frozen part only, so the attempt that resumes (its block trained,
-    restored from the checkpoint) finds the cache its first attempt kept and runs the frozen part for nothing it
-    holds: beyond the sizing probe, for nothing at all (the first epoch computed, at each image's first sight, every
-    flip state a later epoch uses)."""
+    restored from the checkpoint) finds the cache its first attempt kept and runs the frozen part only for the
+    (image, flip state) pairs its epochs use that epoch 1 did not (issue 13: each epoch computes only its own)."""
     import numpy as np
     count = CountFrozen(monkeypatch)
     paths = Paths(tiny_cifar_dir, tmp_path / "o", cache_dir=tmp_path / "cache", cache_cap_bytes=1 << 30)
     cfg = TrainConfig(**TINY, epochs=3, hflip=hflip)
     first = _stopped_after_first_epoch(cfg, paths)
     filled = torch.from_numpy(np.load(tmp_path / "cache" / first["feature_cache"]["key"] / "train" / "filled.npy"))
-    if hflip:  # epochs 2-3 use both states of many images: all were cached during epoch 1
-        needed = torch.zeros_like(filled)
-        for epoch in (2, 3):
-            needed[torch.arange(len(needed)), engine._epoch_order(cfg, epoch, len(needed))[1].long()] = True
-        assert needed[:, 1].any() and not (needed & ~filled).any()
+    n = len(filled)
+    assert torch.equal(filled, _used_states(cfg, [1], n)[:, :filled.shape[1]])  # what epoch 1 used, nothing else
     before = count.images
     second = run(cfg, paths)
     assert second["status"] == "succeeded" and second["epochs_run"] == 3
     assert second["feature_cache"]["reused"] and second["feature_cache"]["key"] == first["feature_cache"]["key"]
-    assert count.images - before == 1  # the sizing probe only
+    new_pairs = int((_used_states(cfg, [2, 3], n) & ~_used_states(cfg, [1], n)).sum())
+    assert new_pairs == 0 or hflip
+    assert count.images - before == 1 + new_pairs  # the sizing probe, and what epochs 2-3 add
     uncached = TrainConfig(**TINY, epochs=3, hflip=hflip, feature_cache=False)  # and the numbers are the same
     run(uncached, Paths(tiny_cifar_dir, tmp_path / "plain"))
     _close(_rows(tmp_path / "plain"), _rows(tmp_path / "o"), 2e-2)
+
+
+def test_each_epoch_computes_only_the_flip_states_it_uses(tiny_cifar_dir, tmp_path, monkeypatch):
+    """Issue 13: the first curve point comes after one frozen pass per image. Epoch 1 runs the frozen part for
+    exactly its own (image, flip state) pairs; over the run, each distinct pair used goes through it once."""
+    count = CountFrozen(monkeypatch)
+    cfg = TrainConfig(**TINY, epochs=4)
+    n_train, n_val = 200, 60
+    at_epoch = {}
+    passes = []
+    run(cfg, Paths(tiny_cifar_dir, tmp_path / "o"),
+        Callbacks(on_epoch=lambda r: at_epoch.setdefault(r["epoch"], count.images),
+                  on_progress=lambda p: p["phase"] == "features" and p["done"] == p["total"] and passes.append(
+                      (p["epoch"], p["split"], p["total"]))))
+    assert at_epoch[1] == 1 + n_train + n_val  # the probe, one pass per training image, the validation set
+    used = _used_states(cfg, range(1, 5), n_train)
+    assert count.images == 1 + int(used.sum()) + n_val < 1 + 2 * n_train + n_val
+    added = [int((_used_states(cfg, [e], n_train) & ~_used_states(cfg, range(1, e), n_train)).sum())
+             for e in range(2, 5)]
+    assert passes == [(1, "train", n_train), (1, "val", n_val)] + [(e, "train", k) for e, k in zip(range(2, 5), added)
+                                                                    if k]
 
 
 def test_the_cache_key_hashes_the_frozen_part_only(tiny_cifar_dir):

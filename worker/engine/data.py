@@ -77,7 +77,9 @@ def _md5(path: Path) -> str:
 
 def download(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
              progress: Callable[[int, int], None] | None = None) -> Path:
-    """Fetch the official archive into data_dir, verify its published md5, then unpack it."""
+    """Fetch the official archive into data_dir, verify its published md5, then unpack it. `progress(done, total)`
+    is called at every chunk read (at most 64 KiB, as they arrive); whatever it raises (a stop: StopRequested)
+    aborts the download and removes the partial file."""
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / ARCHIVE_NAME
     fd, tmp = tempfile.mkstemp(dir=data_dir, suffix=".part")
@@ -85,7 +87,7 @@ def download(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
+            for chunk in iter(lambda: resp.read1(1 << 16), b""):
                 out.write(chunk)
                 done += len(chunk)
                 if progress:
@@ -120,7 +122,8 @@ def _extract(archive: Path, data_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def locate(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL) -> Path:
+def locate(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL,
+           progress: Callable[[int, int], None] | None = None) -> Path:
     """The batches folder under data_dir: as-is, unpacked from a local archive, or downloaded."""
     data_dir = Path(data_dir)
     for candidate in (data_dir / BATCHES_DIR, data_dir):
@@ -130,15 +133,17 @@ def locate(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL)
         _extract(data_dir / ARCHIVE_NAME, data_dir)
         return data_dir / BATCHES_DIR
     if allow_download:
-        return download(data_dir, url=url)
+        return download(data_dir, url=url, progress=progress)
     raise DatasetError(
         f"CIFAR-10 not found: looked for {data_dir / BATCHES_DIR}/test_batch and {data_dir / ARCHIVE_NAME}. "
         f"Copy the official {BATCHES_DIR}/ folder or {ARCHIVE_NAME} there, or allow the download "
         "(--download on the command line).")
 
 
-def load_cifar10(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL) -> Cifar10:
-    root = locate(Path(data_dir), allow_download=allow_download, url=url)
+def load_cifar10(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL,
+                 progress: Callable[[int, int], None] | None = None) -> Cifar10:
+    """The dataset from data_dir (downloaded first when allowed and absent; `progress`: see `download`)."""
+    root = locate(Path(data_dir), allow_download=allow_download, url=url, progress=progress)
     batches = sorted(root.glob("data_batch_*"))
     if not batches:
         raise DatasetError(f"no training batches (data_batch_*) in {root}.")

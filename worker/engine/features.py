@@ -33,6 +33,10 @@ from .weights import fingerprint
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # bump when what is cached or its key changes meaning
+# The frozen part runs at most this many images at a time (a batch of 512 at 224 px in pieces): its output per
+# image does not depend on the others, and a stop is checked between pieces and inside each (stop.py), so even
+# the longest layer of one piece is short. Large enough to keep a GPU busy.
+FROZEN_CHUNK = 128
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -215,16 +219,18 @@ class CacheDir:
 class FrozenFeatures:
     """The frozen part's output for a run's batches: what the training loop asks for instead of images.
 
-    With the cache on, each image and flip state goes through the frozen part once, when a batch first needs it
-    (`plan` says which states later epochs will use, so none is computed in vain); later batches read it back.
-    With the cache off (or no tail adapter, or no room), every batch runs the frozen part afresh.
+    With the cache on, each image and flip state goes through the frozen part once, in the first epoch that uses
+    it: `fill` runs, before an epoch trains, the frozen pass for exactly the (image, flip state) pairs that epoch
+    uses and the cache lacks. Epoch 1 so costs one frozen pass per image (its curve point comes as early as it
+    can), later epochs add the states they draw that no earlier epoch did; the total is the number of distinct
+    pairs the run uses, as before, and every value is the same. With the cache off (or no tail adapter, or no
+    room), every batch runs the frozen part afresh.
     """
 
     def __init__(self, model, prep, amp: dict, images: dict[str, torch.Tensor], stores: dict[str, FeatureStore],
                  info: dict, cache_dir: CacheDir | None):
         self.model, self.prep, self.amp, self.images = model, prep, amp, images
         self.stores, self.info, self.cache_dir = stores, info, cache_dir
-        self.needed: torch.Tensor | None = None  # (train images, states): states some remaining epoch uses
 
     @classmethod
     def setup(cls, cfg, paths, model, prep, policy: DevicePolicy, amp: dict, train, val,
@@ -271,37 +277,60 @@ class FrozenFeatures:
         info["loaded"] = {name: int(s.filled.sum()) for name, s in stores.items()}
         return cls(model, prep, amp, images, stores, info, cdir)
 
-    def plan(self, flips_by_epoch) -> None:
-        """Mark the flip states the remaining epochs will use (an iterable of per-epoch flip masks or None)."""
-        n = len(self.images["train"])
-        self.needed = torch.zeros(n, 2, dtype=torch.bool)
-        for flips in flips_by_epoch:
-            self.needed[torch.arange(n), flips.long() if flips is not None else 0] = True
+    @property
+    def cached(self) -> bool:
+        return bool(self.stores)
 
-    def train(self, idx: torch.Tensor, flip: torch.Tensor | None) -> list[torch.Tensor]:
-        return self._get("train", idx, flip, self.needed)
-
-    def val(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        return self._get("val", idx, None, None)
-
-    def _get(self, split, idx, flip, need) -> list[torch.Tensor]:
-        x = self.images[split]
+    def fill(self, split: str, flips: torch.Tensor | None, chunk: int, check=None, report=None) -> int:
+        """The frozen pass for the images of `split` in the state an epoch uses (`flips`: its flip mask; None =
+        unflipped) that the cache lacks, `chunk` images at a time (at most FROZEN_CHUNK). `check()` runs before each chunk (a stop raises
+        there), `report(done, total)` after it. Returns how many images went through the frozen part."""
         store = self.stores.get(split)
         if store is None:
-            with torch.autocast(**self.amp):
-                return self.model.frozen_features(self.prep(x[idx], flip))
-        idx_cpu = idx.cpu()  # the fill bookkeeping lives on the CPU: one transfer per batch, not one per lookup
-        for s in range(store.states):
-            miss = store.missing(idx_cpu, torch.full_like(idx_cpu, s))
-            if need is not None:
-                miss &= need[idx_cpu, s]
-            if miss.any():
-                m_cpu = idx_cpu[miss]
-                m_idx = m_cpu.to(idx.device)
+            return 0
+        state = flips.long().cpu() if flips is not None else torch.zeros(store.n, dtype=torch.long)
+        todo = torch.nonzero(store.missing(torch.arange(store.n), state)).flatten()
+        total = len(todo)
+        if total and report:
+            report(0, total)
+        chunk = max(min(chunk, FROZEN_CHUNK), 1)
+        for start in range(0, total, chunk):
+            if check:
+                check()
+            m = todo[start:start + chunk]
+            self._compute(split, store, m, state[m])
+            if report:
+                report(min(start + chunk, total), total)
+        return total
+
+    def train(self, idx: torch.Tensor, flip: torch.Tensor | None) -> list[torch.Tensor]:
+        return self._get("train", idx, flip)
+
+    def val(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        return self._get("val", idx, None)
+
+    def _compute(self, split: str, store: FeatureStore, idx_cpu: torch.Tensor, state_cpu: torch.Tensor) -> None:
+        x = self.images[split]
+        dev_idx = idx_cpu.to(x.device)
+        with torch.autocast(**self.amp):
+            f = self.model.frozen_features(self.prep(x[dev_idx], state_cpu.bool().to(x.device)))
+        store.put(idx_cpu, state_cpu, f)
+
+    def _get(self, split, idx, flip) -> list[torch.Tensor]:
+        x = self.images[split]
+        store = self.stores.get(split)
+        if store is None:  # uncached: the frozen part every batch, FROZEN_CHUNK images at a time
+            parts = []
+            for i in range(0, len(idx), FROZEN_CHUNK):
+                f = None if flip is None else flip[i:i + FROZEN_CHUNK]
                 with torch.autocast(**self.amp):
-                    f = self.model.frozen_features(self.prep(x[m_idx], torch.full_like(m_idx, s, dtype=torch.bool)))
-                store.put(m_cpu, torch.full_like(m_cpu, s), f)
+                    parts.append(self.model.frozen_features(self.prep(x[idx[i:i + FROZEN_CHUNK]], f)))
+            return parts[0] if len(parts) == 1 else [torch.cat(t) for t in zip(*parts)]
+        idx_cpu = idx.cpu()  # the fill bookkeeping lives on the CPU: one transfer per batch, not one per lookup
         state = flip.long().cpu() if flip is not None else torch.zeros_like(idx_cpu)
+        miss = store.missing(idx_cpu, state)  # none after `fill`; computed here, at first use, otherwise
+        if miss.any():
+            self._compute(split, store, idx_cpu[miss], state[miss])
         return store.get(idx_cpu, state, torch.float32)
 
     def persist(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from timm.data import resolve_model_data_config
 
 from core import catalogue
 from core.config import TrainConfig
-from core.protocol import epoch_row
+from core.protocol import Phase, epoch_row, progress
 
 from . import checkpoint
 from . import data as cifar
@@ -36,17 +37,28 @@ from .features import FrozenFeatures
 from .model import SingleBlockModel, plan_for
 from .preprocess import Preprocess
 from .schedule import PlateauLR
+from .stop import Stop, StopRequested  # StopRequested: callers import it from here
 from .weights import create_backbone
 
 log = logging.getLogger("blocklab.engine")
 
 
+STOP_POLL_S = 0.2  # a `should_stop` callback is asked at most this often (a stop Event is read at every check)
+
+
 @dataclass
 class Callbacks:
-    on_batch: Callable[[dict], None] | None = None  # {"phase", "epoch", "batch", "batches"}
+    """How a caller watches and steers a run. Progress comes as core.protocol.progress(...) dicts for every phase:
+    starting, downloading (bytes of total, `what`), loading, features (images of total, split), training and
+    validating (batch of batches, epoch). A stop is asked for by setting `stop` (any thread; honoured within a
+    layer of the model, in every phase) or by `should_stop` returning True (asked by time, every STOP_POLL_S, at
+    batch and chunk boundaries, and after every epoch)."""
+    on_progress: Callable[[dict], None] | None = None
     on_epoch: Callable[[dict], None] | None = None  # the epoch's metrics row
-    should_stop: Callable[[], bool] | None = None  # polled every cfg.stop_check_every batches
     on_info: Callable[[dict], None] | None = None  # once, before the first epoch: counts, device, cache
+    on_stopped: Callable[[dict], None] | None = None  # a stop was honoured: the summary, before the cache is kept
+    stop: Stop | threading.Event | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -60,10 +72,6 @@ class Paths:
     download_url: str = cifar.CIFAR10_URL
 
 
-class StopRequested(Exception):
-    pass
-
-
 class Diverged(RuntimeError):
     """The loss stopped being a number: the run ends `failed`, and every earlier epoch is kept."""
 
@@ -73,9 +81,53 @@ class Diverged(RuntimeError):
         self.epoch, self.nonfinite = epoch, nonfinite
 
 
+class _Watch:
+    """The run's side of its callbacks: progress out (with the deprecated per-batch shape), stop checks in."""
+
+    def __init__(self, cb: Callbacks):
+        self.cb = cb
+        stop = cb.stop
+        self.stop = stop if isinstance(stop, Stop) else Stop(stop)
+        self.last_poll = float("-inf")
+        self.phase: str | None = None
+
+    def report(self, phase: Phase, done: int = 0, total: int | None = None, **kw) -> None:
+        self.phase = Phase(phase).value
+        if self.cb.on_progress:
+            self.cb.on_progress(progress(phase, done, total, **kw))
+
+    def forward(self, p: dict) -> None:
+        """A progress report made elsewhere (the weights download): passed on, its phase noted."""
+        self.phase = p["phase"]
+        if self.cb.on_progress:
+            self.cb.on_progress(p)
+
+    def check(self, force_poll: bool = False) -> None:
+        """At a batch or chunk boundary: the Event now, the callback when its time has come (or `force_poll`)."""
+        self.stop.check()
+        if self.cb.should_stop is None:
+            return
+        now = time.monotonic()
+        if force_poll or now - self.last_poll >= STOP_POLL_S:
+            self.last_poll = now
+            if self.cb.should_stop():
+                self.stop.set()
+                raise StopRequested
+
+
+@dataclass
+class _State:
+    """What a run has built so far: a stop in any phase ends with a summary of it."""
+    progress: checkpoint.Progress | None = None
+    counts: dict | None = None
+    info: dict | None = None
+    features: FrozenFeatures | None = None
+
+
 def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
         dataset: cifar.Cifar10 | None = None, policy: DevicePolicy | None = None) -> dict:
-    """Train `cfg` and return its summary. `policy` defaults to what the device offers (device.py)."""
+    """Train `cfg` and return its summary (status "succeeded", or "stopped" when a stop was asked for, in any
+    phase). `policy` defaults to what the device offers (device.py)."""
     policy = policy or DevicePolicy.for_device(resolve_device(cfg.device))
     with fp32_math(cfg.tf32):
         return _run(cfg, paths, callbacks or Callbacks(), dataset, policy)
@@ -86,82 +138,121 @@ def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 |
     out_dir = Path(paths.out_dir)
     with checkpoint.writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
+    watch = _Watch(cb)
+    state = _State()
+    watch.report(Phase.STARTING)
+    try:
+        _train(cfg, paths, cb, dataset, policy, watch, state, out_dir)
+        status = "succeeded"
+    except StopRequested:
+        status = "stopped"
+        log.info("stop requested during %s: ending (the checkpoint of the last finished epoch is kept)",
+                 watch.phase)
+    if state.progress is None:  # stopped before the checkpoint was read: say what it holds
+        saved = checkpoint.load(out_dir)
+        state.progress = (checkpoint.Progress(saved["epoch"], list(saved["history"]), saved["best_acc"],
+                                              saved["best_epoch"]) if saved else checkpoint.Progress())
+        _write_metrics(out_dir, state.progress.history)  # as it was: setup had emptied it
+    summary = _summary(cfg, state, status, stopped_in=watch.phase if status == "stopped" else None)
+    if status == "stopped" and cb.on_stopped:
+        cb.on_stopped(summary)  # before keeping the cache, which can take a while for a large one
+    if state.features is not None:
+        state.features.persist()
+    with checkpoint.writing(out_dir):
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 | None, policy: DevicePolicy,
+           watch: _Watch, state: _State, out_dir: Path) -> None:
+    with checkpoint.writing(out_dir):
         _write_metrics(out_dir, [])  # a folder that cannot take files says so now, not after an epoch
     device = policy.device
     amp = policy.amp(cfg.precision)
     torch.manual_seed(cfg.seed)
 
+    # -- model (its weights downloaded when asked), built before the data: a stop is honoured between steps -----
+    watch.check()
+    model, prep = build_model(cfg, policy, paths.weights_dir, stop=watch.stop, on_progress=watch.forward)
+    watch.report(Phase.STARTING, 1, 1, step="model")
+    watch.check()
+
     # -- data: uint8 arrays on the training device; every transform is batched -------------------------------
-    train, val = _load_data(cfg, paths, dataset)
+    train, val = _load_data(cfg, paths, dataset, watch)
     images = {"train": torch.from_numpy(train.images).to(device), "val": torch.from_numpy(val.images).to(device)}
     labels = {"train": torch.from_numpy(train.labels).to(device), "val": torch.from_numpy(val.labels).to(device)}
+    watch.check()
 
-    # -- model, and the frozen part's features (keyed on the frozen part only: a resumed run finds its cache) ----
-    model, prep = build_model(cfg, policy, paths.weights_dir)
-    features = FrozenFeatures.setup(cfg, paths, model, prep, policy, amp, train, val, images,
-                                    {"train": cifar.fingerprint(train), "val": cifar.fingerprint(val)})
-    optimizer = make_optimizer(model, cfg)
-    scheduler = PlateauLR(optimizer, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
-    progress = checkpoint.restore(out_dir, cfg, model, optimizer, scheduler)
-    if progress.epoch:
-        log.info("resuming %s after epoch %d", out_dir, progress.epoch)
-    _write_metrics(out_dir, progress.history)
-    counts = model.count_params()
-    info = {**counts, "device": str(device), "precision": "bf16" if amp["enabled"] else "fp32", "tf32": cfg.tf32,
-            "channels_last": prep.channels_last,
-            "image_size": prep.image_size, "train_images": len(train), "val_images": len(val),
-            "resumed_from_epoch": progress.epoch, "feature_cache": features.info}
-    log.info("run: %s", json.dumps(info))
-    if cb.on_info:
-        cb.on_info(info)
+    with watch.stop.guard(model):  # from here on a stop lands inside the model's forward and backward passes
+        # -- the frozen part's features (keyed on the frozen part only: a resumed run finds its cache) ----------
+        features = state.features = FrozenFeatures.setup(
+            cfg, paths, model, prep, policy, amp, train, val, images,
+            {"train": cifar.fingerprint(train), "val": cifar.fingerprint(val)})
+        optimizer = make_optimizer(model, cfg)
+        scheduler = PlateauLR(optimizer, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
+        progress_ = state.progress = checkpoint.restore(out_dir, cfg, model, optimizer, scheduler)
+        if progress_.epoch:
+            log.info("resuming %s after epoch %d", out_dir, progress_.epoch)
+        _write_metrics(out_dir, progress_.history)
+        counts = state.counts = model.count_params()
+        info = state.info = {
+            **counts, "device": str(device), "precision": "bf16" if amp["enabled"] else "fp32", "tf32": cfg.tf32,
+            "channels_last": prep.channels_last, "image_size": prep.image_size, "train_images": len(train),
+            "val_images": len(val), "resumed_from_epoch": progress_.epoch, "feature_cache": features.info}
+        log.info("run: %s", json.dumps(info))
+        if cb.on_info:
+            cb.on_info(info)
 
-    # The flip state of every image in every remaining epoch is known now (seeded per epoch), so the cache
-    # computes, at an image's first sight, exactly the states some epoch will use.
-    remaining = range(progress.epoch + 1, cfg.epochs + 1)
-    features.plan(_epoch_order(cfg, e, len(train))[1] for e in remaining)
-    stop = _StopCheck(cb.should_stop, cfg.stop_check_every)
-    status = "succeeded"
-    try:
-        for epoch in remaining:
-            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, cb, stop)
+        for epoch in range(progress_.epoch + 1, cfg.epochs + 1):
+            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch)
             _append_metrics(out_dir, row)
             if row["nonfinite"]:  # a diverged epoch is data, but not a state to resume from
                 if cb.on_epoch:
                     cb.on_epoch(row)
                 raise Diverged(epoch, row["nonfinite"])
             scheduler.step(row["val_acc"])
-            progress.record(row)
-            checkpoint.save(out_dir, cfg, progress, model, optimizer, scheduler)
+            progress_.record(row)
+            checkpoint.save(out_dir, cfg, progress_, model, optimizer, scheduler)
             log.info("epoch %d/%d: val_acc %.4f val_loss %.4f (%.1f img/s)", epoch, cfg.epochs, row["val_acc"],
                      row["val_loss"], row["images_per_s"])
             if cb.on_epoch:
                 cb.on_epoch(row)
-            if cb.should_stop and epoch < cfg.epochs and cb.should_stop():
-                raise StopRequested
-    except StopRequested:
-        status = "stopped"
-        log.info("stop requested: ending after epoch %d (checkpoint kept)", progress.epoch)
-    features.persist()
-
-    summary = _summary(cfg, progress, counts, info, status)
-    with checkpoint.writing(out_dir):
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+            if epoch < cfg.epochs:
+                watch.check(force_poll=True)
 
 
-def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None) -> tuple[cifar.Split, cifar.Split]:
-    """The training subset (stratified and seeded) and the validation images the config asks for."""
-    ds = dataset or cifar.load_cifar10(paths.data_dir, paths.allow_download, paths.download_url)
-    return cifar.stratified_subset(ds.train, cfg.train_per_class, cfg.seed), cifar.limit(ds.val, cfg.val_limit)
+def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None,
+               watch: _Watch) -> tuple[cifar.Split, cifar.Split]:
+    """The training subset (stratified and seeded) and the validation images the config asks for (the archive
+    downloaded first when allowed and absent: bytes reported, a stop honoured at every chunk)."""
+    def downloaded(done: int, total: int) -> None:
+        watch.stop.check()
+        watch.report(Phase.DOWNLOADING, done, total or None, what="CIFAR-10")
+
+    if dataset is None:
+        watch.report(Phase.LOADING)
+        dataset = cifar.load_cifar10(paths.data_dir, paths.allow_download, paths.download_url, progress=downloaded)
+    train = cifar.stratified_subset(dataset.train, cfg.train_per_class, cfg.seed)
+    val = cifar.limit(dataset.val, cfg.val_limit)
+    watch.report(Phase.LOADING, len(train) + len(val), len(train) + len(val))
+    return train, val
 
 
-def _epoch(model, optimizer, lr: float, features, labels: dict, cfg: TrainConfig, amp, epoch: int, cb,
-           stop) -> dict:
-    """One epoch, training then validation, as the protocol's epoch row."""
+def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, cfg: TrainConfig, amp, epoch: int,
+           watch: _Watch) -> dict:
+    """One epoch, as the protocol's epoch row: the frozen pass for the flip states this epoch uses and the cache
+    lacks (part of the epoch's training time, as when it ran batch by batch), training, then validation (its
+    frozen pass in the first epoch)."""
+    def pass_of(split):
+        return lambda done, total: watch.report(Phase.FEATURES, done, total, epoch=epoch, split=split)
+
     t0 = time.perf_counter()
-    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, cb, stop)
+    perm, flips = _epoch_order(cfg, epoch, len(labels["train"]))
+    features.fill("train", flips, cfg.batch_size, watch.check, pass_of("train"))
+    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, watch, perm, flips)
     train_seconds = time.perf_counter() - t0
-    ev = _evaluate(model, features, labels["val"], cfg, amp, cb, epoch, stop)
+    features.fill("val", None, cfg.batch_size, watch.check, pass_of("val"))
+    ev = _evaluate(model, features, labels["val"], cfg, amp, watch, epoch)
     seconds = time.perf_counter() - t0
     with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
         penalty = float(_l2_penalty(model, cfg))
@@ -173,16 +264,17 @@ def _epoch(model, optimizer, lr: float, features, labels: dict, cfg: TrainConfig
                      confusion=ev["confusion"])
 
 
-def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None = None
-                ) -> tuple[SingleBlockModel, Preprocess]:
+def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None = None, stop: Stop | None = None,
+                on_progress: Callable[[dict], None] | None = None) -> tuple[SingleBlockModel, Preprocess]:
     """The backbone with its last block unfrozen and the paper's head, and the preprocessing its weights expect.
 
     The paper upsamples every model to 224 (the preset's `image_size`), whatever size its weights were trained at
     (NFNet-F6 448, EfficientNetV2-L 384): transformers are built for that size (timm resamples their position
     embeddings), CNNs take it as it is. Works under `torch.device("meta")` with weights="none" (tests build every
-    paper model that way).
+    paper model that way). A hub download reports its bytes to `on_progress` and honours `stop`.
     """
-    backbone = create_backbone(cfg.model, cfg.weights, weights_dir, img_size=cfg.image_size)
+    backbone = create_backbone(cfg.model, cfg.weights, weights_dir, img_size=cfg.image_size, stop=stop,
+                               on_progress=on_progress)
     data_cfg = resolve_model_data_config(backbone)
     image_size = cfg.image_size or data_cfg["input_size"][-1]
     model = SingleBlockModel(backbone, plan_for(cfg.model, backbone, cfg.pooling), cfg.head_hidden,
@@ -206,29 +298,18 @@ def _l2_penalty(model: SingleBlockModel, cfg: TrainConfig) -> torch.Tensor:
     return cfg.head_l2 * model.head_l2_term()
 
 
-class _StopCheck:
-    """Asks the stop callback every `every` batches; raises StopRequested when it says so."""
-
-    def __init__(self, should_stop: Callable[[], bool] | None, every: int):
-        self.should_stop, self.every, self.batches = should_stop, max(every, 1), 0
-
-    def __call__(self) -> None:
-        self.batches += 1
-        if self.should_stop and self.batches % self.every == 0 and self.should_stop():
-            raise StopRequested
-
-
-def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig, amp, epoch, cb, stop) -> dict:
+def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig, amp, epoch, watch: _Watch,
+                 perm: torch.Tensor, flips: torch.Tensor | None) -> dict:
     """One pass over the training images in the epoch's seeded order: mean cross-entropy, accuracy, and (with an
     L2 penalty) the mean of cross-entropy plus penalty, the loss Keras prints."""
     n = len(y)
-    perm, flips = _epoch_order(cfg, epoch, n)
     perm = perm.to(y.device)
     flips = flips.to(y.device) if flips is not None else None
     nb = math.ceil(n / cfg.batch_size)
     model.train()
     zero = torch.zeros((), device=y.device)
     loss_sum, keras_sum, correct = zero.clone(), zero.clone(), zero.clone()
+    watch.report(Phase.TRAINING, 0, nb, epoch=epoch)
     for b in range(nb):
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         feats = features.train(idx, flips[idx] if flips is not None else None)
@@ -242,9 +323,8 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
         loss_sum += loss.detach() * len(idx)
         keras_sum += total.detach() * len(idx)  # Keras' progress bar: the batch-size-weighted mean of its loss
         correct += (logits.argmax(1) == y[idx]).sum()
-        if cb.on_batch:
-            cb.on_batch({"phase": "train", "epoch": epoch, "batch": b + 1, "batches": nb})
-        stop()
+        watch.report(Phase.TRAINING, b + 1, nb, epoch=epoch)
+        watch.check()
     return {"loss": float(loss_sum) / n, "acc": float(correct) / n,
             "keras_loss": float(keras_sum) / n if cfg.head_l2 else None}
 
@@ -257,7 +337,7 @@ def _epoch_order(cfg: TrainConfig, epoch: int, n: int) -> tuple[torch.Tensor, to
     return perm, flips
 
 
-def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, cb, epoch, stop) -> dict:
+def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, watch: _Watch, epoch: int) -> dict:
     """Validation on every held-out image: plain cross-entropy (comparable across models), accuracy, per-class
     accuracy and the confusion matrix."""
     model.eval()
@@ -265,6 +345,7 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, cb,
     nb = math.ceil(n / cfg.batch_size)
     loss_sum = torch.zeros((), device=val_y.device)
     preds = []
+    watch.report(Phase.VALIDATING, 0, nb, epoch=epoch)
     with torch.no_grad():
         for b in range(nb):
             idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n), device=val_y.device)
@@ -273,9 +354,8 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, cb,
                 logits = model.forward_from_features(feats).float()
             loss_sum += F.cross_entropy(logits, val_y[idx], reduction="sum")
             preds.append(logits.argmax(1))
-            if cb.on_batch:
-                cb.on_batch({"phase": "val", "epoch": epoch, "batch": b + 1, "batches": nb})
-            stop()
+            watch.report(Phase.VALIDATING, b + 1, nb, epoch=epoch)
+            watch.check()
     pred = torch.cat(preds)
     k = catalogue.NUM_CLASSES
     confusion = torch.bincount(val_y * k + pred, minlength=k * k).view(k, k).cpu()
@@ -295,20 +375,22 @@ def _append_metrics(out_dir: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _summary(cfg: TrainConfig, st: checkpoint.Progress, counts: dict, info: dict, status: str) -> dict:
+def _summary(cfg: TrainConfig, state: _State, status: str, stopped_in: str | None = None) -> dict:
+    """What a run ended with. A run stopped during setup has no counts or device info yet: those are None."""
+    st, counts, info = state.progress, state.counts or {}, state.info or {}
     spec = catalogue.get(cfg.model)
     row = catalogue.paper_row(spec) if spec else None
     last = st.history[-1] if st.history else {}
     return {
-        "model": cfg.model, "status": status, "epochs_run": st.epoch, "epochs": cfg.epochs,
+        "model": cfg.model, "status": status, "stopped_in": stopped_in, "epochs_run": st.epoch, "epochs": cfg.epochs,
         "best_val_acc": st.best_acc if st.history else None, "best_epoch": st.best_epoch or None,
         "final_val_acc": last.get("val_acc"), "final_val_loss": last.get("val_loss"),
-        "total_params": counts["total_params"], "trainable_params": counts["trainable_params"],
+        "total_params": counts.get("total_params"), "trainable_params": counts.get("trainable_params"),
         "paper_name": spec.paper_name if spec else None,
         "paper_val_acc": row["val_acc"] if row else None,
         "paper_trainable_params": row["trainable_params"] if row else None,
-        "device": info["device"], "precision": info["precision"],
-        "feature_cache": info["feature_cache"],
+        "device": info.get("device"), "precision": info.get("precision"),
+        "feature_cache": info.get("feature_cache") or {"enabled": False, "reason": "stopped before it was set up"},
         "seconds": round(sum(r["seconds"] for r in st.history), 3),
         "images_per_s": round(float(np.mean([r["images_per_s"] for r in st.history])), 2) if st.history else None,
         "config": cfg.to_dict(),

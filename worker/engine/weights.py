@@ -1,6 +1,9 @@
 """Creating the timm backbone with its pretrained weights: hub (cached), a local file, or none.
 
 Hub downloads go to `<weights_dir>/hub` (Hugging Face's cache layout); once a model is there it loads offline.
+The weights file is fetched by our own call to `hf_hub_download` (not timm's, inside `create_model`), so its bytes
+are reported as they arrive (`on_progress`, every 64 KiB) and a stop asked for mid-download aborts it at the next
+chunk (huggingface_hub keeps the partial file and resumes it next time); timm then loads that file.
 """
 from __future__ import annotations
 
@@ -8,11 +11,17 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from core import catalogue
+from core.protocol import Phase, progress
+
+from .stop import Stop, StopRequested
+
+HUB_CHUNK_BYTES = 64 << 10  # huggingface_hub reads 10 MiB per chunk: progress and stop checks need finer steps
 
 
 class WeightsError(RuntimeError):
@@ -26,9 +35,11 @@ def _hub_cache_env(weights_dir: Path | None) -> None:
 
 
 def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
-                    img_size: int | None = None) -> nn.Module:
+                    img_size: int | None = None, stop: Stop | None = None,
+                    on_progress: Callable[[dict], None] | None = None) -> nn.Module:
     """The timm model with its weights. `img_size` rebuilds a transformer for another input size (timm
-    resamples its position embeddings); CNNs take any size as they are."""
+    resamples its position embeddings); CNNs take any size as they are. A hub download reports `downloading`
+    progress and honours `stop` (StopRequested) at every chunk."""
     import timm
 
     if not timm.is_model(model):
@@ -42,7 +53,12 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
     if weights == "hub":
         _hub_cache_env(weights_dir)
         try:
+            file = _hub_file(name, weights_dir, stop, on_progress)
+            if file is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
             return timm.create_model(name, pretrained=True, **kwargs)
+        except StopRequested:
+            raise
         except Exception as e:  # noqa: BLE001 - hub failures come in many types; all mean the same to a user
             where = Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub"))
             first = (str(e).splitlines() or [""])[0].rstrip(". ")
@@ -59,6 +75,69 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
     backbone = timm.create_model(name, pretrained=False, **kwargs)
     load_local(backbone, path)
     return backbone
+
+
+class _HubProgress:
+    """What huggingface_hub takes for its progress bar (`tqdm_class`): reports bytes, and is where a stop lands."""
+    report: Callable[[int, int | None], None] = staticmethod(lambda done, total: None)
+
+    def __init__(self, *args, total=None, initial=0, **kwargs):
+        self.total, self.n = total, initial or 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.n += n
+        self.report(self.n, self.total)
+
+    def close(self):
+        pass
+
+    def set_description(self, *args, **kwargs):
+        pass
+
+
+def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
+              on_progress: Callable[[dict], None] | None) -> Path | None:
+    """Download (or find in the cache) the weights file timm would load for `name`, as timm picks it (the
+    safetensors file first, else the PyTorch one); None for weights timm fetches from elsewhere (a plain URL)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if not hub_id or getattr(cfg, "source", "") == "local-dir":
+        return None
+    repo, _, revision = hub_id.partition("@")
+    files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
+                                                                                 "pytorch_model.bin"]
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, HUB_CHUNK_BYTES)
+    what = f"weights of {name}"
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not at import (a mirror set after start counts)
+
+    def report(done: int, total: int | None) -> None:
+        if stop:
+            stop.check()
+        if on_progress:
+            on_progress(progress(Phase.DOWNLOADING, done, total, what=what))
+
+    bar = type("Bar", (_HubProgress,), {"report": staticmethod(report)})
+    if stop:
+        stop.check()
+    cache = Path(weights_dir) / "hub" if weights_dir is not None else None
+    first: EntryNotFoundError | None = None
+    for filename in files:
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache, tqdm_class=bar,
+                                        endpoint=endpoint))
+        except EntryNotFoundError as e:  # not there (or not cached, offline): try the next name timm would
+            first = first or e
+    raise first
 
 
 def hub_name(model: str) -> str:

@@ -14,7 +14,9 @@ from core.settings import Settings, get_settings
 def make_celery(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     s.home.mkdir(parents=True, exist_ok=True)
-    app = Celery("blocklab", broker=s.broker_url, backend=s.result_backend, include=["worker.queue.tasks"])
+    # report: the worker's self-report (device, throughput, weights and data present) for plans
+    app = Celery("blocklab", broker=s.broker_url, backend=s.result_backend,
+                 include=["worker.queue.tasks", "worker.queue.report"])
     app.conf.update(
         task_default_queue=JOBS_QUEUE,
         task_serializer="json", accept_content=["json"], result_serializer="json",

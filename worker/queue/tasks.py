@@ -2,10 +2,18 @@
 
 Idempotent: a job delivered again (worker lost, requeued) resumes from its checkpoint, replays the finished
 epochs it already has (the backend stores each epoch once) and never recomputes them.
+
+Cancel: a watchdog thread asks the job's control queue every `control_poll_s` and sets the run's stop Event,
+which the engine honours within a layer of the model in every phase (setup, downloads, the frozen pass,
+training); the job ends `cancelled`. A force stop (a cancel with force=true, or a cancel the engine has not
+honoured within `cancel_grace_s`) reports the job cancelled, leaves a marker in the job's folder and ends the
+worker process: its supervisor (`make run`'s launcher, docker's restart policy) starts a fresh one. The task
+message is acknowledged late, so it may come again: the marker makes that delivery end at once, untrained.
 """
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -15,12 +23,16 @@ import traceback
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME, JobStatus
+from core.protocol import TASK_NAME, JobStatus, Phase
 from core.settings import get_settings
 
 from .celery_app import app
 
 log = logging.getLogger("blocklab.worker")
+
+PROGRESS_EVERY_S = 0.5  # progress events at most this often, but always on a new phase and at its end
+FORCED_EXIT_CODE = 75  # what a force-stopped worker exits with (EX_TEMPFAIL: its supervisor starts another)
+FORCE_REPORT_S = 5.0  # a force stop waits this long for its `finished` event to reach the broker, then exits
 
 
 def _local_weights(weights_dir: Path, model: str) -> str:
@@ -34,8 +46,9 @@ def _local_weights(weights_dir: Path, model: str) -> str:
 
 
 def _injected_faults(job_id: int) -> set[str]:
-    """Test-only fault injection: BLOCKLAB_TEST_FAULTS="oom:3,oom:7" simulates running out of memory in
-    jobs 3 and 7 (the reliability suite proves the failure message and that the worker lives on)."""
+    """Test-only fault injection: BLOCKLAB_TEST_FAULTS="oom:3,hang:7" simulates running out of memory in job 3
+    and a wedged device in job 7 (training stops responding, to stops too): the reliability suite proves the
+    failure message, the force stop, and that a worker goes on."""
     spec = os.environ.get("BLOCKLAB_TEST_FAULTS", "")
     return {kind for kind, _, jid in (x.partition(":") for x in spec.split(",") if x) if jid == str(job_id)}
 
@@ -60,15 +73,70 @@ def _friendly_error(e: BaseException) -> str:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, events: EventPublisher, interval: float):
+    def __init__(self, send, interval: float):
         super().__init__(daemon=True, name="heartbeat")
-        self.events, self.interval, self.stopped = events, interval, threading.Event()
-        self.lock = threading.Lock()
+        self.send, self.interval, self.stopped = send, interval, threading.Event()
 
     def run(self):
         while not self.stopped.wait(self.interval):
-            with self.lock:
-                self.events.send("heartbeat")
+            self.send("heartbeat")
+
+
+def force_marker(out_dir: Path, attempt: int) -> Path:
+    """Left in the job's folder by a force stop: a redelivered message for this attempt must never train."""
+    return out_dir / f".force-stopped.attempt{attempt}"
+
+
+class _Watchdog(threading.Thread):
+    """Listens for this attempt's cancel while the job runs, whatever the training thread is doing: sets the
+    stop Event on a cancel, and force-stops (`on_force(reason)`) on force=true or when the engine has not
+    honoured the cancel within `grace_s`. `honoured()` stands it down (the run is ending by itself)."""
+
+    def __init__(self, control: ControlChannel, stop: threading.Event, poll_s: float, grace_s: float, on_force):
+        super().__init__(daemon=True, name="cancel-watchdog")
+        self.control, self.stop, self.poll_s, self.grace_s, self.on_force = control, stop, poll_s, grace_s, on_force
+        self.done = threading.Event()
+        self.heard_at: float | None = None  # monotonic time the cancel was heard
+
+    def honoured(self) -> None:
+        self.done.set()
+
+    def run(self):
+        while not self.done.wait(self.poll_s):
+            if self.control.cancelled() and self.heard_at is None:
+                self.heard_at = time.monotonic()
+                log.info("cancel heard: stopping the run")
+                self.stop.set()
+            if self.done.is_set():
+                return
+            if self.control.force:
+                return self.on_force("a force stop was asked for")
+            if self.heard_at is not None and time.monotonic() - self.heard_at > self.grace_s:
+                return self.on_force(f"the run did not stop within {self.grace_s:g} s of the cancel")
+
+
+class _ProgressSender:
+    """Engine progress -> `progress` events, throttled: at most every PROGRESS_EVERY_S, but always on a new phase
+    (or split) and when a phase reaches its total."""
+
+    def __init__(self, send, faults: set[str]):
+        self.send, self.faults = send, faults
+        self.last, self.key = float("-inf"), None
+
+    def __call__(self, p: dict) -> None:
+        if "oom" in self.faults and p["phase"] == Phase.TRAINING:
+            import torch
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB "
+                                              "(simulated by BLOCKLAB_TEST_FAULTS)")
+        now = time.monotonic()
+        key = (p["phase"], p.get("split"), p.get("epoch"))
+        end = p["total"] is not None and p["done"] >= p["total"]
+        if key != self.key or end or now - self.last >= PROGRESS_EVERY_S:
+            self.last, self.key = now, key
+            self.send(**p)
+        if "hang" in self.faults and p["phase"] == Phase.TRAINING:  # after the event: the job is seen training
+            log.warning("BLOCKLAB_TEST_FAULTS: this job's training hangs now")
+            threading.Event().wait()  # never set: only a force stop ends this
 
 
 @app.task(name=TASK_NAME, bind=True)
@@ -77,12 +145,49 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
     out_dir = s.runs_path / f"job-{job_id}"
     topts = transport_options(s.broker_url, s.visibility_timeout_s)
     events = EventPublisher(s.broker_url, job_id, attempt, topts)
-    control = ControlChannel(s.broker_url, job_id, attempt, topts)
+    control = ControlChannel(s.broker_url, job_id, attempt, topts, min_interval_s=0)  # the watchdog paces it
     worker = f"{self.request.hostname or socket.gethostname()} pid {os.getpid()}"
+    send_lock = threading.Lock()  # one event at a time from the task, its heartbeat and its watchdog
+    finished = threading.Event()  # a finished event went out: nothing else may send one
+
+    def send(kind, **data):
+        with send_lock:
+            events.send(kind, **data)
+
+    def finish(status, **data) -> None:
+        with send_lock:
+            if not finished.is_set():
+                events.send("finished", status=status, **data)
+                finished.set()
+
+    def force_stop(reason: str) -> None:
+        """From the watchdog: the job is reported cancelled and this process ends; nothing after it runs."""
+        log.warning("job %s: force stop (%s): ending the worker process", job_id, reason)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            force_marker(out_dir, attempt).write_text(json.dumps({"reason": reason, "at": time.time()}))
+        except OSError as e:
+            log.error("job %s: cannot leave the force-stop marker (%s)", job_id, e)
+        note = threading.Thread(target=finish, daemon=True, args=(JobStatus.CANCELLED,), kwargs={
+            "error": f"force-stopped: {reason}; the worker process was ended (its supervisor starts a fresh one). "
+                     "Resume continues from the last finished epoch."})
+        note.start()
+        note.join(FORCE_REPORT_S)  # a broker that is away must not keep a stuck worker alive
+        logging.shutdown()
+        os._exit(FORCED_EXIT_CODE)
+
+    stop = threading.Event()
+    watchdog = _Watchdog(control, stop, s.control_poll_s, s.cancel_grace_s, force_stop)
     try:
-        if control.cancelled():  # cancelled while queued: never starts
-            events.send("finished", status=JobStatus.CANCELLED, error=None)
+        if force_marker(out_dir, attempt).exists():  # this attempt was force-stopped: its message came again
+            log.warning("job %s attempt %s was force-stopped: not training it again", job_id, attempt)
+            finish(JobStatus.CANCELLED, error="force-stopped (the task was delivered again after its worker "
+                                              "was ended)")
             return {"status": JobStatus.CANCELLED}
+        if control.cancelled():  # cancelled while queued: never starts
+            finish(JobStatus.CANCELLED, error=None)
+            return {"status": JobStatus.CANCELLED}
+        watchdog.start()  # from here a cancel is heard while the rest of setup runs (imports take seconds)
         import torch
 
         from core.config import TrainConfig
@@ -96,49 +201,43 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
         cfg = TrainConfig.from_dict(cfg_dict)
         device = resolve_device(cfg.device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        events.send("started", worker=worker, device=f"{device} ({name})")
-        beat = _Heartbeat(events, s.heartbeat_interval_s)
+        send("started", worker=worker, device=f"{device} ({name})")
+        beat = _Heartbeat(send, s.heartbeat_interval_s)
         beat.start()
         try:
             ckpt = checkpoint.load(out_dir) if out_dir.exists() else None
             for row in (ckpt or {}).get("history", []):  # replay: the backend keeps each epoch once
-                with beat.lock:
-                    events.send("epoch", row=row)
-            last = [0.0]
-            faults = _injected_faults(job_id)
+                send("epoch", row=row)
 
-            def on_batch(e):
-                if "oom" in faults:
-                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB "
-                                                      "(simulated by BLOCKLAB_TEST_FAULTS)")
-                now = time.monotonic()
-                if now - last[0] >= 0.5 or e["batch"] == e["batches"]:
-                    last[0] = now
-                    with beat.lock:
-                        events.send("progress", **e)
-
-            def on_epoch(row):
-                with beat.lock:
-                    events.send("epoch", row=row)
-
-            def on_info(info):
-                with beat.lock:
-                    events.send("info", info=info)
+            def on_stopped(summary):  # honoured: the job is cancelled now, even while the cache is being kept
+                watchdog.honoured()
+                if watchdog.heard_at is not None:
+                    log.info("job %s attempt %s: cancel honoured %.3f s after it was heard (during %s)", job_id,
+                             attempt, time.monotonic() - watchdog.heard_at, summary.get("stopped_in"))
+                finish(JobStatus.CANCELLED, error=None, summary=summary)
 
             summary = run(cfg, Paths(s.data_path, out_dir, s.weights_path, s.cache_path,
                                      int(s.cache_cap_gb * 2**30), allow_download=s.allow_download),
-                          Callbacks(on_batch=on_batch, on_epoch=on_epoch, should_stop=control.cancelled,
-                                    on_info=on_info))
+                          Callbacks(on_progress=_ProgressSender(lambda **p: send("progress", **p),
+                                                                _injected_faults(job_id)),
+                                    on_epoch=lambda row: send("epoch", row=row),
+                                    on_info=lambda info: send("info", info=info),
+                                    on_stopped=on_stopped, stop=stop))
         finally:
+            watchdog.honoured()
             beat.stopped.set()
             beat.join()
         status = JobStatus.CANCELLED if summary["status"] == "stopped" else JobStatus.SUCCEEDED
-        events.send("finished", status=status, error=None, summary=summary)
+        finish(status, error=None, summary=summary)
         return {"status": status}
     except Exception as e:  # noqa: BLE001 - every failure becomes a readable job error, the worker lives on
+        watchdog.honoured()
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        events.send("finished", status=JobStatus.FAILED, error=_friendly_error(e))
+        finish(JobStatus.FAILED, error=_friendly_error(e))
         return {"status": JobStatus.FAILED}
     finally:
+        watchdog.honoured()
+        if watchdog.is_alive():
+            watchdog.join()  # it may be asking the control queue right now: let it finish before closing that
         control.close()
         events.close()

@@ -1,0 +1,77 @@
+"""The worker's self-report: what it finds (hub cache, local weights file, CIFAR-10), its calibration, the
+refinement from a finished job, and the event it sends on the events queue."""
+import json
+from pathlib import Path
+
+from kombu import Connection
+
+from core.config import preset
+from core.protocol import EVENTS_QUEUE
+from core.settings import Settings
+from worker.queue import report
+
+
+def _fake_hub_entry(hub: Path, repo: str, name: str = "model.safetensors", size: int = 3 * 2**20):
+    """A file in Hugging Face's cache layout, as hf_hub_download leaves it."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / name).write_bytes(b"\0" * size)
+
+
+def test_weights_are_found_in_the_hub_cache_for_the_pinned_tag_and_as_local_files(tmp_path):
+    _fake_hub_entry(tmp_path / "hub", "timm/deit_tiny_patch16_224.fb_in1k")
+    _fake_hub_entry(tmp_path / "hub", "timm/vgg19.some_other_tag")  # not the catalogue's tag: not these weights
+    (tmp_path / "resnet152.pth").write_bytes(b"\0" * 2**20)
+    found = report.weights_present(tmp_path)
+    assert found["deit_tiny_patch16_224"]["hub"] and found["deit_tiny_patch16_224"]["hub_mb"] == 3.0
+    assert not found["vgg19"]["hub"]
+    assert found["resnet152"]["local"] == str(tmp_path / "resnet152.pth") and found["resnet152"]["local_mb"] == 1.0
+    assert not found["resnet152"]["hub"] and found["deit_tiny_patch16_224"]["local"] is None
+
+
+def test_data_is_present_as_the_batches_folder_or_the_archive(tmp_path, tiny_cifar_dir):
+    assert report.data_present(tiny_cifar_dir)
+    assert not report.data_present(tmp_path)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    assert report.data_present(tmp_path)
+
+
+def test_calibration_measures_a_positive_throughput_in_about_the_time_asked():
+    cal = report.calibrate("cpu", seconds=0.3)
+    assert cal["gflops"] > 0.1 and 0.3 <= cal["seconds"] < 5 and cal["steps"] >= 4
+
+
+def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_cifar_dir, monkeypatch):
+    from worker.engine.train import Paths, run
+    s = Settings(home=tmp_path / "home", data_dir=tiny_cifar_dir, allow_download=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = preset("quick", weights="none", epochs=2, image_size=32, batch_size=64, val_limit=40)
+    run(cfg, Paths(tiny_cifar_dir, s.runs_path / "job-7"))
+    r = report.Reporter(s, "w9@test")
+    r.calibration = {"gflops": 1.0}
+    r.job_finished(7, cfg.to_dict())
+    assert r.measured["deit_tiny_patch16_224@32"] > 0
+
+    with Connection(s.broker_url) as conn:
+        q = conn.SimpleQueue(EVENTS_QUEUE)
+        msg = q.get(timeout=5)
+        ev = msg.payload
+        msg.ack()
+        q.close()
+    assert ev["type"] == "worker" and ev["job_id"] == 0
+    rep = ev["worker"]
+    assert rep["name"] == "w9@test" and rep["device"] == "cpu (cpu)" and rep["gflops"] == 1.0
+    assert rep["measured"] == r.measured and rep["data_present"] and rep["hub_offline"]
+    assert rep["allow_download"] is False and rep["data_host_reachable"] is False
+    assert json.dumps(rep)  # plain JSON, as the broker carries it
+
+
+def test_a_job_without_a_summary_teaches_nothing(tmp_path):
+    s = Settings(home=tmp_path / "home")
+    r = report.Reporter(s, "w@x")
+    r.job_finished(99, {})
+    assert r.measured == {}

@@ -1,0 +1,233 @@
+"""The worker's self-report, the preflight a plan rests on: what this worker can run and how fast.
+
+At start (Celery's worker_ready), every `worker_report_s` and after each job, the worker sends a `worker` event on
+the events queue (job id 0: it speaks for no job) with
+
+- its name and device, and its throughput in effective GFLOP/s: measured once at start by timing a real
+  transformer block's forward and backward on its own device for about a second, then refined by every finished
+  job (per model and image size: the job's work over its measured time, core.estimate.run_gflops);
+- for every catalogue model whether its pretrained weights are here: in the hub cache the engine loads from
+  (`<weights_dir>/hub`, Hugging Face's layout, the catalogue's pinned tag) and as a local file
+  (`<weights_dir>/<model>.safetensors|.pth`, what weights=local loads), with their size;
+- whether CIFAR-10 is in the data dir (what worker.engine.data.locate accepts), whether the worker may download it
+  (settings.allow_download) and whether the hub and the dataset's host are reachable at all.
+
+The backend keeps the latest report per worker (backend/app/workers.py) and answers POST /api/plan from it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from celery import signals
+
+from core import catalogue
+from core.broker import EventPublisher, transport_options
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("blocklab.worker.report")
+
+HUB_HOST = ("huggingface.co", 443)
+DATA_HOST = ("www.cs.toronto.edu", 443)
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+# -- what is here ---------------------------------------------------------------------------------------------
+def _hub_file(hub_id: str, filename: str | None, hub_cache: Path) -> Path | None:
+    """The weights file of `hub_id` ("repo" or "repo@revision") in a Hugging Face cache, as the engine picks it
+    (worker/engine/weights.py: the pretrained config's file name, else safetensors first, else the PyTorch one);
+    None when it is not there, i.e. a run would have to download it."""
+    from huggingface_hub import try_to_load_from_cache
+    repo, _, revision = hub_id.partition("@")
+    for name in [filename] if filename else list(_HF_FILES):
+        found = try_to_load_from_cache(repo, name, cache_dir=str(hub_cache), revision=revision or None)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def weights_present(weights_dir: Path) -> dict[str, dict]:
+    """Per catalogue model: its hub weights (the pinned tag) in `<weights_dir>/hub`, and a local file for
+    weights=local, each with its size in MB (None when absent)."""
+    import timm
+    out = {}
+    for spec in catalogue.CATALOGUE.values():
+        entry = {"hub": False, "hub_mb": None, "local": None, "local_mb": None}
+        try:
+            cfg = timm.models.get_pretrained_cfg(spec.weights_name)
+        except Exception:  # noqa: BLE001 - a tag timm does not know: the weights are not findable either
+            cfg = None
+        hub_id = getattr(cfg, "hf_hub_id", None)
+        f = _hub_file(hub_id, getattr(cfg, "hf_hub_filename", None), weights_dir / "hub") if hub_id else None
+        if f is not None:
+            entry.update(hub=True, hub_mb=round(f.stat().st_size / 2**20, 1))
+        for ext in (".safetensors", ".pth"):
+            p = weights_dir / f"{spec.id}{ext}"
+            if p.is_file():
+                entry.update(local=str(p), local_mb=round(p.stat().st_size / 2**20, 1))
+                break
+        out[spec.id] = entry
+    return out
+
+
+def data_present(data_dir: Path) -> bool:
+    """What worker.engine.data.locate accepts without downloading: the batches folder or the official archive."""
+    from worker.engine.data import ARCHIVE_NAME, BATCHES_DIR
+    return any((c / "test_batch").is_file() for c in (data_dir / BATCHES_DIR, data_dir)) or \
+        (data_dir / ARCHIVE_NAME).is_file()
+
+
+def reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
+    """Can this machine open a connection to `host` at all (an offline lab cannot, and downloads would fail)."""
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set: the hub library refuses every download whatever the network says."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# -- how fast ---------------------------------------------------------------------------------------------------
+def calibrate(device_name: str = "cpu", seconds: float = 1.0) -> dict:
+    """Effective fp32 GFLOP/s of this device on the work a run does: a ViT-S block (384 wide, 197 tokens)
+    forward and backward, timed for about `seconds` after a warm-up, its FLOPs counted by FlopCounterMode."""
+    import torch
+    from timm.models.vision_transformer import Block
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device(device_name)
+    batch = 8 if device.type == "cpu" else 128
+    block = Block(384, 6).to(device)
+    x = torch.randn(batch, 197, 384, device=device, requires_grad=True)
+    with FlopCounterMode(display=False) as fc:
+        block(x).sum().backward()  # forward and backward, counted
+    flops = fc.get_total_flops()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    for _ in range(2):
+        block(x).sum().backward()
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        block(x).sum().backward()
+        n += 1
+        if n % 4 == 0:
+            sync()
+            if time.perf_counter() - t0 >= seconds:
+                break
+    elapsed = time.perf_counter() - t0
+    return {"gflops": round(flops * n / elapsed / 1e9, 2), "seconds": round(elapsed, 3), "steps": n,
+            "what": f"timm ViT-S block (384 wide, 6 heads, 197 tokens), batch {batch}, fp32 forward+backward"}
+
+
+def describe_device(setting: str) -> tuple[str, str]:
+    """(torch device, the string jobs report: "cuda:0 (NVIDIA H200)" or "cpu (cpu)")."""
+    import torch
+
+    from worker.engine.device import resolve_device
+    d = resolve_device(setting)
+    name = torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
+    return str(d), f"{d} ({name})"
+
+
+# -- the reporter -------------------------------------------------------------------------------------------------
+class Reporter:
+    """Builds and sends this worker's reports; one per worker process."""
+
+    def __init__(self, settings: Settings, name: str):
+        self.settings, self.name = settings, name
+        self.calibration: dict | None = None
+        self.measured: dict[str, float] = {}  # "model@size" -> effective training GFLOP/s of a finished job
+        self.device, self.device_text = describe_device(settings.device)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        settings.home.mkdir(parents=True, exist_ok=True)  # the SQLite broker's file lives there
+        self.events = EventPublisher(settings.broker_url, 0, 0,
+                                     transport_options(settings.broker_url, settings.visibility_timeout_s))
+
+    def report(self) -> dict:
+        s = self.settings
+        offline = hub_offline()
+        hub_ok = False if offline else reachable(HUB_HOST)
+        data_ok = reachable(DATA_HOST) if s.allow_download else False
+        cal = self.calibration or {}
+        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "device": self.device_text,
+                "gflops": cal.get("gflops"), "calibration": cal, "measured": dict(self.measured),
+                "weights_dir": str(s.weights_path), "weights": weights_present(s.weights_path),
+                "hub_offline": offline, "hub_reachable": hub_ok,
+                "data_dir": str(s.data_path), "data_present": data_present(s.data_path),
+                "allow_download": s.allow_download, "data_host_reachable": data_ok,
+                "interval_s": s.worker_report_s}
+
+    def send(self) -> None:
+        with self.lock:
+            try:
+                self.events.send("worker", worker=self.report())
+            except Exception:  # noqa: BLE001 - a report is advice: never let it take the worker down
+                log.exception("worker report failed")
+
+    def job_finished(self, job_id: int, config: dict) -> None:
+        """Refine the throughput for the job's model and size from what the job really took (its work over its
+        epochs' time: core.estimate.run_gflops), then report at once (it may have downloaded weights or data).
+        A job that reused a finished feature cache did not compute its frozen part: it teaches nothing here."""
+        import json
+
+        from core import estimate
+        folder = self.settings.runs_path / f"job-{job_id}"
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+            rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+            cache = summary.get("feature_cache") or {}
+            model, cfg = summary["model"], summary["config"]
+            secs = sum(r["seconds"] for r in rows)
+            if rows and secs > 0 and not cache.get("reused") and catalogue.get(model):
+                n_train = round(rows[0]["images_per_s"] * rows[0]["train_seconds"])
+                n_val = int(sum(rows[0]["confusion"][i][j] for i in range(10) for j in range(10)))
+                g = estimate.run_gflops(cfg, n_train, n_val, len(rows), secs)
+                self.measured[f"{model}@{cfg.get('image_size')}"] = round(g, 2)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass  # a job that failed early has no summary or rows: nothing to learn from it
+        # From a thread: the reachability probes must not hold up the next job.
+        threading.Thread(target=self.send, daemon=True, name="worker-report-after-job").start()
+
+    def loop(self) -> None:
+        while not self.stopped.wait(self.settings.worker_report_s):
+            self.send()
+
+
+_reporter: Reporter | None = None
+
+
+@signals.worker_ready.connect
+def _on_ready(sender=None, **_):
+    """Calibrate before the first job runs (the solo pool takes none until this returns: a clean measurement),
+    report, then keep reporting from a daemon thread."""
+    global _reporter
+    s = get_settings()
+    name = getattr(sender, "hostname", None) or socket.gethostname()
+    try:
+        r = Reporter(s, name)
+        r.calibration = calibrate(r.device)
+        log.info("calibration on %s: %s GFLOP/s", r.device_text, r.calibration["gflops"])
+    except Exception:  # noqa: BLE001 - without a report plans say "no worker has reported"; jobs still run
+        log.exception("worker self-report unavailable")
+        return
+    _reporter = r
+    r.send()
+    threading.Thread(target=r.loop, daemon=True, name="worker-report").start()
+
+
+@signals.task_postrun.connect
+def _on_job_done(sender=None, args=None, **_):
+    if _reporter is not None and args:
+        _reporter.job_finished(int(args[0]), args[2] if len(args) > 2 else {})
