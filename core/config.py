@@ -124,8 +124,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # A labelled dry run: the whole pipeline of a job in minutes, never mistaken for a paper run (the experiment is
-# marked `dry_run`, and the job list, compare view and CSV say so). These values replace the job's own.
+# marked `dry_run`, and the job list, compare view and CSV say so). These values cap the job's own (dry_run()).
 DRY_RUN: dict[str, Any] = {"epochs": 2, "train_per_class": 50, "val_limit": 500, "image_size": 112}
+
+
+def dry_run(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as its labelled dry run: each DRY_RUN value caps the config's own, so a dry run is never bigger
+    than the run it stands for (train_per_class 2 stays 2); an empty value (all images) takes the dry run's."""
+    out = dict(config)
+    for k, v in DRY_RUN.items():
+        own = out.get(k)
+        out[k] = v if own is None else min(own, v)
+    return out
 
 
 @cache

@@ -22,6 +22,9 @@ class Streams:
     def __init__(self):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, set[asyncio.Event]] = {}
+        # Changes seen per job: a stream notes the count before it reads the database, so a change committed
+        # between its read and its wait wakes it at once instead of being lost until the next keep-alive.
+        self._versions: Counter[int] = Counter()
         self._lock = threading.Lock()
         self.open = 0
         self.per_client: Counter[str] = Counter()
@@ -36,11 +39,19 @@ class Streams:
             loop.call_soon_threadsafe(self._wake, job_id)
 
     def _wake(self, job_id: int) -> None:
+        self._versions[job_id] += 1
         for ev in self._waiters.get(job_id, ()):
             ev.set()
 
-    async def wait(self, job_id: int, timeout: float) -> bool:
-        """Until the job changes (True) or `timeout` passes (False)."""
+    def version(self, job_id: int) -> int:
+        """How many changes of the job this process has seen (read on the event loop, like `_wake` writes it)."""
+        return self._versions[job_id]
+
+    async def wait(self, job_id: int, timeout: float, seen: int | None = None) -> bool:
+        """Until the job changes (True) or `timeout` passes (False). With `seen` (a `version` read before the
+        caller looked at the database), a change since then returns True at once."""
+        if seen is not None and self._versions[job_id] != seen:
+            return True
         ev = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(ev)
         try:

@@ -12,11 +12,13 @@ export function cardView(card, forJob) {
   box.append(el("table", { class: "card-rows" }, el("tbody", {}, card.rows.map((r) =>
     el("tr", {}, el("th", { text: r.label }), el("td", { text: r.value }))))));
   if (forJob) {
-    const shown = (v) => (v === null || v === undefined ? "empty" : String(v));
+    // An empty value reads as its option's meaning ("all" images), from GET /api/options.
+    const emptyMeans = (option) => ((state.options || []).find((o) => o.name === option) || {}).none_means || "none";
+    const shown = (v, option) => (v === null || v === undefined ? emptyMeans(option) : String(v));
     const differs = card.config_deviations;
     box.append(el("h4", { text: differs.length ? "This job leaves the paper preset" : "This job runs the paper preset" }),
       differs.length ? el("ul", { class: "job-differs" }, differs.map((d) =>
-        el("li", {}, el("strong", { text: d.label }), `: ${shown(d.value)} (paper preset: ${shown(d.paper)})`))) : "");
+        el("li", {}, el("strong", { text: d.label }), `: ${shown(d.value, d.option)} (paper preset: ${shown(d.paper, d.option)})`))) : "");
   }
   if (card.deviations.length) {
     box.append(el("h4", { text: "Known deviations from the authors' runs" }),

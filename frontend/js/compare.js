@@ -9,7 +9,7 @@ import { makePicker, modelName } from "./picker.js";
 const MULTIPLES_BEYOND = 6;  // more runs than this: one small chart per model instead of one crowded chart
 const POLL_ACTIVE_MS = 2000;  // while a listed run is queued or running
 const POLL_IDLE_MS = 10000;  // otherwise: picks up runs started elsewhere
-const METRIC_FETCHES_PER_TICK = 8;  // the cap on metric requests a tick sends
+const METRIC_FETCHES_PER_TICK = 8;  // the cap on metric requests in flight at once
 
 // ---------------------------------------------------------------------------------------------------- curves
 function paperLines(m, lastEpoch, showlegend = true) {
@@ -81,7 +81,7 @@ function drawCurves(area, chosen, metrics) {
     for (const m of [...new Set(runs.map((r) => r.model))]) traces.push(...paperLines(modelById(m), lastEpoch));
     const title = id ? modelName({ model: id }) : "Validation accuracy";
     const shownEpochs = Math.max(...runs.map((r) => r.epochs), ...(traces.flatMap((t) => t.x)));
-    const lay = layout(title, "val accuracy", { yaxis: { title: { text: "val accuracy" }, tickformat: ".0%", automargin: true },
+    const lay = layout(title, "val accuracy", { yaxis: { title: { text: "val accuracy" }, tickformat: ".1%", automargin: true },
       xaxis: { title: { text: "epoch" }, dtick: Math.max(1, Math.ceil(shownEpochs / (id ? 5 : 10))), automargin: true } });
     if (id) lay.title.font = { color: modelColour(id) };
     box.draw(traces, lay);
@@ -200,10 +200,16 @@ export async function renderCompare(view, params) {
       hint.textContent = ids.length ? "The chosen runs are gone (deleted, or archived: tick show archived)."
         : "Pick runs in the table above, then Compare selected.";
       if (!chosen.length) return;
-      // Metrics only for runs that gained an epoch since their last fetch, a few per tick.
-      const stale = chosen.filter((r) => fetched.get(r.id) !== r.epochs_done).slice(0, METRIC_FETCHES_PER_TICK);
-      const rows = await Promise.all(stale.map((r) => api(`/api/jobs/${r.id}/metrics`)));
-      stale.forEach((r, i) => { metrics.set(r.id, rows[i]); fetched.set(r.id, r.epochs_done); });
+      // Metrics only for runs that gained an epoch since their last fetch (a run without one needs no request),
+      // at most METRIC_FETCHES_PER_TICK at a time, all of them before the charts are drawn.
+      const stale = chosen.filter((r) => fetched.get(r.id) !== r.epochs_done);
+      for (const r of stale) if (!r.epochs_done) { metrics.set(r.id, []); fetched.set(r.id, 0); }
+      const wanted = stale.filter((r) => r.epochs_done);
+      for (let i = 0; i < wanted.length; i += METRIC_FETCHES_PER_TICK) {
+        const part = wanted.slice(i, i + METRIC_FETCHES_PER_TICK);
+        const rows = await Promise.all(part.map((r) => api(`/api/jobs/${r.id}/metrics`)));
+        part.forEach((r, j) => { metrics.set(r.id, rows[j]); fetched.set(r.id, r.epochs_done); });
+      }
       csv.href = `/api/compare.csv?jobs=${chosen.map((r) => r.id).join(",")}`;
       tbody.replaceChildren(...tableRows(chosen));
       drawCurves(curves, chosen, metrics);

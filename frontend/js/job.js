@@ -184,7 +184,8 @@ export async function renderJob(view, id) {
     acc.draw([
       { x: ep, y: metrics.map((m) => m.val_acc), name: "val accuracy", mode: "lines+markers" },
       { x: ep, y: metrics.map((m) => m.train_acc), name: "train accuracy", mode: "lines+markers" },
-      ...paperTraces(model, current.epochs)], layout("Accuracy", "accuracy"), PLOT_CONFIG);
+      ...paperTraces(model, current.epochs)], layout("Accuracy", "accuracy",
+        { yaxis: { title: { text: "accuracy" }, tickformat: ".1%", automargin: true } }), PLOT_CONFIG);
     // With the head's L2 penalty on, the losses Keras would have printed (the authors' logs) go beside the plain ones.
     const keras = metrics.some((m) => m.keras_val_loss !== null && m.keras_val_loss !== undefined) ? [
       { x: ep, y: metrics.map((m) => m.keras_val_loss), name: "val loss + L2 (Keras)", mode: "lines", line: { dash: "dot" } },

@@ -119,7 +119,7 @@ export function confirmPlan(container, plan, { title, what, signal }) {
       el("fieldset", { class: "plan-mode" }, el("legend", { text: "What to queue" }),
         choice("full", "Full paper run", full, true), choice("dry", "Dry run (labelled)", dryText, false)),
       blocked.length ? el("p", { class: "error-text", id: "plan-blocked",
-        text: `${blocked.length === items.length && items.length > 1 ? "Every model" : blocked.length === 1 ? "1 model" : `${blocked.length} models`} cannot run as planned (see "Blocked" above): fix that, then plan again. Nothing was queued.` }) : "",
+        text: `${blocked.length === items.length && items.length > 1 ? `None of the ${items.length} models can` : blocked.length === 1 ? "1 model cannot" : `${blocked.length} models cannot`} run as planned (see "Blocked" above): fix that, then plan again. Nothing was queued.` }) : "",
       el("div", { class: "plan-buttons" }, confirm, back));
     confirm.disabled = blocked.length > 0;
     confirm.addEventListener("click", () => done({ dry_run: dialog.querySelector("#plan-mode-dry").checked }));

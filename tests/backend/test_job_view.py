@@ -187,19 +187,25 @@ def test_force_stop_ends_a_job_at_once_and_tells_its_worker(api, cancels):
 def test_a_dry_run_is_marked_and_runs_the_dry_values(api, monkeypatch):
     sent = []
     monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config: sent.append(config))
-    r = api.post("/api/experiments", json={"name": "dry", "config": TINY, "dry_run": True})
+    big = {**TINY, "epochs": 20, "train_per_class": None, "val_limit": None, "image_size": 224}  # a paper-sized run
+    r = api.post("/api/experiments", json={"name": "dry", "config": big, "dry_run": True})
     assert r.status_code == 201, r.text
     e = r.json()
     assert e["dry_run"] is True and e["jobs"][0]["dry_run"] is True
     assert {k: e["config"][k] for k in DRY_RUN} == DRY_RUN and e["config"]["model"] == TINY["model"]
     assert {k: sent[-1][k] for k in DRY_RUN} == DRY_RUN  # what the worker gets
+    # The dry run's values cap a run's own: a dry run is never bigger than the run it stands for.
+    small = api.post("/api/experiments", json={"name": "small dry", "config": TINY, "dry_run": True}).json()
+    assert {k: small["config"][k] for k in DRY_RUN} == {k: TINY[k] for k in DRY_RUN} and small["dry_run"]
     paper = api.post("/api/experiments", json={"name": "paper", "config": TINY}).json()
     assert paper["dry_run"] is False and paper["jobs"][0]["dry_run"] is False
-    assert {x["id"]: x["dry_run"] for x in api.get("/api/experiments").json()} == {e["id"]: True,
-                                                                                   paper["id"]: False}
+    assert {x["id"]: x["dry_run"] for x in api.get("/api/experiments").json()} == {
+        e["id"]: True, small["id"]: True, paper["id"]: False}
     exps = api.post("/api/reproduce", json={"dry_run": True, "overrides": {"epochs": 7}}).json()
     assert len(exps) == 10 and all(x["dry_run"] and x["jobs"][0]["dry_run"] for x in exps)
     assert all({k: x["config"][k] for k in DRY_RUN} == DRY_RUN for x in exps) and "dry-run" in exps[0]["group"]
+    one = api.post("/api/reproduce", json={"dry_run": True, "overrides": {"epochs": 1}}).json()
+    assert all(x["config"]["epochs"] == 1 for x in one)  # capped, not replaced
     assert not api.post("/api/reproduce", json={"group": "real"}).json()[0]["dry_run"]
 
 

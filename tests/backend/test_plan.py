@@ -143,3 +143,8 @@ def test_validation_errors_name_the_field(plan_api, body, field):
 def test_an_empty_plan_is_refused(plan_api):
     r = plan_api.post("/api/plan", json={})
     assert r.status_code == 422 and "reproduce" in r.text
+
+
+def test_reproduce_must_be_a_real_boolean(api):
+    r = api.post("/api/plan", json={"reproduce": "yes"})
+    assert r.status_code == 422 and "reproduce" in r.text

@@ -133,3 +133,11 @@ def test_a_stored_config_naming_a_retired_option_still_loads():
     assert TrainConfig.from_dict(saved) == TrainConfig()
     with pytest.raises(ValueError, match="unknown config field"):
         TrainConfig.from_dict({"stop_check_evry": 5})
+
+
+def test_a_dry_run_caps_a_config_and_never_grows_it():
+    from core.config import DRY_RUN, dry_run
+    paper = preset().to_dict()
+    assert {k: dry_run(paper)[k] for k in DRY_RUN} == DRY_RUN  # all images, 20 epochs, 224 px -> the dry values
+    small = {**paper, "epochs": 1, "train_per_class": 2, "val_limit": 20, "image_size": 32}
+    assert dry_run(small) == small

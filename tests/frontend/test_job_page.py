@@ -149,7 +149,9 @@ def test_a_failed_job_shows_its_error_on_the_page(ui_lab, page):
     page.goto(f"{ui_lab.url}/#/job/{jid}")
     page.wait_for_selector("#job-status.status-failed", timeout=180_000)
     error = ui_lab.job(jid)["error"]
-    assert page.text_content("#job-error") == error and "weights" in error
+    assert page.text_content("#job-error") == error
+    # In the form's terms: what to choose and which file to put where, no command-line flag.
+    assert f"choose weights: local and put {QUICK['model']}.safetensors" in error and "--weights" not in error
     assert page.is_visible("#job-error") and page.is_visible("button.resume")
     assert "no epoch finished: the job is failed" in page.text_content("#plot-acc-wait")
     shot(page, "job-failed-error")

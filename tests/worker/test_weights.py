@@ -30,10 +30,14 @@ def test_missing_file_and_offline_hub_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError) as e:
         create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
-    msg = str(e.value)
-    assert str(tmp_path / "w" / "hub") in msg and "weights=none" in msg and "local" in msg
-    # In the web's terms (the form offers hub, none and local), and no doubled full stop.
-    assert "deit_tiny_patch16_224.safetensors" in msg and "weights=local" in msg and ".." not in msg
+    msg = str(e.value)  # the command line's terms
+    assert str(tmp_path / "w" / "hub") in msg and "--weights none" in msg and "--weights PATH" in msg
+    assert "deit_tiny_patch16_224.safetensors" in msg and ".." not in msg
+    # The job page's terms (the form offers hub, none and local; no flag, no doubled full stop).
+    web = e.value.web_text(tmp_path / "weights")
+    assert f"weights: local and put deit_tiny_patch16_224.safetensors (or .pth) in {tmp_path / 'weights'}" in web
+    assert "weights: none" in web and "--" not in web and ".." not in web
+    assert str(tmp_path / "w" / "hub") in web
 
 
 def test_real_efficientnet_lite0_checkpoint_loads_into_timm():

@@ -28,6 +28,24 @@ class WeightsError(RuntimeError):
     """A weights problem a user can fix; the message says where we looked and what to do."""
 
 
+class HubUnavailable(WeightsError):
+    """The hub could not give a model's pretrained weights (offline, most often). The message is the command
+    line's; `web_text` says the same in the form's terms, for the job page."""
+
+    def __init__(self, model: str, name: str, cache: Path, cause: str):
+        self.model, self.name, self.cache, self.cause = model, name, cache, cause
+        super().__init__(
+            f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {cache}): {cause}. "
+            f"Offline? Download them once on a connected machine into that cache; or pass --weights PATH to a "
+            f"{model}.safetensors (or .pth) file; or --weights none for random init.")
+
+    def web_text(self, weights_dir: Path) -> str:
+        return (f"could not get pretrained weights for {self.name} from the Hugging Face hub (cache: {self.cache}): "
+                f"{self.cause}. The worker is offline or the hub is unreachable: choose weights: local and put "
+                f"{self.model}.safetensors (or .pth) in {weights_dir}, or choose weights: none for random init; "
+                f"or download them once into that cache.")
+
+
 def _hub_cache_env(weights_dir: Path | None) -> None:
     if weights_dir is not None:
         os.environ["HF_HUB_CACHE"] = str(Path(weights_dir) / "hub")
@@ -62,12 +80,7 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
         except Exception as e:  # noqa: BLE001 - hub failures come in many types; all mean the same to a user
             where = Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub"))
             first = (str(e).splitlines() or [""])[0].rstrip(". ")
-            raise WeightsError(
-                f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {where}): "
-                f"{type(e).__name__}: {first}. Offline? Download them once on a connected machine into that "
-                f"cache; or put {model}.safetensors (or .pth) in the weights folder and choose weights=local (the "
-                f"lab's BLOCKLAB_WEIGHTS_DIR; on the command line, --weights PATH); or choose weights=none for "
-                f"random init.") from e
+            raise HubUnavailable(model, name, where, f"{type(e).__name__}: {first}") from e
     path = Path(weights)
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found. Pass weights=hub, weights=none, or the path of a "

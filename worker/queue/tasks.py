@@ -41,8 +41,8 @@ def _local_weights(weights_dir: Path, model: str) -> str:
         if p.is_file():
             return str(p)
     from worker.engine.weights import WeightsError
-    raise WeightsError(f"weights=local but neither {model}.safetensors nor {model}.pth is in the server's "
-                       f"weights directory {weights_dir}. Put the file there, or choose weights=hub or none.")
+    raise WeightsError(f"weights: local, put {model}.safetensors (or {model}.pth) in {weights_dir}: neither is "
+                       f"there. Or choose weights: hub or none.")
 
 
 def _injected_faults(job_id: int) -> set[str]:
@@ -59,7 +59,9 @@ def _friendly_error(e: BaseException) -> str:
     from worker.engine.checkpoint import StorageError
     from worker.engine.data import DatasetError
     from worker.engine.train import Diverged
-    from worker.engine.weights import WeightsError
+    from worker.engine.weights import HubUnavailable, WeightsError
+    if isinstance(e, HubUnavailable):  # the job page speaks the form's terms, not the command line's
+        return e.web_text(get_settings().weights_path)
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         return (f"out of memory: {str(e).splitlines()[0]}. Lower batch_size or image_size, or run on a GPU "
                 "with more memory; the job can be resumed from its last finished epoch.")

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from core import catalogue
-from core.config import DRY_RUN
+from core.config import dry_run
 from core.protocol import ACTIVE
 from core.settings import get_settings
 
@@ -40,10 +40,10 @@ def _public_many(db: Session, exps: list[Experiment]) -> list[dict]:
 
 
 def _dry(config: dict, loc: tuple) -> dict:
-    """A config with the dry run's values over it, checked again (a dry run's values are always valid options,
+    """A config as its dry run (core.config.dry_run), checked again (a dry run's values are always valid options,
     but a later change of DRY_RUN must not slip an invalid config through)."""
     try:
-        return ExperimentConfig(**{**config, **DRY_RUN}).model_dump()
+        return ExperimentConfig(**dry_run(config)).model_dump()
     except ValidationError as err:
         raise RequestValidationError([{**d, "loc": (*loc, *d["loc"])} for d in err.errors(include_url=False)]) from err
 
@@ -54,7 +54,7 @@ def _public(db: Session, e: Experiment) -> dict:
 
 @router.post("/experiments", response_model=ExperimentPublic, status_code=201, dependencies=[WriteAccess])
 def create_experiment(body: ExperimentCreate, db: Session = SessionDep):
-    """Store an experiment (and queue its job unless `start` is false). `dry_run`: core.config.DRY_RUN replaces
+    """Store an experiment (and queue its job unless `start` is false). `dry_run`: core.config.DRY_RUN caps
     those options and the experiment is marked a dry run for good."""
     config = body.config.model_dump()
     if body.dry_run:
@@ -167,21 +167,20 @@ def start_job(experiment_id: IdPath, db: Session = SessionDep):
 @router.post("/reproduce", response_model=list[ExperimentPublic], status_code=201, dependencies=[WriteAccess])
 def reproduce_table1(body: ReproduceRequest, db: Session = SessionDep):
     """Queue the paper's ten models with the paper preset as one group (Table 1); `dry_run`: each a labelled dry
-    run (core.config.DRY_RUN over the preset and the overrides)."""
+    run (core.config.dry_run of the preset with the overrides)."""
     from datetime import datetime
     group = body.group or f"table1-{'dry-run-' if body.dry_run else ''}{datetime.now():%Y%m%d-%H%M%S}"
     out = []
     for row in catalogue.paper_table1():
         overrides = {k: v for k, v in body.overrides.items() if k != "model"}
-        if body.dry_run:
-            overrides |= DRY_RUN
         try:
-            cfg = ExperimentConfig(model=row["model_id"], **overrides)
+            config = ExperimentConfig(model=row["model_id"], **overrides).model_dump()
         except ValidationError as err:
             raise RequestValidationError([{**d, "loc": ("body", "overrides", *d["loc"])}
                                           for d in err.errors(include_url=False)]) from err
-        e = Experiment(name=f"Table 1: {row['paper_name']}", group=group, config=cfg.model_dump(),
-                       dry_run=body.dry_run)
+        if body.dry_run:
+            config = _dry(config, ("body", "overrides"))
+        e = Experiment(name=f"Table 1: {row['paper_name']}", group=group, config=config, dry_run=body.dry_run)
         db.add(e)
         db.commit()
         jobs.start(db, e)

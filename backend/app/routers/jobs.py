@@ -168,6 +168,7 @@ async def job_events(job_id: IdPath, request: Request, last_event_id: int | None
         deadline = asyncio.get_running_loop().time() + s.stream_max_s
         yield "retry: 1000\n\n"
         while True:
+            seen = live.version(job_id)  # before the read: a change committed during it is not missed
             events, job = await run_in_threadpool(_poll, job_id, after)
             if job is None:  # deleted while watched
                 yield f"event: end\ndata: {_strict_json({'status': 'deleted'})}\n\n"
@@ -185,7 +186,7 @@ async def job_events(job_id: IdPath, request: Request, last_event_id: int | None
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return  # the browser reconnects with Last-Event-ID
-            if not events and not await live.wait(job_id, min(s.stream_keepalive_s, left)):
+            if not events and not await live.wait(job_id, min(s.stream_keepalive_s, left), seen):
                 yield ": keep-alive\n\n"
 
     return _Stream(stream(), lambda: slot.__exit__(None, None, None), media_type="text/event-stream",

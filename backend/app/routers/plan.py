@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, StrictBool, model_validator
 
 from core import catalogue, estimate
-from core.config import DRY_RUN, TrainConfig, method_card
+from core.config import DRY_RUN, TrainConfig, dry_run, method_card
 from core.settings import get_settings
 
 from .. import workers
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api", tags=["plan"])
 class PlanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     configs: list[ExperimentConfig] | None = Field(None, max_length=50, description="the runs to plan")
-    reproduce: bool = Field(False, description="plan Table 1: the paper's ten models with the paper preset")
+    reproduce: StrictBool = Field(False, description="plan Table 1: the paper's ten models with the paper preset")
     overrides: dict = Field(default_factory=dict, description="with reproduce: options set for every model")
     dry_run: bool = Field(False, description="plan the runs as labelled dry runs (core DRY_RUN values)")
 
@@ -96,7 +96,7 @@ def _data(rep: dict | None) -> dict:
 
 
 def _dry(cfg: dict) -> dict:
-    return {**cfg, **DRY_RUN}
+    return dry_run(cfg)
 
 
 def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
