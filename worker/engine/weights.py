@@ -114,12 +114,10 @@ class _HubProgress:
         pass
 
 
-def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
-              on_progress: Callable[[dict], None] | None) -> Path | None:
-    """Download (or find in the cache) the weights file timm would load for `name`, as timm picks it (the
-    safetensors file first, else the PyTorch one); None for weights timm fetches from elsewhere (a plain URL)."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+def _hub_files(name: str) -> tuple[str, str | None, list[str]] | None:
+    """Where timm would take `name`'s weights from on the hub: (repo, revision, the file names it tries, in
+    order: the pretrained config's, else safetensors first, else the PyTorch one); None for weights timm fetches
+    from elsewhere (a plain URL, a local folder)."""
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)
@@ -129,6 +127,47 @@ def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
     repo, _, revision = hub_id.partition("@")
     files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
                                                                                  "pytorch_model.bin"]
+    return repo, revision or None, files
+
+
+def cached_hub_file(model: str, weights_dir: Path) -> Path | None:
+    """The file weights="hub" would load for `model`, if `<weights_dir>/hub` holds it already (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        where = _hub_files(hub_name(model))
+    except Exception:  # noqa: BLE001 - a tag timm does not know: nothing to find either
+        return None
+    if where is None:
+        return None
+    repo, revision, files = where
+    for filename in files:
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(Path(weights_dir) / "hub"), revision=revision)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def local_file(weights_dir: Path, model: str) -> Path | None:
+    """The file weights="local" loads for `model`: `<weights_dir>/<model>.safetensors`, else `.pth`."""
+    for ext in (".safetensors", ".pth"):
+        p = Path(weights_dir) / f"{model}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
+              on_progress: Callable[[dict], None] | None) -> Path | None:
+    """Download (or find in the cache) the weights file timm would load for `name`, as timm picks it (the
+    safetensors file first, else the PyTorch one); None for weights timm fetches from elsewhere (a plain URL)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    where = _hub_files(name)
+    if where is None:
+        return None
+    repo, revision, files = where
     constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, HUB_CHUNK_BYTES)
     what = f"weights of {name}"
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not at import (a mirror set after start counts)
@@ -146,7 +185,7 @@ def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
     first: EntryNotFoundError | None = None
     for filename in files:
         try:
-            return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache, tqdm_class=bar,
+            return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache, tqdm_class=bar,
                                         endpoint=endpoint))
         except EntryNotFoundError as e:  # not there (or not cached, offline): try the next name timm would
             first = first or e

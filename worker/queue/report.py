@@ -33,43 +33,23 @@ log = logging.getLogger("blocklab.worker.report")
 
 HUB_HOST = ("huggingface.co", 443)
 DATA_HOST = ("www.cs.toronto.edu", 443)
-_HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 # -- what is here ---------------------------------------------------------------------------------------------
-def _hub_file(hub_id: str, filename: str | None, hub_cache: Path) -> Path | None:
-    """The weights file of `hub_id` ("repo" or "repo@revision") in a Hugging Face cache, as the engine picks it
-    (worker/engine/weights.py: the pretrained config's file name, else safetensors first, else the PyTorch one);
-    None when it is not there, i.e. a run would have to download it."""
-    from huggingface_hub import try_to_load_from_cache
-    repo, _, revision = hub_id.partition("@")
-    for name in [filename] if filename else list(_HF_FILES):
-        found = try_to_load_from_cache(repo, name, cache_dir=str(hub_cache), revision=revision or None)
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
-
-
 def weights_present(weights_dir: Path) -> dict[str, dict]:
     """Per catalogue model: its hub weights (the pinned tag) in `<weights_dir>/hub`, and a local file for
     weights=local, each with its size in MB (None when absent)."""
-    import timm
+    # The engine's own lookups: what a run would load.
+    from worker.engine.weights import cached_hub_file, local_file
     out = {}
     for spec in catalogue.CATALOGUE.values():
         entry = {"hub": False, "hub_mb": None, "local": None, "local_mb": None}
-        try:
-            cfg = timm.models.get_pretrained_cfg(spec.weights_name)
-        except Exception:  # noqa: BLE001 - a tag timm does not know: the weights are not findable either
-            cfg = None
-        hub_id = getattr(cfg, "hf_hub_id", None)
-        f = _hub_file(hub_id, getattr(cfg, "hf_hub_filename", None), weights_dir / "hub") if hub_id else None
+        f = cached_hub_file(spec.id, weights_dir)
         if f is not None:
             entry.update(hub=True, hub_mb=round(f.stat().st_size / 2**20, 1))
-        for ext in (".safetensors", ".pth"):
-            p = weights_dir / f"{spec.id}{ext}"
-            if p.is_file():
-                entry.update(local=str(p), local_mb=round(p.stat().st_size / 2**20, 1))
-                break
+        p = local_file(weights_dir, spec.id)
+        if p is not None:
+            entry.update(local=str(p), local_mb=round(p.stat().st_size / 2**20, 1))
         out[spec.id] = entry
     return out
 

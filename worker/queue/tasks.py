@@ -36,11 +36,10 @@ FORCE_REPORT_S = 5.0  # a force stop waits this long for its `finished` event to
 
 
 def _local_weights(weights_dir: Path, model: str) -> str:
-    for ext in (".safetensors", ".pth"):
-        p = weights_dir / f"{model}{ext}"
-        if p.is_file():
-            return str(p)
-    from worker.engine.weights import WeightsError
+    from worker.engine.weights import WeightsError, local_file
+    found = local_file(weights_dir, model)
+    if found is not None:
+        return str(found)
     raise WeightsError(f"weights: local, put {model}.safetensors (or {model}.pth) in {weights_dir}: neither is "
                        f"there. Or choose weights: hub or none.")
 
