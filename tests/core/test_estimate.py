@@ -86,3 +86,24 @@ def test_a_runs_measured_rate_predicts_its_own_time():
 
 def test_weights_size_from_the_parameter_count():
     assert estimate.weights_mb("deit_base_patch16_224") == round(85_998_090 * 4 / 2**20)
+
+
+def test_depth_moves_work_between_the_frozen_part_and_training():
+    """trainable_blocks: the head alone trains nothing heavy, more blocks train more and cache less, all trains
+    everything every epoch; the forward work in all stays the model's."""
+    base = {**preset("paper", model="deit_base_patch16_224").to_dict(), "epochs": 3}
+    per = estimate.gflops_per_image("deit_base_patch16_224", 224)
+    total = per["frozen"] + per["block"]
+    split = {k: estimate.at_depth(per, "deit_base_patch16_224", k) for k in (0, 1, 2, 12, None)}
+    assert split[1] == per and split[0]["block"] == 0
+    assert split[0]["block"] < split[1]["block"] < split[2]["block"] < split[12]["block"] == split[None]["block"]
+    assert all(s["frozen"] + s["block"] == pytest.approx(total) for s in split.values())
+    w = {k: estimate.work({**base, "trainable_blocks": k}) for k in (0, 1, 2, None)}
+    assert w[0]["train_gflop"] == 0 < w[1]["train_gflop"] < w[2]["train_gflop"] < w[None]["train_gflop"]
+    assert w[None]["frozen_gflop"] == 0
+
+
+def test_cifar100_counts_its_images_per_class_of_100():
+    cfg = {**preset("paper", dataset="cifar100").to_dict(), "train_per_class": 20}
+    assert estimate.image_counts(cfg)[0] == 2000
+    assert estimate.image_counts({**cfg, "train_per_class": 5000})[0] == 50_000
