@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m worker.finetune", description=__doc__.split("\n")[0])
     run = p.add_argument_group("where")
     run.add_argument("--data-dir", type=Path, metavar="DIR",
-                     help="CIFAR-10: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (required to "
-                          "train; default: none)")
+                     help="the dataset: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (CIFAR-100: "
+                          "cifar-100-python/ or cifar-100-python.tar.gz) (required to train; default: none)")
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="output folder: metrics.jsonl, summary.json, checkpoint.pt; an existing one is resumed "
                           "(required to train; default: none)")
@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, metavar="DIR",
                      help="keep finished frozen-feature caches here for later runs (default: none, not kept)")
     run.add_argument("--download", action="store_true",
-                     help="download CIFAR-10 (163 MB) when the data dir has none (default: off)")
+                     help="download the dataset (CIFAR-10 163 MB, CIFAR-100 161 MB) from its official mirror when "
+                          "the data dir has none, md5-checked (default: off)")
+    run.add_argument("--teacher-dir", type=Path, metavar="DIR",
+                     help="with --teacher N: the teacher run's --out folder; its predictions are stored there "
+                          "(default: none)")
     run.add_argument("--preset", default="paper", choices=list(PRESETS),
                      help="starting values: paper = the paper's recipe, quick = a few-minute CPU check "
                           "(default: paper)")
@@ -87,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         if o.type is bool:
             training.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(o))
         else:
-            training.add_argument(flag, type=_parse(o), choices=o.choices, default=None, help=_help(o),
+            # Absent = the preset's value; "all"/"none" = None, which differs from the preset where its default
+            # is not None (--trainable-blocks all): so an absent flag leaves no attribute at all.
+            training.add_argument(flag, type=_parse(o), choices=o.choices, default=argparse.SUPPRESS, help=_help(o),
                                   metavar=None if o.choices else o.type.__name__.upper())
     output = p.add_argument_group("output")
     output.add_argument("--json", action="store_true",
@@ -104,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    overrides = {o.name: getattr(a, o.name) for o in OPTIONS if getattr(a, o.name) is not None}
+    overrides = {o.name: getattr(a, o.name) for o in OPTIONS
+                 if hasattr(a, o.name) and (o.type is not bool or getattr(a, o.name) is not None)}
     return preset(a.preset, **overrides)
 
 
@@ -135,12 +142,25 @@ def describe(cfg: TrainConfig) -> dict:
             "feature_cache_supported": m.cacheable, "image_size": prep.image_size,
             "pretrained_tag": m.backbone.pretrained_cfg.get("tag"),
             "native_size": m.backbone.pretrained_cfg["input_size"][-1], "trainable_batchnorms": len(bns),
-            "bn_momentum": sorted({bn.momentum for bn in bns}), "num_features": m.backbone.num_features}
+            "bn_momentum": sorted({bn.momentum for bn in bns}), "num_features": m.backbone.num_features,
+            **_depth(m)}
     if catalogue.get(cfg.model) is None:
         return {"model": cfg.model, "in_catalogue": False, "timm_id": cfg.model, **arch,
                 "note": "not in the catalogue: no paper row, no method card", "architecture": arch}
-    return {**method_card(cfg), "in_catalogue": True, "unfreeze_from": arch["unfreeze_from"], "rule": arch["rule"],
-            "feature_cache_supported": arch["feature_cache_supported"], "architecture": arch}
+    card = method_card(cfg)
+    if card.get("trainable_params") is None:  # a depth the catalogue cannot count without the architecture
+        card.update(trainable_params=arch["trainable_params"], trainable_modules=arch["trainable_modules"])
+    return {**card, "in_catalogue": True, "unfreeze_from": arch["unfreeze_from"], "rule": arch["rule"],
+            "feature_cache_supported": arch["feature_cache_supported"], "trainable_blocks": arch["trainable_blocks"],
+            "blocks": arch["blocks"], "architecture": arch}
+
+
+def _depth(m) -> dict:
+    """The depth as the architecture has it: the block list's length, which blocks train, what the cache holds."""
+    return {"trainable_blocks": "all" if m.trainable_blocks is None else m.trainable_blocks,
+            "blocks": len(m.blocks), "block_list": [m.blocks[0], m.blocks[-1]] if m.blocks else [],
+            "trainable_block_names": m.trainable_block_names,
+            "feature_cache": m.cached_what if m.cacheable else m.cache_reason}
 
 
 _PHASE_TEXT = {"downloading": "downloading", "loading": "loading data", "features": "frozen features",
@@ -265,7 +285,7 @@ def _complete_summary(out: Path, cfg: TrainConfig, prior: dict) -> dict:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         spec = catalogue.get(cfg.model)
-        row = catalogue.paper_row(spec) if spec else None
+        row = catalogue.paper_row(spec, cfg.dataset) if spec else None
         summary = {"model": cfg.model, "epochs_run": prior["epoch"], "best_val_acc": prior["best_acc"],
                    "best_epoch": prior["best_epoch"], "paper_name": spec.paper_name if spec else None,
                    "paper_val_acc": row["val_acc"] if row else None,
@@ -324,7 +344,8 @@ def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, _on_interrupt(stop, say))
     try:
-        summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download),
+        summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download,
+                                     teacher_dir=a.teacher_dir),
                       _callbacks(bars, stop))
     finally:
         signal.signal(signal.SIGINT, previous)

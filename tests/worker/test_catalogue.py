@@ -198,3 +198,44 @@ def test_bn_momentum_applies_to_the_trainable_batchnorms_of_the_keras_rows_only(
             assert not hasattr(mod, "momentum") or mod.momentum in (None, 0.1), name
     if model_id in ("densenet201", "resnet152"):
         assert trainable and any(_frozen_bn_like(mod) for mod in m.backbone.modules())
+
+
+# -- trainable depth: the block list the paper's last-block rule takes the last of ------------------------------------
+@pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
+def test_stored_block_counts_match_the_architecture(model_id):
+    """`blocks` (the range of trainable_blocks) is the length of the engine's block list, which ends at the
+    paper's last block; every depth up to it builds, one more is refused."""
+    from worker.engine.model import SingleBlockModel
+
+    spec = catalogue.CATALOGUE[model_id]
+    m, _prep = _build(model_id)
+    assert len(m.blocks) == spec.blocks and m.blocks[-1] == spec.unfreeze_from
+    assert len(set(m.blocks)) == spec.blocks
+    with torch.device("meta"):  # past the config's bound (NFNet-F6 has 84 blocks): the model itself decides
+        deepest = SingleBlockModel(weights_mod.create_backbone(model_id, "none", img_size=224), m.plan,
+                                   trainable_blocks=spec.blocks)
+        with pytest.raises(ValueError, match=f"trainable_blocks={spec.blocks + 1}: .* {spec.blocks} blocks"):
+            SingleBlockModel(weights_mod.create_backbone(model_id, "none", img_size=224), m.plan,
+                             trainable_blocks=spec.blocks + 1)
+    assert deepest.trainable_block_names == m.blocks
+
+
+@pytest.mark.parametrize("model_id", PAPER_MODELS)
+def test_every_paper_model_runs_from_its_cache_at_two_blocks_and_at_none(model_id):
+    """At K=2 the cache holds the second-to-last block's input (CoaT: its stage's first block's) and the
+    model's own forward runs on from it; at K=0 it holds the heads' input. On the meta device: shapes only (the
+    values are proven on small siblings, tests/worker/test_depth.py)."""
+    spec = catalogue.CATALOGUE[model_id]
+    for k in (2, 0):
+        m, prep = _build(model_id, trainable_blocks=k)
+        assert m.cacheable, m.cache_reason
+        x = prep(torch.zeros(2, 3, 32, 32, dtype=torch.uint8, device="meta"))
+        feats = m.frozen_features(x)
+        if k == 2:
+            assert m.trainable_block_names == m.blocks[-2:]
+            expected = m.blocks[-2] if spec.arch != "coat" else m.blocks[-2].split(".")[0] + ".0"
+            assert m.cache_at == expected
+        else:
+            assert [tuple(f.shape) for f in feats] == [(2, spec.num_features)] * spec.heads
+        assert tuple(m.forward_from_features(feats).shape) == (2, 10)
+        assert m.count_params()["trainable_params"] > (spec.trainable_params if k else 0)

@@ -12,6 +12,10 @@ weights (never the trainable block's: a resumed run, whose block has trained, fi
 kept), data fingerprints, image size, preprocessing and numerics, so a second job on the same model and data (a
 learning-rate sweep) skips the frozen part entirely. Old entries are evicted (least recently used) to keep the
 directory under its size cap.
+
+What is cached depends on the depth (`trainable_blocks`): the input of the first trainable block (K >= 1; CoaT:
+of its stage's first block), the heads' input (K = 0: pooled features, so training runs the heads alone), or
+nothing (K = all). The key names that point, so two depths never share an entry.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from .weights import fingerprint
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when what is cached or its key changes meaning
+CACHE_VERSION = 3  # bump when what is cached or its key changes meaning (3: the key names the cache point)
 # The frozen part runs at most this many images at a time (a batch of 512 at 224 px in pieces): its output per
 # image does not depend on the others, and a stop is checked between pieces and inside each (stop.py), so even
 # the longest layer of one piece is short. Large enough to keep a GPU busy.
@@ -243,7 +247,7 @@ class FrozenFeatures:
         if not cfg.feature_cache:
             return off("turned off (feature_cache=false)")
         if not model.cacheable:
-            reason = f"no tail adapter for {type(model.backbone).__name__}: full forward pass every step"
+            reason = model.cache_reason
             log.info("feature cache off: %s", reason)
             return off(reason)
         device = policy.device
@@ -260,14 +264,16 @@ class FrozenFeatures:
             reason = f"{need / 2**30:.1f} GiB of features fit neither in memory nor on disk"
             log.warning("feature cache off: %s", reason)
             return off(reason)
-        key = cache_key(model=cfg.model, split=model.plan.unfreeze_from, cache_at=str(model.tail.cache_at),
+        key = cache_key(model=cfg.model, split=model.plan.unfreeze_from, cache_at=model.cache_at or "heads",
+                        trainable_blocks=model.trainable_blocks,
                         frozen=fingerprint(model.frozen_state()), train=data_keys["train"], val=data_keys["val"],
                         states=states, size=prep.image_size, dtype=cfg.cache_dtype, bf16=amp["enabled"],
                         tf32=cfg.tf32, mean=prep.mean.flatten().tolist(), std=prep.std.flatten().tolist())
         scratch = (root / f".{key}.building") if root else None
         stores = {name: FeatureStore(n, s, shapes, dtype, placement, policy, scratch / name if scratch else None)
                   for name, n, s in (("train", len(train), states), ("val", len(val), 1))}
-        info = {"enabled": True, "key": key, "placement": placement.where, "reason": placement.reason,
+        info = {"enabled": True, "key": key, "holds": model.cached_what, "placement": placement.where,
+                "reason": placement.reason,
                 "bytes": need, "dtype": cfg.cache_dtype, "reused": False, "kept": False}
         cdir = CacheDir(root, paths.cache_cap_bytes) if root else None
         hit = cdir.lookup(key) if cdir else None

@@ -6,9 +6,15 @@ forward pre-hook), so no architecture's front is re-implemented here. What runs 
 conv_head, final_conv ...) is a short per-architecture *tail*, registered by name below. A model with a tail can
 cache its frozen features (features.py); any other timm model still trains through the generic rule, with a
 full forward pass every step.
+
+Deeper splits (`trainable_blocks` K >= 2) count blocks on `block_list`: the modules of the same kind as the
+paper's last block. From a cached point they run the model's own `forward_features` (`run_from`), so glue between
+blocks (Swin's patch merging, CaiT's class-token concat, DenseNet's transitions) is timm's code, not ours; only
+CoaT, whose forward reads the batch size from its input image, has its own runner (`DEEP`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -171,3 +177,126 @@ def generic_unfreeze_point(backbone: nn.Module) -> str:
 def _classifier_names(backbone: nn.Module) -> list[str]:
     cls = getattr(backbone, "pretrained_cfg", {}).get("classifier") or []
     return [cls] if isinstance(cls, str) else list(cls)
+
+
+# -- trainable depth: the block list and deeper cache points ---------------------------------------------------------
+def block_list(backbone: nn.Module, plan) -> list[str]:
+    """The blocks the paper's last-block rule takes the last of, in forward order: `trainable_blocks` counts on it.
+
+    By default the modules whose path is the last block's with other numbers (`blocks.11` -> every `blocks.N`,
+    `blocks.6.0` -> every `blocks.S.B`, `features.denseblock4` -> every dense block, `layer4` -> every ResNet
+    stage). CaiT's list is its self-attention blocks then its class-attention blocks; VGG's is Keras' five blocks
+    (the first convolution of each).
+    """
+    names = _BLOCK_LISTS.get(plan.arch, _same_kind)(backbone, plan.unfreeze_from)
+    if not names or names[-1] != plan.unfreeze_from:
+        raise ValueError(f"{type(backbone).__name__}: the block list does not end at {plan.unfreeze_from}")
+    return names
+
+
+def _same_kind(backbone: nn.Module, path: str) -> list[str]:
+    pattern = re.compile(re.sub(r"\d+", r"\\d+", re.escape(path)))
+    return [n for n, _ in backbone.named_modules() if pattern.fullmatch(n)]
+
+
+def _cait_blocks(backbone: nn.Module, path: str) -> list[str]:
+    return _same_kind(backbone, "blocks.0") + _same_kind(backbone, path)
+
+
+def _vgg_blocks(backbone: nn.Module, path: str) -> list[str]:
+    """Keras' VGG blocks start after each max pool: timm's `features` is one flat list, so name each block by
+    its first convolution (vgg19: features.0, 5, 10, 19, 28)."""
+    f = list(backbone.features)
+    return [f"features.{i}" for i, mod in enumerate(f)
+            if isinstance(mod, nn.Conv2d) and (i == 0 or isinstance(f[i - 1], nn.MaxPool2d))]
+
+
+_BLOCK_LISTS: dict[str, Callable] = {"cait": _cait_blocks, "vgg": _vgg_blocks}
+
+
+def run_from(backbone: nn.Module, point: nn.Module, args: tuple, kwargs: dict, front: torch.Tensor) -> torch.Tensor:
+    """The backbone's own `forward_features` from a cached point: run on `front` (one dummy image, so the front
+    costs 1/B of a batch), with `point`'s inputs replaced by the cached batch (`args`) as it is called. Everything
+    after the point is the model's own code. Exact wherever nothing computed before the point, other than its
+    inputs, flows past it (tests/worker/test_depth.py proves it per family)."""
+    called = []
+
+    def hook(_module, _args, kw):
+        called.append(True)
+        return args, {**kw, **kwargs}
+
+    handle = point.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = backbone.forward_features(front)
+    finally:
+        handle.remove()
+    if len(called) != 1:
+        raise RuntimeError(f"{type(backbone).__name__}.forward_features called the cache point {len(called)} times")
+    return out
+
+
+@dataclass(frozen=True)
+class Deep:
+    """A family's rules for K >= 2 blocks, where the default (cache the first trainable block's input, run the
+    model's own forward from there, train what is registered after it) needs help."""
+    cache_at: Callable[[str], str]  # first trainable block -> module whose input is cached
+    extra: Callable[[nn.Module, list[str]], list[str]]  # (backbone, trainable blocks) -> more modules that train
+    run: Callable  # (backbone, cache point module, args, kwargs, front) -> output of forward_features
+    supports: Callable[[nn.Module], bool] = lambda m: True  # else: no cache (exactness not proven)
+
+
+def _coat_stage(block: str) -> int:
+    return int(re.fullmatch(r"serial_blocks(\d+)\.\d+", block).group(1))
+
+
+def _coat_extra(m: nn.Module, blocks: list[str]) -> list[str]:
+    """CoaT's stage-shared encoders (cpeS, crpeS) train with any trainable block of their stage; the patch
+    embeddings of the later stages run after the first trainable block, so they train as Swin's patch merging does
+    (they are registered before every block, so the registration rule alone would miss them)."""
+    stages = sorted({_coat_stage(b) for b in blocks})
+    names = [f"{kind}{s}" for s in stages for kind in ("cpe", "crpe")]
+    return names + [f"patch_embed{s}" for s in stages[1:]]
+
+
+def _coat_from(m: nn.Module, point: nn.Module, args: tuple, kwargs: dict, front) -> torch.Tensor:
+    """CoaT-Lite's serial stages from the input of a stage's first block, as timm's forward_features runs them.
+    timm reads the batch size from the input image (B = x0.shape[0]), so its own forward cannot run from a cache."""
+    from timm.models.coat import insert_cls, remove_cls
+
+    name = next(n for n, mod in m.named_modules() if mod is point)
+    start = _coat_stage(name)
+    x = args[0]
+    B = x.shape[0]
+    for s in range(start, 5):
+        embed = m.get_submodule(f"patch_embed{s}")
+        if s > start:
+            x = insert_cls(embed(x), getattr(m, f"cls_token{s}"))
+        H, W = embed.grid_size
+        for blk in m.get_submodule(f"serial_blocks{s}"):
+            x = blk(x, size=(H, W))
+        if s < 4:
+            x = remove_cls(x).reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+    return m.norm4(x)
+
+
+def _cait_from(m: nn.Module, point: nn.Module, args: tuple, kwargs: dict, front) -> torch.Tensor:
+    """CaiT from a cached point. Its class-attention blocks all read the patch tokens the self-attention blocks
+    left, beside the class token: from inside that stage the cache holds both and the stage's rest runs here (as
+    the K=1 tail does); from a self-attention block, the model's own forward."""
+    token_only = list(m.blocks_token_only)
+    if not any(point is blk for blk in token_only):
+        return run_from(m, point, args, kwargs, front)
+    x, cls_tokens = args
+    for blk in token_only[next(i for i, blk in enumerate(token_only) if blk is point):]:
+        cls_tokens = blk(x, cls_tokens, **kwargs)
+    return m.norm(torch.cat((cls_tokens, x), dim=1))
+
+
+DEFAULT_DEEP = Deep(cache_at=lambda block: block, extra=lambda m, blocks: [], run=run_from)
+DEEP: dict[str, Deep] = {
+    "cait": Deep(cache_at=lambda block: block, extra=lambda m, blocks: [], run=_cait_from),
+    # A stage's shared encoders feed all its blocks: cache at the first block of the first trainable stage.
+    "coat": Deep(cache_at=lambda block: f"serial_blocks{_coat_stage(block)}.0", extra=_coat_extra, run=_coat_from,
+                 supports=lambda m: getattr(m, "parallel_blocks", None) is None
+                 and not getattr(m, "return_interm_layers", False)),
+}
