@@ -9,6 +9,11 @@ The loss is cross-entropy (with label smoothing when set). With `head_l2` (the a
 training loss adds Keras' L2 penalty on the head's kernels; `train_loss` and `val_loss` stay plain cross-entropy,
 comparable across models, and `keras_train_loss` / `keras_val_loss` record what Keras would have printed (the
 authors' logs, shared/paper/curves.csv, are such losses).
+
+With a `teacher` (a finished job; distill.py) the training loss is DeiT's distillation loss on the two heads
+(class head against the labels, distillation head against the teacher): `train_loss` records that loss, and each
+epoch adds the teacher's accuracy on its training images and the student's agreement with it. Validation stays
+the average of both heads, as without a teacher.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import timm
 import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 
@@ -32,6 +38,7 @@ from core.protocol import Phase, epoch_row, progress
 
 from . import checkpoint
 from . import data as cifar
+from .distill import TeacherError, TeacherPredictions, distillation_loss
 from .device import DevicePolicy, fp32_math, resolve_device  # resolve_device: tasks.py and bench.py import it here
 from .features import FrozenFeatures
 from .model import SingleBlockModel, plan_for
@@ -69,7 +76,8 @@ class Paths:
     cache_dir: Path | None = None  # None: no feature cache kept across jobs
     cache_cap_bytes: int = 20 << 30
     allow_download: bool = False
-    download_url: str = cifar.CIFAR10_URL
+    download_url: str | None = None  # None: the dataset's official mirror (data.py)
+    teacher_dir: Path | None = None  # the teacher job's run folder (cfg.teacher); its predictions are kept there
 
 
 class Diverged(RuntimeError):
@@ -122,6 +130,7 @@ class _State:
     counts: dict | None = None
     info: dict | None = None
     features: FrozenFeatures | None = None
+    teacher: TeacherPredictions | None = None
 
 
 def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
@@ -185,9 +194,11 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
 
     with watch.stop.guard(model):  # from here on a stop lands inside the model's forward and backward passes
         # -- the frozen part's features (keyed on the frozen part only: a resumed run finds its cache) ----------
-        features = state.features = FrozenFeatures.setup(
-            cfg, paths, model, prep, policy, amp, train, val, images,
-            {"train": cifar.fingerprint(train), "val": cifar.fingerprint(val)})
+        prints = {"train": cifar.fingerprint(train), "val": cifar.fingerprint(val)}
+        train_key = prints["train"]
+        features = state.features = FrozenFeatures.setup(cfg, paths, model, prep, policy, amp, train, val, images,
+                                                         prints)
+        teacher = state.teacher = _setup_teacher(cfg, paths, model, policy, amp, images["train"], train_key)
         optimizer = make_optimizer(model, cfg)
         scheduler = PlateauLR(optimizer, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
         progress_ = state.progress = checkpoint.restore(out_dir, cfg, model, optimizer, scheduler)
@@ -198,13 +209,16 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
         info = state.info = {
             **counts, "device": str(device), "precision": "bf16" if amp["enabled"] else "fp32", "tf32": cfg.tf32,
             "channels_last": prep.channels_last, "image_size": prep.image_size, "train_images": len(train),
-            "val_images": len(val), "resumed_from_epoch": progress_.epoch, "feature_cache": features.info}
+            "val_images": len(val), "resumed_from_epoch": progress_.epoch, "feature_cache": features.info,
+            "teacher": teacher.info if teacher else None, "dataset": cfg.dataset,
+            # What a reproduction report needs to say what ran: the library versions and the exact data.
+            "torch_version": torch.__version__, "timm_version": timm.__version__, "data_fingerprint": prints}
         log.info("run: %s", json.dumps(info))
         if cb.on_info:
             cb.on_info(info)
 
         for epoch in range(progress_.epoch + 1, cfg.epochs + 1):
-            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch)
+            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch, teacher)
             _append_metrics(out_dir, row)
             if row["nonfinite"]:  # a diverged epoch is data, but not a state to resume from
                 if cb.on_epoch:
@@ -227,29 +241,45 @@ def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None,
     downloaded first when allowed and absent: bytes reported, a stop honoured at every chunk)."""
     def downloaded(done: int, total: int) -> None:
         watch.stop.check()
-        watch.report(Phase.DOWNLOADING, done, total or None, what="CIFAR-10")
+        watch.report(Phase.DOWNLOADING, done, total or None, what=catalogue.DATASETS[cfg.dataset].title)
 
     if dataset is None:
         watch.report(Phase.LOADING)
-        dataset = cifar.load_cifar10(paths.data_dir, paths.allow_download, paths.download_url, progress=downloaded)
+        dataset = cifar.load(cfg.dataset, paths.data_dir, paths.allow_download, paths.download_url,
+                             progress=downloaded)
     train = cifar.stratified_subset(dataset.train, cfg.train_per_class, cfg.seed)
     val = cifar.limit(dataset.val, cfg.val_limit)
     watch.report(Phase.LOADING, len(train) + len(val), len(train) + len(val))
     return train, val
 
 
+def _setup_teacher(cfg: TrainConfig, paths: Paths, model: SingleBlockModel, policy: DevicePolicy, amp: dict,
+                   train_images: torch.Tensor, train_key: str) -> TeacherPredictions | None:
+    """The teacher's stored predictions for these training images (None without a teacher). The API refuses a
+    teacher for a one-headed model; the command line gets the same advice here."""
+    if cfg.teacher is None:
+        return None
+    if len(model.heads) != 2:
+        raise TeacherError(f"{cfg.model} has no distillation head, so it cannot learn from a teacher (job "
+                           f"{cfg.teacher}); choose a distilled DeiT (deit_*_distilled_*) or no teacher")
+    return TeacherPredictions.setup(cfg, paths.teacher_dir, policy, amp, train_images, train_key, paths.weights_dir)
+
+
 def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, cfg: TrainConfig, amp, epoch: int,
-           watch: _Watch) -> dict:
+           watch: _Watch, teacher: TeacherPredictions | None = None) -> dict:
     """One epoch, as the protocol's epoch row: the frozen pass for the flip states this epoch uses and the cache
-    lacks (part of the epoch's training time, as when it ran batch by batch), training, then validation (its
-    frozen pass in the first epoch)."""
-    def pass_of(split):
-        return lambda done, total: watch.report(Phase.FEATURES, done, total, epoch=epoch, split=split)
+    lacks (part of the epoch's training time, as when it ran batch by batch), the teacher's predictions the same
+    way, training, then validation (its frozen pass in the first epoch)."""
+    def pass_of(split, **kw):
+        return lambda done, total: watch.report(Phase.FEATURES, done, total, epoch=epoch, split=split, **kw)
 
     t0 = time.perf_counter()
     perm, flips = _epoch_order(cfg, epoch, len(labels["train"]))
     features.fill("train", flips, cfg.batch_size, watch.check, pass_of("train"))
-    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, watch, perm, flips)
+    if teacher is not None:
+        teacher.fill(flips, watch.check, pass_of("train", what=f"teacher job {teacher.job}"), stop=watch.stop,
+                     on_progress=watch.forward)
+    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, watch, perm, flips, teacher)
     train_seconds = time.perf_counter() - t0
     features.fill("val", None, cfg.batch_size, watch.check, pass_of("val"))
     ev = _evaluate(model, features, labels["val"], cfg, amp, watch, epoch)
@@ -260,7 +290,9 @@ def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, 
                      lr=lr, seconds=round(seconds, 3), keras_train_loss=tr["keras_loss"],
                      keras_val_loss=ev["loss"] + penalty if cfg.head_l2 else None,
                      train_seconds=round(train_seconds, 3),
-                     images_per_s=round(len(labels["train"]) / train_seconds, 2), per_class_acc=ev["per_class"],
+                     images_per_s=round(len(labels["train"]) / train_seconds, 2),
+                     teacher_acc=tr.get("teacher_acc"), teacher_agreement=tr.get("teacher_agreement"),
+                     per_class_acc=ev["per_class"],
                      confusion=ev["confusion"])
 
 
@@ -278,7 +310,9 @@ def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None
     data_cfg = resolve_model_data_config(backbone)
     image_size = cfg.image_size or data_cfg["input_size"][-1]
     model = SingleBlockModel(backbone, plan_for(cfg.model, backbone, cfg.pooling), cfg.head_hidden,
-                             cfg.head_dropout, head_init=cfg.head_init, bn_momentum=cfg.bn_momentum).to(policy.device)
+                             cfg.head_dropout, num_classes=catalogue.num_classes(cfg.dataset),
+                             head_init=cfg.head_init, bn_momentum=cfg.bn_momentum,
+                             trainable_blocks=cfg.trainable_blocks).to(policy.device)
     channels_last = policy.channels_last and model.plan.family == "cnn"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -299,9 +333,10 @@ def _l2_penalty(model: SingleBlockModel, cfg: TrainConfig) -> torch.Tensor:
 
 
 def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig, amp, epoch, watch: _Watch,
-                 perm: torch.Tensor, flips: torch.Tensor | None) -> dict:
-    """One pass over the training images in the epoch's seeded order: mean cross-entropy, accuracy, and (with an
-    L2 penalty) the mean of cross-entropy plus penalty, the loss Keras prints."""
+                 perm: torch.Tensor, flips: torch.Tensor | None, teacher: TeacherPredictions | None = None) -> dict:
+    """One pass over the training images in the epoch's seeded order: the mean training loss (cross-entropy, or
+    with a teacher the distillation loss), accuracy (heads averaged), with an L2 penalty the mean of loss plus
+    penalty (the loss Keras prints), and with a teacher its accuracy and the student's agreement with it."""
     n = len(y)
     perm = perm.to(y.device)
     flips = flips.to(y.device) if flips is not None else None
@@ -309,24 +344,40 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
     model.train()
     zero = torch.zeros((), device=y.device)
     loss_sum, keras_sum, correct = zero.clone(), zero.clone(), zero.clone()
+    teacher_correct, agree = zero.clone(), zero.clone()
     watch.report(Phase.TRAINING, 0, nb, epoch=epoch)
     for b in range(nb):
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         feats = features.train(idx, flips[idx] if flips is not None else None)
         with torch.autocast(**amp):
-            logits = model.forward_from_features(feats)
-            loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.label_smoothing)
+            if teacher is None:
+                logits = model.forward_from_features(feats)
+                loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.label_smoothing)
+            else:
+                t_logits = teacher.get(idx, flips[idx] if flips is not None else None)
+                heads = model.forward_heads(feats)
+                logits = torch.stack(heads).mean(0)  # the student's prediction, as at evaluation
+                loss = distillation_loss(heads, y[idx], t_logits, cfg.distillation, cfg.distill_temperature,
+                                         cfg.label_smoothing)
         total = loss + _l2_penalty(model, cfg).to(loss.device) if cfg.head_l2 else loss  # the penalty in fp32
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(idx)
         keras_sum += total.detach() * len(idx)  # Keras' progress bar: the batch-size-weighted mean of its loss
-        correct += (logits.argmax(1) == y[idx]).sum()
+        pred = logits.detach().argmax(1)
+        correct += (pred == y[idx]).sum()
+        if teacher is not None:
+            t_pred = t_logits.argmax(1)
+            teacher_correct += (t_pred == y[idx]).sum()
+            agree += (pred == t_pred).sum()
         watch.report(Phase.TRAINING, b + 1, nb, epoch=epoch)
         watch.check()
-    return {"loss": float(loss_sum) / n, "acc": float(correct) / n,
-            "keras_loss": float(keras_sum) / n if cfg.head_l2 else None}
+    out = {"loss": float(loss_sum) / n, "acc": float(correct) / n,
+           "keras_loss": float(keras_sum) / n if cfg.head_l2 else None}
+    if teacher is not None:
+        out.update(teacher_acc=float(teacher_correct) / n, teacher_agreement=float(agree) / n)
+    return out
 
 
 def _epoch_order(cfg: TrainConfig, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -357,7 +408,7 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, wat
             watch.report(Phase.VALIDATING, b + 1, nb, epoch=epoch)
             watch.check()
     pred = torch.cat(preds)
-    k = catalogue.NUM_CLASSES
+    k = catalogue.num_classes(cfg.dataset)
     confusion = torch.bincount(val_y * k + pred, minlength=k * k).view(k, k).cpu()
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
     return {"loss": float(loss_sum) / n, "acc": float((pred == val_y).float().mean()),
@@ -379,7 +430,7 @@ def _summary(cfg: TrainConfig, state: _State, status: str, stopped_in: str | Non
     """What a run ended with. A run stopped during setup has no counts or device info yet: those are None."""
     st, counts, info = state.progress, state.counts or {}, state.info or {}
     spec = catalogue.get(cfg.model)
-    row = catalogue.paper_row(spec) if spec else None
+    row = catalogue.paper_row(spec, cfg.dataset) if spec else None
     last = st.history[-1] if st.history else {}
     return {
         "model": cfg.model, "status": status, "stopped_in": stopped_in, "epochs_run": st.epoch, "epochs": cfg.epochs,

@@ -44,6 +44,12 @@ def _local_weights(weights_dir: Path, model: str) -> str:
                        f"there. Or choose weights: hub or none.")
 
 
+def teacher_dir(runs: Path, teacher: int | None) -> Path | None:
+    """A teacher job's run folder: the lab keeps every job's files in `<runs>/job-<id>` (its predictions for a
+    student are stored there too, for the next student)."""
+    return None if teacher is None else runs / f"job-{teacher}"
+
+
 def _injected_faults(job_id: int) -> set[str]:
     """Test-only fault injection: BLOCKLAB_TEST_FAULTS="oom:3,hang:7" simulates running out of memory in job 3
     and a wedged device in job 7 (training stops responding, to stops too): the reliability suite proves the
@@ -57,6 +63,7 @@ def _friendly_error(e: BaseException) -> str:
 
     from worker.engine.checkpoint import StorageError
     from worker.engine.data import DatasetError
+    from worker.engine.distill import TeacherError
     from worker.engine.train import Diverged
     from worker.engine.weights import HubUnavailable, WeightsError
     if isinstance(e, HubUnavailable):  # the job page speaks the form's terms, not the command line's
@@ -68,7 +75,7 @@ def _friendly_error(e: BaseException) -> str:
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
-    if isinstance(e, (DatasetError, WeightsError, Diverged, StorageError, ValueError)):
+    if isinstance(e, (DatasetError, WeightsError, Diverged, StorageError, TeacherError, ValueError)):
         return str(e)
     return f"{type(e).__name__}: {e}"
 
@@ -218,7 +225,8 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
                 finish(JobStatus.CANCELLED, error=None, summary=summary)
 
             summary = run(cfg, Paths(s.data_path, out_dir, s.weights_path, s.cache_path,
-                                     int(s.cache_cap_gb * 2**30), allow_download=s.allow_download),
+                                     int(s.cache_cap_gb * 2**30), allow_download=s.allow_download,
+                                     teacher_dir=teacher_dir(s.runs_path, cfg.teacher)),
                           Callbacks(on_progress=_ProgressSender(lambda **p: send("progress", **p),
                                                                 _injected_faults(job_id)),
                                     on_epoch=lambda row: send("epoch", row=row),
