@@ -1,5 +1,7 @@
 // One job: what it does now (phase, bar), what ran (settings, attempts, timings), its live curves, per-class
-// accuracy and confusion matrix, and its method card. Everything it fetches or streams stops when the user leaves:
+// accuracy and confusion matrix (class names from GET /api/datasets, for the job's dataset; with many classes the
+// bars are sorted worst first and the hardest classes and largest confusions are listed as text), and its method
+// card. A job on a dataset the paper has no number for says "no paper number" and draws no paper curve. Everything it fetches or streams stops when the user leaves:
 // its requests carry the view's abort signal and the event stream closes on that signal's abort.
 "use strict";
 import { el, pct, int, secs, state, api, fail, viewSignal, isAbort, can, modelById, paperCurve } from "./util.js";
@@ -7,11 +9,55 @@ import { showCard } from "./card.js";
 import { jobActions } from "./jobs.js";
 import { phaseText, dryBadge } from "./runs.js";
 import { chartBox, layout, PLOT_CONFIG } from "./charts.js";
-import { confusionFigure } from "./heatmap.js";
+import { confusionFigure, manyClasses, topConfusions } from "./heatmap.js";
 
 // Kept for views that still import it: the job page's own charts use charts.js's layout().
 export const LAYOUT = (title, y) => layout(title, y);
-const CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+// The datasets and their class names, as the server declares them (core.catalogue.DATASETS): fetched once.
+async function datasets(signal) {
+  if (!state.datasets) state.datasets = await api("/api/datasets", { signal });
+  return state.datasets;
+}
+// Class names for a per-class vector of length n: the dataset's, else numbered (a dataset this page does not know).
+const classNames = (ds, n) => (ds && ds.classes.length === n ? ds.classes : Array.from({ length: n }, (_, i) => `class ${i}`));
+
+// Per-class accuracy as bars: in label order with names on the axis for a few classes; sorted worst first, names
+// on hover (and the hardest ones listed by classNotes) for many.
+export function perClassFigure(acc, classes, which) {
+  const many = manyClasses(classes);
+  const order = acc.map((_, i) => i);
+  if (many) order.sort((a, b) => acc[a] - acc[b] || a - b);
+  const trace = { type: "bar", x: order.map((i) => classes[i]), y: order.map((i) => acc[i]), name: "per-class accuracy",
+                  customdata: order.map((_, r) => r + 1),
+                  hovertemplate: many ? `%{x}: %{y:.1%} (rank %{customdata} of ${classes.length}, worst first)<extra></extra>`
+                                      : "%{x}: %{y:.1%}<extra></extra>" };
+  const title = `Per-class accuracy, ${which}${many ? ` (${classes.length} classes, worst first)` : ""}`;
+  const lay = layout(title, "accuracy", {
+    xaxis: many ? { title: { text: "class (sorted by accuracy; hover for names)" }, showticklabels: false, automargin: true }
+                : { automargin: true, tickangle: -40 },
+    yaxis: { title: { text: "accuracy" }, range: [0, 1], tickformat: ".0%", automargin: true }, showlegend: false });
+  if (many) lay.bargap = 0.05;
+  return { data: [trace], layout: lay };
+}
+
+// What many-class plots cannot say on their axes, as text: the hardest and easiest classes, the largest confusions.
+function classNotes(m, classes) {
+  const parts = [];
+  if (m && m.per_class_acc && manyClasses(classes)) {
+    const order = m.per_class_acc.map((_, i) => i).sort((a, b) => m.per_class_acc[a] - m.per_class_acc[b] || a - b);
+    const named = (ids) => ids.map((i) => `${classes[i]} ${pct(m.per_class_acc[i])}`).join(", ");
+    parts.push(el("p", { id: "class-worst" }, el("strong", { text: "Hardest classes: " }), named(order.slice(0, 5))),
+               el("p", { id: "class-best" }, el("strong", { text: "Easiest classes: " }), named(order.slice(-5).reverse())));
+  }
+  if (m && m.confusion) {
+    const top = topConfusions(m.confusion, classes, 10);
+    parts.push(el("h4", { text: "Most frequent confusions" }), top.length
+      ? el("ol", { id: "confusion-top" }, top.map((c) => el("li", { text: `${c.truth} → ${c.predicted}: ${int(c.count)} (${c.share.toFixed(1)}% of true ${c.truth})` })))
+      : el("p", { class: "muted", id: "confusion-top", text: "no confusions: every validation image was classified right" }));
+  }
+  return parts;
+}
 
 export function paperTraces(model, nEpochs) {
   const traces = [];
@@ -50,7 +96,7 @@ function ranTable(s) {
   // The cache's gist: reused or computed, its storage dtype, where it lives and how big it is.
   const cacheText = !cache ? "off" : typeof cache !== "object" ? String(cache) : cache.enabled === false ? "off"
     : [cache.reused ? "reused (computed by an earlier run)" : "computed in this run", cache.dtype,
-       cache.placement ? `kept in ${cache.placement}` : "", cache.bytes ? `${(cache.bytes / 2 ** 20).toFixed(1)} MB` : ""]
+       cache.placement ? `kept in ${cache.placement}` : "", cache.holds || "", cache.bytes ? `${(cache.bytes / 2 ** 20).toFixed(1)} MB` : ""]
       .filter(Boolean).join(" · ");
   return rows([
     ["Image size", s.image_size ? `${s.image_size} px` : null],
@@ -62,6 +108,9 @@ function ranTable(s) {
     ["Trainable / total params", `${int(s.trainable_params)} / ${int(s.total_params)}`],
     ["Feature cache", cacheText, cache && cache.reused ? "reused" : null],
     s.resumed_from_epoch ? ["Resumed from epoch", s.resumed_from_epoch] : null,
+    s.teacher ? ["Teacher", `job ${s.teacher.job} (${s.teacher.model}); ${s.teacher.reused ? `its stored predictions reused (${int(s.teacher.loaded)})` : "predictions computed by this run"}`] : null,
+    s.torch_version ? ["torch / timm", `${s.torch_version} / ${s.timm_version}`] : null,
+    s.data_fingerprint ? ["Data fingerprint", `train ${String(s.data_fingerprint.train).slice(0, 12)} · val ${String(s.data_fingerprint.val).slice(0, 12)}`] : null,
   ]);
 }
 
@@ -89,6 +138,11 @@ export async function renderJob(view, id) {
   const get = (path) => api(path, { signal });
   let current = await get(`/api/jobs/${id}`);
   const model = modelById(current.model);
+  let exp = null;
+  const config = async () => current.config || (exp = exp || await get(`/api/experiments/${current.experiment_id}`)).config;
+  const [cfg0, known] = await Promise.all([config().catch((e) => { if (isAbort(e)) throw e; return null; }), datasets(signal)]);
+  // The job's dataset (its config names it); an unknown one still gets numbered classes and no paper number.
+  const ds = known.find((d) => d.id === (cfg0 && cfg0.dataset)) || (cfg0 && cfg0.dataset ? null : known[0]);
 
   const head = el("div", { class: "card", id: "job-head" });
   const phase = el("div", { id: "job-phase" });
@@ -98,15 +152,14 @@ export async function renderJob(view, id) {
   const modeButton = el("button", { type: "button", class: "secondary", id: "confusion-mode", "data-mode": "count", text: "Show row percentages" });
   const settings = el("div", { class: "card", id: "job-settings" });
   const cardBox = el("div", { class: "card method-card", id: "job-card" });
+  const notes = el("div", { id: "class-notes" });
   view.append(head, errorBox,
     el("div", { class: "grid2 job-plots" }, el("div", { class: "card" }, acc), el("div", { class: "card" }, loss)),
     el("div", { class: "card", id: "job-detail" },
       el("div", { class: "detail-controls" }, el("label", {}, "Epoch: ", epochPick), modeButton),
-      el("div", { class: "grid2 job-plots" }, perClass, confusion)),
+      el("div", { class: "grid2 job-plots" }, perClass, confusion), notes),
     settings, cardBox);
 
-  let exp = null;
-  const config = async () => current.config || (exp = exp || await get(`/api/experiments/${current.experiment_id}`)).config;
   if (model) {
     config().then((cfg) => showCard(cardBox, current.model, cfg))
       .catch((e) => { if (!isAbort(e)) cardBox.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` })); });
@@ -122,7 +175,7 @@ export async function renderJob(view, id) {
     head.replaceChildren(
       el("h2", {}, `Job #${j.id}: `, el("span", { class: "name", text: j.experiment_name }), " ", dryBadge(j)),
       el("p", { class: "job-status-line" }, "Status: ", el("span", { id: "job-status", class: `status status-${j.status}`, text: j.status }),
-        ` · ${j.model}${model && model.paper_name ? ` (paper: ${model.paper_name}, ${pct(model.paper_val_acc)})` : ""}`,
+        ` · ${j.model}`, ds && !ds.in_paper ? ` · ${ds.title}` : "", paperNote(j),
         ` · epoch ${j.epochs_done}/${j.epochs}`, can("progressing", j) ? ` · ETA ${secs(j.eta_s)}` : "",
         ` · best ${pct(j.best_val_acc)}${best}`, j.device ? ` · ${j.device}` : "", j.attempt > 1 ? ` · attempt ${j.attempt}` : ""),
       el("div", { class: "job-actions" }, ...jobActions(j, refreshJob), clone),
@@ -157,6 +210,15 @@ export async function renderJob(view, id) {
       el("h4", { text: "Attempts" }), attemptsTable(current.attempts));
   };
 
+  // The paper's number for this job (the server's: none where the paper has no result, e.g. on CIFAR-100).
+  const paperNote = (j) => {
+    if (j.paper_val_acc !== null && j.paper_val_acc !== undefined) {
+      return ` (paper: ${model && model.paper_name ? model.paper_name : j.model}, ${pct(j.paper_val_acc)})`;
+    }
+    const why = ds && !ds.in_paper ? `the paper reports no ${ds.title} results` : "the paper did not run this model";
+    return el("span", {}, " · ", el("span", { id: "paper-number", class: "muted", title: why, text: "no paper number" }));
+  };
+
   // The epoch shown: the user's pick, else the latest while the job runs and the best once it has ended.
   const shownEpoch = (ep) => {
     if (epochPick.value) return Number(epochPick.value);
@@ -179,12 +241,17 @@ export async function renderJob(view, id) {
     if (!ep.length) {
       const msg = waiting();
       for (const box of [acc, loss, perClass, confusion]) box.show(msg);
+      notes.replaceChildren();
       return;
     }
+    // Distilled from a teacher job: its accuracy on the epoch's training images and how often the student agrees with it.
+    const taught = metrics.some((m) => m.teacher_acc !== null && m.teacher_acc !== undefined) ? [
+      { x: ep, y: metrics.map((m) => m.teacher_acc), name: "teacher accuracy (train)", mode: "lines", line: { dash: "dot" } },
+      { x: ep, y: metrics.map((m) => m.teacher_agreement), name: "student-teacher agreement", mode: "lines", line: { dash: "dashdot" } }] : [];
     acc.draw([
       { x: ep, y: metrics.map((m) => m.val_acc), name: "val accuracy", mode: "lines+markers" },
-      { x: ep, y: metrics.map((m) => m.train_acc), name: "train accuracy", mode: "lines+markers" },
-      ...paperTraces(model, current.epochs)], layout("Accuracy", "accuracy",
+      { x: ep, y: metrics.map((m) => m.train_acc), name: "train accuracy", mode: "lines+markers" }, ...taught,
+      ...(ds && ds.in_paper ? paperTraces(model, current.epochs) : [])], layout("Accuracy", "accuracy",
         { yaxis: { title: { text: "accuracy" }, tickformat: ".1%", automargin: true } }), PLOT_CONFIG);
     // With the head's L2 penalty on, the losses Keras would have printed (the authors' logs) go beside the plain ones.
     const keras = metrics.some((m) => m.keras_val_loss !== null && m.keras_val_loss !== undefined) ? [
@@ -197,17 +264,20 @@ export async function renderJob(view, id) {
     const m = metrics.find((x) => x.epoch === shownEpoch(ep));
     const which = m ? `epoch ${m.epoch}${m.epoch === current.best_epoch ? ", best" : ""}` : "";
     epochPick.dataset.shown = m ? m.epoch : "";
+    const n = m ? (m.per_class_acc || m.confusion || []).length : 0;
+    const classes = classNames(ds, n);
     if (m && m.per_class_acc) {
-      perClass.draw([{ type: "bar", x: CLASSES, y: m.per_class_acc, name: "per-class accuracy",
-                       hovertemplate: "%{x}: %{y:.1%}<extra></extra>" }],
-        layout(`Per-class accuracy, ${which}`, "accuracy", { xaxis: { automargin: true, tickangle: -40 },
-          yaxis: { title: { text: "accuracy" }, range: [0, 1], tickformat: ".0%", automargin: true }, showlegend: false }), PLOT_CONFIG);
+      const fig = perClassFigure(m.per_class_acc, classes, which);
+      perClass.draw(fig.data, fig.layout, PLOT_CONFIG);
     } else perClass.show(`no per-class accuracy for ${which || "this epoch"}`);
     if (m && m.confusion) {
       const mode = modeButton.dataset.mode;
-      const fig = confusionFigure(m.confusion, CLASSES, mode, `Confusion matrix, ${which}${mode === "row" ? " (row %)" : ""}`);
+      // Many classes: a taller, square-ish matrix (one cell per class pair stays hoverable).
+      confusion.plot.style.height = manyClasses(classes) ? "560px" : "";
+      const fig = confusionFigure(m.confusion, classes, mode, `Confusion matrix, ${which}${mode === "row" ? " (row %)" : ""}`);
       confusion.draw(fig.data, fig.layout, PLOT_CONFIG);
     } else confusion.show(`no confusion matrix for ${which || "this epoch"}`);
+    notes.replaceChildren(...classNotes(m, classes));
   };
   epochPick.addEventListener("change", draw);
   modeButton.addEventListener("click", () => {

@@ -112,6 +112,23 @@ def test_data_states(plan_api):
     assert "BLOCKLAB_ALLOW_DOWNLOAD=true" in item["block_reason"]
 
 
+def test_the_data_preflight_is_per_dataset(plan_api):
+    """A worker that holds CIFAR-10 but not CIFAR-100: a CIFAR-100 job's plan is blocked and names CIFAR-100's own
+    folder and archive; the CIFAR-10 job beside it is not."""
+    _send(_report(data_present=True, datasets_present={"cifar10": True, "cifar100": False}))
+    items = plan_api.post("/api/plan", json={"configs": [
+        {"model": "deit_tiny_patch16_224", "weights": "none"},
+        {"model": "deit_tiny_patch16_224", "weights": "none", "dataset": "cifar100"}]}).json()["items"]
+    assert [i["preflight"]["data"]["state"] for i in items] == ["present", "missing"]
+    assert "CIFAR-100 is not in /lab/data" in items[1]["block_reason"]
+    assert "cifar-100-python/ folder or cifar-100-python.tar.gz" in items[1]["block_reason"]
+    _send(_report(data_present=True, datasets_present={"cifar10": True, "cifar100": False}, allow_download=True,
+                  data_host_reachable=True))
+    d = plan_api.post("/api/plan", json={"configs": [
+        {"model": "deit_tiny_patch16_224", "weights": "none", "dataset": "cifar100"}]}).json()["items"][0]
+    assert (d["preflight"]["data"]["state"], d["preflight"]["data"]["mb"]) == ("download", 161)
+
+
 def test_dry_run_plans_the_labelled_values(plan_api):
     _send(_report())
     p = plan_api.post("/api/plan", json={"configs": [{"model": "vgg19", "weights": "none"}], "dry_run": True}).json()

@@ -35,6 +35,7 @@ def test_weights_are_found_in_the_hub_cache_for_the_pinned_tag_and_as_local_file
 
 def test_data_is_present_as_the_batches_folder_or_the_archive(tmp_path, tiny_cifar_dir):
     assert report.data_present(tiny_cifar_dir)
+    assert not report.data_present(tiny_cifar_dir, "cifar100")  # per dataset: CIFAR-10's folder is not CIFAR-100
     assert not report.data_present(tmp_path)
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
     assert report.data_present(tmp_path)

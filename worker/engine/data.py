@@ -1,7 +1,9 @@
-"""CIFAR-10 as torchvision's root holds it: the official python layout or the official archive.
+"""CIFAR-10 and CIFAR-100 as torchvision's root holds them: the official python layout or the official archive.
 
 Everything lives in uint8 arrays (N, 3, 32, 32); resizing and normalization happen later, batched, in
-`preprocess.py`. The paper's validation set is the CIFAR-10 test set.
+`preprocess.py`. The paper's validation set is the CIFAR-10 test set; CIFAR-100's test set plays that part for it
+(its 100 fine labels; the paper has no number on it). Both datasets are located, downloaded (md5-checked) and
+unpacked by one code path, told apart by their `Layout`.
 """
 from __future__ import annotations
 
@@ -18,10 +20,36 @@ from typing import Callable
 
 import numpy as np
 
+from core import catalogue
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
-BATCHES_DIR = "cifar-10-batches-py"
+ARCHIVE_NAME = catalogue.DATASETS["cifar10"].archive
+BATCHES_DIR = catalogue.DATASETS["cifar10"].folder
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # published with the archive
+CIFAR100_ARCHIVE = catalogue.DATASETS["cifar100"].archive
+CIFAR100_DIR = catalogue.DATASETS["cifar100"].folder
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset's official archive comes from and what it unpacks to: `folder` holds the `markers` files
+    once it is there (the test split first: the file a half-copied folder is likeliest to lack)."""
+    dataset: str  # core.catalogue.DATASETS key
+    title: str
+    url: str
+    md5: str
+    archive: str
+    folder: str
+    markers: tuple[str, ...]
+
+
+CIFAR10 = Layout("cifar10", "CIFAR-10", CIFAR10_URL, CIFAR10_MD5, ARCHIVE_NAME, BATCHES_DIR, ("test_batch",))
+CIFAR100 = Layout("cifar100", "CIFAR-100", CIFAR100_URL, CIFAR100_MD5, CIFAR100_ARCHIVE, CIFAR100_DIR,
+                  ("test", "train"))
+LAYOUTS: dict[str, Layout] = {lay.dataset: lay for lay in (CIFAR10, CIFAR100)}
 
 
 class DatasetError(RuntimeError):
@@ -39,10 +67,14 @@ class Split:
 
 @dataclass
 class Cifar10:
+    """A loaded dataset (CIFAR-10 or CIFAR-100: the name is the first one's); `classes` in label order."""
     train: Split
     val: Split
     classes: tuple[str, ...]
     source: str  # where it was read from
+
+
+Dataset = Cifar10  # the dataset-neutral name for the same class
 
 
 def _load_pickle(path: Path) -> dict:
@@ -52,18 +84,19 @@ def _load_pickle(path: Path) -> dict:
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
-def _read_batch(path: Path) -> Split:
+def _read_batch(path: Path, key: str = "labels", classes: int = 10, title: str = "CIFAR-10") -> Split:
+    """One pickled split: uint8 'data' (N, 3072) and its labels under `key` (CIFAR-100: 'fine_labels')."""
     d = _load_pickle(path)
-    if "data" not in d or "labels" not in d:
-        raise DatasetError(f"{path} is not a CIFAR-10 batch (keys {sorted(d)}); expected 'data' and 'labels'.")
+    if "data" not in d or key not in d:
+        raise DatasetError(f"{path} is not a {title} batch (keys {sorted(d)}); expected 'data' and {key!r}.")
     data = np.asarray(d["data"])
-    labels = np.asarray(d["labels"], dtype=np.int64)
+    labels = np.asarray(d[key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}.")
     if len(labels) != len(data):
         raise DatasetError(f"{path}: {len(data)} images but {len(labels)} labels.")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DatasetError(f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}.")
+    if len(labels) and (labels.min() < 0 or labels.max() > classes - 1):
+        raise DatasetError(f"{path}: labels must lie in 0..{classes - 1}, found {labels.min()}..{labels.max()}.")
     return Split(data.reshape(-1, 3, 32, 32), labels)
 
 
@@ -75,13 +108,14 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
-             progress: Callable[[int, int], None] | None = None) -> Path:
-    """Fetch the official archive into data_dir, verify its published md5, then unpack it. `progress(done, total)`
-    is called at every chunk read (at most 64 KiB, as they arrive); whatever it raises (a stop: StopRequested)
-    aborts the download and removes the partial file."""
+def download(data_dir: Path, url: str | None = None, md5: str | None = None,
+             progress: Callable[[int, int], None] | None = None, layout: Layout = CIFAR10) -> Path:
+    """Fetch the official archive into data_dir, verify its md5 (the published one unless given), then unpack it.
+    `progress(done, total)` is called at every chunk read (at most 64 KiB, as they arrive); whatever it raises (a
+    stop: StopRequested) aborts the download and removes the partial file."""
+    url, md5 = url or layout.url, md5 or layout.md5
     data_dir.mkdir(parents=True, exist_ok=True)
-    archive = data_dir / ARCHIVE_NAME
+    archive = data_dir / layout.archive
     fd, tmp = tempfile.mkstemp(dir=data_dir, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
@@ -95,48 +129,63 @@ def download(data_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
         got = _md5(Path(tmp))
         if got != md5:
             raise DatasetError(f"download from {url} has md5 {got}, expected {md5}; nothing was kept. "
-                               "Retry, or place the official cifar-10-python.tar.gz in the data directory.")
+                               f"Retry, or place the official {layout.archive} in the data directory.")
         os.replace(tmp, archive)
     except OSError as e:
-        raise DatasetError(f"could not download CIFAR-10 from {url} into {data_dir}: {e}. Offline? Copy the "
-                           f"official {BATCHES_DIR}/ folder or {ARCHIVE_NAME} into {data_dir}.") from e
+        raise DatasetError(f"could not download {layout.title} from {url} into {data_dir}: {e}. Offline? Copy the "
+                           f"official {layout.folder}/ folder or {layout.archive} into {data_dir}.") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _extract(archive, data_dir)
-    return data_dir / BATCHES_DIR
+    _extract(archive, data_dir, layout)
+    return data_dir / layout.folder
 
 
-def _extract(archive: Path, data_dir: Path) -> None:
+def _extract(archive: Path, data_dir: Path, layout: Layout = CIFAR10) -> None:
     with tarfile.open(archive, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(BATCHES_DIR + "/") and m.isfile()]
+        members = [m for m in tar.getmembers() if m.name.startswith(layout.folder + "/") and m.isfile()]
         if not members:
-            raise DatasetError(f"{archive} holds no {BATCHES_DIR}/ folder; is it the official CIFAR-10 archive?")
+            raise DatasetError(f"{archive} holds no {layout.folder}/ folder; is it the official {layout.title} "
+                               "archive?")
         tmp = Path(tempfile.mkdtemp(dir=data_dir))
         try:
             tar.extractall(tmp, members=members, filter="data")
-            target = data_dir / BATCHES_DIR
+            target = data_dir / layout.folder
             if not target.exists():
-                shutil.move(str(tmp / BATCHES_DIR), target)
+                shutil.move(str(tmp / layout.folder), target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def locate(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL,
-           progress: Callable[[int, int], None] | None = None) -> Path:
-    """The batches folder under data_dir: as-is, unpacked from a local archive, or downloaded."""
-    data_dir = Path(data_dir)
-    for candidate in (data_dir / BATCHES_DIR, data_dir):
-        if (candidate / "test_batch").is_file():
+def _found(data_dir: Path, layout: Layout) -> Path | None:
+    for candidate in (data_dir / layout.folder, data_dir):
+        if all((candidate / m).is_file() for m in layout.markers):
             return candidate
-    if (data_dir / ARCHIVE_NAME).is_file():
-        _extract(data_dir / ARCHIVE_NAME, data_dir)
-        return data_dir / BATCHES_DIR
+    return None
+
+
+def present(data_dir: Path, dataset: str = "cifar10") -> bool:
+    """What `locate` accepts without downloading: the dataset's folder or its official archive."""
+    layout = LAYOUTS[dataset]
+    return _found(Path(data_dir), layout) is not None or (Path(data_dir) / layout.archive).is_file()
+
+
+def locate(data_dir: Path, allow_download: bool = False, url: str | None = None,
+           progress: Callable[[int, int], None] | None = None, layout: Layout = CIFAR10) -> Path:
+    """The dataset's folder under data_dir: as-is, unpacked from a local archive, or downloaded."""
+    data_dir = Path(data_dir)
+    found = _found(data_dir, layout)
+    if found is not None:
+        return found
+    if (data_dir / layout.archive).is_file():
+        _extract(data_dir / layout.archive, data_dir, layout)
+        return data_dir / layout.folder
     if allow_download:
-        return download(data_dir, url=url, progress=progress)
+        return download(data_dir, url=url, progress=progress, layout=layout)
+    looked = " and ".join(str(data_dir / layout.folder / m) for m in layout.markers)
     raise DatasetError(
-        f"CIFAR-10 not found: looked for {data_dir / BATCHES_DIR}/test_batch and {data_dir / ARCHIVE_NAME}. "
-        f"Copy the official {BATCHES_DIR}/ folder or {ARCHIVE_NAME} there, or allow the download "
+        f"{layout.title} not found: looked for {looked} and {data_dir / layout.archive}. "
+        f"Copy the official {layout.folder}/ folder or {layout.archive} there, or allow the download "
         "(--download on the command line).")
 
 
@@ -153,21 +202,48 @@ def load_cifar10(data_dir: Path, allow_download: bool = False, url: str = CIFAR1
     classes = tuple(f"class{i}" for i in range(10))
     if (root / "batches.meta").is_file():
         classes = tuple(_load_pickle(root / "batches.meta").get("label_names", classes))
-    for name, split in (("training", train), ("test", val)):
-        present = np.bincount(split.labels, minlength=10)
-        if (present == 0).any():
-            raise DatasetError(f"{root}: the {name} set has no images of class(es) "
-                               f"{[int(i) for i in np.flatnonzero(present == 0)]}.")
+    _check_every_class(root, train, val, 10)
     return Cifar10(train, val, classes, str(root))
 
 
-def stratified_subset(split: Split, per_class: int | None, seed: int) -> Split:
-    """K images of every class, drawn with a seeded generator (the same K and seed give the same images)."""
+def load_cifar100(data_dir: Path, allow_download: bool = False, url: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> Cifar10:
+    """CIFAR-100 with its 100 fine labels (`train`, `test`, `meta`), from data_dir or its mirror; its class names
+    must be the catalogue's (core.catalogue.DATASETS), which the backend serves without reading the archive."""
+    root = locate(Path(data_dir), allow_download=allow_download, url=url, progress=progress, layout=CIFAR100)
+    expected = catalogue.DATASETS["cifar100"].classes
+    read = lambda name: _read_batch(root / name, "fine_labels", len(expected), "CIFAR-100")  # noqa: E731
+    train, val = read("train"), read("test")
+    if (root / "meta").is_file():
+        names = tuple(_load_pickle(root / "meta").get("fine_label_names", ()))
+        if names != expected:
+            wrong = [f"{i}: {a!r} (expected {b!r})" for i, (a, b) in enumerate(zip(names, expected)) if a != b]
+            raise DatasetError(f"{root / 'meta'}: fine_label_names are not CIFAR-100's ({len(names)} names; "
+                               f"{', '.join(wrong[:3]) or 'a different count'}); is it the official archive?")
+    _check_every_class(root, train, val, len(expected))
+    return Cifar10(train, val, expected, str(root))
+
+
+def _check_every_class(root: Path, train: Split, val: Split, classes: int) -> None:
+    for name, split in (("training", train), ("test", val)):
+        counts = np.bincount(split.labels, minlength=classes)
+        if (counts == 0).any():
+            missing = [int(i) for i in np.flatnonzero(counts == 0)]
+            raise DatasetError(f"{root}: the {name} set has no images of {len(missing)} class(es) "
+                               f"{missing[:20]}{' …' if len(missing) > 20 else ''}.")
+
+
+def stratified_subset(split: Split, per_class: int | None, seed: int, num_classes: int | None = None) -> Split:
+    """K images of every class, drawn with a seeded generator (the same K and seed give the same images).
+    The classes are 0..num_classes-1 (default: up to the largest label present: 10 for CIFAR-10, 100 for
+    CIFAR-100, whose loaders check that every class is there)."""
     if per_class is None:
         return split
+    if num_classes is None:
+        num_classes = int(split.labels.max()) + 1 if len(split) else 0
     rng = np.random.default_rng(seed)
     idx = []
-    for c in range(10):
+    for c in range(num_classes):
         members = np.flatnonzero(split.labels == c)
         if per_class > len(members):
             raise DatasetError(f"train_per_class={per_class} but class {c} has only {len(members)} images.")
@@ -211,11 +287,37 @@ def _dump(path: Path, images: np.ndarray, labels: np.ndarray, label: str) -> Non
                      "filenames": [f"img{i}.png" for i in range(len(images))]}, f)
 
 
-def generated(n_train: int, n_val: int, seed: int = 0) -> tuple[Split, Split]:
-    """Random CIFAR-sized images with balanced labels: for benchmarks and tests where CIFAR-10 is absent."""
+def write_cifar100(root: Path, train: Split, val: Split, classes=None) -> Path:
+    """Write splits in CIFAR-100's official python layout (`train`, `test`, `meta`; fine and coarse labels), for
+    generated data and tests. The coarse labels are placeholders (fine // 5): nothing here reads them."""
+    out = Path(root) / CIFAR100_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("test", val)):
+        with open(out / name, "wb") as f:
+            pickle.dump({"filenames": [f"img{i}.png" for i in range(len(split))], "batch_label": name,
+                         "fine_labels": [int(x) for x in split.labels],
+                         "coarse_labels": [int(x) // 5 for x in split.labels],
+                         "data": split.images.reshape(len(split), 3072).astype(np.uint8)}, f)
+    with open(out / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": list(classes or catalogue.DATASETS["cifar100"].classes),
+                     "coarse_label_names": [f"superclass{i}" for i in range(20)]}, f)
+    return out
+
+
+def generated(n_train: int, n_val: int, seed: int = 0, num_classes: int = 10) -> tuple[Split, Split]:
+    """Random CIFAR-sized images with balanced labels: for benchmarks and tests where the real data is absent."""
     rng = np.random.default_rng(seed)
 
     def make(n):
         return Split(rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8),
-                     (np.arange(n) % 10).astype(np.int64))
+                     (np.arange(n) % num_classes).astype(np.int64))
     return make(n_train), make(n_val)
+
+
+def load(dataset: str, data_dir: Path, allow_download: bool = False, url: str | None = None,
+         progress: Callable[[int, int], None] | None = None) -> Cifar10:
+    """The dataset a config names (core.catalogue.DATASETS), from `data_dir` or its mirror (`url`: another one)."""
+    loaders = {"cifar10": load_cifar10, "cifar100": load_cifar100}
+    if dataset not in loaders:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(loaders)}")
+    return loaders[dataset](data_dir, allow_download, url or LAYOUTS[dataset].url, progress=progress)

@@ -54,11 +54,10 @@ def weights_present(weights_dir: Path) -> dict[str, dict]:
     return out
 
 
-def data_present(data_dir: Path) -> bool:
-    """What worker.engine.data.locate accepts without downloading: the batches folder or the official archive."""
-    from worker.engine.data import ARCHIVE_NAME, BATCHES_DIR
-    return any((c / "test_batch").is_file() for c in (data_dir / BATCHES_DIR, data_dir)) or \
-        (data_dir / ARCHIVE_NAME).is_file()
+def data_present(data_dir: Path, dataset: str = "cifar10") -> bool:
+    """What worker.engine.data.locate accepts without downloading: the dataset's folder or its official archive."""
+    from worker.engine.data import present
+    return present(data_dir, dataset)
 
 
 def reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
@@ -146,6 +145,7 @@ class Reporter:
                 "weights_dir": str(s.weights_path), "weights": weights_present(s.weights_path),
                 "hub_offline": offline, "hub_reachable": hub_ok,
                 "data_dir": str(s.data_path), "data_present": data_present(s.data_path),
+                "datasets_present": {d: data_present(s.data_path, d) for d in catalogue.DATASETS},
                 "allow_download": s.allow_download, "data_host_reachable": data_ok,
                 "interval_s": s.worker_report_s}
 
@@ -172,7 +172,7 @@ class Reporter:
             secs = sum(r["seconds"] for r in rows)
             if rows and secs > 0 and not cache.get("reused") and catalogue.get(model):
                 n_train = round(rows[0]["images_per_s"] * rows[0]["train_seconds"])
-                n_val = int(sum(rows[0]["confusion"][i][j] for i in range(10) for j in range(10)))
+                n_val = int(sum(map(sum, rows[0]["confusion"])))
                 g = estimate.run_gflops(cfg, n_train, n_val, len(rows), secs)
                 self.measured[f"{model}@{cfg.get('image_size')}"] = round(g, 2)
         except (OSError, ValueError, KeyError, TypeError, IndexError):

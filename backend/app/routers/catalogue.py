@@ -1,6 +1,7 @@
-"""GET /api/models, /api/models/{id} (a model's method card), /api/paper, /api/options and /api/statuses: the
-catalogue and the paper's numbers, the training options and the job statuses, each from its one declaration in
-core/. The method card is built from catalogue data alone (no model is built: the backend never imports torch)."""
+"""GET /api/models, /api/models/{id} (a model's method card), /api/paper, /api/datasets, /api/options and
+/api/statuses: the catalogue and the paper's numbers, the datasets and their class names, the training options and
+the job statuses, each from its one declaration in core/. The method card is built from catalogue data alone (no
+model is built: the backend never imports torch)."""
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -44,6 +45,14 @@ def paper():
                         "Transformers and CNNs by Fine-Tuning a Single Trainable Block, arXiv:2110.05270 (2021)",
             "table1": catalogue.paper_table1(), "curves": catalogue.paper_curves(),
             "deit_full_finetune": catalogue.deit_full_finetune()}
+
+
+@router.get("/datasets")
+def datasets():
+    """Every dataset a job may train on, with its class names in label order (what a job's per-class views name)
+    and whether the paper reports numbers on it (where it does not, comparisons show "no paper number")."""
+    return [{"id": d.id, "title": d.title, "classes": list(d.classes), "num_classes": d.num_classes,
+             "in_paper": d.in_paper} for d in catalogue.DATASETS.values()]
 
 
 @router.get("/options")

@@ -79,20 +79,22 @@ def _weights(cfg: dict, rep: dict | None) -> dict:
                        "weights: none (random init); or download them once into that cache on a connected machine"}
 
 
-def _data(rep: dict | None) -> dict:
+def _data(rep: dict | None, dataset: str = "cifar10") -> dict:
     if rep is None:
         return {"state": "unknown", "mb": None, "message": "no worker has reported: start one to check the data"}
+    ds = catalogue.DATASETS[dataset]
     where = rep.get("data_dir", "the data folder")
-    if rep.get("data_present"):
-        return {"state": "present", "mb": 0, "message": f"data: CIFAR-10 in {where}"}
-    mb = estimate.CIFAR_ARCHIVE_MB
+    present = rep.get("datasets_present", {}).get(dataset, rep.get("data_present") if dataset == "cifar10" else None)
+    if present:
+        return {"state": "present", "mb": 0, "message": f"data: {ds.title} in {where}"}
+    mb = ds.archive_mb
     if rep.get("allow_download") and rep.get("data_host_reachable"):
-        return {"state": "download", "mb": mb, "message": f"data: will download CIFAR-10 ({mb} MB) into {where}"}
+        return {"state": "download", "mb": mb, "message": f"data: will download {ds.title} ({mb} MB) into {where}"}
     why = ("downloads are off (BLOCKLAB_ALLOW_DOWNLOAD=false)" if not rep.get("allow_download")
            else "the worker cannot reach the dataset's host")
-    fix = (f"copy the official cifar-10-batches-py/ folder or cifar-10-python.tar.gz into {where}"
+    fix = (f"copy the official {ds.folder}/ folder or {ds.archive} into {where}"
            + (", or allow downloads (BLOCKLAB_ALLOW_DOWNLOAD=true)" if not rep.get("allow_download") else ""))
-    return {"state": "missing", "mb": mb, "message": f"data: CIFAR-10 is not in {where} and {why}. Fix: {fix}"}
+    return {"state": "missing", "mb": mb, "message": f"data: {ds.title} is not in {where} and {why}. Fix: {fix}"}
 
 
 def _dry(cfg: dict) -> dict:
@@ -105,7 +107,7 @@ def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     measured = (rep or {}).get("measured", {}).get(f"{cfg['model']}@{cfg.get('image_size')}")
     est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))
     est["measured"] = measured is not None
-    pre = {"weights": _weights(cfg, rep), "data": _data(rep)}
+    pre = {"weights": _weights(cfg, rep), "data": _data(rep, cfg.get("dataset", "cifar10"))}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
     return {"model": cfg["model"], "paper_name": spec.paper_name, "config": cfg,
