@@ -6,6 +6,7 @@ import { renderNew } from "./js/new.js";
 import { renderJobs } from "./js/jobs.js";
 import { renderJob } from "./js/job.js";
 import { renderCompare } from "./js/compare.js";
+import { renderDepth } from "./js/depth.js";
 
 // ---------------------------------------------------------------------------------------------------- routing
 // Each visit renders into a fresh container; leaving aborts the old view's fetches and streams, and anything it
@@ -24,6 +25,7 @@ async function route() {
     else if (path === "/jobs") renderJobs(view);
     else if (path.startsWith("/job/")) await renderJob(view, Number(path.split("/")[2]));
     else if (path === "/compare") await renderCompare(view, params);
+    else if (path.startsWith("/depth/")) await renderDepth(view, decodeURIComponent(path.slice("/depth/".length)));
     else view.append(el("p", { text: "Nothing here. " }, el("a", { href: "#/new", text: "Start a job" })));
   } catch (e) { if (!signal.aborted) fail(e); }
 }

@@ -168,7 +168,8 @@ def effective_config(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 _SETTINGS = ("image_size", "precision", "tf32", "device", "channels_last", "train_images", "val_images",
-             "trainable_params", "total_params", "feature_cache", "resumed_from_epoch")
+             "trainable_params", "total_params", "feature_cache", "resumed_from_epoch", "teacher", "torch_version",
+             "timm_version", "data_fingerprint")
 
 
 def settings(job: Job) -> dict | None:
@@ -229,7 +230,7 @@ def public_many(db: Session, jobs: list[Job]) -> list[dict]:
 def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
     cfg = job.experiment.config
     spec = catalogue.get(cfg["model"])
-    paper = catalogue.paper_row(spec) if spec else None
+    paper = catalogue.paper_row(spec, cfg.get("dataset", "cifar10")) if spec else None
     eta = None
     if job.status == JobStatus.RUNNING and st.recent_seconds:
         eta = statistics.mean(st.recent_seconds) * max(cfg["epochs"] - st.epochs_done, 0)

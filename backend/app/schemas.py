@@ -33,6 +33,32 @@ class _ConfigRules(BaseModel):
             raise ValueError(f"unknown model {v!r}; choose one of GET /api/models")
         return v
 
+    @field_validator("trainable_blocks", check_fields=False)
+    @classmethod
+    def _blocks_exist(cls, v: int | None, info):
+        spec = catalogue.get(info.data.get("model", ""))
+        if v is not None and spec is not None and spec.blocks and v > spec.blocks:
+            raise ValueError(f"{spec.id} has {spec.blocks} blocks on the paper's block list; choose 0 to "
+                             f"{spec.blocks}, or empty for all (full fine-tuning)")
+        return v
+
+    @field_validator("train_per_class", check_fields=False)
+    @classmethod
+    def _within_the_dataset(cls, v: int | None, info):
+        ds = catalogue.DATASETS.get(info.data.get("dataset", "cifar10"))
+        if v is not None and ds is not None and v > 50_000 // ds.num_classes:
+            raise ValueError(f"{ds.title} has {50_000 // ds.num_classes:,} training images per class")
+        return v
+
+    @field_validator("teacher", check_fields=False)
+    @classmethod
+    def _has_distillation_head(cls, v: int | None, info):
+        spec = catalogue.get(info.data.get("model", ""))
+        if v is not None and spec is not None and spec.heads != 2:
+            raise ValueError(f"{spec.id} has no distillation head, so it cannot learn from a teacher; choose a "
+                             "distilled DeiT (deit_*_distilled_*) or leave the teacher empty")
+        return v
+
     @model_validator(mode="after")
     def _model_preset(self):
         for name, value in model_preset(self.model).items():
@@ -116,6 +142,10 @@ class SettingsPublic(BaseModel):
     total_params: int | None = None
     feature_cache: dict | None = None  # the engine's report, with `reused` (a cache from an earlier run was loaded)
     resumed_from_epoch: int | None = None
+    teacher: dict | None = None  # the teacher's predictions: job, stored entry, reused or computed
+    torch_version: str | None = None
+    timm_version: str | None = None
+    data_fingerprint: dict | None = None  # {"train", "val"}: hashes of the exact images and labels used
 
 
 class AttemptPublic(BaseModel):
@@ -266,11 +296,16 @@ class ModelCard(BaseModel):
     batch_size: int
     epochs: int
     trainable_modules: list[str]
-    trainable_params: int
-    trainable_params_as_paper_counts: int
+    trainable_params: int | None  # None: only the architecture can say at this depth (--describe counts it)
+    trainable_params_as_paper_counts: int | None
     paper_trainable_params: int | None
     paper_count_includes_mlp_head: bool | None
     count_matches_paper: bool | None
+    trainable_blocks: int | None  # None: all (full fine-tuning)
+    blocks: int | None
+    dataset: str
+    num_classes: int
+    teacher: int | None
     head: str
     heads: int
     pooling: str
@@ -292,3 +327,53 @@ class ReproduceRequest(BaseModel):
     group: Annotated[str | None, AfterValidator(_group_name)] = Field(None, max_length=100)
     overrides: dict = Field(default_factory=dict)  # e.g. {"epochs": 1, "precision": "bf16"}
     dry_run: bool = False  # core.config.DRY_RUN over each model's preset, every experiment marked
+
+
+MAX_SEEDS = 20  # repeats of one experiment a request may ask for: enough for a tight interval, not a flood
+
+
+class RepeatRequest(BaseModel):
+    """Repeat an experiment under `seeds` seeds in all (the experiment itself and its existing repeats count)."""
+    model_config = ConfigDict(extra="forbid")
+    seeds: int = Field(ge=2, le=MAX_SEEDS, description=f"how many runs of this config in all, 2 to {MAX_SEEDS}")
+
+
+class RepeatPublic(BaseModel):
+    group: str  # where the repeats stay together (given to the experiment if it had none)
+    seeds: list[int]  # every seed of the config in the group, the new ones included
+    created: list[ExperimentPublic]  # the missing repeats, each with a queued job (none: there were enough)
+
+
+class CurvePointPublic(BaseModel):
+    epoch: int
+    n: int  # runs of the group that reached this epoch
+    mean: float
+    std: float | None  # None with one run
+    min: float
+    max: float
+
+
+class RepeatGroupPublic(BaseModel):
+    """Runs of the comparison that differ only by seed (core.stats.repeat_key), with the 95% Student's t interval of
+    their best validation accuracy beside the paper's number."""
+    key: str
+    jobs: list[int]  # every chosen run of the group
+    seeds: list[int]
+    varies: list[str]  # the options its runs differ by (the seed): not a difference of method
+    model: str
+    name: str  # the first run's experiment name without its " · seed N"
+    dry_run: bool
+    n: int  # runs with a best validation accuracy
+    mean: float | None
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+    paper_val_acc: float | None
+    inside: bool | None
+    verdict: str  # inside | outside | no paper number | one run: no interval
+    curve: list[CurvePointPublic]  # per epoch over the group's runs: what the compare view draws as mean and band
+
+
+class CompareStatsPublic(BaseModel):
+    groups: list[RepeatGroupPublic]  # in the order of their first job in the request
+    band: str  # what the curves' band spans

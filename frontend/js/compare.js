@@ -1,9 +1,11 @@
 // Compare runs with each other and with the paper's Table 1 and Fig. 2, live: statuses, progress and curves follow
-// the runs while they progress (one list request per tick, metrics only for runs that gained an epoch).
+// the runs while they progress (one list request per tick, metrics only for runs that gained an epoch). Runs that
+// differ only by seed are one repeat group: the server's statistics (GET /api/compare/stats: mean, sd, the 95%
+// Student's t interval, the paper's number inside or outside it, the mean curve with its band) are drawn as sent.
 "use strict";
 import { el, pct, int, plotText, state, api, fail, onLeave, viewSignal, modelById, paperCurve, can } from "./util.js";
 import { chartBox, layout, modelColour, placeLabels, SYMBOLS } from "./charts.js";
-import { loadRuns, phaseText, phaseDetail, deviations, deviationText, dryBadge, runLabel } from "./runs.js";
+import { loadRuns, phaseText, phaseDetail, deviations, deviationText, dryBadge, runLabel, repeatPanel, repeatButton } from "./runs.js";
 import { makePicker, modelName } from "./picker.js";
 
 const MULTIPLES_BEYOND = 6;  // more runs than this: one small chart per model instead of one crowded chart
@@ -25,11 +27,36 @@ function paperLines(m, lastEpoch, showlegend = true) {
   return out;
 }
 
-function runTrace(r, rows, symbol) {
+// A run of a repeat group drawn as its group's mean: the run itself stays one legend click away.
+function runTrace(r, rows, symbol, inGroup = false) {
   return { x: rows.map((m) => m.epoch), y: rows.map((m) => m.val_acc), mode: "lines+markers", name: plotText(runLabel(r)),
+    visible: inGroup ? "legendonly" : true,
     line: { color: modelColour(r.model), width: r.dry_run ? 1.5 : 2.5 }, opacity: r.dry_run ? 0.75 : 1,
     marker: { symbol: r.dry_run ? `${symbol}-open` : symbol, size: 7, color: modelColour(r.model) },
     hovertemplate: `${plotText(runLabel(r))}<br>epoch %{x}: %{y:.2%}<extra></extra>` };
+}
+
+// A colour of the palette, see-through: the band of a repeat group in its model's colour.
+function fade(hex, alpha = 0.2) {
+  const h = hex.length === 4 ? [...hex.slice(1)].map((c) => c + c).join("") : hex.slice(1);
+  return `rgba(${parseInt(h.slice(0, 2), 16)},${parseInt(h.slice(2, 4), 16)},${parseInt(h.slice(4, 6), 16)},${alpha})`;
+}
+
+// A repeat group's mean curve with its band (the server's min and max per epoch; `band` says what it spans): the
+// lower edge, the upper edge filled down to it, then the mean over them.
+function groupTraces(g, band) {
+  const c = g.curve;
+  const colour = modelColour(g.model);
+  const label = `${g.dry_run ? "[dry run] " : ""}${g.name} · mean of ${g.jobs.length} seeds`;
+  const common = { x: c.map((p) => p.epoch), mode: "lines", legendgroup: `repeat-${g.key}`, hoverinfo: "skip", showlegend: false };
+  return [
+    { ...common, y: c.map((p) => p.min), name: plotText(`${label} (band low)`), line: { color: colour, width: 0 } },
+    { ...common, y: c.map((p) => p.max), name: plotText(`${label} (band: ${band})`), fill: "tonexty", fillcolor: fade(colour),
+      line: { color: colour, width: 0 }, meta: "band" },
+    { x: c.map((p) => p.epoch), y: c.map((p) => p.mean), mode: "lines", legendgroup: `repeat-${g.key}`, meta: "mean",
+      name: plotText(`${label} (band: ${band})`), line: { color: colour, width: 3 }, customdata: c.map((p) => [p.n, p.min, p.max]),
+      hovertemplate: `${plotText(g.name)}: mean %{y:.2%} of %{customdata[0]} run(s), %{customdata[1]:.2%}–%{customdata[2]:.2%}<br>epoch %{x}<extra></extra>` },
+  ];
 }
 
 // What a chart of these runs waits for, when none has an epoch yet.
@@ -40,7 +67,9 @@ function waitingText(runs) {
   return `${dead ? "No epoch was recorded for these runs" : "Waiting for the first epoch"}: ${what.join("; ")}${runs.length > 4 ? "; …" : ""}.`;
 }
 
-function drawCurves(area, chosen, metrics) {
+function drawCurves(area, chosen, metrics, stats) {
+  const repeats = (stats ? stats.groups : []).filter((g) => g.jobs.length > 1 && g.curve.length);
+  const grouped = new Set(repeats.flatMap((g) => g.jobs));
   const lastEpoch = Math.max(20, ...chosen.map((r) => r.epochs));
   const byModel = new Map();
   for (const r of chosen) { if (!byModel.has(r.model)) byModel.set(r.model, []); byModel.get(r.model).push(r); }
@@ -76,9 +105,11 @@ function drawCurves(area, chosen, metrics) {
     const traces = runs.map((r) => {
       const n = seen.get(r.model) || 0;
       seen.set(r.model, n + 1);
-      return runTrace(r, metrics.get(r.id) || [], SYMBOLS[n % SYMBOLS.length]);
+      return runTrace(r, metrics.get(r.id) || [], SYMBOLS[n % SYMBOLS.length], grouped.has(r.id));
     });
-    for (const m of [...new Set(runs.map((r) => r.model))]) traces.push(...paperLines(modelById(m), lastEpoch));
+    const here = new Set(runs.map((r) => r.id));
+    for (const g of repeats.filter((x) => x.jobs.some((j) => here.has(j)))) traces.push(...groupTraces(g, stats.band));
+    for (const m of [...new Set(runs.filter((r) => r.paper_val_acc !== null).map((r) => r.model))]) traces.push(...paperLines(modelById(m), lastEpoch));
     const title = id ? modelName({ model: id }) : "Validation accuracy";
     const shownEpochs = Math.max(...runs.map((r) => r.epochs), ...(traces.flatMap((t) => t.x)));
     const lay = layout(title, "val accuracy", { yaxis: { title: { text: "val accuracy" }, tickformat: ".1%", automargin: true },
@@ -93,7 +124,11 @@ function drawCurves(area, chosen, metrics) {
 // labels overlap), the user's runs as markers in their model's colour whose hover names the job and run.
 async function drawFig2(box, chosen) {
   const t1 = state.paper.table1;
-  const runs = chosen.filter((r) => r.best_val_acc !== null && r.trainable_params);
+  // Only runs on a dataset the paper reports (CIFAR-10): a CIFAR-100 accuracy beside its points would mislead.
+  if (!state.datasets) state.datasets = await api("/api/datasets");
+  const inPaper = new Set(state.datasets.filter((d) => d.in_paper).map((d) => d.id));
+  const runs = chosen.filter((r) => r.best_val_acc !== null && r.trainable_params
+    && inPaper.has((r.config || {}).dataset || state.datasets[0].id));
   const xs = [...t1.map((r) => r.trainable_params), ...runs.map((r) => r.trainable_params)];
   const ys = [...t1.map((r) => r.val_acc), ...runs.map((r) => r.best_val_acc)];
   const xr = [Math.log10(Math.min(...xs)) - 0.35, Math.log10(Math.max(...xs)) + 0.35];
@@ -128,11 +163,13 @@ async function drawFig2(box, chosen) {
 // config that leaves the paper preset (which options, with the paper's values).
 const COLUMNS = ["Job", "Name", "Model", "Paper model", "Status", "Best val acc", "Paper acc", "Difference", "Trainable / paper"];
 
-function tableRows(chosen) {
+// `varies`: job id -> the options its repeat group varies on purpose (the seed), no difference of method.
+function tableRows(chosen, varies) {
   return chosen.flatMap((r) => {
     const m = modelById(r.model);
-    const diff = r.best_val_acc !== null && m && m.paper_val_acc ? r.best_val_acc - m.paper_val_acc : null;
-    const devs = deviations(r);
+    const paper = r.paper_val_acc;  // the server's: none for a dataset or a model the paper has no number for
+    const diff = r.best_val_acc !== null && paper !== null ? r.best_val_acc - paper : null;
+    const devs = deviations(r, varies.get(r.id) || []);
     const honest = r.dry_run ? "dry run: not comparable" : devs.length ? "not the paper preset" : "";
     const what = phaseDetail(r);
     const row = el("tr", { "data-job": r.id, class: r.dry_run ? "dry-run" : devs.length ? "deviates" : null },
@@ -142,7 +179,7 @@ function tableRows(chosen) {
       el("td", { text: m && m.paper_name ? m.paper_name : "–" }),
       el("td", { class: "run-status" }, el("span", { class: `status status-${r.status}`, text: r.status }), what && what !== r.status ? el("div", { class: "phase-text", text: what }) : null),
       el("td", { class: "best", text: `${pct(r.best_val_acc)}${r.best_epoch ? ` (ep. ${r.best_epoch})` : ""}` }),
-      el("td", { text: pct(m && m.paper_val_acc) }),
+      el("td", { class: "paper", text: paper === null ? "no paper number" : pct(paper) }),
       el("td", { class: "diff" }, diff === null ? "–" : `${diff >= 0 ? "+" : ""}${(100 * diff).toFixed(2)} pts`,
         honest ? el("div", { class: "caveat", text: honest }) : null),
       el("td", { text: `${int(r.trainable_params)} / ${int(m && m.paper_trainable_params)}` }));
@@ -152,6 +189,37 @@ function tableRows(chosen) {
     return [row, el("tr", { class: "run-note", "data-job-note": r.id }, el("td", {}), el("td", { colspan: COLUMNS.length - 1 },
       r.dry_run ? el("span", { class: "badge dry", text: "dry run" }) : null,
       r.dry_run ? " fewer epochs and images, small size: a pipeline check, not a paper run. " : "",
+      devs.length ? el("span", { class: "deviations" }, el("strong", { text: "Leaves the paper preset: " }), devs.map(deviationText).join("; ")) : null))];
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------- seeds
+// One row per repeat group (runs that differ only by seed; a run alone is a group of one): n, mean ± sd and the 95%
+// Student's t interval of the best validation accuracy, and whether the paper's number lies inside it, all as the
+// server computed them. A group whose config is not the paper's method says how, under its row.
+const SEED_COLUMNS = ["Config", "Runs", "n", "Mean ± sd", "95% CI (Student's t)", "Paper acc", "Paper in CI", ""];
+const pts = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(2)} pts`);
+
+function seedRows(stats, byId, panel) {
+  return stats.groups.flatMap((g) => {
+    const first = byId.get(g.jobs[0]);
+    if (!first) return [];
+    const devs = deviations(first, g.varies);
+    const verdictClass = `verdict verdict-${g.verdict.split(" ")[0].replace(/[^a-z]/g, "")}`;
+    const row = el("tr", { "data-group-key": g.key, class: g.dry_run ? "dry-run" : devs.length ? "deviates" : null },
+      el("td", { class: "name-cell" }, el("span", { class: "swatch", style: `background:${modelColour(g.model)}` }),
+        el("span", { class: "name", text: g.name }), " ", dryBadge(first), el("div", { class: "muted small", text: modelName({ model: g.model }) })),
+      el("td", { class: "runs" }, g.jobs.flatMap((id, i) => [i ? ", " : "", el("a", { href: `#/job/${id}`, text: `#${id}` })]),
+        el("div", { class: "muted small", text: `seed${g.seeds.length > 1 ? "s" : ""} ${g.seeds.join(", ")}` })),
+      el("td", { class: "n", text: String(g.n) }),
+      el("td", { class: "mean-sd", text: g.mean === null ? "–" : g.std === null ? pct(g.mean) : `${pct(g.mean)} ± ${pts(g.std)}` }),
+      el("td", { class: "ci", text: g.ci_low === null ? "–" : `${pct(g.ci_low)} – ${pct(g.ci_high)}` }),
+      el("td", { class: "paper", text: g.paper_val_acc === null ? "no paper number" : pct(g.paper_val_acc) }),
+      el("td", { class: verdictClass, text: g.verdict }),
+      el("td", { class: "actions" }, repeatButton(first, panel)));
+    if (!g.dry_run && !devs.length) return [row];
+    return [row, el("tr", { class: "run-note", "data-group-note": g.key }, el("td", {}), el("td", { colspan: SEED_COLUMNS.length - 1 },
+      g.dry_run ? "dry runs: a pipeline check, not a paper run. " : "",
       devs.length ? el("span", { class: "deviations" }, el("strong", { text: "Leaves the paper preset: " }), devs.map(deviationText).join("; ")) : null))];
   });
 }
@@ -174,16 +242,28 @@ export async function renderCompare(view, params) {
   const picker = makePicker({ selected: ids, group, onApply: apply, onChanged: () => tick().catch(fail) });
   const curves = el("div", { id: "curves" });
   const csv = el("a", { download: "blocklab-compare.csv", id: "download-csv" }, el("button", { type: "button", text: "Download CSV" }));
+  const reportHtml = el("a", { download: "", id: "report-html", text: "Report (HTML)" });
+  const reportMd = el("a", { download: "", id: "report-md", text: "Report (Markdown)" });
+  // New repeats join the comparison at once (their curves and the group's row fill in as they run).
+  const panel = repeatPanel((res) => apply([...new Set([...ids, ...res.created.map((e) => e.jobs[0].id)])]));
+  const seedBody = el("tbody", {});
+  const seedHint = el("p", { class: "muted", id: "seeds-hint" });
+  const seedTable = el("table", { id: "seeds-table" }, el("thead", {}, el("tr", {}, SEED_COLUMNS.map((h) => el("th", { text: h })))), seedBody);
   const tbody = el("tbody", {});
   const table = el("table", { id: "compare-table" }, el("thead", {}, el("tr", {}, COLUMNS.map((h) => el("th", { text: h })))), tbody);
   const fig2 = chartBox("plot-fig2", "plot tall");
   const results = el("div", { id: "results" }, curves,
-    el("div", { class: "card" }, el("div", { class: "card-head" }, el("h3", { text: "Runs beside Table 1" }), csv),
+    el("div", { class: "card" }, el("div", { class: "card-head" }, el("h3", { text: "Runs beside Table 1" }),
+      el("span", { class: "downloads" }, reportHtml, " ", reportMd, " ", csv)),
       el("div", { class: "table-wrap" }, table)),
+    el("div", { class: "card", id: "seeds" }, el("div", { class: "card-head" }, el("h3", { text: "Seeds and confidence" })),
+      seedHint, panel, el("div", { class: "table-wrap" }, seedTable)),
     el("div", { class: "card" }, fig2));
   const hint = el("p", { class: "muted card", id: "pick-hint", hidden: true });
   view.append(picker, hint, results);
 
+  let stats = null;  // the server's repeat groups of the chosen runs
+  let statsFor = "";  // what they were computed from: ids, epochs and statuses
   let timer = null;
   let busy = false;
   let again = false;  // a change (Compare selected, archive, delete) arrived during a tick: run one more at once
@@ -210,9 +290,19 @@ export async function renderCompare(view, params) {
         const rows = await Promise.all(part.map((r) => api(`/api/jobs/${r.id}/metrics`)));
         part.forEach((r, j) => { metrics.set(r.id, rows[j]); fetched.set(r.id, r.epochs_done); });
       }
-      csv.href = `/api/compare.csv?jobs=${chosen.map((r) => r.id).join(",")}`;
-      tbody.replaceChildren(...tableRows(chosen));
-      drawCurves(curves, chosen, metrics);
+      const list = chosen.map((r) => r.id).join(",");
+      const sig = chosen.map((r) => `${r.id}:${r.epochs_done}:${r.status}`).join(",");
+      if (sig !== statsFor) { stats = await api(`/api/compare/stats?jobs=${list}`); statsFor = sig; }
+      csv.href = `/api/compare.csv?jobs=${list}`;
+      reportHtml.href = `/api/report.html?jobs=${list}`;
+      reportMd.href = `/api/report.md?jobs=${list}`;
+      const varies = new Map(stats.groups.flatMap((g) => g.jobs.map((id) => [id, g.varies])));
+      tbody.replaceChildren(...tableRows(chosen, varies));
+      seedBody.replaceChildren(...seedRows(stats, new Map(chosen.map((r) => [r.id, r])), panel));
+      seedHint.textContent = stats.groups.some((g) => g.jobs.length > 1)
+        ? `Runs that differ only by seed share a row; the curves show their mean with a band (${stats.band}).`
+        : "No run here has a repeat under another seed yet: Repeat… queues them, then pick them all.";
+      drawCurves(curves, chosen, metrics, stats);
       await drawFig2(fig2, chosen);
     } finally {
       busy = false;

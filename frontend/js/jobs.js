@@ -2,7 +2,7 @@
 // now (queue position, download, frozen pass, batch of batches), marks a dry run, and shows its error in full.
 "use strict";
 import { el, pct, secs, state, api, showMessage, fail, onLeave, can } from "./util.js";
-import { loadRuns, phaseDetail, progressFraction, dryBadge } from "./runs.js";
+import { loadRuns, phaseDetail, progressFraction, dryBadge, repeatPanel, repeatButton } from "./runs.js";
 
 // ---------------------------------------------------------------------------------------------------- jobs
 export function progressCell(j) {
@@ -41,7 +41,7 @@ export function jobActions(j, then) {
 
 const COLUMNS = ["Job", "Name", "Status", "Model", "Progress", "ETA", "Best val acc", "Paper", ""];
 
-function jobRows(j, refresh) {
+function jobRows(j, refresh, panel) {
   const row = el("tr", { "data-job": j.id, class: j.dry_run ? "dry-run" : null },
     el("td", {}, el("a", { href: `#/job/${j.id}`, text: `#${j.id}` })),
     el("td", { class: "name name-cell" }, el("span", { class: "run-name", text: j.experiment_name }), " ", dryBadge(j),
@@ -51,8 +51,8 @@ function jobRows(j, refresh) {
     progressCell(j),
     el("td", { text: can("progressing", j) ? secs(j.eta_s) : "–" }),
     el("td", { class: "best", text: pct(j.best_val_acc) }),
-    el("td", { text: pct(j.paper_val_acc) }),
-    el("td", { class: "actions" }, ...jobActions(j, refresh)));
+    el("td", { text: j.paper_val_acc === null ? "no paper number" : pct(j.paper_val_acc) }),
+    el("td", { class: "actions" }, ...jobActions(j, refresh), j.latest ? repeatButton(j, panel) : null));
   if (!j.error) return [row];
   row.classList.add("has-error");
   // The error in full, under its job: the reason a run failed is what a student reads first.
@@ -92,7 +92,8 @@ function groupBar(runs, refresh) {
 export function renderJobs(view) {
   const tbody = el("tbody", { id: "jobs-body" });
   const groupsBox = el("div", {});
-  view.append(el("div", { class: "card" }, el("h2", { text: "Jobs" }), groupsBox,
+  const panel = repeatPanel(() => refresh());
+  view.append(el("div", { class: "card" }, el("h2", { text: "Jobs" }), groupsBox, panel,
     el("div", { class: "table-wrap" }, el("table", { id: "jobs" },
       el("thead", {}, el("tr", {}, COLUMNS.map((h) => el("th", { text: h })))), tbody))));
   let busy = false;
@@ -101,7 +102,7 @@ export function renderJobs(view) {
     busy = true;
     try {
       const runs = await loadRuns("false");
-      tbody.replaceChildren(...(runs.length ? runs.flatMap((j) => jobRows(j, refresh))
+      tbody.replaceChildren(...(runs.length ? runs.flatMap((j) => jobRows(j, refresh, panel))
         : [el("tr", {}, el("td", { colspan: COLUMNS.length, class: "muted", text: "No jobs yet." }))]));
       groupsBox.replaceChildren(...[groupBar(runs, refresh)].filter(Boolean));
     } catch (e) { fail(e); } finally { busy = false; }

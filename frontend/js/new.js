@@ -1,4 +1,4 @@
-// The new-job form and Reproduce Table 1.
+// The new-job form, a depth sweep of it and Reproduce Table 1.
 "use strict";
 import { $, el, pct, int, secs, plotText, state, api, ApiError, showMessage, clearMessage, fail, onLeave, viewSignal, isAbort, catalogue, can, modelById, paperCurve } from "./util.js";
 import { showCard } from "./card.js";
@@ -74,8 +74,9 @@ async function cloneSource(jobId, signal) {
   return { name: `${job.experiment_name} (clone of #${job.id})`, config, job };
 }
 
-// The paper's training images for a config: train_per_class x 10 classes, or the whole 50,000.
-export const trainImages = (perClass) => (perClass ? perClass * 10 : 50000);
+// The training images for a config: train_per_class x the dataset's classes (GET /api/datasets), or all 50,000.
+export const trainImages = (perClass, classes = 10) => (perClass ? perClass * classes : 50000);
+const classesOf = (id) => ((state.datasets || []).find((d) => d.id === id) || { num_classes: 10 }).num_classes;
 
 export function renderNew(view) {
   const signal = viewSignal();
@@ -106,12 +107,17 @@ export function renderNew(view) {
     const slot = $("#warn-batch_size", form);
     const batch = Number(byName.batch_size && byName.batch_size.value);
     const perClass = byName.train_per_class && byName.train_per_class.value.trim() !== "" ? Number(byName.train_per_class.value) : null;
-    const images = trainImages(perClass);
+    const classes = classesOf(byName.dataset && byName.dataset.value);
+    const images = trainImages(perClass, classes);
     slot.textContent = batch > images
-      ? `Batch ${int(batch)} is larger than the ${int(images)} training images (${int(perClass)} per class × 10): every epoch is one batch of ${int(images)}, not ${int(batch)}.`
+      ? `Batch ${int(batch)} is larger than the ${int(images)} training images (${int(perClass)} per class × ${int(classes)}): every epoch is one batch of ${int(images)}, not ${int(batch)}.`
       : "";
   };
-  for (const input of [byName.batch_size, byName.train_per_class]) if (input) input.addEventListener("input", warnBatch);
+  for (const input of [byName.batch_size, byName.train_per_class, byName.dataset]) if (input) {
+    input.addEventListener("input", warnBatch);
+    input.addEventListener("change", warnBatch);
+  }
+  if (!state.datasets) api("/api/datasets", { signal }).then((d) => { state.datasets = d; warnBatch(); }).catch(() => {});
 
   const resetTo = (config) => {  // values as given; those equal to the model's preset keep following the model
     if (config.model && modelById(config.model)) picker.value = config.model;
@@ -138,7 +144,7 @@ export function renderNew(view) {
   const reproduce = el("div", { class: "card" }, el("h2", { text: "Reproduce Table 1" }),
     el("p", { class: "muted", text: "Queue the paper's ten models with the paper preset as one group, then compare them side by side with Table 1. A plan (times, weights and data) comes first: nothing is queued before you confirm it." }),
     el("button", { id: "reproduce", class: "secondary", text: "Reproduce Table 1", onclick: () => reproduceTable1(view, signal) }));
-  view.append(el("div", { class: "new-job" }, form, cardBox), reproduce);
+  view.append(el("div", { class: "new-job" }, form, cardBox), depthSweepCard(form, view, signal), reproduce);
 
   const cloneId = Number(new URLSearchParams(location.hash.split("?")[1] || "").get("clone"));
   const last = remembered();
@@ -223,4 +229,77 @@ async function reproduceTable1(view, signal) {
     const exps = await api("/api/reproduce", { method: "POST", json: ok.dry_run ? { dry_run: true } : {}, signal });
     location.hash = `#/compare?group=${encodeURIComponent(exps[0].group)}`;
   } catch (e) { fail(e); } finally { button.disabled = false; }
+}
+
+// ---------------------------------------------------------------------------------------------------- depth sweep
+// One model at several depths (how many of the last blocks train) as one group: one experiment per depth through
+// POST /api/experiments, every other value from the form above. The option a sweep varies comes from the server
+// (GET /api/depth: `axis`, as GET /api/options serves it), so nothing here names it.
+let depthAxis = null;
+const depthAxisOf = async (signal) => depthAxis || (depthAxis = (await api("/api/depth", { signal })).axis);
+
+// "0, 1, 2, all" -> [0, 1, 2, null] (an empty value where the option allows one: all blocks), or the reason not.
+export function parseDepths(text, axis) {
+  const words = text.split(/[\s,;]+/).filter(Boolean);
+  if (!words.length) return { error: "Give the depths to run, such as 0, 1, 2." };
+  const out = [];
+  for (const w of words) {
+    const empty = axis.nullable && /^(all|none)$/i.test(w);
+    const k = empty ? null : Number(w);
+    if (!empty && !(Number.isInteger(k) && (axis.min === null || k >= axis.min) && (axis.max === null || k <= axis.max)))
+      return { error: `${JSON.stringify(w)} is not a depth: a whole number from ${axis.min} to ${axis.max}${axis.nullable ? ", or all" : ""}.` };
+    if (!out.includes(k)) out.push(k);
+  }
+  if (out.length < 2) return { error: "A sweep needs at least two different depths." };
+  return { depths: out };
+}
+
+export const depthText = (k) => (k === null || k === undefined ? "all" : String(k));
+
+function depthSweepCard(form, view, signal) {
+  const depths = el("input", { id: "sweep-depths", type: "text", value: "0, 1, 2", maxlength: 200, "aria-describedby": "sweep-error" });
+  const group = el("input", { id: "sweep-group", type: "text", maxlength: 100, placeholder: "empty: one is made up" });
+  const label = el("span", { id: "sweep-axis", text: "Depths" });
+  depthAxisOf(signal).then((axis) => { label.textContent = axis.label; depths.title = axis.help; }).catch(() => { /* said on submit */ });
+  return el("div", { class: "card depth-sweep", id: "depth-sweep" }, el("h2", { text: "Depth sweep" }),
+    el("p", { class: "muted", text: "The model and values above, run once per depth (0 = the head alone on frozen features, 1 = the paper's last block, all = full fine-tuning), as one group; its chart sets best validation accuracy, time per epoch and trainable parameters against depth, with the paper's result at 1 marked." }),
+    el("div", { class: "row" }, el("label", { for: "sweep-depths" }, label, " (several)"), depths),
+    el("div", { class: "row" }, el("label", { for: "sweep-group", text: "Group" }), group),
+    el("div", { class: "field-error", id: "sweep-error", "aria-live": "polite" }),
+    el("button", { type: "button", id: "sweep-submit", class: "secondary", text: "Start depth sweep",
+                   onclick: () => submitSweep(form, view, signal) }));
+}
+
+async function submitSweep(form, view, signal) {
+  clearMessage();
+  const error = $("#sweep-error", view);
+  error.textContent = "";
+  form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
+  const button = $("#sweep-submit", view);
+  button.disabled = true;
+  try {
+    const axis = await depthAxisOf(signal);
+    const parsed = parseDepths($("#sweep-depths", view).value, axis);
+    if (parsed.error) { error.textContent = parsed.error; return; }
+    const base = readConfig(form);
+    const name = $("#f-name", form).value.trim() || base.model;
+    const group = $("#sweep-group", view).value.trim() ||
+      `depth ${base.model} ${new Date().toISOString().slice(0, 19).replace("T", " ")}`;
+    const configs = parsed.depths.map((k) => ({ ...base, [axis.name]: k }));
+    const plan = await fetchPlan({ configs }, signal);
+    let dry = false;
+    if (plan && (plan.long || plan.items.some((i) => i.blocked))) {
+      const ok = await confirmPlan(view, plan, { title: `Plan: ${name}, depths ${parsed.depths.map(depthText).join(", ")}`, what: `${configs.length} jobs`, signal });
+      if (!ok) return;
+      dry = ok.dry_run;
+    }
+    for (const [i, config] of configs.entries()) {
+      const body = { name: `${name} · ${axis.label} ${depthText(parsed.depths[i])}`, group, config };
+      await api("/api/experiments", { method: "POST", json: dry ? { ...body, dry_run: true } : body, signal });
+    }
+    remember({ name, config: base });
+    location.hash = `#/depth/${encodeURIComponent(group)}`;
+  } catch (e) {
+    if (!showFieldErrors(form, e)) fail(e);
+  } finally { button.disabled = false; }
 }

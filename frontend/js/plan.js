@@ -76,7 +76,7 @@ function itemRow(item, refName) {
     el("td", { class: "est-this", text: duration(est.this_device_s) }),
     el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null }),
     preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights"),
-    preflightCell(item.preflight && item.preflight.data, DATA, "dataset"));
+    preflightCell(item.preflight && item.preflight.data, DATA, "training-data"));
 }
 
 function workerLine(plan) {

@@ -17,7 +17,7 @@ def _rows(page) -> list[dict]:
     return page.eval_on_selector_all("#plan-items tbody tr", """rows => rows.map(r => ({
         model: r.dataset.model, blocked: r.classList.contains('blocked'), here: r.querySelector('.est-this').textContent,
         ref: r.querySelector('.est-ref').textContent, weights: r.querySelector("[data-what='pretrained-weights'] .state").textContent,
-        data: r.querySelector("[data-what='dataset'] .state").textContent }))""")
+        data: r.querySelector("[data-what='training-data'] .state").textContent }))""")
 
 
 def test_reproduce_shows_the_plan_and_queues_nothing_until_confirmed(make_lab, page):

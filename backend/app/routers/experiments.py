@@ -1,5 +1,7 @@
 """Experiments: a name and the engine's config; starting one queues a job. Groups (a Table 1 reproduction, a
-sweep) are cancelled or resumed at once; an experiment can be archived (hidden, data kept) or deleted."""
+sweep) are cancelled or resumed at once; an experiment can be archived (hidden, data kept) or deleted, or repeated
+under more seeds (the same config but the seed, in one group, for a confidence interval)."""
+import re
 import shutil
 from typing import Annotated, Literal
 
@@ -10,8 +12,8 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from core import catalogue
-from core.config import dry_run
+from core import catalogue, stats
+from core.config import dry_run, web_options
 from core.protocol import ACTIVE
 from core.settings import get_settings
 
@@ -25,8 +27,11 @@ from ..schemas import (
     ExperimentUpdate,
     GroupActionPublic,
     JobPublic,
+    RepeatPublic,
+    RepeatRequest,
     ReproduceRequest,
 )
+from ..teacher import check_teacher
 
 router = APIRouter(prefix="/api", tags=["experiments"])
 
@@ -59,6 +64,7 @@ def create_experiment(body: ExperimentCreate, db: Session = SessionDep):
     config = body.config.model_dump()
     if body.dry_run:
         config = _dry(config, ("body", "config"))
+    check_teacher(db, config)
     e = Experiment(name=body.name, group=body.group, config=config, dry_run=body.dry_run)
     db.add(e)
     db.commit()
@@ -170,6 +176,7 @@ def reproduce_table1(body: ReproduceRequest, db: Session = SessionDep):
     run (core.config.dry_run of the preset with the overrides)."""
     from datetime import datetime
     group = body.group or f"table1-{'dry-run-' if body.dry_run else ''}{datetime.now():%Y%m%d-%H%M%S}"
+    check_teacher(db, {"dataset": "cifar10", **body.overrides}, loc=("body", "overrides", "teacher"))
     out = []
     for row in catalogue.paper_table1():
         overrides = {k: v for k, v in body.overrides.items() if k != "model"}
@@ -187,3 +194,57 @@ def reproduce_table1(body: ReproduceRequest, db: Session = SessionDep):
         db.refresh(e)
         out.append(_public(db, e))
     return out
+
+
+_SEED_SUFFIX = re.compile(r" · seed \d+$")
+
+
+def base_name(name: str) -> str:
+    """An experiment's name without the " · seed N" its repeats carry: every repeat names the same experiment."""
+    return _SEED_SUFFIX.sub("", name)
+
+
+def _repeat_group(e: Experiment) -> str:
+    """A group for an experiment that had none, so that its repeats stay together (named after it, within the
+    group name's 100 characters)."""
+    return f"seeds #{e.id} {base_name(e.name).replace('/', '-')}"[:100].strip()
+
+
+def _seed_option():
+    return next(o for o in web_options() if o.name == "seed")
+
+
+def _seed(config: dict) -> int:
+    """A stored config's seed (one stored before the option existed had its default)."""
+    return config.get("seed", _seed_option().default)
+
+
+@router.post("/experiments/{experiment_id}/repeat", response_model=RepeatPublic, status_code=201,
+             dependencies=[WriteAccess])
+def repeat_experiment(experiment_id: IdPath, body: RepeatRequest, db: Session = SessionDep):
+    """Make the experiment one of `seeds` runs of its config: create the missing repeats (same config but the
+    seed, the next seeds unused in its group; same group, dry-run mark and name with " · seed N"), each with a
+    queued job. The experiment and the repeats already in its group count, so asking again creates nothing."""
+    e = _experiment(db, experiment_id)
+    check_teacher(db, e.config)  # its teacher may have been deleted since it was created
+    if e.group is None:
+        e.group = _repeat_group(e)
+        db.commit()
+    key = stats.repeat_key(e.config)
+    peers = [p for p in db.scalars(select(Experiment).where(Experiment.group == e.group)).all()
+             if p.dry_run == e.dry_run and stats.repeat_key(p.config) == key]
+    used = {_seed(p.config) for p in peers}
+    seed, created, top = _seed(e.config), [], _seed_option().le
+    for _ in range(body.seeds - len(peers)):
+        while seed in used:
+            seed = seed + 1 if seed < top else 0  # past the largest seed: from the smallest unused one
+        used.add(seed)
+        suffix = f" · seed {seed}"
+        r = Experiment(name=base_name(e.name)[:200 - len(suffix)] + suffix, group=e.group,
+                       config={**e.config, "seed": seed}, dry_run=e.dry_run)
+        db.add(r)
+        db.commit()
+        jobs.start(db, r)
+        db.refresh(r)
+        created.append(r)
+    return {"group": e.group, "seeds": sorted(used), "created": _public_many(db, created)}
