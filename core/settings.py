@@ -13,7 +13,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BLOCKLAB_", extra="ignore")
 
     home: Path = Path("./var")  # the one user-writable folder for state
-    data_dir: Path | None = None  # CIFAR-10 (cifar-10-batches-py/ or the archive); default <home>/data
+    data_dir: Path | None = None  # CIFAR-10/100 (their official folders or archives); default <home>/data
     weights_dir: Path | None = None  # local weight files (<model>.safetensors|.pth) and the hub cache
     runs_dir: Path | None = None  # one folder per job: checkpoint, metrics.jsonl, summary.json
     cache_dir: Path | None = None  # frozen-feature caches kept across jobs; default <home>/cache/features
@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     port: int = 8000
     device: str = "auto"  # for workers: auto | cpu | cuda[:N]
     token: str | None = None  # when set, every state-changing request needs it
-    allow_download: bool = True  # workers may fetch CIFAR-10 when the data dir has none
+    allow_download: bool = True  # workers may fetch CIFAR-10/100 when the data dir has none
     heartbeat_interval_s: float = 2.0  # worker -> backend liveness signal while a job runs
     heartbeat_timeout_s: float = 60.0  # a running job silent this long has lost its worker
     max_attempts: int = 5  # worker losses tolerated per job before it fails

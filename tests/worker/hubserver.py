@@ -3,6 +3,7 @@
 watch download progress and cancel mid-download."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -94,3 +95,28 @@ class FakeHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def serve_bytes(blob: bytes, name: str):
+    """One file on 127.0.0.1 (a dataset mirror): yields (its URL, the paths GET asked for)."""
+    gets: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            gets.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/{name}", gets
+    finally:
+        srv.shutdown()
+        srv.server_close()

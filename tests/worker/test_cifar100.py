@@ -2,12 +2,10 @@
 md5-checked download from a server on 127.0.0.1 serving a generated archive, and a tiny run whose head, per-class
 accuracies and confusion matrix have 100 classes."""
 import hashlib
-import http.server
 import io
 import json
 import pickle
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 
 from core import catalogue
 from core.config import TrainConfig
+from tests.worker.hubserver import serve_bytes
 from worker.engine import data
 from worker.engine.train import Paths, run
 
@@ -39,24 +38,8 @@ def _archive(tmp_path) -> bytes:
 @pytest.fixture
 def archive_server(tmp_path):
     blob = _archive(tmp_path)
-    gets = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            gets.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(blob)))
-            self.end_headers()
-            self.wfile.write(blob)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/{data.CIFAR100_ARCHIVE}", hashlib.md5(blob).hexdigest(), gets
-    srv.shutdown()
-    srv.server_close()
+    with serve_bytes(blob, data.CIFAR100_ARCHIVE) as (url, gets):
+        yield url, hashlib.md5(blob).hexdigest(), gets
 
 
 def test_the_official_mirror_and_md5_are_the_published_ones():

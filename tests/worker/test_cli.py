@@ -149,3 +149,19 @@ def test_bad_values_are_one_line_errors(bad, tmp_path):
     r = subprocess.run([sys.executable, "-m", "worker.finetune", *bad], capture_output=True, text=True, cwd=ROOT,
                        env=ENV, timeout=RUN_S, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "error" in r.stderr
+
+
+def test_a_teacher_run_teaches_a_student_through_the_command_line(tiny_cifar_dir, tmp_path):
+    """--teacher N --teacher-dir: the student's epochs carry the teacher's accuracy and agreement, and the
+    teacher's predictions are stored in its folder."""
+    teacher = tmp_path / "job-1"
+    assert _cli("--epochs", "1", "--json", data=tiny_cifar_dir, out=teacher).returncode == 0
+    student = _cli("--model", "deit_tiny_distilled_patch16_224", "--epochs", "1", "--teacher", "1",
+                   "--teacher-dir", str(teacher), "--json", data=tiny_cifar_dir, out=tmp_path / "student")
+    assert student.returncode == 0, student.stderr
+    (row,) = _rows(tmp_path / "student")
+    assert 0 <= row["teacher_acc"] <= 1 and 0 <= row["teacher_agreement"] <= 1
+    assert list((teacher / "teacher-predictions").iterdir())
+    lost = _cli("--model", "deit_tiny_distilled_patch16_224", "--epochs", "1", "--teacher", "1",
+                data=tiny_cifar_dir, out=tmp_path / "orphan")
+    assert lost.returncode != 0 and "--teacher-dir" in lost.stderr and "Traceback" not in lost.stderr

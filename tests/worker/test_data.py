@@ -1,14 +1,13 @@
 import hashlib
-import http.server
 import io
 import pickle
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.worker.hubserver import serve_bytes
 from worker.engine import data
 
 
@@ -74,21 +73,8 @@ def test_reads_a_local_archive(tmp_path):
 @pytest.fixture
 def archive_server(tmp_path):
     blob = _archive(tmp_path)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(blob)))
-            self.end_headers()
-            self.wfile.write(blob)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/cifar-10-python.tar.gz", hashlib.md5(blob).hexdigest()
-    srv.shutdown()
+    with serve_bytes(blob, "cifar-10-python.tar.gz") as (url, _gets):
+        yield url, hashlib.md5(blob).hexdigest()
 
 
 def test_download_verifies_md5_then_unpacks(tmp_path, archive_server):

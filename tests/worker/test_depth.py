@@ -14,6 +14,7 @@ from worker.engine.model import Plan, SingleBlockModel, plan_for
 from worker.engine.split import block_list
 from worker.engine.train import Paths, build_model, run
 
+from .test_model import SIBLINGS
 from .test_train import KEYS, TINY
 
 CPU = DevicePolicy.for_device(torch.device("cpu"))
@@ -32,19 +33,9 @@ def _stage_crossing_k(blocks: list[str]) -> int:
     return next((k for k in range(2, len(blocks) + 1) if blocks[-k].rsplit(".", 1)[0] != stage), 2)
 
 
-# A small sibling of each architecture family of the catalogue, split as its catalogue entry.
-FAMILIES = [
-    ("deit_tiny_patch16_224", "vit", "blocks.11", 32),
-    ("deit_tiny_distilled_patch16_224", "vit_distilled", "blocks.11", 32),
-    ("cait_xxs24_224", "cait", "blocks_token_only.1", 32),
-    ("coat_lite_tiny", "coat", "serial_blocks4.1", 64),
-    ("swin_tiny_patch4_window7_224", "swin", "layers.3.blocks.1", 224),
-    ("dm_nfnet_f0", "nfnet", "stages.3.2", 64),
-    ("tf_efficientnet_lite0", "efficientnet", "blocks.6.0", 64),
-    ("vgg11", "vgg", "features.16", 64),
-    ("densenet121", "densenet", "features.denseblock4", 64),
-    ("resnet18", "resnet", "layer4", 64),
-]
+# A small sibling of each architecture family of the catalogue (test_model's), the token models at 32 px.
+FAMILIES = [(m, arch, block, 32 if arch in ("vit", "vit_distilled", "cait") else size)
+            for m, arch, block, size in SIBLINGS]
 
 
 def _sibling(name, arch, block, size, k):
