@@ -225,10 +225,20 @@ def _trainable_part(spec: catalogue.ModelSpec, k: int | None, head_params: int) 
 
 def _dataset_text(ds: catalogue.DatasetSpec) -> str:
     per_class = 50_000 // ds.num_classes
-    text = (f"{ds.title}, {ds.num_classes} classes ({per_class:,} training images per class; validation on the "
-            f"10,000-image test set)")
+    text = (f"{ds.title}, {ds.num_classes} classes (the full set: {per_class:,} training images per class and a "
+            f"10,000-image test set; the Data row says what this run uses)")
     return text + ("" if ds.in_paper else f"; the paper reports no {ds.title} results: no paper number to compare "
                    "with")
+
+
+def expected_trainable(config: dict[str, Any]) -> int | None:
+    """The trainable count a stored config will report, as far as the catalogue knows before the run (None: a
+    depth only the architecture can count, or a model outside the catalogue): what a queued job shows."""
+    spec = catalogue.get(config.get("model", ""))
+    if spec is None:
+        return None
+    head = spec.head_params(config.get("head_hidden", 256), catalogue.num_classes(config.get("dataset", "cifar10")))
+    return _trainable_part(spec, config.get("trainable_blocks", 1), head)[1]
 
 
 def _distillation_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
@@ -278,7 +288,8 @@ def method_card(cfg: TrainConfig) -> dict:
         cache = "off: every layer trains (a full forward every step)"
     elif cfg.trainable_blocks != 1 and cfg.feature_cache:
         cache += ("; it holds the head's input (the pooled features)" if cfg.trainable_blocks == 0
-                  else "; it holds the first trainable block's input (CoaT: its stage's first block's)")
+                  else "; it holds the first trainable block's input" + (
+                      " (CoaT: its stage's first block's)" if spec.arch == "coat" else ""))
     l2 = ("none" if not cfg.head_l2 else
           f"{cfg.head_l2:g} x the sum of squared kernel weights of both Linear layers, added to the training loss "
           f"(Keras' l2({cfg.head_l2:g})); val_loss stays plain cross-entropy, the loss Keras would print is recorded "

@@ -86,16 +86,27 @@ def repeat_groups(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     appearance. Each run: {id, config, value (its best validation accuracy, None before an epoch), reference
     (the paper's number, None without one), dry_run}. Each group: key, ids (every run), the summary of the
     values that exist, the reference and its verdict. A dry run never joins real runs: its numbers are not a
-    paper run's."""
+    paper run's. Each seed counts once: a second run of a seed (a clone started twice) is the same draw, not
+    another one, and would shrink the interval to nothing; `counted` are the runs the summary rests on,
+    `duplicates` those left out."""
     groups: dict[str, dict[str, Any]] = {}
     for r in runs:
         key = repeat_key(r["config"]) + ("-dry" if r.get("dry_run") else "")
-        g = groups.setdefault(key, {"key": key, "ids": [], "values": [], "reference": r.get("reference")})
+        g = groups.setdefault(key, {"key": key, "ids": [], "values": [], "reference": r.get("reference"),
+                                    "counted": [], "duplicates": [], "_seeds": set()})
         g["ids"].append(r["id"])
-        if r.get("value") is not None:
-            g["values"].append(float(r["value"]))
+        seed = r["config"].get("seed", 0)
+        if r.get("value") is None:
+            continue
+        if seed in g["_seeds"]:
+            g["duplicates"].append(r["id"])
+            continue
+        g["_seeds"].add(seed)
+        g["counted"].append(r["id"])
+        g["values"].append(float(r["value"]))
     out = []
     for g in groups.values():
+        g.pop("_seeds")
         s = summary(g["values"], g["reference"])
         out.append({**g, **s, "verdict": verdict(s, g["reference"])})
     return out

@@ -17,7 +17,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from core import catalogue
-from core.config import OPTIONS
+from core.config import OPTIONS, expected_trainable
 from core.protocol import PHASE_UNITS, TERMINAL, JobStatus, Phase
 
 from .models import EpochMetric, Experiment, Job, JobEvent, utcnow
@@ -246,7 +246,7 @@ def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
         "dry_run": bool(job.experiment.dry_run),
         "epochs": cfg["epochs"], "epochs_done": st.epochs_done, "best_val_acc": st.best_val_acc,
         "best_epoch": st.best_epoch, "paper_val_acc": paper["val_acc"] if paper else None,
-        "trainable_params": info.get("trainable_params", spec.trainable_params if spec else None),
+        "trainable_params": info.get("trainable_params", expected_trainable(cfg)),
         "eta_s": eta, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "heartbeat_at": job.heartbeat_at, "runtime_s": runtime, "info": job.info,
         "config": effective_config(cfg), "settings": settings(job), "attempts": attempts(records),

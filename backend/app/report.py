@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,8 +100,10 @@ class Run:
 
     @property
     def seconds_per_epoch(self) -> float | None:
+        """The last epoch's seconds: the first epochs also run the frozen part (once per image and flip state),
+        which a reused cache skips, so only the last one compares across depths: the training cost."""
         s = [r["seconds"] for r in self.curve if r["seconds"] is not None]
-        return sum(s) / len(s) if s else None
+        return s[-1] if s else None
 
 
 @dataclass
@@ -171,11 +174,21 @@ def table_rows(runs: list[Run]) -> list[dict]:
         first = rs[0]
         paper = first.paper
         ref = paper["val_acc"] if paper else None
-        s = stats.summary([r.view["best_val_acc"] for r in rs], ref)
+        seen, counted, duplicates = set(), [], []  # each seed once, as core.stats.repeat_groups counts them
+        for r in rs:
+            if r.view["best_val_acc"] is None:
+                continue
+            (duplicates if r.config.get("seed") in seen else counted).append(r)
+            seen.add(r.config.get("seed"))
+        s = stats.summary([r.view["best_val_acc"] for r in counted], ref)
         rows.append({
             "model": first.model, "paper_name": first.spec.paper_name if first.spec else None,
             "dataset": first.config.get("dataset"), "depth": depth_text(first.depth), "dry_run": dry,
             "jobs": [r.job.id for r in rs], "seeds": [r.config.get("seed") for r in rs], **s,
+            "duplicates": [r.job.id for r in duplicates],
+            # Not the paper's method: the difference from Table 1 says so where it stands.
+            "leaves_preset": [d["label"] for d in (first.card or {}).get("config_deviations", [])
+                              if d["option"] != "seed"],
             "paper_val_acc": ref, "inside_text": _inside_text(s, paper),
             "diff": None if ref is None or s["mean"] is None else s["mean"] - ref,
             "paper_trainable_params": paper["trainable_params"] if paper else None,
@@ -233,6 +246,16 @@ def build(db: Session, group: str | None = None, ids: list[int] | None = None) -
                   made_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
+def option_text(name: str, v: Any) -> str:
+    """An option's value as the form says it: an empty value by its meaning ("all", "none"), text unquoted."""
+    if v is None:
+        o = OPTIONS_BY_NAME.get(name)
+        return (o.none_means if o and o.none_means else "none")
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
 # -- the exact config again -------------------------------------------------------------------------------------
 def _flag_value(o, v) -> str:
     if v is None:  # finetune.py's parser reads "none"/"all" as an empty value
@@ -257,6 +280,9 @@ def cli_command(config: dict, out: str = "runs/again") -> str:
             parts.append(flag if v else "--no-" + flag[2:])
         else:
             parts += [flag, _flag_value(o, v)]
+    if config.get("teacher") is not None:  # the CLI finds the teacher by its run folder
+        from core.settings import get_settings
+        parts += ["--teacher-dir", str(get_settings().runs_path / f"job-{config['teacher']}")]
     parts += ["--data-dir", "DATA_DIR", "--out", out]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -294,14 +320,18 @@ TABLE = (("Model", model_text), ("Dataset", lambda r: r["dataset"] or "–"),
          ("95% CI (Student's t)", ci_text),
          ("Paper (Table 1)", lambda r: pct(r["paper_val_acc"]) if r["paper_val_acc"] is not None
           else "no paper number"),
-         ("Paper inside the CI", lambda r: r["inside_text"]), ("Mean − paper", lambda r: points(r["diff"])),
+         ("Paper inside the CI", lambda r: r["inside_text"]), ("Mean − paper", lambda r: points(r["diff"]) + (
+             f" (not the paper's method: {', '.join(r['leaves_preset'])})" if r["diff"] is not None
+             and r["leaves_preset"] else "")),
          ("Trainable params (run / paper)",
           lambda r: f"{count(r['trainable_params'])} / {count(r['paper_trainable_params'])}"),
-         ("Jobs", lambda r: ", ".join(f"#{i}" for i in r["jobs"]) + (" (dry run)" if r["dry_run"] else "")))
+         ("Jobs", lambda r: ", ".join(f"#{i}" for i in r["jobs"]) + (" (dry run)" if r["dry_run"] else "") + (
+             f"; {', '.join(f'#{i}' for i in r['duplicates'])} repeat a seed already counted: left out"
+             if r["duplicates"] else "")))
 
 DEPTH_TABLE = (("Model", lambda p: p["model"]), (DEPTH.title, lambda p: p["depth_text"]),
                ("Runs", lambda p: str(p["n"])), ("Best val acc", lambda p: pct(p["best_val_acc"])),
-               ("Seconds per epoch", lambda p: "–" if p["seconds_per_epoch"] is None
+               ("Seconds, last epoch", lambda p: "–" if p["seconds_per_epoch"] is None
                 else f"{p['seconds_per_epoch']:.1f}"),
                ("Trainable params", lambda p: count(p["trainable_params"])),
                ("Paper (K = 1)", lambda p: pct(p["paper_val_acc"])),
@@ -347,12 +377,20 @@ def curve_figure(report: Report) -> dict:
                        "x": [p["epoch"] for p in r.curve], "y": [p["val_acc"] for p in r.curve]})
         name = r.spec.paper_name if r.spec and r.paper else None
         curve = catalogue.paper_curves().get(name) if name else None
-        if curve and name not in papers:
+        if name and name not in papers:
             papers.add(name)
-            traces.append({"type": "scatter", "mode": "lines", "line": {"color": c, "dash": "dash"},
-                           "name": _plot_text(f"paper: {name}"), "x": [p["epoch"] for p in curve],
-                           "y": [p["val_acc"] for p in curve]})
-    return {"data": traces, "layout": _layout("Validation accuracy per epoch (paper dashed)", "epoch",
+            if curve:  # the paper's per-epoch curve (three models have one), else its best as a dotted line
+                traces.append({"type": "scatter", "mode": "lines", "line": {"color": c, "dash": "dash"},
+                               "name": _plot_text(f"paper: {name}"), "x": [p["epoch"] for p in curve],
+                               "y": [p["val_acc"] for p in curve]})
+            else:
+                last = max((len(x.curve) for x in report.runs), default=1) or 1
+                traces.append({"type": "scatter", "mode": "lines", "line": {"color": c, "dash": "dot", "width": 1},
+                               "name": _plot_text(f"paper best: {name} {pct(r.paper['val_acc'])}"),
+                               "x": [1, last], "y": [r.paper["val_acc"]] * 2})
+    title = ("Validation accuracy per epoch (the paper's curves dashed, its best dotted)" if papers
+             else "Validation accuracy per epoch (no paper number for these runs)")
+    return {"data": traces, "layout": _layout(title, "epoch",
                                               "validation accuracy", xaxis={"title": {"text": "epoch"}, "dtick": 1})}
 
 
@@ -374,7 +412,7 @@ def depth_figure(report: Report) -> dict | None:
                                              for p in ps],
                                    "arrayminus": [None if p["ci_low"] is None else p["best_val_acc"] - p["ci_low"]
                                                   for p in ps]}})
-        traces.append({"type": "bar", "name": _plot_text(f"{m}: seconds per epoch"), "x": x, "yaxis": "y2",
+        traces.append({"type": "bar", "name": _plot_text(f"{m}: seconds, last epoch"), "x": x, "yaxis": "y2",
                        "y": [p["seconds_per_epoch"] for p in ps], "marker": {"color": c, "opacity": 0.25}})
         traces.append({"type": "scatter", "mode": "lines+markers", "name": _plot_text(f"{m}: trainable params"),
                        "x": x, "yaxis": "y3", "y": [p["trainable_params"] for p in ps],
@@ -391,7 +429,7 @@ def depth_figure(report: Report) -> dict | None:
                   "best validation accuracy",
                   xaxis={"title": {"text": DEPTH.title}, "type": "category", "categoryorder": "array",
                          "categoryarray": order, "domain": [0, 0.84]},
-                  yaxis2={"title": {"text": "seconds per epoch"}, "overlaying": "y", "side": "right",
+                  yaxis2={"title": {"text": "seconds, last epoch (after the frozen pass)"}, "overlaying": "y", "side": "right",
                           "showgrid": False, "rangemode": "tozero"},
                   yaxis3={"title": {"text": "trainable params"}, "overlaying": "y", "side": "right",
                           "anchor": "free", "position": 1.0, "showgrid": False, "type": "log",
@@ -450,7 +488,7 @@ def to_html(report: Report) -> str:
                           for r in report.rows]),
              "<h3>Each run</h3>",
              _html_table(["Job", "Experiment", "Model", DEPTH.title, "Seed", "Status", "Epochs", "Best val acc",
-                          "Best epoch", "Seconds per epoch"],
+                          "Best epoch", "Seconds, last epoch"],
                          [[f"#{r.job.id}", r.job.experiment.name, r.model, depth_text(r.depth),
                            str(r.config.get("seed")), r.job.status, f"{r.view['epochs_done']}/{r.config['epochs']}",
                            pct(r.view["best_val_acc"]), str(r.view["best_epoch"] or "–"),
@@ -478,7 +516,7 @@ def to_html(report: Report) -> str:
         dev = card["config_deviations"]
         parts.append("<h4>Where the config leaves the paper's preset</h4>" + (
             _html_table(["Option", "This run", "Paper preset"],
-                        [[d["label"], json.dumps(d["value"]), json.dumps(d["paper"])] for d in dev],
+                        [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])] for d in dev],
                         "config-deviations")
             if dev else "<p>Nowhere: the paper's preset.</p>"))
         parts.append("<h4>Known deviations from the authors' runs</h4>" + (
@@ -542,7 +580,7 @@ def to_markdown(report: Report) -> str:
         dev = card["config_deviations"]
         out.append("Where the config leaves the paper's preset:\n")
         out.append(_md_table(["Option", "This run", "Paper preset"],
-                             [[d["label"], json.dumps(d["value"]), json.dumps(d["paper"])] for d in dev])
+                             [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])] for d in dev])
                    if dev else "Nowhere: the paper's preset.\n")
         out.append("Known deviations from the authors' runs:\n")
         out.append("\n".join(f"- {d['what']} Likely effect: {d['effect']}" for d in card["deviations"]) + "\n"
@@ -557,7 +595,7 @@ def to_markdown(report: Report) -> str:
 def filename(report: Report, ext: str) -> str:
     """An ASCII file name (a header carries it): the title's letters and digits, the rest as dashes."""
     slug = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in report.title)
-    slug = slug.strip("-")[:80] or "report"
+    slug = re.sub("-{2,}", "-", slug).strip("-")[:80] or "report"  # "jobs 7, 10" -> jobs-7-10
     return f"blocklab-report-{slug}.{ext}"
 
 

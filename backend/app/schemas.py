@@ -372,6 +372,7 @@ class RepeatGroupPublic(BaseModel):
     inside: bool | None
     verdict: str  # inside | outside | no paper number | one run: no interval
     curve: list[CurvePointPublic]  # per epoch over the group's runs: what the compare view draws as mean and band
+    duplicates: list[int] = []  # jobs that ran a seed already counted: the same draw again, left out of the numbers
 
 
 class CompareStatsPublic(BaseModel):

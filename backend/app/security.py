@@ -259,7 +259,9 @@ def short_errors(errors) -> list[dict]:
     for e in errors[:_MAX_ITEMS]:
         try:
             d = {"loc": [x if isinstance(x, int) else _cut(str(x)) for x in e.get("loc", ())],
-                 "msg": _cut(str(e.get("msg", "")), 2 * SNIPPET), "type": _cut(str(e.get("type", "")))}
+                 # pydantic prefixes our validators' sentences with "Value error, ": the form shows them as said
+                 "msg": _cut(str(e.get("msg", "")).removeprefix("Value error, "), 2 * SNIPPET),
+                 "type": _cut(str(e.get("type", "")))}
             if "input" in e:
                 d["input"] = snippet(e["input"])
             if isinstance(e.get("ctx"), dict):

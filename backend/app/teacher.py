@@ -25,8 +25,8 @@ def check_teacher(db: Session, config: dict, loc: tuple = LOC) -> None:
     """Raise a 422 when `config["teacher"]` names no job, one that has not succeeded, or one trained on another
     dataset (a teacher of 10 classes cannot teach 100). No teacher: nothing to check."""
     teacher = config.get("teacher")
-    if teacher is None:
-        return
+    if teacher is None or isinstance(teacher, bool) or not isinstance(teacher, int):
+        return  # none, or not an id: the config's own validation says so (this runs on validated configs)
     job = db.get(Job, teacher)
     if job is None:
         _refuse(teacher, f"job {teacher} does not exist: a teacher is the id of a finished job of this lab", loc)

@@ -217,9 +217,11 @@ function seedRows(stats, byId, panel) {
       el("td", { class: "paper", text: g.paper_val_acc === null ? "no paper number" : pct(g.paper_val_acc) }),
       el("td", { class: verdictClass, text: g.verdict }),
       el("td", { class: "actions" }, repeatButton(first, panel)));
-    if (!g.dry_run && !devs.length) return [row];
+    const dups = g.duplicates || [];
+    if (!g.dry_run && !devs.length && !dups.length) return [row];
     return [row, el("tr", { class: "run-note", "data-group-note": g.key }, el("td", {}), el("td", { colspan: SEED_COLUMNS.length - 1 },
       g.dry_run ? "dry runs: a pipeline check, not a paper run. " : "",
+      dups.length ? el("span", { class: "duplicate-seeds", text: `${dups.map((i) => `#${i}`).join(", ")} ran a seed already counted (the same draw again): left out of n, the mean and the interval. ` }) : null,
       devs.length ? el("span", { class: "deviations" }, el("strong", { text: "Leaves the paper preset: " }), devs.map(deviationText).join("; ")) : null))];
   });
 }

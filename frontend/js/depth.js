@@ -19,7 +19,7 @@ export async function renderDepth(view, group) {
         el("a", { href: `#/compare?group=${encodeURIComponent(group)}`, id: "depth-compare", text: "Compare the runs" }),
         el("a", { href: reportHref("html"), id: "depth-report-html", download: "", text: "Report (HTML)" }),
         el("a", { href: reportHref("md"), id: "depth-report-md", download: "", text: "Report (Markdown)" }))),
-    el("p", { class: "muted", id: "depth-status" }), box, table));
+    el("p", { class: "muted", id: "depth-status" }), box, el("p", { class: "muted", id: "depth-paper-note" }), table));
 
   let timer = null;
   onLeave(() => clearTimeout(timer));
@@ -44,14 +44,20 @@ export async function renderDepth(view, group) {
 function draw(box, table, d) {
   const pts = d.points.filter((p) => p.best_val_acc !== null);
   const label = d.axis.label;
-  table.replaceChildren(el("thead", {}, el("tr", {}, ["Model", label, "Runs", "Best val acc", "Time per epoch",
+  table.replaceChildren(el("thead", {}, el("tr", {}, ["Model", label, "Runs", "Best val acc", "Seconds, last epoch",
     "Trainable params", "Paper (1)", "Jobs"].map((h) => el("th", { text: h })))),
     el("tbody", {}, d.points.map((p) => el("tr", { "data-depth": p.depth_text },
       el("td", { text: p.model }), el("td", { text: p.depth_text }), el("td", { text: String(p.n) }),
       el("td", { text: pct(p.best_val_acc) }), el("td", { text: secs(p.seconds_per_epoch) }),
-      el("td", { text: int(p.trainable_params) }), el("td", { text: pct(p.paper_val_acc) }),
+      el("td", { text: int(p.trainable_params) }), el("td", { text: p.paper_val_acc === null ? "no paper number" : pct(p.paper_val_acc) }),
       el("td", {}, p.jobs.map((id) => el("a", { href: `#/job/${id}`, text: `#${id} ` })))))));
+  // Said, not just left out: a model (or dataset) the paper has no number for gets no star.
+  const unpapered = [...new Set(d.points.filter((p) => p.paper_val_acc === null).map((p) => p.model))];
+  const note = document.getElementById("depth-paper-note");
+  if (note) note.textContent = unpapered.length ? `No paper point for ${unpapered.join(", ")}: the paper has no number for it (not in its Table 1, or another dataset).` : "";
   if (!pts.length) { box.show("No run of this sweep has finished an epoch yet."); return; }
+  const accs = pts.map((p) => p.best_val_acc);
+  const yRange = [Math.max(0, Math.min(...accs) - 0.05), Math.min(1, Math.max(...accs) + 0.05)];
   const order = [...new Set(d.points.map((p) => p.depth_text))];
   const traces = [];
   for (const m of [...new Set(pts.map((p) => p.model))]) {
@@ -61,8 +67,8 @@ function draw(box, table, d) {
     traces.push({ x, y: ps.map((p) => p.best_val_acc), mode: "lines+markers", name: plotText(`${m}: best val acc`),
       line: { color: colour }, marker: { size: 9 }, customdata: ps.map((p) => p.n),
       hovertemplate: `${plotText(label)} %{x}: %{y:.2%} (%{customdata} runs)<extra></extra>` });
-    traces.push({ x, y: ps.map((p) => p.seconds_per_epoch), type: "bar", yaxis: "y2", name: plotText(`${m}: s per epoch`),
-      marker: { color: colour, opacity: 0.25 }, hovertemplate: "%{y:.1f} s per epoch<extra></extra>" });
+    traces.push({ x, y: ps.map((p) => p.seconds_per_epoch), type: "bar", yaxis: "y2", name: plotText(`${m}: s, last epoch`),
+      marker: { color: colour, opacity: 0.25 }, hovertemplate: "%{y:.1f} s in the last epoch (after the frozen pass)<extra></extra>" });
     traces.push({ x, y: ps.map((p) => p.trainable_params), yaxis: "y3", mode: "lines+markers", name: plotText(`${m}: trainable params`),
       line: { color: colour, dash: "dot" }, marker: { symbol: "square", size: 7 }, hovertemplate: "%{y:,} trainable<extra></extra>" });
     const paper = ps.find((p) => p.paper_val_acc !== null);
@@ -79,8 +85,8 @@ function draw(box, table, d) {
   }
   box.draw(traces, layout(`Best validation accuracy against ${label.toLowerCase()}`, "best val accuracy", {
     xaxis: { title: { text: label }, type: "category", categoryorder: "array", categoryarray: order, domain: [0, 0.84], automargin: true },
-    yaxis: { title: { text: "best val accuracy" }, tickformat: ".1%", automargin: true },
-    yaxis2: { title: { text: "s per epoch" }, overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" },
+    yaxis: { title: { text: "best val accuracy" }, tickformat: ".1%", range: yRange, automargin: true },
+    yaxis2: { title: { text: "s, last epoch (after the frozen pass)" }, overlaying: "y", side: "right", showgrid: false, rangemode: "tozero", tickformat: ".1f" },
     yaxis3: { title: { text: "trainable params" }, overlaying: "y", side: "right", anchor: "free", position: 1, showgrid: false,
               type: "log", tickformat: ".2~s", automargin: true },
     margin: { t: 48, r: 24, b: 16, l: 60 } }));

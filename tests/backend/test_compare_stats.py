@@ -88,3 +88,13 @@ def test_unknown_or_malformed_ids(api):
     assert api.get("/api/compare/stats", params={"jobs": "999"}).status_code == 404
     assert api.get("/api/compare/stats", params={"jobs": "1,x"}).status_code == 422
     assert api.get("/api/compare/stats").status_code == 422
+
+
+def test_a_seed_run_twice_is_one_draw_and_is_named(api):
+    """Two jobs of one seed (a clone started twice) are one value: n counts seeds, the interval is not zero-wide,
+    and the second is listed as left out."""
+    ids = repeats(api, DENSE, [[0.95], [0.93]])
+    again = api.post("/api/experiments", json={"name": "dense", "config": DENSE}).json()["jobs"][0]["id"]
+    finish(again, [0.95])
+    (g,) = _group(api, [*ids, again])["groups"]
+    assert g["n"] == 2 and g["duplicates"] == [again] and g["std"] > 0

@@ -13,6 +13,7 @@ from backend.app import queue
 from backend.app.db import session_scope
 from backend.app.ingest import check_heartbeats, handle_event
 from backend.app.models import Job, utcnow
+from core import catalogue
 from core.config import DRY_RUN, OPTIONS
 from core.protocol import progress
 
@@ -272,3 +273,22 @@ def test_head_works_like_get_on_the_api(api, monkeypatch):
     r = api.head(f"/api/jobs/{jid}/events")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream") and r.content == b""
     assert api.get("/api/health").json()["event_streams"] == 0  # its place given back
+
+
+def test_a_queued_job_shows_the_trainable_count_of_its_own_depth_and_dataset(api):
+    """Before its worker reports, a job's trainable count is its config's, not the catalogue's paper count: the
+    head alone at K=0, the whole network at all, 100 outputs on CIFAR-100, unknown (None) at K=2."""
+    spec = catalogue.get("deit_tiny_patch16_224")
+
+    jid = api.post("/api/experiments", json={"name": "k", "config": {"model": spec.id, "weights": "none",
+                                                                      "trainable_blocks": 0}}).json()["jobs"][0]["id"]
+    assert _get(api, jid)["trainable_params"] == spec.head_params()
+    counts = {}
+    for name, config in {"paper": {}, "all": {"trainable_blocks": None}, "two": {"trainable_blocks": 2},
+                         "c100": {"dataset": "cifar100"}}.items():
+        e = api.post("/api/experiments", json={"name": name, "config": {"model": spec.id, "weights": "none",
+                                                                         **config}}).json()
+        counts[name] = _get(api, e["jobs"][0]["id"])["trainable_params"]
+    assert counts["paper"] == spec.trainable_params
+    assert counts["all"] == spec.total_params and counts["two"] is None
+    assert counts["c100"] == spec.trainable_params + spec.head_params(classes=100) - spec.head_params()

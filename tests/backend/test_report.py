@@ -127,7 +127,7 @@ def test_the_depth_endpoint_names_the_axis_and_pools_seeds_per_depth(api):
     pts = {p["depth_text"]: p for p in d["points"]}
     assert list(pts) == ["0", "1", "2"]
     assert pts["1"]["n"] == 3 and math.isclose(pts["1"]["best_val_acc"], sum(ACCS) / 3)
-    assert pts["0"]["trainable_params"] == 5000 and pts["2"]["seconds_per_epoch"] == 3.0
+    assert pts["0"]["trainable_params"] == 5000 and pts["2"]["seconds_per_epoch"] == 4.0  # the last epoch (2 x 2 s): after the frozen pass
     assert pts["1"]["paper_val_acc"] == catalogue.paper_row(catalogue.get(DENSENET))["val_acc"]
     assert api.get("/api/depth", params={"group": "nope"}).status_code == 404
 
@@ -146,3 +146,28 @@ def test_the_command_line_writes_the_report_from_the_labs_database(api, tmp_path
     p = subprocess.run([sys.executable, "-m", "backend.report", "--group", "nope"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode == 2 and "no group named" in p.stderr
+
+
+def test_a_seed_run_twice_counts_once_and_a_depth_off_the_paper_says_so(api):
+    """A clone of a seed started twice is the same draw: it is left out of n (else the interval shrinks to
+    nothing), and the report says which job; a probe's difference from Table 1 names what leaves the paper."""
+    twice = [_post(api, "again", "dups", model=DENSENET, seed=0) for _ in range(2)]
+    for jid in twice:
+        _finish(jid, [0.90])
+    probe = _post(api, "probe", "dups", model=DENSENET, trainable_blocks=0)
+    _finish(probe, [0.50])
+    md = api.get("/api/report.md", params={"group": "dups"}).text
+    row = next(line for line in md.splitlines() if f"#{twice[0]}, #{twice[1]}" in line)
+    assert f"#{twice[1]} repeat a seed already counted" in row and stats.ONE_RUN in row
+    probe_row = next(line for line in md.splitlines() if line.startswith("|") and f"#{probe}" in line
+                     and "paper" in line)
+    assert "(not the paper's method: " in probe_row and "Trainable blocks" in probe_row
+
+
+def test_the_command_to_run_a_student_again_names_its_teachers_folder(api):
+    from backend.app.report import cli_command, option_text
+    from core.config import preset
+    from core.settings import get_settings
+    cmd = cli_command(preset("paper", model="deit_tiny_distilled_patch16_224", teacher=7).to_dict())
+    assert f"--teacher 7 --teacher-dir {get_settings().runs_path / 'job-7'}" in cmd
+    assert option_text("train_per_class", None) == "all" and option_text("weights", "hub") == "hub"

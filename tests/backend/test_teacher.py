@@ -103,3 +103,19 @@ def test_deleting_a_teacher_that_a_queued_student_needs_breaks_nothing(api):
     _refused(api.post("/api/experiments", json={"name": "s2", "config": {**STUDENT, "teacher": t}}),
              f"job {t} does not exist")
     _refused(api.post(f"/api/experiments/{s['id']}/repeat", json={"seeds": 2}), f"job {t} does not exist")
+
+
+@pytest.mark.parametrize("value", [2**70, "x", 1.5, -1, True])
+def test_a_hostile_teacher_in_reproduce_overrides_is_a_422_and_queues_nothing(api, value):
+    """Table 1's overrides reached the teacher check before their validation: an id past SQLite's integers gave
+    a 500 (found by tests/system/test_fuzz.py). Now every row is validated, then checked, before any is stored."""
+    r = api.post("/api/reproduce", json={"overrides": {"teacher": value}})
+    assert r.status_code == 422, r.text
+    assert any(d["loc"][-1] == "teacher" for d in r.json()["detail"])
+    assert api.get("/api/experiments").json() == []
+
+
+def test_the_refusal_reads_as_a_sentence_without_pydantics_prefix(api):
+    r = api.post("/api/experiments", json={"name": "s", "config": {"model": "deit_tiny_patch16_224", "teacher": 1}})
+    (d,) = [d for d in r.json()["detail"] if d["loc"][-1] == "teacher"]
+    assert d["msg"].startswith("deit_tiny_patch16_224 has no distillation head")

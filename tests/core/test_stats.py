@@ -5,6 +5,7 @@ import math
 import pytest
 
 from core import stats
+from core.config import preset
 
 
 @pytest.mark.parametrize("df,t", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (19, 2.093), (29, 2.045),
@@ -63,3 +64,12 @@ def test_mean_curve_per_epoch_over_the_runs_that_reached_it():
     assert [p["epoch"] for p in c] == [1, 2, 3] and [p["n"] for p in c] == [2, 1, 1]
     assert c[0]["mean"] == pytest.approx(0.6) and c[0]["min"] == 0.5 and c[0]["max"] == 0.7
     assert c[0]["std"] == pytest.approx(math.sqrt(0.02)) and c[1]["std"] is None
+
+
+def test_a_seed_run_twice_counts_once():
+    """The same seed again is the same draw: counting it twice would give an interval of width zero."""
+    cfg = preset("paper").to_dict()
+    groups = stats.repeat_groups([{"id": 1, "config": cfg, "value": 0.9}, {"id": 2, "config": cfg, "value": 0.9},
+                                  {"id": 3, "config": {**cfg, "seed": 1}, "value": 0.8}])
+    (g,) = groups
+    assert (g["n"], g["counted"], g["duplicates"]) == (2, [1, 3], [2]) and g["std"] > 0

@@ -86,7 +86,8 @@ def test_hostile_json_and_headers_never_give_a_server_error(fuzz_lab):
             assert r.status_code < 500, (r.status_code, r.text[:300])
             if "json" in r.headers.get("content-type", ""):
                 _strict(r.text)
-                assert len(r.content) < 20_000  # no error echoes the input back in full
+                if r.status_code >= 400:  # no error echoes the input back in full (Table 1's ten jobs are big)
+                    assert len(r.content) < 20_000
             seen["n"] += 1
             seen["codes"].add(r.status_code)
 

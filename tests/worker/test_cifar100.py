@@ -154,3 +154,14 @@ def test_an_unknown_dataset_is_named_and_cifar10_layouts_are_not_taken_for_cifar
     assert data.present(tmp_path, "cifar10") and not data.present(tmp_path, "cifar100")
     with pytest.raises(data.DatasetError, match="CIFAR-100 not found"):
         data.load("cifar100", tmp_path)
+
+
+def test_a_missing_dataset_on_the_job_page_says_the_labs_fix_not_the_cli_flag(tmp_path):
+    """The job page shows the worker's error: it names the folders looked at and the lab's switch
+    (BLOCKLAB_ALLOW_DOWNLOAD), where the command line names --download."""
+    from worker.queue.tasks import _friendly_error
+    with pytest.raises(data.DatasetError) as e:
+        data.load("cifar100", tmp_path)
+    cli, web = str(e.value), _friendly_error(e.value)
+    assert "--download" in cli and "--download" not in web and "BLOCKLAB_ALLOW_DOWNLOAD=true" in web
+    assert str(tmp_path / data.CIFAR100_ARCHIVE) in web and "cifar-100-python/" in web

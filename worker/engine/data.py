@@ -53,7 +53,12 @@ LAYOUTS: dict[str, Layout] = {lay.dataset: lay for lay in (CIFAR10, CIFAR100)}
 
 
 class DatasetError(RuntimeError):
-    """A dataset problem a user can fix; the message says where we looked and what to do."""
+    """A dataset problem a user can fix; the message says where we looked and what to do. `web`: the same in the
+    lab's terms where the fix differs from the command line's (the job page shows it)."""
+
+    def __init__(self, message: str, web: str | None = None):
+        super().__init__(message)
+        self.web = web
 
 
 @dataclass
@@ -183,10 +188,10 @@ def locate(data_dir: Path, allow_download: bool = False, url: str | None = None,
     if allow_download:
         return download(data_dir, url=url, progress=progress, layout=layout)
     looked = " and ".join(str(data_dir / layout.folder / m) for m in layout.markers)
-    raise DatasetError(
-        f"{layout.title} not found: looked for {looked} and {data_dir / layout.archive}. "
-        f"Copy the official {layout.folder}/ folder or {layout.archive} there, or allow the download "
-        "(--download on the command line).")
+    said = (f"{layout.title} not found: looked for {looked} and {data_dir / layout.archive}. "
+            f"Copy the official {layout.folder}/ folder or {layout.archive} there, or allow the download ")
+    raise DatasetError(said + "(--download on the command line).",
+                       web=said + "(BLOCKLAB_ALLOW_DOWNLOAD=true for the worker), then resume the job.")
 
 
 def load_cifar10(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL,

@@ -75,6 +75,8 @@ def _friendly_error(e: BaseException) -> str:
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
+    if isinstance(e, DatasetError) and e.web:
+        return e.web
     if isinstance(e, (DatasetError, WeightsError, Diverged, StorageError, TeacherError, ValueError)):
         return str(e)
     return f"{type(e).__name__}: {e}"

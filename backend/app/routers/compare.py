@@ -68,12 +68,14 @@ def repeat_stats(found: dict[int, Job], views: dict[int, dict], ids: list[int]) 
     out = []
     for g in stats.repeat_groups(runs):
         first = views[g["ids"][0]]
-        curve = stats.mean_curve([[(m.epoch, m.val_acc) for m in found[i].metrics] for i in g["ids"]])
+        curve = stats.mean_curve([[(m.epoch, m.val_acc) for m in found[i].metrics]
+                                  for i in g["counted"] or g["ids"]])
         out.append({"key": g["key"], "jobs": g["ids"], "seeds": sorted({views[i]["config"]["seed"] for i in g["ids"]}),
                     "varies": ["seed"], "model": first["model"], "name": base_name(first["experiment_name"]),
                     "dry_run": first["dry_run"], "n": g["n"], "mean": g["mean"], "std": g["std"],
                     "ci_low": g["ci_low"], "ci_high": g["ci_high"], "paper_val_acc": g["reference"],
-                    "inside": g["inside"], "verdict": g["verdict"], "curve": curve})
+                    "inside": g["inside"], "verdict": g["verdict"], "curve": curve,
+                    "duplicates": g["duplicates"]})
     return out
 
 

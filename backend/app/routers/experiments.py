@@ -176,8 +176,7 @@ def reproduce_table1(body: ReproduceRequest, db: Session = SessionDep):
     run (core.config.dry_run of the preset with the overrides)."""
     from datetime import datetime
     group = body.group or f"table1-{'dry-run-' if body.dry_run else ''}{datetime.now():%Y%m%d-%H%M%S}"
-    check_teacher(db, {"dataset": "cifar10", **body.overrides}, loc=("body", "overrides", "teacher"))
-    out = []
+    configs = []  # every row checked before any is stored: a refusal queues nothing
     for row in catalogue.paper_table1():
         overrides = {k: v for k, v in body.overrides.items() if k != "model"}
         try:
@@ -187,6 +186,10 @@ def reproduce_table1(body: ReproduceRequest, db: Session = SessionDep):
                                           for d in err.errors(include_url=False)]) from err
         if body.dry_run:
             config = _dry(config, ("body", "overrides"))
+        check_teacher(db, config, loc=("body", "overrides", "teacher"))
+        configs.append((row, config))
+    out = []
+    for row, config in configs:
         e = Experiment(name=f"Table 1: {row['paper_name']}", group=group, config=config, dry_run=body.dry_run)
         db.add(e)
         db.commit()
