@@ -3,6 +3,8 @@
     python -m worker.bench --model deit_tiny_patch16_224 --images 1024 --epochs 3 --batch-size 64   # quick, CPU
     python -m worker.bench --model deit_base_distilled_patch16_224 --images 50000 --val-images 10000 \\
         --epochs 20 --ref-epochs 2 --ref-workers 16 --device cuda --json bench-gpu.json            # the GPU figures
+    python -m worker.bench --table1 --images 50000 --val-images 10000 --epochs 20 --device cuda \\
+        --json table1.json                                            # the whole of Table 1, engine only
 
 Both sides train the same model on the same images (generated CIFAR-sized images unless --data-dir is given),
 on the same device, for the same epochs, each in its own process so peak memory is its own. Unset flags take the
@@ -12,12 +14,20 @@ model's paper preset (core/config.py with its catalogue entry: batch 512, 224 px
   whose parameters are frozen except the last block, a full forward pass every step, fp32 under PyTorch's default
   TF32 settings.
 - The engine is `worker.engine.train.run` once per variant: "paper" is the paper's preset as Reproduce Table 1 runs
-  it (fp32, TF32 off); "fast" adds the speed options (bf16 autocast, TF32 allowed). Both use the frozen-feature
-  cache and batched preprocessing on the device.
+  it (fp32 with TF32 on GPUs that have it); "fast" adds bf16 autocast; "ieee" turns TF32 off (plain IEEE fp32, as
+  the authors' GPUs computed: what TF32 buys). All use the frozen-feature cache and batched preprocessing on the
+  device.
 
 Prints images/s per training epoch for each side, their ratio and peak memory; `--json OUT` writes every figure
 (per-epoch speeds and times, validation time, time to train all epochs, cache placement and size, peak host and
 device memory, the device and library versions) to one file.
+
+`--table1` times the whole of Table 1 instead, engine only: every paper model (or `--models a,b`) in its paper
+preset, one process each, on the same generated images. Per model it prints the frozen part's plain forward speed
+at a fixed batch (`--frozen-batch`, the fill's chunk), epoch 1 (which includes the frozen pass) and the later
+epochs, epoch 1's speed as a share of that forward, the time to the first curve point, peak GPU and host memory,
+and a projection to the paper's full size (50,000 + 10,000 images, 20 epochs, linear in images and epochs) when
+the run was smaller; then the total.
 """
 from __future__ import annotations
 
@@ -31,7 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {"paper": {}, "fast": {"precision": "bf16", "tf32": True}}
+VARIANTS = {"paper": {}, "fast": {"precision": "bf16", "tf32": True}, "ieee": {"tf32": False}}
+DEFAULT_VARIANTS = {"single": ["paper", "fast"], "table1": ["paper"]}
+PAPER_SIZE = {"images": 50_000, "val_images": 10_000}  # CIFAR-10's full training and test sets
 
 
 def _dataset(args):
@@ -185,6 +197,170 @@ def summarize(results: dict, epochs: int) -> dict:
     return out
 
 
+# -- the whole of Table 1 (--table1) --------------------------------------------------------------------------------
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_frozen_forward(cfg, batch: int, iters: int, warmup: int = 2) -> dict:
+    """The frozen part's plain forward on one fixed batch, repeated: the speed the fill can at best reach (the
+    issue's bar: epoch 1 at least half of it). Same preprocessing, precision and TF32 as the run; cuDNN picks its
+    kernels once for the one shape (benchmark mode) during the warm-up batches, which are not timed."""
+    import numpy as np
+    import torch
+
+    from worker.engine.device import DevicePolicy, fp32_math, resolve_device
+    from worker.engine.train import build_model
+
+    device = resolve_device(cfg.device)
+    policy = DevicePolicy.for_device(device)
+    torch.manual_seed(0)
+    with device:  # initialized where it runs: NFNet-F6's 436M parameters take long to initialize on the CPU
+        model, prep = build_model(cfg, policy)
+    model.train()  # as in an epoch: the frozen part runs in inference mode whatever the mode
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 3, 32, 32), dtype=np.uint8))
+    images = images.to(device)
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with fp32_math(cfg.tf32), torch.autocast(**policy.amp(cfg.precision)):
+            for _ in range(warmup):
+                model.frozen_features(prep(images))
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                model.frozen_features(prep(images))
+            _sync(device)
+            dt = time.perf_counter() - t0
+    finally:
+        torch.backends.cudnn.benchmark = saved
+    return {"frozen_batch": batch, "frozen_iters": iters, "frozen_s": round(dt, 4),
+            "frozen_images_per_s": round(batch * iters / dt, 2) if dt > 0 else None}
+
+
+def projected_paper_s(r: dict, epochs: int, images: int, val_images: int, paper_epochs: int = 20) -> float:
+    """A run's end-to-end time at the paper's size (50,000 + 10,000 images, 20 epochs), projected linearly from a
+    smaller one: training time in proportion to the training images, validation to the validation images, the
+    later epochs' mean for the epochs not run (epoch 1 where only one ran) and the setup (model, data, cache)
+    as measured. An estimate for sizing a device session, not a measurement."""
+    train_scale = PAPER_SIZE["images"] / images
+    val_scale = PAPER_SIZE["val_images"] / val_images
+    epoch = [t * train_scale + v * val_scale for t, v in zip(r["train_s"], r["val_s"])]
+    later = epoch[1:] or epoch
+    setup = r["first_point_s"] - r["epoch_s"][0]  # model, data, cache; with epoch 1's checkpoint
+    between = r["wall_s"] - r["first_point_s"] - sum(r["epoch_s"][1:])  # the later epochs' checkpoints, the end
+    per_later = between / (epochs - 1) if epochs > 1 else 0.0
+    return round(setup + epoch[0] + (paper_epochs - 1) * (sum(later) / len(later) + per_later), 1)
+
+
+def run_table1_model(args, variant: str) -> dict:
+    """One Table 1 row: the engine's run of the model's paper preset, its peak memory read before anything else
+    runs, then the plain frozen forward at a fixed batch (after the run: the run's epoch 1 gets no kernel choice
+    made for it beforehand)."""
+    import gc
+
+    import torch
+
+    from worker.engine import features
+
+    res = run_engine(args, variant)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    cfg = engine_config(args, variant)
+    batch = args.frozen_batch or min(features.FROZEN_CHUNK, args.images)  # the fill's one chunk size
+    return {**res, **time_frozen_forward(cfg, batch, args.frozen_iters)}
+
+
+def table1_row(r: dict, args) -> dict:
+    """The figures the issue asks for, per model, from one row's run."""
+    later = r["epoch_s"][1:]
+    ips1 = r["images_per_s"][0]
+    row = {"model": r["config"]["model"], "batch_size": r["config"]["batch_size"],
+           "image_size": r["config"]["image_size"], "precision": r["precision"], "tf32": r["tf32"],
+           "feature_cache": r["feature_cache"], "frozen_batch": r["frozen_batch"],
+           "frozen_images_per_s": r["frozen_images_per_s"], "epoch1_s": r["epoch_s"][0],
+           "epoch1_train_s": r["train_s"][0], "epoch1_images_per_s": ips1,
+           "epoch1_vs_frozen": round(ips1 / r["frozen_images_per_s"], 3) if r["frozen_images_per_s"] else None,
+           "later_epoch_s": round(sum(later) / len(later), 3) if later else None,
+           "later_images_per_s": round(sum(r["images_per_s"][1:]) / len(later), 2) if later else None,
+           "epoch_s": r["epoch_s"], "first_point_s": r["first_point_s"], "wall_s": r["wall_s"],
+           "peak_host_rss_mib": r["peak_host_rss_mib"], "peak_gpu_allocated_mib": r.get("peak_gpu_allocated_mib"),
+           "peak_gpu_reserved_mib": r.get("peak_gpu_reserved_mib"), "best_val_acc": r["best_val_acc"]}
+    full = args.images >= PAPER_SIZE["images"] and args.val_images >= PAPER_SIZE["val_images"] and args.epochs >= 20
+    row["projected_paper_s"] = r["wall_s"] if full else projected_paper_s(r, args.epochs, args.images,
+                                                                          args.val_images)
+    return row
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table1(rows: list[dict], failed: dict, total: dict) -> None:
+    head = (f"{'model':<32} {'batch':>5} {'frozen img/s':>12} {'epoch1 s':>9} {'ep1 img/s':>10} {'ep1/frozen':>10} "
+            f"{'later s':>8} {'1st pt s':>8} {'wall s':>8} {'GPU MiB':>9} {'host MiB':>9} {'proj. s':>8}")
+    print(head)
+    for r in rows:
+        print(f"{r['model']:<32} {r['batch_size']:>5} {_fmt(r['frozen_images_per_s']):>12} {r['epoch1_s']:>9.2f} "
+              f"{r['epoch1_images_per_s']:>10.1f} {_fmt(r['epoch1_vs_frozen'], '.2f'):>10} "
+              f"{_fmt(r['later_epoch_s'], '.2f'):>8} {_fmt(r['first_point_s'], '.2f'):>8} {r['wall_s']:>8.1f} "
+              f"{_fmt(r['peak_gpu_reserved_mib'], '.0f'):>9} {r['peak_host_rss_mib']:>9.0f} "
+              f"{r['projected_paper_s']:>8.1f}")
+    for model, why in failed.items():
+        print(f"{model:<32} FAILED: {why}")
+    print(f"total: {total['engine_s']} s in the engine's runs, {total['elapsed_s']} s elapsed (processes, model "
+          f"builds and frozen-forward timing included) for {len(rows)} models; projected at the paper's size: "
+          f"{total['projected_paper_s']} s; first curve point of the table after {total['first_point_s']} s")
+
+
+def table1_models(args) -> list[str]:
+    """The models --table1 runs: --models, or the ten rows of the paper's Table 1 in its order."""
+    from core import catalogue
+    return args.models.split(",") if args.models else [r["model_id"] for r in catalogue.paper_table1()]
+
+
+def table1_main(args, argv) -> int:
+    """Every model of Table 1 in its paper preset, one after another as a Reproduce Table 1 group runs them, each
+    in its own process; a model that fails is reported and the rest still run."""
+    from worker.engine.device import resolve_device
+    models = table1_models(args)
+    variant = args.variants[0]
+    rows, failed = [], {}
+    t0 = time.perf_counter()
+    first_point = None
+    for model in models:
+        started = time.perf_counter() - t0
+        errors: list[str] = []
+        res = _child(args, f"table1-{variant}", model, errors)
+        if res is None:
+            failed[model] = errors[0] if errors else "failed"
+            continue
+        rows.append(table1_row(res, args))
+        if first_point is None and res["first_point_s"] is not None:
+            first_point = round(started + res["first_point_s"], 2)  # the group's first job, from the table's start
+        print(f"done {model}: {res['wall_s']} s", flush=True)
+    total = {"engine_s": round(sum(r["wall_s"] for r in rows), 1),
+             "elapsed_s": round(time.perf_counter() - t0, 1),
+             "projected_paper_s": round(sum(r["projected_paper_s"] for r in rows), 1),
+             "first_point_s": first_point}
+    print(f"Table 1: {len(models)} models, {args.images} training + {args.val_images} validation images (generated), "
+          f"{args.epochs} epochs, variant {variant}, weights {args.weights}, device {args.device}")
+    print_table1(rows, failed, total)
+    report = {"command": ["python", "-m", "worker.bench", *(argv if argv is not None else sys.argv[1:])],
+              "mode": "table1", "variant": variant, "images": args.images, "val_images": args.val_images,
+              "epochs": args.epochs, "weights": args.weights, "models": rows, "failed": failed, "total": total,
+              "environment": _device_info(resolve_device(args.device))}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    print("TABLE1 " + json.dumps({"models": rows, "failed": failed, "total": total}))
+    return 1 if failed else 0
+
+
 def build_parser():
     from core.config import OPTIONS_BY_NAME
     p = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n")[0])
@@ -201,38 +377,66 @@ def build_parser():
     p.add_argument("--ref-epochs", type=int, default=None,
                    help="epochs of the reference loop (default --epochs); its epochs all cost the same")
     p.add_argument("--no-cache", action="store_true", help="engine without its frozen-feature cache")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="engine runs: paper = the preset (fp32, TF32 off); fast = bf16 autocast and TF32 "
-                        f"({OPTIONS_BY_NAME['precision'].name}, {OPTIONS_BY_NAME['tf32'].name} options)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                   help="engine runs: paper = the preset (fp32, TF32 on GPUs that have it); fast = bf16 autocast; "
+                        f"ieee = TF32 off ({OPTIONS_BY_NAME['precision'].name}, {OPTIONS_BY_NAME['tf32'].name} "
+                        "options). Default: paper and fast; with --table1, paper")
+    p.add_argument("--table1", action="store_true",
+                   help="time the whole of Table 1 (engine only, one process per model) instead of one model")
+    p.add_argument("--models", default=None, help="with --table1: comma-separated model ids (default: the ten "
+                   "paper models, in Table 1's order)")
+    p.add_argument("--frozen-batch", type=int, default=None,
+                   help="with --table1: batch of the plain frozen forward (default: the fill's chunk, "
+                        "features.FROZEN_CHUNK, or all the images where fewer)")
+    p.add_argument("--frozen-iters", type=int, default=10, help="with --table1: timed frozen forward batches")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure to this JSON file")
     p.add_argument("--side", default="all", help=argparse.SUPPRESS)  # one side in a child process
     return p
 
 
-def _child(args, side: str) -> dict | None:
-    argv = ["--model", args.model, "--images", str(args.images), "--val-images", str(args.val_images),
+def _child_argv(args, side: str, model: str) -> list[str]:
+    argv = ["--model", model, "--images", str(args.images), "--val-images", str(args.val_images),
             "--epochs", str(args.epochs), "--weights", args.weights, "--device", args.device,
-            "--ref-workers", str(args.ref_workers), "--side", side]
+            "--ref-workers", str(args.ref_workers), "--frozen-iters", str(args.frozen_iters), "--side", side]
     for flag, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size),
-                        ("--data-dir", args.data_dir), ("--ref-epochs", args.ref_epochs)):
+                        ("--data-dir", args.data_dir), ("--ref-epochs", args.ref_epochs),
+                        ("--frozen-batch", args.frozen_batch)):
         if value is not None:
             argv += [flag, str(value)]
     if args.no_cache:
         argv.append("--no-cache")
-    out = subprocess.run([sys.executable, "-m", "worker.bench", *argv], capture_output=True, text=True)
+    return argv
+
+
+def _child(args, side: str, model: str | None = None, errors: list | None = None) -> dict | None:
+    """One side in its own process (its peak memory its own). A failure prints the child's tail and, when
+    `errors` is given, adds the tail's last line there."""
+    out = subprocess.run([sys.executable, "-m", "worker.bench", *_child_argv(args, side, model or args.model)],
+                         capture_output=True, text=True)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if out.returncode or line is None:
         print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+        if errors is not None:
+            tail = [x for x in out.stderr.splitlines() if x.strip()]
+            errors.append(tail[-1] if tail else f"exit status {out.returncode}")
         return None
     return json.loads(line[7:])
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.variants = args.variants or DEFAULT_VARIANTS["table1" if args.table1 else "single"]
     if args.side != "all":
-        res = run_reference(args) if args.side == "reference" else run_engine(args, args.side.split("-", 1)[1])
+        if args.side == "reference":
+            res = run_reference(args)
+        elif args.side.startswith("table1-"):
+            res = run_table1_model(args, args.side.split("-", 1)[1])
+        else:
+            res = run_engine(args, args.side.split("-", 1)[1])
         print("RESULT " + json.dumps(res))
         return 0
+    if args.table1:
+        return table1_main(args, argv)
     results = {}
     for side in ("reference", *(f"engine-{v}" for v in args.variants)):
         res = _child(args, side)

@@ -49,7 +49,7 @@ def test_reproduce_table1_runs_the_cards(api):
     assert "vit_large_patch32_384" in by_model and "vit_large_patch32_224" not in by_model
     for model, cfg in by_model.items():
         card = paper_card(model)
-        assert (cfg["image_size"], cfg["precision"], cfg["tf32"]) == (224, "fp32", False), model
+        assert (cfg["image_size"], cfg["precision"], cfg["tf32"]) == (224, "fp32", True), model
         assert (cfg["head_init"], cfg["head_l2"], cfg["bn_momentum"], cfg["adam_eps"]) == (
             card["head_init"], card["head_l2"], card["bn_momentum"], card["adam_eps"]), model
         assert (cfg["head_l2"] == 0.01) == (model in KERAS) and cfg["batch_size"] == card["batch_size"]

@@ -14,24 +14,49 @@ CARD_FACTS = ("timm_id", "pretrained_tag", "pretrained_on", "image_size", "preci
 
 
 @pytest.mark.parametrize("model", PAPER)
-def test_every_paper_model_runs_at_224_in_fp32_without_tf32(model):
+def test_every_paper_model_runs_at_224_in_fp32_with_tf32(model):
     cfg = preset("paper", model=model)
-    assert (cfg.image_size, cfg.precision, cfg.tf32) == (224, "fp32", False)
+    assert (cfg.image_size, cfg.precision, cfg.tf32) == (224, "fp32", True)
     card = paper_card(model)
-    assert (card["image_size"], card["precision"], card["tf32"]) == (224, "fp32", False)
+    assert (card["image_size"], card["precision"], card["tf32"]) == (224, "fp32", True)
     spec = catalogue.get(model)
     if spec.native_size != 224:  # NFNet-F6 (448), EfficientNetV2-L and ViT-L/32 (384): the card says both sizes
         assert f"its weights' own size is {spec.native_size}" in _row(card, "Image size")
 
 
-def test_the_speed_options_are_named_and_off_by_default():
+def test_bf16_is_a_named_speed_option_and_tf32_is_on_by_default():
     precision, tf32 = OPTIONS_BY_NAME["precision"], OPTIONS_BY_NAME["tf32"]
     assert precision.default == "fp32" and set(precision.choices) == {"fp32", "bf16", "auto"}
-    assert tf32.default is False and tf32.web and precision.web
-    card = method_card(preset("paper", model="deit_base_distilled_patch16_224", precision="bf16", tf32=True))
+    assert tf32.default is True and tf32.web and precision.web and tf32.affects_result
+    assert "deviation" in tf32.help and "IEEE fp32" in tf32.help
+    card = method_card(preset("paper", model="deit_base_distilled_patch16_224", precision="bf16", tf32=False))
     assert {d["option"]: (d["value"], d["paper"]) for d in card["config_deviations"]} == {
-        "precision": ("bf16", "fp32"), "tf32": (True, False)}
-    assert "speed option" in _row(card, "Precision") and "TF32 allowed" in _row(card, "Precision")
+        "precision": ("bf16", "fp32"), "tf32": (False, True)}
+    assert "speed option" in _row(card, "Precision") and "TF32 off" in _row(card, "Precision")
+
+
+@pytest.mark.parametrize("model", PAPER)
+def test_the_paper_presets_card_states_tf32_and_its_effect(model):
+    """Issue 15: the paper's fp32 runs with TF32 on GPUs that have it; every paper card says so on its Precision
+    row and lists it as a known deviation with its likely effect. A run with tf32 off is plain fp32 again: its card
+    drops that deviation and says so, and keeps every other one."""
+    card = paper_card(model)
+    row = _row(card, "Precision")
+    assert "fp32, as the paper" in row and "TF32 allowed" in row and "10-bit mantissa" in row
+    assert "known deviation" in row
+    tf32 = [d for d in card["deviations"] if d["what"].startswith("Numerics: fp32 matmuls")]
+    assert tf32 == [{"what": catalogue.TF32.what, "effect": catalogue.TF32.effect}]
+    assert "Kaggle GPUs had no TF32" in tf32[0]["what"] and tf32[0]["effect"].startswith("Negligible for accuracy")
+    off = method_card(preset("paper", model=model, tf32=False))
+    assert "TF32 off" in _row(off, "Precision") and "IEEE fp32" in _row(off, "Precision")
+    assert off["deviations"] == [d for d in card["deviations"] if d not in tf32]
+    assert [d["option"] for d in off["config_deviations"]] == ["tf32"]
+
+
+def test_a_model_outside_the_paper_lists_no_tf32_deviation():
+    """Nothing to deviate from where the paper has no run (CIFAR-100): the Precision row still says TF32."""
+    card = method_card(preset("paper", model="deit_base_distilled_patch16_224", dataset="cifar100"))
+    assert card["deviations"] == [] and "TF32 allowed" in _row(card, "Precision")
 
 
 @pytest.mark.parametrize("model", list(catalogue.CATALOGUE))

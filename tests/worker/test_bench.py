@@ -34,7 +34,7 @@ def test_the_gpu_command_writes_every_figure_as_json(tmp_path):
     assert set(sides) == {"reference", "engine-paper", "engine-fast"}
     paper, fast, ref = sides["engine-paper"], sides["engine-fast"], sides["reference"]
     assert paper["config"]["model"] == "deit_base_distilled_patch16_224"
-    assert (paper["precision"], paper["tf32"], paper["config"]["feature_cache"]) == ("fp32", False, True)
+    assert (paper["precision"], paper["tf32"], paper["config"]["feature_cache"]) == ("fp32", True, True)
     assert (fast["precision"], fast["tf32"]) == ("bf16", True)
     for side in (paper, fast):
         assert len(side["images_per_s"]) == len(side["epoch_s"]) == len(side["train_s"]) == len(side["val_s"]) == 2
@@ -54,6 +54,66 @@ def test_unset_flags_take_the_models_paper_preset():
     from worker.bench import build_parser, engine_config
     args = build_parser().parse_args(["--model", "swin_base_patch4_window7_224"])
     cfg = engine_config(args)
-    assert (cfg.batch_size, cfg.image_size, cfg.precision, cfg.tf32) == (256, 224, "fp32", False)
+    assert (cfg.batch_size, cfg.image_size, cfg.precision, cfg.tf32) == (256, 224, "fp32", True)
     fast = engine_config(args, "fast")
     assert (fast.precision, fast.tf32, fast.batch_size) == ("bf16", True, 256)
+    ieee = engine_config(args, "ieee")  # what TF32 buys: the paper preset with plain IEEE fp32
+    assert (ieee.precision, ieee.tf32, ieee.batch_size) == ("fp32", False, 256)
+
+
+TABLE1_FIGURES = ("frozen_images_per_s", "epoch1_s", "epoch1_images_per_s", "epoch1_vs_frozen", "later_epoch_s",
+                  "first_point_s", "wall_s", "peak_host_rss_mib", "projected_paper_s")
+
+
+def test_table1_mode_times_each_model_and_the_total(tmp_path):
+    """--table1 on two small models (the ten paper models are the GPU script's, tools/gpu_check_issue15.sh): per
+    model the frozen forward's speed, epoch 1 and the later epochs, peak memory, the first curve point and a
+    projection to the paper's size; then the total. A model that cannot run is reported, and the rest still run."""
+    out = tmp_path / "t1.json"
+    r = subprocess.run([sys.executable, "-m", "worker.bench", "--table1", "--models",
+                        "deit_tiny_patch16_224,tf_efficientnet_lite0,no_such_model", "--images", "32",
+                        "--val-images", "16", "--epochs", "2", "--image-size", "32", "--batch-size", "16",
+                        "--frozen-iters", "1", "--device", "cpu", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]  # one model failed
+    report = json.loads(out.read_text())
+    assert report["mode"] == "table1" and report["variant"] == "paper" and report["epochs"] == 2
+    rows = {m["model"]: m for m in report["models"]}
+    assert list(rows) == ["deit_tiny_patch16_224", "tf_efficientnet_lite0"] and list(report["failed"]) == [
+        "no_such_model"]
+    for row in rows.values():
+        for k in TABLE1_FIGURES:
+            assert isinstance(row[k], (int, float)) and row[k] > 0, (row["model"], k)
+        assert (row["precision"], row["tf32"], row["batch_size"], row["frozen_batch"]) == ("fp32", True, 16, 32)
+        assert len(row["epoch_s"]) == 2 and row["later_epoch_s"] == row["epoch_s"][1]
+        assert row["first_point_s"] >= row["epoch1_s"] and row["wall_s"] >= sum(row["epoch_s"])
+        assert row["projected_paper_s"] > row["wall_s"]  # 50,000 + 10,000 images and 20 epochs take longer
+        assert "peak_gpu_reserved_mib" in row  # None on the CPU
+    total = report["total"]
+    assert total["engine_s"] == round(sum(m["wall_s"] for m in report["models"]), 1)
+    assert total["elapsed_s"] >= total["engine_s"] and 0 < total["first_point_s"] <= total["elapsed_s"]
+    printed = r.stdout.splitlines()
+    assert any(x.startswith("deit_tiny_patch16_224 ") for x in printed) and any(
+        x.startswith("no_such_model") and "FAILED" in x for x in printed)
+    assert any(x.startswith("total: ") for x in printed)
+    assert json.loads(next(x for x in printed if x.startswith("TABLE1 "))[7:])["total"] == total
+
+
+def test_table1_defaults_to_the_papers_ten_models_in_the_paper_preset():
+    from core import catalogue
+    from worker.bench import build_parser, table1_models
+    args = build_parser().parse_args(["--table1"])
+    assert table1_models(args) == [r["model_id"] for r in catalogue.paper_table1()] and len(table1_models(args)) == 10
+    assert table1_models(build_parser().parse_args(["--table1", "--models", "vgg19,densenet201"])) == [
+        "vgg19", "densenet201"]
+
+
+def test_the_projection_to_the_papers_size_is_linear_in_images_and_epochs():
+    """Training scales with the training images, validation with the validation images, the later epochs' mean
+    stands for the epochs not run; setup and per-epoch overhead as measured."""
+    from worker.bench import projected_paper_s
+    r = {"train_s": [2.0, 1.0, 1.0], "val_s": [0.5, 0.25, 0.25], "epoch_s": [2.5, 1.25, 1.25],
+         "first_point_s": 3.5, "wall_s": 6.5}  # setup 1 s; 0.5 s a later epoch's checkpoint and the end
+    # 5,000 + 1,000 images: x10 each; epoch 1 = 25 s, later = 12.5 + 0.25 s each, 19 of them
+    assert projected_paper_s(r, 3, 5000, 1000) == round(1.0 + 25.0 + 19 * (12.5 + 0.25), 1)
+    assert projected_paper_s(r, 3, 50000, 10000) == round(1.0 + 2.5 + 19 * (1.25 + 0.25), 1)

@@ -142,3 +142,63 @@ def test_tf32_switches_are_restored_after_a_run():
     with fp32_math(False):
         assert torch.backends.cuda.matmul.fp32_precision == "ieee" == torch.backends.cudnn.conv.fp32_precision
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 0), None), ((7, 5), None), ((8, 0), torch.bfloat16),
+                                                 ((9, 0), torch.bfloat16)])
+def test_precision_auto_never_picks_emulated_bf16(monkeypatch, capability, expected):
+    """torch.cuda.is_bf16_supported() says yes on a T4 or V100 (emulated, slower than fp32): auto asks the training
+    device's compute capability instead, and bf16 below 8.0 only when asked for by name."""
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability)
+    policy = DevicePolicy.for_device(torch.device("cuda:1"))
+    assert policy.autocast_dtype("auto") is expected and asked == [torch.device("cuda:1")]
+    assert policy.autocast_dtype("bf16") is torch.bfloat16 and policy.autocast_dtype("fp32") is None
+
+
+@pytest.fixture
+def no_usable_cuda(monkeypatch):
+    """PyTorch's view with a driver older than its CUDA build: no CUDA device, though the machine has a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+@pytest.mark.parametrize("setting", ["auto", "cuda", "cuda:1"])
+def test_a_gpu_worker_that_cannot_use_its_gpu_refuses_to_train_on_the_cpu(no_usable_cuda, monkeypatch, setting):
+    from worker.engine import device as device_mod
+    monkeypatch.setattr(device_mod.glob, "glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
+    monkeypatch.setattr(device_mod, "_driver_version", lambda: "driver 535.104.05")
+    with pytest.raises(device_mod.DeviceError) as e:
+        device_mod.resolve_device(setting)
+    msg = str(e.value)
+    assert f"device={setting}" in msg and "CUDA 13.0" in msg and "torch.version.cuda" in msg
+    assert "driver 535.104.05" in msg and "torch wheel that matches the driver" in msg and "device=cpu" in msg
+    from worker.queue.tasks import _friendly_error
+    assert _friendly_error(e.value) == msg  # the job page shows the advice as it is
+
+
+def test_a_cpu_only_torch_on_a_gpu_machine_says_so(no_usable_cuda, monkeypatch):
+    from worker.engine import device as device_mod
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(device_mod.shutil, "which", lambda cmd: "/usr/bin/nvidia-smi" if cmd == "nvidia-smi" else None)
+    with pytest.raises(device_mod.DeviceError, match="CPU-only build"):
+        device_mod.resolve_device("auto")
+
+
+def test_a_machine_without_a_gpu_stays_on_the_cpu_silently(no_usable_cuda, monkeypatch):
+    from worker.engine import device as device_mod
+    monkeypatch.setattr(device_mod.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(device_mod.shutil, "which", lambda cmd: None)
+    assert device_mod.resolve_device("auto") == torch.device("cpu") == device_mod.resolve_device("cpu")
+    # A GPU hidden on purpose (CUDA_VISIBLE_DEVICES empty or -1) is a CPU run asked for, not a broken driver.
+    monkeypatch.setattr(device_mod.glob, "glob", lambda pattern: ["/dev/nvidia0"])
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert device_mod.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(device_mod.DeviceError):
+        device_mod.resolve_device("auto")
+    assert device_mod.resolve_device("cpu") == torch.device("cpu")  # an explicit cpu is always honoured

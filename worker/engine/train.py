@@ -3,7 +3,7 @@
 Pure PyTorch + timm: no web or queue imports. The command line (finetune.py) and the Celery task (tasks.py)
 both call `run()` and watch it through `Callbacks`. Whatever differs by device type (feature store, pinned memory,
 channels_last, autocast dtype) is the run's DevicePolicy (device.py): tests pass one to force a GPU branch on the
-CPU. Numerics are the paper's fp32 unless `precision` or `tf32` ask for speed.
+CPU. Numerics are the paper's fp32 (TF32 on GPUs that have it, `tf32`) unless `precision` asks for bf16.
 
 The loss is cross-entropy (with label smoothing when set). With `head_l2` (the authors' Keras CNNs: 0.01) the
 training loss adds Keras' L2 penalty on the head's kernels; `train_loss` and `val_loss` stay plain cross-entropy,
@@ -74,7 +74,7 @@ class Paths:
     out_dir: Path
     weights_dir: Path | None = None
     cache_dir: Path | None = None  # None: no feature cache kept across jobs
-    cache_cap_bytes: int = 20 << 30
+    cache_cap_bytes: int = 64 << 30  # core.settings cache_cap_gb: the default model's 31 GiB cache fits
     allow_download: bool = False
     download_url: str | None = None  # None: the dataset's official mirror (data.py)
     teacher_dir: Path | None = None  # the teacher job's run folder (cfg.teacher); its predictions are kept there
@@ -138,8 +138,26 @@ def run(cfg: TrainConfig, paths: Paths, callbacks: Callbacks | None = None,
     """Train `cfg` and return its summary (status "succeeded", or "stopped" when a stop was asked for, in any
     phase). `policy` defaults to what the device offers (device.py)."""
     policy = policy or DevicePolicy.for_device(resolve_device(cfg.device))
-    with fp32_math(cfg.tf32):
-        return _run(cfg, paths, callbacks or Callbacks(), dataset, policy)
+    try:
+        with fp32_math(cfg.tf32):
+            return _run(cfg, paths, callbacks or Callbacks(), dataset, policy)
+    finally:
+        release_memory(policy.device)
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the finished job's memory back: a long-lived worker otherwise keeps it in PyTorch's caching allocator,
+    where the next job's placement check (mem_get_info) does not see it as free."""
+    import gc
+    gc.collect()  # the model, images and features of the run: cycles (autograd, closures) hold some of them
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work: a clock read before it times the host's queueing, not the epoch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 | None,
@@ -150,6 +168,16 @@ def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 |
     watch = _Watch(cb)
     state = _State()
     watch.report(Phase.STARTING)
+    try:
+        return _finish(cfg, cb, dataset, paths, policy, watch, state, out_dir)
+    finally:
+        if state.features is not None:  # every way out, a failure too: the cache's scratch files go
+            state.features.close()
+
+
+def _finish(cfg: TrainConfig, cb: Callbacks, dataset, paths: Paths, policy: DevicePolicy, watch: "_Watch",
+            state: "_State", out_dir: Path) -> dict:
+    """Train, then write the summary (and keep the cache) whether the run finished or was stopped."""
     try:
         _train(cfg, paths, cb, dataset, policy, watch, state, out_dir)
         status = "succeeded"
@@ -273,16 +301,20 @@ def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, 
     def pass_of(split, **kw):
         return lambda done, total: watch.report(Phase.FEATURES, done, total, epoch=epoch, split=split, **kw)
 
+    device = labels["train"].device
+    synchronize(device)
     t0 = time.perf_counter()
     perm, flips = _epoch_order(cfg, epoch, len(labels["train"]))
-    features.fill("train", flips, cfg.batch_size, watch.check, pass_of("train"))
+    features.fill("train", flips, watch.check, pass_of("train"))
     if teacher is not None:
         teacher.fill(flips, watch.check, pass_of("train", what=f"teacher job {teacher.job}"), stop=watch.stop,
                      on_progress=watch.forward)
     tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, watch, perm, flips, teacher)
+    synchronize(device)
     train_seconds = time.perf_counter() - t0
-    features.fill("val", None, cfg.batch_size, watch.check, pass_of("val"))
+    features.fill("val", None, watch.check, pass_of("val"))
     ev = _evaluate(model, features, labels["val"], cfg, amp, watch, epoch)
+    synchronize(device)
     seconds = time.perf_counter() - t0
     with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
         penalty = float(_l2_penalty(model, cfg))
@@ -338,8 +370,7 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
     with a teacher the distillation loss), accuracy (heads averaged), with an L2 penalty the mean of loss plus
     penalty (the loss Keras prints), and with a teacher its accuracy and the student's agreement with it."""
     n = len(y)
-    perm = perm.to(y.device)
-    flips = flips.to(y.device) if flips is not None else None
+    order = _EpochOrder(perm, flips, y)
     nb = math.ceil(n / cfg.batch_size)
     model.train()
     zero = torch.zeros((), device=y.device)
@@ -347,17 +378,19 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
     teacher_correct, agree = zero.clone(), zero.clone()
     watch.report(Phase.TRAINING, 0, nb, epoch=epoch)
     for b in range(nb):
-        idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-        feats = features.train(idx, flips[idx] if flips is not None else None)
+        sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+        idx, flip, y_b = order.perm[sl], order.flip_at(sl), order.y[sl]
+        on_device = (order.perm_dev[sl], order.flip_at(sl, on_device=True))
+        feats = features.train(idx, flip, on_device)
         with torch.autocast(**amp):
             if teacher is None:
                 logits = model.forward_from_features(feats)
-                loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(logits.float(), y_b, label_smoothing=cfg.label_smoothing)
             else:
-                t_logits = teacher.get(idx, flips[idx] if flips is not None else None)
+                t_logits = teacher.get(*on_device)
                 heads = model.forward_heads(feats)
                 logits = torch.stack(heads).mean(0)  # the student's prediction, as at evaluation
-                loss = distillation_loss(heads, y[idx], t_logits, cfg.distillation, cfg.distill_temperature,
+                loss = distillation_loss(heads, y_b, t_logits, cfg.distillation, cfg.distill_temperature,
                                          cfg.label_smoothing)
         total = loss + _l2_penalty(model, cfg).to(loss.device) if cfg.head_l2 else loss  # the penalty in fp32
         optimizer.zero_grad(set_to_none=True)
@@ -366,10 +399,10 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
         loss_sum += loss.detach() * len(idx)
         keras_sum += total.detach() * len(idx)  # Keras' progress bar: the batch-size-weighted mean of its loss
         pred = logits.detach().argmax(1)
-        correct += (pred == y[idx]).sum()
+        correct += (pred == y_b).sum()
         if teacher is not None:
             t_pred = t_logits.argmax(1)
-            teacher_correct += (t_pred == y[idx]).sum()
+            teacher_correct += (t_pred == y_b).sum()
             agree += (pred == t_pred).sum()
         watch.report(Phase.TRAINING, b + 1, nb, epoch=epoch)
         watch.check()
@@ -378,6 +411,24 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
     if teacher is not None:
         out.update(teacher_acc=float(teacher_correct) / n, teacher_agreement=float(agree) / n)
     return out
+
+
+class _EpochOrder:
+    """The epoch's order, once on the host and once on the labels' device (one copy per epoch, not per batch): a
+    batch slices the host copy for the fill's bookkeeping and a host-resident cache, the device copy for a cache on
+    the device, the images and the labels, so no batch waits for a transfer. Labels and flips are put in order
+    once, so a batch slices them instead of indexing with a tensor from the other side."""
+
+    def __init__(self, perm: torch.Tensor, flips: torch.Tensor | None, y: torch.Tensor):
+        self.perm = perm
+        self.perm_dev = perm.to(y.device)
+        self.y = y[self.perm_dev]
+        self.flips = flips[perm] if flips is not None else None  # per position in the order
+        self.flips_dev = self.flips.to(y.device) if flips is not None else None
+
+    def flip_at(self, sl: slice, on_device: bool = False) -> torch.Tensor | None:
+        flips = self.flips_dev if on_device else self.flips
+        return flips[sl] if flips is not None else None
 
 
 def _epoch_order(cfg: TrainConfig, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -399,8 +450,9 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, wat
     watch.report(Phase.VALIDATING, 0, nb, epoch=epoch)
     with torch.no_grad():
         for b in range(nb):
-            idx = torch.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, n), device=val_y.device)
-            feats = features.val(idx)
+            start, stop = b * cfg.batch_size, min((b + 1) * cfg.batch_size, n)
+            idx = torch.arange(start, stop, device=val_y.device)  # made on each side: nothing moves across
+            feats = features.val(torch.arange(start, stop), idx)
             with torch.autocast(**amp):
                 logits = model.forward_from_features(feats).float()
             loss_sum += F.cross_entropy(logits, val_y[idx], reduction="sum")

@@ -1,12 +1,14 @@
 """Creating the timm backbone with its pretrained weights: hub (cached), a local file, or none.
 
-Hub downloads go to `<weights_dir>/hub` (Hugging Face's cache layout); once a model is there it loads offline.
+Hub downloads go to `<weights_dir>/hub` (Hugging Face's cache layout), named as `cache_dir` in every hub call
+whatever was imported first; once a model is there it loads offline.
 The weights file is fetched by our own call to `hf_hub_download` (not timm's, inside `create_model`), so its bytes
 are reported as they arrive (`on_progress`, every 64 KiB) and a stop asked for mid-download aborts it at the next
 chunk (huggingface_hub keeps the partial file and resumes it next time); timm then loads that file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -46,10 +48,28 @@ class HubUnavailable(WeightsError):
                 f"or download them once into that cache.")
 
 
-def _hub_cache_env(weights_dir: Path | None) -> None:
+def hub_cache_dir(weights_dir: Path | None) -> Path:
+    """The folder hub downloads go to: `<weights_dir>/hub`, else huggingface_hub's own default, as it stands now.
+    It is passed to every hub call as `cache_dir`, never set as HF_HUB_CACHE: huggingface_hub reads that variable
+    once, when first imported (timm imports it), so setting it later moves nothing, and it would outlive the job."""
     if weights_dir is not None:
-        os.environ["HF_HUB_CACHE"] = str(Path(weights_dir) / "hub")
-        os.environ.setdefault("TORCH_HOME", str(Path(weights_dir) / "torch"))
+        return Path(weights_dir) / "hub"
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
+
+
+@contextlib.contextmanager
+def _torch_home(weights_dir: Path | None):
+    """Weights timm fetches from a plain URL (torch.hub, which reads TORCH_HOME at each call) go to
+    `<weights_dir>/torch` for the call, unless TORCH_HOME is set; the process's environment is restored after."""
+    if weights_dir is None or "TORCH_HOME" in os.environ:
+        yield
+        return
+    os.environ["TORCH_HOME"] = str(Path(weights_dir) / "torch")
+    try:
+        yield
+    finally:
+        os.environ.pop("TORCH_HOME", None)
 
 
 def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
@@ -69,16 +89,16 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
     if weights == "none":  # the tagged name all the same: its pretrained config sets the input normalization
         return timm.create_model(name, pretrained=False, **kwargs)
     if weights == "hub":
-        _hub_cache_env(weights_dir)
+        where = hub_cache_dir(weights_dir)
         try:
-            file = _hub_file(name, weights_dir, stop, on_progress)
+            file = _hub_file(name, where, stop, on_progress)
             if file is not None:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
-            return timm.create_model(name, pretrained=True, **kwargs)
+            with _torch_home(weights_dir):
+                return timm.create_model(name, pretrained=True, **kwargs)
         except StopRequested:
             raise
         except Exception as e:  # noqa: BLE001 - hub failures come in many types; all mean the same to a user
-            where = Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub"))
             first = (str(e).splitlines() or [""])[0].rstrip(". ")
             raise HubUnavailable(model, name, where, f"{type(e).__name__}: {first}") from e
     path = Path(weights)
@@ -142,7 +162,7 @@ def cached_hub_file(model: str, weights_dir: Path) -> Path | None:
         return None
     repo, revision, files = where
     for filename in files:
-        found = try_to_load_from_cache(repo, filename, cache_dir=str(Path(weights_dir) / "hub"), revision=revision)
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(hub_cache_dir(weights_dir)), revision=revision)
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
     return None
@@ -157,9 +177,9 @@ def local_file(weights_dir: Path, model: str) -> Path | None:
     return None
 
 
-def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
+def _hub_file(name: str, cache: Path, stop: Stop | None,
               on_progress: Callable[[dict], None] | None) -> Path | None:
-    """Download (or find in the cache) the weights file timm would load for `name`, as timm picks it (the
+    """Download into `cache` (or find there) the weights file timm would load for `name`, as timm picks it (the
     safetensors file first, else the PyTorch one); None for weights timm fetches from elsewhere (a plain URL)."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -181,11 +201,10 @@ def _hub_file(name: str, weights_dir: Path | None, stop: Stop | None,
     bar = type("Bar", (_HubProgress,), {"report": staticmethod(report)})
     if stop:
         stop.check()
-    cache = Path(weights_dir) / "hub" if weights_dir is not None else None
     first: EntryNotFoundError | None = None
     for filename in files:
         try:
-            return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache, tqdm_class=bar,
+            return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(cache), tqdm_class=bar,
                                         endpoint=endpoint))
         except EntryNotFoundError as e:  # not there (or not cached, offline): try the next name timm would
             first = first or e

@@ -69,8 +69,10 @@ def _friendly_error(e: BaseException) -> str:
     if isinstance(e, HubUnavailable):  # the job page speaks the form's terms, not the command line's
         return e.web_text(get_settings().weights_path)
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
-        return (f"out of memory: {str(e).splitlines()[0]}. Lower batch_size or image_size, or run on a GPU "
-                "with more memory; the job can be resumed from its last finished epoch.")
+        # batch_size and image_size change what a run computes, so a resume refuses them: the advice is a new job.
+        return (f"out of memory: {str(e).splitlines()[0]}. Start a new job with a lower batch_size or image_size "
+                "(a resume keeps this job's settings, so it would run out of memory again), or resume it on a worker "
+                "whose GPU has more memory.")
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
