@@ -166,26 +166,22 @@ def _inside_text(s: dict, paper: dict | None) -> str:
 def table_rows(runs: list[Run]) -> list[dict]:
     """One row per set of runs that repeat each other (core.stats.repeat_key; a dry run never pools with a real
     run): mean, sd and the 95% interval of their best validation accuracies, against Table 1's number."""
-    groups: dict[tuple, list[Run]] = {}
-    for r in runs:
-        groups.setdefault((stats.repeat_key(r.config), bool(r.job.experiment.dry_run)), []).append(r)
+    by_id = {r.job.id: r for r in runs}
+    groups = stats.repeat_groups(  # the compare view's grouping and counting: each seed once
+        {"id": r.job.id, "config": r.config, "value": r.view["best_val_acc"], "dry_run": r.job.experiment.dry_run,
+         "reference": r.paper["val_acc"] if r.paper else None} for r in runs)
     rows = []
-    for (_, dry), rs in groups.items():
-        first = rs[0]
+    for g in groups:
+        rs = [by_id[i] for i in g["ids"]]
+        first, dry = rs[0], bool(rs[0].job.experiment.dry_run)
         paper = first.paper
-        ref = paper["val_acc"] if paper else None
-        seen, counted, duplicates = set(), [], []  # each seed once, as core.stats.repeat_groups counts them
-        for r in rs:
-            if r.view["best_val_acc"] is None:
-                continue
-            (duplicates if r.config.get("seed") in seen else counted).append(r)
-            seen.add(r.config.get("seed"))
-        s = stats.summary([r.view["best_val_acc"] for r in counted], ref)
+        ref = g["reference"]
+        s = {k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high", "inside")}
         rows.append({
             "model": first.model, "paper_name": first.spec.paper_name if first.spec else None,
             "dataset": first.config.get("dataset"), "depth": depth_text(first.depth), "dry_run": dry,
             "jobs": [r.job.id for r in rs], "seeds": [r.config.get("seed") for r in rs], **s,
-            "duplicates": [r.job.id for r in duplicates],
+            "duplicates": g["duplicates"],
             # Not the paper's method: the difference from Table 1 says so where it stands.
             "leaves_preset": [d["label"] for d in (first.card or {}).get("config_deviations", [])
                               if d["option"] != "seed"],
