@@ -24,7 +24,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "BLOCKLAB_REDIS_URL"))
     host: str = "127.0.0.1"  # loopback unless told otherwise
     # Host headers the lab answers (DNS rebinding defence); loopback names always, add a LAN name here.
+    # "*.example.org" answers every name under example.org: a notebook platform's port proxy (Colab's
+    # *.prod.colab.dev) gives each session a name of its own. backend/notebook_lab.py sets it there.
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Origins besides the lab's own whose pages may change its state ("https://*.example.org" for every name under
+    # it): a port proxy that serves the lab over https while it listens on plain http, whatever Host it forwards.
+    trusted_origins: list[str] = Field(default_factory=list)
     port: int = 8000
     device: str = "auto"  # for workers: auto | cpu | cuda[:N]
     token: str | None = None  # when set, every state-changing request needs it

@@ -9,6 +9,9 @@ Two browser attacks reach a lab on 127.0.0.1 from any web page its user visits:
 - DNS rebinding. A page on evil.example re-resolves its own name to 127.0.0.1 and is then "same-origin" with the
   lab. The browser still sends `Host: evil.example`, so only Host names the lab serves are answered: loopback
   names, the configured host and BLOCKLAB_ALLOWED_HOSTS.
+- Behind a notebook platform's port proxy (Colab) the page is https on a per-session name while the lab listens on
+  plain http: BLOCKLAB_ALLOWED_HOSTS and BLOCKLAB_TRUSTED_ORIGINS name the proxy's domain ("*.prod.colab.dev"),
+  set by backend/notebook_lab.py only where that platform is detected.
 
 LabGuard is a pure ASGI middleware (it never buffers a response, so event streams flow through untouched); it also
 counts the request body bytes actually received, chunked bodies included, and answers 413 past the limit.
@@ -63,7 +66,29 @@ def host_allowed(name: str | None, scope: Scope) -> bool:
     served = {h.strip().strip("[]").lower().rstrip(".") for h in s.allowed_hosts}
     if s.host not in ("0.0.0.0", "::", ""):
         served.add(s.host.strip("[]").lower())
-    return name in served or _is_test_transport(scope, name)
+    return name in served or _under_wildcard(name, served) or _is_test_transport(scope, name)
+
+
+def _under_wildcard(name: str, patterns) -> bool:
+    """Is `name` under one of the "*.suffix" patterns (a proper subdomain: "*.a.b" is not "a.b" itself)?"""
+    return any(p.startswith("*.") and name.endswith(p[1:]) and len(name) > len(p) - 1 for p in patterns)
+
+
+def trusted_origin(origin: str) -> bool:
+    """Is `origin` one the settings trust besides the lab's own (BLOCKLAB_TRUSTED_ORIGINS: exact origins, or
+    "https://*.suffix" for every name under suffix, on that scheme and its default port only)?"""
+    scheme, sep, netloc = origin.strip().lower().partition("://")
+    if not sep or scheme not in ("http", "https") or not netloc or "/" in netloc:
+        return False
+    netloc = _netloc(netloc, scheme)
+    for entry in get_settings().trusted_origins:
+        t_scheme, _, t_netloc = entry.strip().lower().rstrip("/").partition("://")
+        if t_scheme != scheme:
+            continue
+        t_netloc = _netloc(t_netloc, scheme)
+        if netloc == t_netloc or (":" not in netloc and _under_wildcard(netloc, [t_netloc])):
+            return True
+    return False
 
 
 def _netloc(netloc: str, scheme: str) -> str:
@@ -122,7 +147,8 @@ class LabGuard:
                                  "to reach it by another name, add that name to BLOCKLAB_ALLOWED_HOSTS")
         if scope["method"] not in SAFE_METHODS:
             origin = headers.get("origin")
-            if origin is not None and not same_origin(origin, host, scope.get("scheme", "http")):
+            if (origin is not None and not same_origin(origin, host, scope.get("scheme", "http"))
+                    and not trusted_origin(origin)):
                 return await _refuse(scope, receive, send, 403,
                                      "cross-origin request refused: only the lab's own pages can change its state")
             if not (_json_content(headers.get("content-type", ""))

@@ -343,3 +343,26 @@ def test_the_compare_csv_is_safe_with_semicolon_and_tab_delimiters(bare):
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert rows[0]["experiment"] == "x;'=HYPERLINK(\"http://evil\")" and [int(x["job_id"]) for x in rows] == ids
     assert f'\n{ids[0]},"x;' in r.text  # the id is a bare number, the name a quoted text cell
+
+
+def test_a_port_proxy_domain_is_served_and_trusted_only_when_configured(bare, monkeypatch):
+    """Colab serves the lab over https on a per-session name (issue 16): "*.suffix" in BLOCKLAB_ALLOWED_HOSTS
+    answers names under it, and BLOCKLAB_TRUSTED_ORIGINS lets that https page change state although the lab
+    listens on plain http. Without them both are refused, and the wildcard never matches the bare domain or a
+    look-alike."""
+    proxy = "8000-abc123-xyz.prod.colab.dev"
+    post = dict(headers={"Host": proxy, "Origin": f"https://{proxy}", **XRW}, json={"name": "e"})
+    assert bare.get("/api/models", headers={"Host": proxy}).status_code == 400
+    monkeypatch.setenv("BLOCKLAB_ALLOWED_HOSTS", '["*.prod.colab.dev"]')
+    _clear_settings()
+    assert bare.get("/api/models", headers={"Host": proxy}).status_code == 200
+    for host in ("prod.colab.dev", "evilprod.colab.dev", "prod.colab.dev.evil.example"):
+        assert bare.get("/api/models", headers={"Host": host}).status_code == 400, host
+    assert bare.post("/api/experiments", **post).status_code == 403  # https page, http lab: not same-origin
+    monkeypatch.setenv("BLOCKLAB_TRUSTED_ORIGINS", '["https://*.prod.colab.dev"]')
+    _clear_settings()
+    assert bare.post("/api/experiments", **post).status_code == 201  # past the guard
+    for origin in ("https://evil.example", "https://prod.colab.dev", "https://x.prod.colab.dev:444",
+                   "null"):
+        r = bare.post("/api/experiments", headers={**post["headers"], "Origin": origin}, json={"name": "e"})
+        assert r.status_code == 403, origin
