@@ -171,8 +171,11 @@ class _Bars:
     """One tqdm bar per phase (per epoch, split or file): a new phase closes the last bar first, so two bars
     never share the terminal; log records and epoch lines are written above the bar (tqdm.write)."""
 
-    def __init__(self, out=None):
-        from tqdm import tqdm
+    def __init__(self, out=None, auto: bool = False):
+        if auto:  # a notebook: tqdm's widget bar where ipywidgets is installed, its text bar elsewhere
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
         self.tqdm, self.out = tqdm, out or sys.stderr
         self.bar, self.key, self.epochs = None, None, None
 
