@@ -84,9 +84,10 @@ class TrainConfig:
                               "dtype; see features.py)", label="Frozen-feature cache")
     cache_dtype: Literal["float16", "bfloat16", "float32"] = opt(
         "float16", "storage dtype of cached frozen features", web=False)
-    precision: Literal["fp32", "bf16", "auto"] = opt(
-        "fp32", "fp32 = the paper; bf16 = bf16 autocast, a speed option (frozen part and block); auto = bf16 where "
-        "the hardware has it, else fp32")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = opt(
+        "fp32", "fp32 = the paper; bf16 = bf16 autocast, a speed option (frozen part and block); fp16 = float16 "
+        "autocast with a gradient scaler, for GPUs without native bf16 such as the T4 or V100 (a speed option, not "
+        "the paper's numerics); auto = bf16 where the hardware has it natively, else fp32 (never fp16)")
     # The one default that is not the authors' numerics: TF32 makes the paper's fp32 cost about what bf16 costs on
     # the GPUs that have it (issue 15: DeiT-B's fp32 epoch 1 ran 3.7x faster), at a rounding far below what changes
     # an accuracy; every method card lists it as a known deviation (catalogue.TF32), and off is one option away.
@@ -283,7 +284,9 @@ def method_card(cfg: TrainConfig) -> dict:
     size = f"{image_size} px, bilinear from 32 px" + (
         f" (its weights' own size is {spec.native_size})" if spec.native_size != image_size else "")
     precision = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
-                 "auto": "bf16 autocast where the hardware has it, else fp32"}[cfg.precision]
+                 "fp16": "float16 autocast with a dynamic gradient scaler (a speed option for GPUs without native "
+                         "bf16, such as the T4 or V100; the paper trained in fp32)",
+                 "auto": "bf16 autocast where the hardware has it natively, else fp32 (never fp16)"}[cfg.precision]
     tf32 = ("TF32 allowed for fp32 matmuls and convolutions on GPUs that have it (Ampere and later): inputs rounded "
             "to a 10-bit mantissa, fp32 accumulation; a known deviation (the authors' GPUs had no TF32), its effect "
             "on accuracy expected negligible; CPUs and older GPUs compute plain fp32" if cfg.tf32 else

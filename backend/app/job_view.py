@@ -187,7 +187,7 @@ def settings(job: Job) -> dict | None:
 
 
 def ran_precision(job: Job) -> str | None:
-    """The precision that ran (fp32 or bf16, never "auto"), when a worker said."""
+    """The precision that ran (fp32, bf16 or fp16, never "auto"), when a worker said."""
     for src in (job.info, job.summary):
         if src and src.get("precision"):
             return src["precision"]

@@ -70,3 +70,17 @@ def test_a_configs_card_says_where_it_leaves_the_paper_preset(api):
     bad = api.get("/api/models/densenet201?precision=fp64&no_such_option=1")
     assert bad.status_code == 422
     assert {tuple(d["loc"]) for d in bad.json()["detail"]} >= {("query", "precision"), ("query", "no_such_option")}
+
+
+def test_an_fp16_card_names_the_gradient_scaler_and_the_gpus_it_is_for(api):
+    """Issue 16: fp16 is the T4's fast path, a speed option off the paper's fp32 like bf16; the API takes it."""
+    r = api.get("/api/models/deit_base_distilled_patch16_224?precision=fp16")
+    assert r.status_code == 200, r.text
+    card = r.json()
+    assert card["precision"] == "fp16"
+    assert {d["option"]: (d["value"], d["paper"]) for d in card["config_deviations"]} == {"precision": ("fp16", "fp32")}
+    row = next(row["value"] for row in card["rows"] if row["label"] == "Precision")
+    assert "float16 autocast with a dynamic gradient scaler" in row and "T4" in row
+    r = api.post("/api/experiments", json={"name": "t4", "start": False, "config": {"precision": "fp16"}})
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["config"]["precision"] == "fp16"

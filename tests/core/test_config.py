@@ -24,15 +24,19 @@ def test_every_paper_model_runs_at_224_in_fp32_with_tf32(model):
         assert f"its weights' own size is {spec.native_size}" in _row(card, "Image size")
 
 
-def test_bf16_is_a_named_speed_option_and_tf32_is_on_by_default():
+def test_bf16_and_fp16_are_named_speed_options_and_tf32_is_on_by_default():
     precision, tf32 = OPTIONS_BY_NAME["precision"], OPTIONS_BY_NAME["tf32"]
-    assert precision.default == "fp32" and set(precision.choices) == {"fp32", "bf16", "auto"}
+    assert precision.default == "fp32" and set(precision.choices) == {"fp32", "bf16", "fp16", "auto"}
+    assert "gradient scaler" in precision.help and "never fp16" in precision.help
     assert tf32.default is True and tf32.web and precision.web and tf32.affects_result
     assert "deviation" in tf32.help and "IEEE fp32" in tf32.help
     card = method_card(preset("paper", model="deit_base_distilled_patch16_224", precision="bf16", tf32=False))
     assert {d["option"]: (d["value"], d["paper"]) for d in card["config_deviations"]} == {
         "precision": ("bf16", "fp32"), "tf32": (False, True)}
     assert "speed option" in _row(card, "Precision") and "TF32 off" in _row(card, "Precision")
+    card = method_card(preset("paper", model="deit_base_distilled_patch16_224", precision="fp16"))
+    assert {d["option"]: (d["value"], d["paper"]) for d in card["config_deviations"]} == {"precision": ("fp16", "fp32")}
+    assert "float16 autocast with a dynamic gradient scaler" in _row(card, "Precision")
 
 
 @pytest.mark.parametrize("model", PAPER)

@@ -39,6 +39,7 @@ def _run(cfg, out, policy, tiny_cifar_dir, **cb):
 def test_the_cpu_policy_takes_no_gpu_branch():
     assert (CPU.device_free_bytes, CPU.pin_memory, CPU.channels_last) == (None, False, False)
     assert CPU.autocast_dtype("fp32") is None and CPU.autocast_dtype("bf16") is torch.bfloat16
+    assert CPU.autocast_dtype("fp16") is torch.float16 and CPU.amp("fp16")["dtype"] is torch.float16
     assert CPU.amp("fp32")["enabled"] is False and CPU.amp("bf16") == dict(device_type="cpu", dtype=torch.bfloat16,
                                                                            enabled=True)
 
@@ -113,7 +114,8 @@ def test_channels_last_cnn_gives_the_same_metrics(tiny_cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize("precision,hardware_bf16,expected", [
-    ("fp32", True, "fp32"), ("bf16", False, "bf16"), ("auto", True, "bf16"), ("auto", False, "fp32")])
+    ("fp32", True, "fp32"), ("bf16", False, "bf16"), ("auto", True, "bf16"), ("auto", False, "fp32"),
+    ("fp16", True, "fp16"), ("fp16", False, "fp16")])
 def test_the_autocast_dtype_follows_precision_and_hardware(tiny_cifar_dir, tmp_path, precision, hardware_bf16,
                                                            expected):
     policy = CPU.replace(bf16=hardware_bf16)
@@ -153,9 +155,12 @@ def test_precision_auto_never_picks_emulated_bf16(monkeypatch, capability, expec
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability)
+    from worker.engine import device as device_mod
+    monkeypatch.setattr(device_mod, "autocast_supported", lambda device_type, dtype: True)  # no GPU here to ask
     policy = DevicePolicy.for_device(torch.device("cuda:1"))
     assert policy.autocast_dtype("auto") is expected and asked == [torch.device("cuda:1")]
     assert policy.autocast_dtype("bf16") is torch.bfloat16 and policy.autocast_dtype("fp32") is None
+    assert policy.autocast_dtype("fp16") is torch.float16  # the T4's fast path, by name only (never auto)
 
 
 @pytest.fixture

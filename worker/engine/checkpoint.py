@@ -1,4 +1,5 @@
-"""Checkpoints that carry their config: trainable weights, optimizer, schedule, epoch, RNG state, history.
+"""Checkpoints that carry their config: trainable weights, optimizer, schedule, epoch, RNG state, history, and
+fp16's gradient scale (a resumed fp16 run goes on at the scale it had reached, not at the first one).
 
 This module owns what a run saves and restores. Only what training can change is saved (the frozen part is
 rebuilt from its weights). Files are written to a temporary name and renamed, so a crash mid-write never leaves a
@@ -62,11 +63,13 @@ class Progress:
             self.best_acc, self.best_epoch = row["val_acc"], row["epoch"]
 
 
-def save(out_dir: Path, cfg: TrainConfig, progress: Progress, model, optimizer, scheduler) -> Path:
+def save(out_dir: Path, cfg: TrainConfig, progress: Progress, model, optimizer, scheduler, scaler=None) -> Path:
     state = {"config": cfg.to_dict(), "epoch": progress.epoch, "model": model.trainable_state_dict(),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": _rng_state(_training_device(model)), "history": progress.history, "best_acc": progress.best_acc,
              "best_epoch": progress.best_epoch}
+    if scaler is not None and scaler.is_enabled():  # fp16 only: its scale and growth tracker (plain numbers)
+        state["scaler"] = scaler.state_dict()
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_suffix(".tmp")
     buf = io.BytesIO()  # serialized in memory, then written with the OS's own errors (torch's writer hides errno)
@@ -89,8 +92,9 @@ def load(out_dir: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def restore(out_dir: Path, cfg: TrainConfig, model, optimizer, scheduler) -> Progress:
-    """Load the run's checkpoint into model, optimizer and schedule; a fresh Progress when there is none."""
+def restore(out_dir: Path, cfg: TrainConfig, model, optimizer, scheduler, scaler=None) -> Progress:
+    """Load the run's checkpoint into model, optimizer, schedule and (fp16) gradient scaler; a fresh Progress when
+    there is none. The precision is part of the config, so an fp16 checkpoint only resumes as fp16."""
     ckpt = load(out_dir)
     if ckpt is None:
         return Progress()
@@ -101,6 +105,8 @@ def restore(out_dir: Path, cfg: TrainConfig, model, optimizer, scheduler) -> Pro
     model.load_state_dict(ckpt["model"], strict=False)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     _set_rng_state(ckpt["rng"], _training_device(model))
     return Progress(ckpt["epoch"], list(ckpt["history"]), ckpt["best_acc"], ckpt["best_epoch"])
 

@@ -5,7 +5,8 @@ The engine asks a `DevicePolicy` instead of testing `device.type`, so each branc
 on the CPU (`DevicePolicy.for_device(cpu).replace(...)`): the feature store on the device, pinned host memory,
 channels_last, bf16 autocast. What a GPU adds is the kernels behind the same branches (cuda allocations, cudaHostAlloc,
 cuDNN), never another code path. The paper trained in fp32: fp32 is the default, with TF32 on GPUs that have it (core/config.py
-`precision`, `tf32`: a listed deviation); `tf32` off sets IEEE fp32 for matmuls and cuDNN convolutions alike.
+`precision`, `tf32`: a listed deviation); `tf32` off sets IEEE fp32 for matmuls and cuDNN convolutions alike. bf16 and
+fp16 autocast are speed options; fp16 (for GPUs without native bf16: T4, V100) trains with a gradient scaler (train.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import glob
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -90,6 +92,28 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype (fp32: none)
+
+
+def precision_name(amp: dict) -> str:
+    """What ran, in the option's words (never "auto"): fp32, bf16 or fp16, from the run's autocast arguments."""
+    if not amp.get("enabled"):
+        return "fp32"
+    return {dtype: name for name, dtype in AUTOCAST.items()}[amp["dtype"]]
+
+
+def autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch.autocast runs `dtype` on `device_type` here: autocast itself is asked (it turns itself off,
+    with a warning, for a dtype or device it cannot serve, e.g. CUDA autocast without a usable GPU)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.autocast(device_type, dtype=dtype):
+                return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == dtype
+    except (RuntimeError, ValueError):  # a device type autocast does not know at all
+        return False
+
+
 def _pinned_empty(shape, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, pin_memory=True)  # page-locked: copies to the GPU run asynchronously
 
@@ -115,10 +139,18 @@ class DevicePolicy:
 
     # -- numerics ------------------------------------------------------------------------------------------------
     def autocast_dtype(self, precision: str) -> torch.dtype | None:
-        """bf16 for precision=bf16 (and for auto where the hardware has it); None = plain fp32, the paper's."""
-        if precision == "bf16" or (precision == "auto" and self.bf16):
-            return torch.bfloat16
-        return None
+        """The autocast dtype of a precision: bf16 or fp16 when named; for auto, bf16 where the hardware runs it
+        natively, else None (auto never picks fp16: it needs a gradient scaler and changes the numerics more than a
+        default should); None = plain fp32, the paper's. A dtype autocast cannot run on this device type is refused
+        here, naming the option, rather than failing (or silently running fp32) inside the first forward."""
+        if precision == "auto":
+            precision = "bf16" if self.bf16 else "fp32"
+        dtype = AUTOCAST.get(precision)
+        if dtype is not None and not autocast_supported(self.device.type, dtype):
+            raise DeviceError(f"precision={precision}: {str(dtype).removeprefix('torch.')} autocast is not available "
+                              f"on {self.device.type} with this PyTorch ({torch.__version__}); choose precision fp32"
+                              f"{' or bf16' if precision == 'fp16' else ''}, or another device")
+        return dtype
 
     def amp(self, precision: str) -> dict:
         """Keyword arguments of `torch.autocast` for a run's precision."""

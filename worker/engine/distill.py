@@ -130,6 +130,17 @@ def build_teacher(tcfg: TrainConfig, ckpt: dict, policy, weights_dir: Path | Non
     return model, prep
 
 
+def _host(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or t.device.type == "cpu" else t.cpu()
+
+
+def _numerics_key(amp: dict) -> dict:
+    """What of the numerics the stored logits depend on: bf16 autocast or not, as stores before fp16 were keyed
+    (they stay valid), and fp16 apart from both."""
+    dtype = amp.get("dtype") if amp.get("enabled") else None
+    return {"bf16": dtype is torch.bfloat16, **({"fp16": True} if dtype is torch.float16 else {})}
+
+
 def _predict(model, prep, images_u8: torch.Tensor, flip: torch.Tensor | None, amp: dict) -> torch.Tensor:
     """The teacher's logits (fp32) for a chunk of raw images: heads averaged, as at evaluation."""
     with torch.no_grad(), torch.autocast(**amp):
@@ -139,8 +150,11 @@ def _predict(model, prep, images_u8: torch.Tensor, flip: torch.Tensor | None, am
 class TeacherPredictions:
     """The teacher's logits for every (training image, flip state) a run uses, filled before each epoch.
 
-    Kept on the training device for the run; stored as one file in the teacher's folder after every fill that
-    added to it (merged with what another student stored meanwhile, written to a temporary name and renamed)."""
+    The logits are kept on the training device for the run, the flags of which are filled on the host (the fill's
+    bookkeeping, as the feature store's): a batch checks its flags with the host indices of the epoch's order and
+    gathers its logits with the device ones, so no batch waits for a readback. Stored as one file in the teacher's
+    folder after every fill that added to it (merged with what another student stored meanwhile, written to a
+    temporary name and renamed)."""
 
     def __init__(self, job: int, folder: Path, tcfg: TrainConfig, ckpt: dict, images: torch.Tensor, key: str,
                  logits: torch.Tensor, filled: torch.Tensor, amp: dict, policy, weights_dir, meta: dict):
@@ -168,17 +182,17 @@ class TeacherPredictions:
         teacher_key = {o: v for o, v in tcfg.to_dict().items() if o not in ("device", "num_workers", "epochs")}
         meta = {"version": STORE_VERSION, "teacher_job": job, "teacher_state": fingerprint(ckpt["model"]),
                 "teacher_epoch": ckpt.get("epoch"), "teacher_config": teacher_key, "train": train_fingerprint,
-                "images": len(images), "states": states, "classes": k, "bf16": bool(amp.get("enabled")),
-                "tf32": cfg.tf32}
+                "images": len(images), "states": states, "classes": k, "tf32": cfg.tf32,
+                **_numerics_key(amp)}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
         n, device = len(images), images.device
         logits = torch.zeros(n, states, k, dtype=torch.float32, device=device)
-        filled = torch.zeros(n, states, dtype=torch.bool, device=device)
+        filled = torch.zeros(n, states, dtype=torch.bool)  # on the host: see the class
         out = cls(job, Path(teacher_dir), tcfg, ckpt, images, key, logits, filled, amp, policy, weights_dir, meta)
         stored = out._read()
         if stored is not None:
             out.logits.copy_(stored[0].to(device))
-            out.filled.copy_(stored[1].to(device))
+            out.filled.copy_(stored[1])
             out.info.update(loaded=int(out.filled.sum()), reused=bool(out.filled.any()))
             log.info("teacher job %s: %d stored predictions reused from %s", job, out.info["loaded"], out.path)
         return out
@@ -195,19 +209,23 @@ class TeacherPredictions:
             return None
         return saved["logits"], saved["filled"]
 
-    def _state(self, flips: torch.Tensor | None, n: int) -> torch.Tensor:
+    @staticmethod
+    def _state(flips: torch.Tensor | None, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
         if flips is None:
-            return torch.zeros(n, dtype=torch.long, device=self.logits.device)
-        return flips.to(self.logits.device).long()
+            return torch.zeros(n, dtype=torch.long, device=device)
+        return flips.to(device).long()
+
+    def lacking(self, idx: torch.Tensor, state: torch.Tensor) -> bool:
+        """Whether any (idx, state) has no prediction yet: host tensors and the host flags, never a readback."""
+        return not bool(self.filled[idx, state].all())
 
     def fill(self, flips: torch.Tensor | None, check: Callable[[], None] | None = None,
              report: Callable[[int, int], None] | None = None, stop=None, on_progress=None) -> int:
         """The teacher's forward for the (image, flip state) pairs this epoch uses and the store lacks; the store
         written back when it grew. Returns how many images went through the teacher."""
         n = len(self.images)
-        state = self._state(flips, n)
-        rows = torch.arange(n, device=self.logits.device)
-        todo = torch.nonzero(~self.filled[rows, state]).flatten()
+        state = self._state(_host(flips), n)
+        todo = torch.nonzero(~self.filled[torch.arange(n), state]).flatten()
         total = len(todo)
         if not total:
             return 0
@@ -223,8 +241,9 @@ class TeacherPredictions:
                     check()
                 m = todo[start:start + CHUNK]
                 s = state[m]
+                m_dev, s_dev = m.to(self.logits.device), s.to(self.logits.device)  # once per chunk, not per batch
                 x = self.images[m.to(self.images.device)]
-                self.logits[m, s] = _predict(self.model, self.prep, x, s.bool().to(x.device), self.amp)
+                self.logits[m_dev, s_dev] = _predict(self.model, self.prep, x, s.bool().to(x.device), self.amp)
                 self.filled[m, s] = True
                 if report:
                     report(min(start + CHUNK, total), total)
@@ -232,13 +251,17 @@ class TeacherPredictions:
         self._write()
         return total
 
-    def get(self, idx: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
-        """The teacher's logits for a batch (`flips`: the batch's own flip draws)."""
-        idx = idx.to(self.logits.device)
-        state = self._state(flips, len(idx))
-        if not bool(self.filled[idx, state].all()):
+    def get(self, idx: torch.Tensor, flips: torch.Tensor | None,
+            on_device: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """The teacher's logits for a batch (`flips`: the batch's own flip draws). `idx`, `flips`: host tensors, for
+        the check against the host flags; `on_device`: the same on the logits' device (slices of the epoch's order),
+        to gather with, so a batch moves no index across (each such move is a blocking sync)."""
+        idx_cpu = _host(idx)  # the training loop passes host tensors: nothing is copied
+        if self.lacking(idx_cpu, self._state(_host(flips), len(idx_cpu))):
             raise RuntimeError("teacher predictions asked for before `fill` ran for this epoch")
-        return self.logits[idx, state]
+        device = self.logits.device
+        dev_idx, dev_flips = on_device if on_device is not None else (idx.to(device), flips)
+        return self.logits[dev_idx, self._state(dev_flips, len(dev_idx), device)]
 
     def _write(self) -> None:
         """Store the predictions with the teacher job. A failure costs only recomputation later: never the run

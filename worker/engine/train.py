@@ -3,7 +3,8 @@
 Pure PyTorch + timm: no web or queue imports. The command line (finetune.py) and the Celery task (tasks.py)
 both call `run()` and watch it through `Callbacks`. Whatever differs by device type (feature store, pinned memory,
 channels_last, autocast dtype) is the run's DevicePolicy (device.py): tests pass one to force a GPU branch on the
-CPU. Numerics are the paper's fp32 (TF32 on GPUs that have it, `tf32`) unless `precision` asks for bf16.
+CPU. Numerics are the paper's fp32 (TF32 on GPUs that have it, `tf32`) unless `precision` asks for bf16 or fp16;
+fp16 trains with a dynamic gradient scaler (`grad_scaler`), whose scale the checkpoint keeps.
 
 The loss is cross-entropy (with label smoothing when set). With `head_l2` (the authors' Keras CNNs: 0.01) the
 training loss adds Keras' L2 penalty on the head's kernels; `train_loss` and `val_loss` stay plain cross-entropy,
@@ -39,7 +40,7 @@ from core.protocol import Phase, epoch_row, progress
 from . import checkpoint
 from . import data as cifar
 from .distill import TeacherError, TeacherPredictions, distillation_loss
-from .device import DevicePolicy, fp32_math, resolve_device  # resolve_device: tasks.py and bench.py import it here
+from .device import DevicePolicy, fp32_math, precision_name, resolve_device  # resolve_device: tasks.py, bench.py
 from .features import FrozenFeatures
 from .model import SingleBlockModel, plan_for
 from .preprocess import Preprocess
@@ -51,6 +52,7 @@ log = logging.getLogger("blocklab.engine")
 
 
 STOP_POLL_S = 0.2  # a `should_stop` callback is asked at most this often (a stop Event is read at every check)
+FP16_INIT_SCALE = 2.0 ** 16  # the gradient scaler's first scale (PyTorch's default); it halves at every overflow
 
 
 @dataclass
@@ -83,9 +85,11 @@ class Paths:
 class Diverged(RuntimeError):
     """The loss stopped being a number: the run ends `failed`, and every earlier epoch is kept."""
 
-    def __init__(self, epoch: int, nonfinite: dict):
+    def __init__(self, epoch: int, nonfinite: dict, precision: str = "fp32"):
+        fp16 = ("; under fp16 an activation beyond float16's range (65,504) does this too: try precision bf16 or "
+                "fp32" if precision == "fp16" else "")
         super().__init__(f"the loss became {next(iter(nonfinite.values()))} at epoch {epoch}; try a lower "
-                         "learning rate")
+                         f"learning rate{fp16}")
         self.epoch, self.nonfinite = epoch, nonfinite
 
 
@@ -227,15 +231,16 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
         features = state.features = FrozenFeatures.setup(cfg, paths, model, prep, policy, amp, train, val, images,
                                                          prints)
         teacher = state.teacher = _setup_teacher(cfg, paths, model, policy, amp, images["train"], train_key)
-        optimizer = make_optimizer(model, cfg)
+        scaler = grad_scaler(amp)
+        optimizer = make_optimizer(model, cfg, fused=scaler.is_enabled())
         scheduler = PlateauLR(optimizer, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
-        progress_ = state.progress = checkpoint.restore(out_dir, cfg, model, optimizer, scheduler)
+        progress_ = state.progress = checkpoint.restore(out_dir, cfg, model, optimizer, scheduler, scaler)
         if progress_.epoch:
             log.info("resuming %s after epoch %d", out_dir, progress_.epoch)
         _write_metrics(out_dir, progress_.history)
         counts = state.counts = model.count_params()
         info = state.info = {
-            **counts, "device": str(device), "precision": "bf16" if amp["enabled"] else "fp32", "tf32": cfg.tf32,
+            **counts, "device": str(device), "precision": precision_name(amp), "tf32": cfg.tf32,
             "channels_last": prep.channels_last, "image_size": prep.image_size, "train_images": len(train),
             "val_images": len(val), "resumed_from_epoch": progress_.epoch, "feature_cache": features.info,
             "teacher": teacher.info if teacher else None, "dataset": cfg.dataset,
@@ -246,15 +251,15 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
             cb.on_info(info)
 
         for epoch in range(progress_.epoch + 1, cfg.epochs + 1):
-            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch, teacher)
+            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch, teacher, scaler)
             _append_metrics(out_dir, row)
             if row["nonfinite"]:  # a diverged epoch is data, but not a state to resume from
                 if cb.on_epoch:
                     cb.on_epoch(row)
-                raise Diverged(epoch, row["nonfinite"])
+                raise Diverged(epoch, row["nonfinite"], info["precision"])
             scheduler.step(row["val_acc"])
             progress_.record(row)
-            checkpoint.save(out_dir, cfg, progress_, model, optimizer, scheduler)
+            checkpoint.save(out_dir, cfg, progress_, model, optimizer, scheduler, scaler)
             log.info("epoch %d/%d: val_acc %.4f val_loss %.4f (%.1f img/s)", epoch, cfg.epochs, row["val_acc"],
                      row["val_loss"], row["images_per_s"])
             if cb.on_epoch:
@@ -294,7 +299,8 @@ def _setup_teacher(cfg: TrainConfig, paths: Paths, model: SingleBlockModel, poli
 
 
 def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, cfg: TrainConfig, amp, epoch: int,
-           watch: _Watch, teacher: TeacherPredictions | None = None) -> dict:
+           watch: _Watch, teacher: TeacherPredictions | None = None,
+           scaler: torch.amp.GradScaler | None = None) -> dict:
     """One epoch, as the protocol's epoch row: the frozen pass for the flip states this epoch uses and the cache
     lacks (part of the epoch's training time, as when it ran batch by batch), the teacher's predictions the same
     way, training, then validation (its frozen pass in the first epoch)."""
@@ -309,7 +315,8 @@ def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, 
     if teacher is not None:
         teacher.fill(flips, watch.check, pass_of("train", what=f"teacher job {teacher.job}"), stop=watch.stop,
                      on_progress=watch.forward)
-    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, watch, perm, flips, teacher)
+    tr = _train_epoch(model, optimizer, features, labels["train"], cfg, amp, epoch, watch, perm, flips, teacher,
+                      scaler)
     synchronize(device)
     train_seconds = time.perf_counter() - t0
     features.fill("val", None, watch.check, pass_of("val"))
@@ -351,9 +358,28 @@ def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None
     return model, Preprocess(image_size, data_cfg["mean"], data_cfg["std"], policy.device, channels_last)
 
 
-def make_optimizer(model: SingleBlockModel, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam on the trainable parameters, with the preset's epsilon (the authors' Keras CNNs: Keras' 1e-7)."""
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
+def make_optimizer(model: SingleBlockModel, cfg: TrainConfig, fused: bool = False) -> torch.optim.Adam:
+    """Adam on the trainable parameters, with the preset's epsilon (the authors' Keras CNNs: Keras' 1e-7).
+
+    `fused` (fp16, where the device has the kernel): one kernel per step that takes the gradient scaler's scale
+    and overflow flag as device tensors; unfused, GradScaler.step reads the flag back to the host every step, a
+    blocking sync per batch (issue 15). Where the device lacks the kernel, plain Adam and that sync."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        except RuntimeError as e:  # a device type without fused Adam kernels
+            log.info("fused Adam not available (%s): the gradient scaler syncs once per step", e)
+    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
+
+
+def grad_scaler(amp: dict) -> torch.amp.GradScaler:
+    """The gradient scaler of a run: on for fp16 only (bf16 has fp32's range and needs none). fp16's 5-bit exponent
+    flushes small gradients to zero; the loss is multiplied by the scale before backward, the gradients divided by
+    it before the step, and a step whose gradients overflowed (inf or NaN) is skipped and the scale halved
+    (doubled again after 2,000 clean steps): the loss of such a batch is still a number and counts as one."""
+    fp16 = bool(amp["enabled"]) and amp["dtype"] is torch.float16
+    return torch.amp.GradScaler(amp["device_type"], init_scale=FP16_INIT_SCALE, enabled=fp16)
 
 
 def _l2_penalty(model: SingleBlockModel, cfg: TrainConfig) -> torch.Tensor:
@@ -365,10 +391,17 @@ def _l2_penalty(model: SingleBlockModel, cfg: TrainConfig) -> torch.Tensor:
 
 
 def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig, amp, epoch, watch: _Watch,
-                 perm: torch.Tensor, flips: torch.Tensor | None, teacher: TeacherPredictions | None = None) -> dict:
+                 perm: torch.Tensor, flips: torch.Tensor | None, teacher: TeacherPredictions | None = None,
+                 scaler: torch.amp.GradScaler | None = None) -> dict:
     """One pass over the training images in the epoch's seeded order: the mean training loss (cross-entropy, or
     with a teacher the distillation loss), accuracy (heads averaged), with an L2 penalty the mean of loss plus
-    penalty (the loss Keras prints), and with a teacher its accuracy and the student's agreement with it."""
+    penalty (the loss Keras prints), and with a teacher its accuracy and the student's agreement with it.
+
+    With fp16's scaler the scaled loss goes backward and `scaler.step` unscales the gradients before Adam uses
+    them (a gradient clip, were there one, would need `scaler.unscale_` first); the recorded loss is the unscaled
+    one, so a step the scaler skips is not a non-finite loss (only a loss that is not a number is)."""
+    if scaler is None:
+        scaler = torch.amp.GradScaler(y.device.type, enabled=False)
     n = len(y)
     order = _EpochOrder(perm, flips, y)
     nb = math.ceil(n / cfg.batch_size)
@@ -387,15 +420,16 @@ def _train_epoch(model, optimizer, features: FrozenFeatures, y, cfg: TrainConfig
                 logits = model.forward_from_features(feats)
                 loss = F.cross_entropy(logits.float(), y_b, label_smoothing=cfg.label_smoothing)
             else:
-                t_logits = teacher.get(*on_device)
+                t_logits = teacher.get(idx, flip, on_device)
                 heads = model.forward_heads(feats)
                 logits = torch.stack(heads).mean(0)  # the student's prediction, as at evaluation
                 loss = distillation_loss(heads, y_b, t_logits, cfg.distillation, cfg.distill_temperature,
                                          cfg.label_smoothing)
         total = loss + _l2_penalty(model, cfg).to(loss.device) if cfg.head_l2 else loss  # the penalty in fp32
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        scaler.scale(total).backward()  # a disabled scaler passes the loss and the step through as they are
+        scaler.step(optimizer)
+        scaler.update()
         loss_sum += loss.detach() * len(idx)
         keras_sum += total.detach() * len(idx)  # Keras' progress bar: the batch-size-weighted mean of its loss
         pred = logits.detach().argmax(1)

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api", tags=["compare"])
 
 
 def _value(job: Job, pub: dict, option: str):
-    """An option's cell: as configured, but precision as it ran (fp32 or bf16; "auto" says nothing), empty while
+    """An option's cell: as configured, but precision as it ran (fp32, bf16 or fp16; "auto" says nothing), empty while
     no worker said for an "auto" job."""
     if option == "precision":
         ran = job_view.ran_precision(job)
