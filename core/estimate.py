@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import catalogue
+from . import catalogue, memory
 
 FLOPS_FILE = Path(__file__).with_name("flops.json")
 
@@ -31,6 +31,17 @@ REFERENCE = {"name": "NVIDIA A100 40GB (fp32, TF32 off)", "gflops": 11_700.0,
              "source": "60% of the 19.5 TFLOP/s FP32 peak on NVIDIA's A100 datasheet (an assumption, not measured "
                        "here)"}
 
+
+# The GPU of a free Colab or Kaggle session (issue 16). NVIDIA's T4 datasheet: 8.1 TFLOP/s peak FP32 (Turing: no
+# TF32, so tf32 changes nothing there), 65 TFLOP/s peak FP16 on tensor cores, no native bf16 (precision bf16 runs
+# emulated, at about fp32's speed at best). Effective rates assumed as for the A100: 60 % of the FP32 peak, and 30 %
+# of the FP16 tensor-core peak (mixed precision keeps norms and softmax in fp32). Its disk: the reads of a
+# memory-mapped feature cache at an assumed 200 MB/s (Colab's persistent disk; the page cache, 12 GB, holds a part).
+T4 = {"name": "NVIDIA T4 (a free Colab or Kaggle GPU)", "fp32_gflops": 4_860.0, "fp16_gflops": 19_500.0,
+      "disk_bytes_per_s": 200e6, "limits": memory.COLAB_T4,
+      "source": "NVIDIA's T4 datasheet (8.1 TFLOP/s FP32, 65 TFLOP/s FP16 tensor cores), at 60 % and 30 % of "
+                "peak; Colab's 12.7 GB RAM, 15 GiB of GPU memory, ~70 GiB disk, 200 MB/s reads (assumptions, not "
+                "measured here)"}
 
 
 @lru_cache(maxsize=1)
@@ -142,3 +153,58 @@ def weights_mb(model: str) -> int:
     """About how big a model's weights file is (fp32 parameters), when the hub has not said."""
     spec = catalogue.get(model)
     return round(spec.total_params * 4 / 2**20) if spec else 0
+
+
+def cache_size(cfg: dict) -> dict | None:
+    """The run's frozen-feature cache as the engine allocates it: {"bytes", "blocks", "per_image"} (every training
+    image in both flip states when hflip is on, validation once); None when the run keeps no cache (feature_cache
+    off, a model without a cache point, every layer training) or at a depth whose cache point flops.json lacks."""
+    model, size = cfg["model"], cfg.get("image_size", 224)
+    if not cfg.get("feature_cache", True) or cfg.get("trainable_blocks", 1) != 1:
+        return None
+    sizes = flops_table().get(model) or {}
+    if not sizes:
+        return None
+    base = min(sizes, key=lambda s: (abs(s - size), -s))
+    entry = sizes[base]
+    if not entry.get("cacheable", True) or "cached_elements" not in entry:
+        return None
+    elements = round(entry["cached_elements"] * (size / base) ** 2)  # tokens or pixels scale with the area
+    n_train, n_val = image_counts(cfg)
+    states, dtype = (2 if cfg.get("hflip", True) else 1), cfg.get("cache_dtype", "float16")
+    blocks = memory.blocks(elements, n_train, n_val, states, dtype)
+    return {"bytes": sum(blocks), "blocks": blocks, "per_image": elements * memory.DTYPE_BYTES[dtype]}
+
+
+def placement(cfg: dict, limits: memory.Limits | None) -> dict | None:
+    """Where the run's features would go under `limits` (a worker's reported ones, or the T4's): {"where",
+    "reason", "bytes"}, where "off" means nowhere fits; None when the run keeps no cache or the limits are unknown."""
+    size = cache_size(cfg)
+    if size is None or limits is None:
+        return None
+    p = memory.place(size["bytes"], limits, size["blocks"])
+    if p is None:
+        return {"where": "off", "label": memory.LABELS["off"], "reason": memory.refusal(size["bytes"], limits),
+                "bytes": size["bytes"]}
+    return {"where": p.where, "label": memory.LABELS[p.where], "reason": p.reason, "bytes": size["bytes"]}
+
+
+def on_t4(cfg: dict) -> dict:
+    """The run on a free T4: its expected seconds (fp16's rate for precision fp16, fp32's otherwise: auto picks
+    fp32 there, bf16 is emulated), where its features go under a Colab session's limits, and what reading them
+    back from disk adds when they go to a memory-mapped file (and the time with the cache off, to compare)."""
+    fp16 = cfg.get("precision") == "fp16"
+    gflops = T4["fp16_gflops"] if fp16 else T4["fp32_gflops"]
+    place = placement(cfg, T4["limits"])
+    secs = seconds(cfg, gflops)["total_s"]
+    disk_s = uncached_s = None
+    if place and place["where"] == "off":
+        secs = seconds({**cfg, "feature_cache": False}, gflops)["total_s"]
+    elif place and place["where"] == "disk":
+        n_train, n_val = image_counts(cfg)
+        per_epoch = cache_size(cfg)["per_image"] * (n_train + n_val)
+        disk_s = round(int(cfg.get("epochs", 20)) * per_epoch / T4["disk_bytes_per_s"], 1)
+        secs = round(secs + disk_s, 1)
+        uncached_s = seconds({**cfg, "feature_cache": False}, gflops)["total_s"]
+    return {"seconds": secs, "precision": "fp16" if fp16 else "fp32", "gflops": gflops, "placement": place,
+            "disk_read_s": disk_s, "uncached_s": uncached_s}

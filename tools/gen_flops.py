@@ -1,5 +1,6 @@
 """Writes core/flops.json: GFLOPs per image of every catalogue model's frozen part and of its trainable block and
-head, at the sizes plans use (224, the paper's; 112, the dry run's), forward only.
+head, at the sizes plans use (224, the paper's; 112, the dry run's), forward only; and how many values per image
+the frozen-feature cache holds (`cached_elements`, the block input's size: core/memory.py sizes caches with it).
 
     .venv/bin/python -m tools.gen_flops          # rewrite the file (about a minute on a CPU)
 
@@ -42,7 +43,7 @@ def measure(model_id: str, image_size: int) -> dict:
         with FlopCounterMode(display=False) as block:
             m.forward_from_features(feats)
     return {"frozen": round(frozen.get_total_flops() / 1e9, 6), "block": round(block.get_total_flops() / 1e9, 6),
-            "cacheable": True}
+            "cacheable": True, "cached_elements": sum(f[0].numel() for f in feats)}
 
 
 def main() -> int:

@@ -72,11 +72,30 @@ function itemRow(item, refName) {
       el("div", { class: "hint", text: item.model }), el("div", { class: "hint run-summary", text: runSummary(item.config) }),
       el("div", { class: "hint card-summary", text: cardSummary(item.card) }),
       more,
+      memoryLine(item.memory),
       item.blocked ? el("div", { class: "error-text block-reason", text: `Blocked: ${item.block_reason || "cannot run"}` }) : ""),
     el("td", { class: "est-this", text: duration(est.this_device_s) }),
     el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null }),
+    el("td", { class: "est-t4", text: duration(est.t4_s), title: t4Detail(est.t4) }),
     preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights"),
     preflightCell(item.preflight && item.preflight.data, DATA, "training-data"));
+}
+
+// Where the run's frozen features go on this worker (core.memory's rules on the limits it reported).
+function memoryLine(mem) {
+  if (!mem) return "";
+  const here = mem.this_worker;
+  const text = here ? `Frozen features on this worker: ${here.label}: ${here.reason}`
+                    : mem.message || "Frozen features: this worker has not reported its memory yet";
+  return el("div", { class: "hint plan-memory", text });
+}
+
+// The free-T4 estimate, in words: its precision, and where the features go in a Colab session.
+function t4Detail(t4) {
+  if (!t4) return null;
+  const place = t4.placement ? ` Features: ${t4.placement.reason}.` : "";
+  const disk = t4.disk_read_s ? ` Of it ${duration(t4.disk_read_s)} reading them back from disk; with the cache off ${duration(t4.uncached_s)}.` : "";
+  return `on a free T4, ${t4.precision}.${place}${disk}`;
 }
 
 function workerLine(plan) {
@@ -103,7 +122,8 @@ export function confirmPlan(container, plan, { title, what, signal }) {
     const choice = (value, label, detail, checked) => el("label", { class: "plan-choice" },
       el("input", { type: "radio", name: "plan-mode", value, checked, id: `plan-mode-${value}` }),
       el("span", {}, el("strong", { text: label }), el("span", { class: "hint", text: detail })));
-    const full = plan ? `${duration(plan.total_this_device_s)} on this worker · ${duration(plan.total_reference_s)} on ${refName}` : "no estimate";
+    const full = plan ? `${duration(plan.total_this_device_s)} on this worker · ${duration(plan.total_reference_s)} on ${refName}` +
+                        (plan.total_t4_s != null ? ` · ${duration(plan.total_t4_s)} on a free T4` : "") : "no estimate";
     const dryText = dry ? `${changes}: ${duration(dry.total_this_device_s)} on this worker · ${duration(dry.total_reference_s)} on ${refName}. Marked "dry run" everywhere, never taken for a paper result.`
                         : `${changes}. Marked "dry run" everywhere, never taken for a paper result.`;
     const confirm = el("button", { type: "button", id: "plan-confirm", text: `Queue ${what}` });
@@ -112,7 +132,7 @@ export function confirmPlan(container, plan, { title, what, signal }) {
       el("h2", { id: "plan-title", text: title }),
       plan ? workerLine(plan) : el("p", { class: "warn", id: "plan-missing", text: "This server gives no plan (no POST /api/plan): no time estimate or weights check before queueing." }),
       plan ? el("div", { class: "plan-table-wrap" }, el("table", { id: "plan-items" },
-        el("thead", {}, el("tr", {}, ["Model: what runs", "This worker", `Reference (${refName})`, "Weights", "Data"]
+        el("thead", {}, el("tr", {}, ["Model: what runs", "This worker", `Reference (${refName})`, "Free T4 (Colab)", "Weights", "Data"]
           .map((h) => el("th", { text: h })))),
         el("tbody", {}, items.map((i) => itemRow(i, refName))))) : "",
       plan ? el("p", { id: "plan-total" }, el("strong", { text: "Total, full run: " }), full) : "",

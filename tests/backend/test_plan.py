@@ -165,3 +165,44 @@ def test_an_empty_plan_is_refused(plan_api):
 def test_reproduce_must_be_a_real_boolean(api):
     r = api.post("/api/plan", json={"reproduce": "yes"})
     assert r.status_code == 422 and "reproduce" in r.text
+
+
+GiB = 2**30
+COLAB = {"host_available": 12 * GiB, "device_free": 15 * GiB, "disk_free": 70 * GiB, "pinned": True,
+         "cache_dir": "/content/blocklab-home/cache/features", "device_total": 16 * GiB}
+
+
+def test_a_worker_with_a_free_t4s_limits_gets_deit_b_on_disk_and_the_plan_says_so(plan_api):
+    """Issue 16: the plan places each run's features with core.memory on the limits the worker reported (Colab:
+    12 GB RAM, a 16 GB T4): DeiT-B's 31 GiB go to a memory-mapped file, a small model's to the GPU; every item has
+    a free T4's time, with the disk reads a memory-mapped cache adds there."""
+    _send(_report(device="cuda:0 (Tesla T4)", limits=COLAB))
+    body = {"configs": [{"model": "deit_base_distilled_patch16_224"},
+                        {"model": "deit_tiny_patch16_224", "image_size": 112, "train_per_class": 100,
+                         "val_limit": 1000}]}
+    p = plan_api.post("/api/plan", json=body).json()
+    big, small = p["items"]
+    assert big["memory"]["this_worker"]["where"] == "disk"
+    assert "memory-mapped file under /content/blocklab-home" in big["memory"]["this_worker"]["reason"]
+    assert big["memory"]["bytes"] / GiB == pytest.approx(31.16, abs=0.01)
+    assert small["memory"]["this_worker"]["where"] == "device"
+    t4 = big["estimate"]["t4"]
+    assert t4["precision"] == "fp32" and t4["placement"]["where"] == "disk" and t4["disk_read_s"] > 0
+    assert big["estimate"]["t4_s"] == pytest.approx(t4["seconds"]) and t4["uncached_s"] > 0
+    assert p["total_t4_s"] == pytest.approx(big["estimate"]["t4_s"] + small["estimate"]["t4_s"], abs=0.2)
+    fp16 = plan_api.post("/api/plan", json={"configs": [{"model": "deit_base_distilled_patch16_224",
+                                                         "precision": "fp16"}]}).json()["items"][0]
+    assert fp16["estimate"]["t4"]["precision"] == "fp16" and fp16["estimate"]["t4_s"] < t4["seconds"]
+    # A small disk: the cache is off on this worker, and the reason names the limits.
+    _send(_report(device="cuda:0 (Tesla T4)", limits={**COLAB, "disk_free": 20 * GiB}))
+    off = plan_api.post("/api/plan", json=body).json()["items"][0]["memory"]["this_worker"]
+    assert off["where"] == "off" and "20.0 GiB free disk" in off["reason"]
+
+
+def test_without_reported_limits_the_placement_is_unknown_and_no_cache_says_so(plan_api):
+    _send(_report())
+    p = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224"},
+                                                     {"model": "deit_tiny_patch16_224", "feature_cache": False}]})
+    a, b = p.json()["items"]
+    assert a["memory"]["this_worker"] is None and a["memory"]["bytes"] > 0
+    assert b["memory"]["bytes"] is None and "no frozen-feature cache" in b["memory"]["message"]

@@ -122,3 +122,24 @@ def test_a_download_is_announced_and_the_dialog_fits_800px(make_lab, page):
     page.click("#plan-cancel")
     assert lab.client.get("/api/experiments").json() == []
     assert not page.errors
+
+
+def test_the_plan_shows_a_free_t4s_time_and_where_the_features_would_go(make_lab, page):
+    """Issue 16: each row has the time on a free T4 (Colab), its detail naming the precision and, for DeiT-B's
+    31 GiB of features, the memory-mapped file a 12 GB session needs and what reading it back costs; each row also
+    says where its features go on this worker (not yet known: no worker has reported)."""
+    lab = make_lab()
+    page.goto(lab.url + "/#/new")
+    page.click("#reproduce")
+    page.wait_for_selector("#plan-dialog[open] #plan-items tbody tr >> nth=9")
+    assert "Free T4 (Colab)" in page.text_content("#plan-items thead")
+    t4 = page.eval_on_selector_all("#plan-items tbody tr", """rows => rows.map(r => ({model: r.dataset.model,
+        text: r.querySelector('.est-t4').textContent, title: r.querySelector('.est-t4').title,
+        memory: (r.querySelector('.plan-memory') || {}).textContent}))""")
+    assert all(r["text"] not in ("", "unknown") for r in t4), t4
+    deit = next(r for r in t4 if r["model"] == "deit_base_distilled_patch16_224")
+    assert "fp32" in deit["title"] and "memory-mapped file" in deit["title"] and "reading them back" in deit["title"]
+    assert all("has not reported" in (r["memory"] or "") for r in t4), t4
+    assert "on a free T4" in page.text_content("#plan-total")
+    shot(page, "plan-t4")
+    assert not page.errors

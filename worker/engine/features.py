@@ -30,11 +30,13 @@ import secrets
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core import memory
+from core.memory import Placement, pinned_bytes  # noqa: F401 - the stores' placement; pinned sizes (tests, bench)
 
 from .device import DevicePolicy
 from .weights import fingerprint
@@ -52,12 +54,6 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 def cache_key(**parts) -> str:
     blob = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-@dataclass
-class Placement:
-    where: str  # "device" | "memory" | "disk"
-    reason: str
 
 
 MEMINFO = Path("/proc/meminfo")
@@ -162,33 +158,26 @@ def device_free_bytes(policy: DevicePolicy) -> int:
     return free + _cuda_cached_unused(policy.device)
 
 
-def pinned_bytes(nbytes: int) -> int:
-    """What pinning `nbytes` takes: PyTorch's caching host allocator rounds every block up to a power of two
-    (issue 15: NFNet-F6's 61.7 GiB of features would pin 72 GiB)."""
-    return 1 << max(int(nbytes) - 1, 0).bit_length() if nbytes > 0 else 0
+def machine_limits(policy: DevicePolicy, cache_dir: Path | None) -> memory.Limits:
+    """The limits this process runs under, as core.memory decides with them: the device's free memory (PyTorch's
+    cached blocks included), the host memory it may use (cgroup-aware), the free disk at the cache folder."""
+    disk = None
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            disk = shutil.disk_usage(cache_dir).free
+        except OSError:
+            disk = None  # an unusable cache folder: no disk placement
+    return memory.Limits(host_available=_host_available_bytes(),
+                         device_free=device_free_bytes(policy) if policy.device_free_bytes is not None else None,
+                         disk_free=disk, pinned=policy.pin_memory, cache_dir=str(cache_dir) if cache_dir else None)
 
 
 def choose_placement(nbytes: int, policy: DevicePolicy, cache_dir: Path | None,
                      blocks: list[int] | None = None) -> Placement | None:
-    """Where `nbytes` of features fit, leaving room for training; None when nowhere. `blocks`: the sizes of the
-    separate allocations (one per split and cached tensor); pinned host memory costs each rounded up."""
-    if policy.device_free_bytes is not None:
-        free = device_free_bytes(policy)
-        if nbytes < 0.6 * free - (2 << 30):
-            return Placement("device", f"{nbytes / 2**30:.2f} GiB fit in {free / 2**30:.1f} GiB free memory on "
-                             f"{policy.device}")
-    host = _host_available_bytes()
-    cost = sum(pinned_bytes(b) for b in (blocks or [nbytes])) if policy.pin_memory else nbytes
-    if cost < 0.6 * host:
-        pinned = f", pinned ({cost / 2**30:.2f} GiB as the allocator rounds)" if policy.pin_memory else ""
-        return Placement("memory", f"{nbytes / 2**30:.2f} GiB fit in {host / 2**30:.1f} GiB available host "
-                         f"memory{pinned}")
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        disk = shutil.disk_usage(cache_dir).free
-        if nbytes < 0.9 * disk:
-            return Placement("disk", f"{nbytes / 2**30:.2f} GiB memory-mapped under {cache_dir}")
-    return None
+    """Where `nbytes` of features fit, leaving room for training; None when nowhere (core.memory.place's rules,
+    on this machine's limits). `blocks`: the sizes of the separate allocations (one per split)."""
+    return memory.place(nbytes, machine_limits(policy, cache_dir), blocks)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -407,6 +396,11 @@ class CacheDir:
             log.info("feature cache: %.2f GiB exceeds the cache cap; not kept for later jobs", need / 2**30)
             return None
         self.evict(keep_free=need)
+        free = shutil.disk_usage(self.root).free
+        if need > 0.9 * free:  # a copy that would fill the disk: the run keeps going, its features are not kept
+            log.warning("feature cache: %.2f GiB not kept for later jobs: %.1f GiB free disk under %s", need / 2**30,
+                        free / 2**30, self.root)
+            return None
         tmp = self.scratch(key, "saving")
         try:
             for name, s in stores.items():
@@ -529,13 +523,14 @@ class FrozenFeatures:
         root = Path(paths.cache_dir) if paths.cache_dir else None
         placement = choose_placement(need, policy, root, blocks)
         if placement is None:
-            reason = f"{need / 2**30:.1f} GiB of features fit neither in memory nor on disk"
+            reason = memory.refusal(need, machine_limits(policy, root))
             log.warning("feature cache off: %s", reason)
             return off(reason)
         key = cache_key(model=cfg.model, split=model.plan.unfreeze_from, cache_at=model.cache_at or "heads",
                         trainable_blocks=model.trainable_blocks,
                         frozen=fingerprint(model.frozen_state()), train=data_keys["train"], val=data_keys["val"],
-                        states=states, size=prep.image_size, dtype=cfg.cache_dtype, bf16=amp["enabled"],
+                        states=states, size=prep.image_size, dtype=cfg.cache_dtype,
+                        autocast=str(amp["dtype"]).removeprefix("torch.") if amp["enabled"] else "off",
                         tf32=cfg.tf32, mean=prep.mean.flatten().tolist(), std=prep.std.flatten().tolist())
         cdir = CacheDir(root, paths.cache_cap_bytes) if root else None
         if cdir:

@@ -9,6 +9,8 @@ the events queue (job id 0: it speaks for no job) with
 - for every catalogue model whether its pretrained weights are here: in the hub cache the engine loads from
   (`<weights_dir>/hub`, Hugging Face's layout, the catalogue's pinned tag) and as a local file
   (`<weights_dir>/<model>.safetensors|.pth`, what weights=local loads), with their size;
+- the limits a frozen-feature cache meets here (host memory, GPU memory, free disk at the cache folder), read as
+  the engine reads them (worker.engine.features.machine_limits): the plan places each run's features with them;
 - whether CIFAR-10 is in the data dir (what worker.engine.data.locate accepts), whether the worker may download it
   (settings.allow_download) and whether the hub and the dataset's host are reachable at all.
 
@@ -58,6 +60,22 @@ def data_present(data_dir: Path, dataset: str = "cifar10") -> bool:
     """What worker.engine.data.locate accepts without downloading: the dataset's folder or its official archive."""
     from worker.engine.data import present
     return present(data_dir, dataset)
+
+
+def limits(device: str, cache_dir: Path) -> dict:
+    """What this worker offers a frozen-feature cache (core.memory.Limits' fields, in bytes), read as the engine
+    reads them when it places a run's features: host memory (cgroup-aware), the GPU's free memory, free disk at
+    the cache folder. The plan decides each run's placement from it."""
+    import dataclasses
+
+    import torch
+
+    from worker.engine.device import DevicePolicy
+    from worker.engine.features import machine_limits
+    policy = DevicePolicy.for_device(torch.device(device))
+    out = dataclasses.asdict(machine_limits(policy, cache_dir))
+    out["device_total"] = torch.cuda.mem_get_info(policy.device)[1] if policy.device.type == "cuda" else None
+    return out
 
 
 def reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
@@ -147,7 +165,15 @@ class Reporter:
                 "data_dir": str(s.data_path), "data_present": data_present(s.data_path),
                 "datasets_present": {d: data_present(s.data_path, d) for d in catalogue.DATASETS},
                 "allow_download": s.allow_download, "data_host_reachable": data_ok,
+                "limits": self._limits(),
                 "interval_s": s.worker_report_s}
+
+    def _limits(self) -> dict | None:
+        try:
+            return limits(self.device, self.settings.cache_path)
+        except Exception:  # noqa: BLE001 - advice only: a plan without limits says the placement is unknown
+            log.exception("reading this worker's memory limits failed")
+            return None
 
     def send(self) -> None:
         with self.lock:

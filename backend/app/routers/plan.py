@@ -1,7 +1,8 @@
 """POST /api/plan: what a set of runs will cost and whether they can run, before anything is queued.
 
 Per run: its effective config and method card, the estimated time on the lab's worker (core.estimate, with the
-throughput the worker measured on its own device) and on a reference GPU, and a preflight from the worker's
+throughput the worker measured on its own device), on a reference GPU and on a free T4 (Colab, Kaggle), where its
+frozen features will go (core.memory, on the limits the worker reported and on a Colab session's), and a preflight from the worker's
 self-report (backend/app/workers.py): are the weights and the data there, will they download (about how much), or
 are they missing with downloads impossible, which blocks the run and says how to fix it in the web's terms. The
 same runs as a labelled dry run (core.config.DRY_RUN) are totalled beside them. GET /api/workers lists the reports.
@@ -14,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, StrictBool, model_validator
 
-from core import catalogue, estimate
+from core import catalogue, estimate, memory
 from core.config import DRY_RUN, TrainConfig, dry_run, method_card
 from core.settings import get_settings
 
@@ -101,17 +102,40 @@ def _dry(cfg: dict) -> dict:
     return dry_run(cfg)
 
 
+def _limits(rep: dict | None) -> memory.Limits | None:
+    """The worker's reported limits (worker/queue/report.py), as core.memory reads them; None when unknown."""
+    raw = (rep or {}).get("limits")
+    if not isinstance(raw, dict) or not isinstance(raw.get("host_available"), int):
+        return None
+    try:
+        return memory.Limits(**{k: raw.get(k) for k in ("host_available", "device_free", "disk_free", "pinned",
+                                                          "cache_dir")})
+    except TypeError:
+        return None
+
+
+def _memory(cfg: dict, rep: dict | None, t4: dict) -> dict:
+    """Where the run's frozen features go: on this worker (its limits, core.memory's rules, as the engine will
+    decide) and on a free T4; None for a run that keeps no cache."""
+    here = estimate.placement(cfg, _limits(rep))
+    size = estimate.cache_size(cfg)
+    return {"bytes": size["bytes"] if size else None, "this_worker": here, "t4": t4["placement"],
+            "message": None if size else "no frozen-feature cache for this run (off, no cache point, or this depth)"}
+
+
 def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     spec = catalogue.get(cfg["model"])
     # A job of this model at this size has run here: its own speed beats the calibration's.
     measured = (rep or {}).get("measured", {}).get(f"{cfg['model']}@{cfg.get('image_size')}")
     est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))
     est["measured"] = measured is not None
+    t4 = estimate.on_t4(cfg)
+    est["t4_s"], est["t4"] = t4["seconds"], t4
     pre = {"weights": _weights(cfg, rep), "data": _data(rep, cfg.get("dataset", "cifar10"))}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
     return {"model": cfg["model"], "paper_name": spec.paper_name, "config": cfg,
-            "card": method_card(TrainConfig(**cfg)), "estimate": est, "preflight": pre,
+            "card": method_card(TrainConfig(**cfg)), "estimate": est, "preflight": pre, "memory": _memory(cfg, rep, t4),
             "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None, "long": secs > long_s}
 
 
@@ -134,6 +158,7 @@ def plan(body: PlanRequest):
     dry = [estimate.estimate(_dry(c), (rep or {}).get("gflops")) for c in configs]
     here = _total(i["estimate"]["this_device_s"] for i in items)
     ref = _total(i["estimate"]["reference_s"] for i in items)
+    t4 = _total(i["estimate"]["t4_s"] for i in items)
     worker = None if rep is None else {
         "name": rep["name"], "device": rep.get("device"), "gflops": rep.get("gflops"),
         "reported_at": _iso(rep["reported_at"]), "stale": workers.is_stale(rep),
@@ -141,6 +166,7 @@ def plan(body: PlanRequest):
         "allow_download": rep.get("allow_download"), "hub_reachable": rep.get("hub_reachable"),
         "hub_offline": rep.get("hub_offline"), "workers": len(workers.all_reports())}
     return {"worker": worker, "reference": dict(estimate.REFERENCE), "items": items,
+            "t4": {k: v for k, v in estimate.T4.items() if k != "limits"}, "total_t4_s": t4,
             "total_this_device_s": here, "total_reference_s": ref,
             "long": (here if here is not None else ref) > s.plan_long_s, "long_threshold_s": s.plan_long_s,
             "blocked": any(i["blocked"] for i in items), "dry_run_applied": body.dry_run,
