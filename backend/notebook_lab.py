@@ -1,0 +1,189 @@
+"""The lab as a background process of a notebook kernel (Colab, Kaggle, Jupyter): `start()`, `show()`, `stop()`.
+
+`make run` in a notebook: the same supervisor (backend/launch.py: the backend and one Celery worker on embedded
+defaults, SQLite for the database and the broker), started as a child of the kernel in a session of its own, so
+the notebook's stop button (SIGINT to the kernel) never reaches it. It lives while the kernel does: `stop()` ends
+it (SIGTERM to its process group, then SIGKILL after launch's grace), and so does the kernel's exit (atexit, and
+the launcher's children die with it: PR_SET_PDEATHSIG).
+
+Where the notebook runs decides how its user reaches the page:
+- Colab proxies a kernel port to the browser (`google.colab.output.serve_kernel_port_as_iframe`, and
+  `google.colab.kernel.proxyPort` for a link of its own tab). The page is https on a per-session name under
+  Colab's domains while the lab listens on plain http: those domains go into BLOCKLAB_ALLOWED_HOSTS and
+  BLOCKLAB_TRUSTED_ORIGINS for this lab only (backend/app/security.py). Nothing else is opened: the lab still
+  listens on loopback.
+- Kaggle notebooks have no port proxy: the lab runs (its API answers in the kernel) and `show()` says to use the
+  cells' own entry point, worker/notebook.py, for charts.
+- Elsewhere (a local Jupyter) the page is on http://127.0.0.1:<port>, in an iframe and as a link.
+Torch-free, like the rest of the backend: it starts processes and asks the health endpoint.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from backend.launch import _die_with_parent
+
+# Colab serves proxied kernel ports under these names (a name per session and port).
+COLAB_DOMAINS = ("*.prod.colab.dev", "*.colab.googleusercontent.com", "*.colab.dev")
+STOP_GRACE_S = 15.0  # launch.py gives its children 8 s after SIGTERM: this covers it with room to spare
+
+
+def platform() -> str:
+    """"colab", "kaggle" or "local": which notebook platform this kernel runs on."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"):
+        return "kaggle"
+    return "local"
+
+
+def free_port(preferred: int = 8000) -> int:
+    """`preferred` when nothing listens there on loopback, else a free port the system picks."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+class NotebookLab:
+    """One lab started from a notebook. `home`: its state folder (database, runs, data, weights, caches)."""
+
+    def __init__(self, home: str | Path = "blocklab-home", port: int = 8000, env: dict | None = None,
+                 where: str | None = None):
+        self.home = Path(home).resolve()
+        self.port = free_port(port)
+        self.where = where or platform()
+        self.extra_env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.log = self.home / "lab.log"
+
+    @property
+    def url(self) -> str:
+        """Where the kernel reaches the lab (the browser may need the platform's proxy: `show()`)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict:
+        """The lab's settings: the kernel's BLOCKLAB_* ones (a data folder set in a cell), this home and port, and
+        on Colab its proxy's names."""
+        env = dict(os.environ)
+        env.update({"BLOCKLAB_HOME": str(self.home), "BLOCKLAB_PORT": str(self.port), "PYTHONUNBUFFERED": "1"})
+        here = str(Path(__file__).resolve().parents[1])  # the checkout, when BlockLab runs without installing
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+        if self.where == "colab":
+            env["BLOCKLAB_ALLOWED_HOSTS"] = json.dumps(list(COLAB_DOMAINS))
+            env["BLOCKLAB_TRUSTED_ORIGINS"] = json.dumps([f"https://{d}" for d in COLAB_DOMAINS])
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> "NotebookLab":
+        """Start the supervisor and wait until the backend answers /api/health (the first start migrates the
+        database; a worker joins within its own start-up). Raises RuntimeError with the log's end on failure."""
+        if self.running:
+            return self
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "backend.launch"], env=self.environment(),
+                                         stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True,
+                                         preexec_fn=_die_with_parent)  # a killed kernel takes the lab with it
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout_s
+        while not self._healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the lab exited ({self.proc.returncode}) before it answered; its log "
+                                   f"({self.log}) ends:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the lab did not answer {self.url}/api/health within {timeout_s:.0f} s; its "
+                                   f"log ({self.log}) ends:\n{self.log_tail()}")
+            time.sleep(0.5)  # polling the health endpoint: the event we wait for is another process's socket
+        return self
+
+    def wait_for_worker(self, timeout_s: float = 180.0) -> dict:
+        """The worker's first self-report (its device, measured throughput, weights and data), once it has
+        started and calibrated: what the plan's estimates rest on. Raises RuntimeError if none comes in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"the lab is not running; its log ({self.log}) ends:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/workers", timeout=5) as r:
+                    reports = json.load(r)
+            except (OSError, ValueError):
+                reports = []
+            if reports:
+                return reports[0]
+            time.sleep(0.5)  # the report arrives through the backend: polling its API is how a client sees it
+        raise RuntimeError(f"no worker reported within {timeout_s:.0f} s; the lab's log ({self.log}) ends:\n"
+                           f"{self.log_tail()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def show(self, height: int = 800):
+        """Show the web UI in the cell's output, the way the platform allows; returns the browser's address (or
+        None where there is none)."""
+        from IPython.display import HTML, IFrame, display
+        if self.where == "colab":
+            from google.colab import output  # type: ignore[import-not-found]
+            output.serve_kernel_port_as_iframe(self.port, height=height)
+            link = output.eval_js(f"google.colab.kernel.proxyPort({self.port})")
+            display(HTML(f'<p>The lab in a tab of its own: <a href="{link}" target="_blank">{link}</a> (valid '
+                         "while this notebook is open)</p>"))
+            return link
+        if self.where == "kaggle":
+            display(HTML("<p>Kaggle notebooks have no port proxy: the lab runs in this kernel (its API answers on "
+                         f"{self.url}), but its page cannot reach your browser. Use the cells' entry point "
+                         "(<code>worker.notebook.run</code>) for live charts.</p>"))
+            return None
+        display(IFrame(self.url, width="100%", height=height))
+        display(HTML(f'<p>The lab: <a href="{self.url}" target="_blank">{self.url}</a></p>'))
+        return self.url
+
+    def stop(self) -> int | None:
+        """Stop the lab (a job in progress resumes from its last checkpoint on the next start); its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        atexit.unregister(self.stop)
+        return self.proc.returncode
+
+
+def start(home: str | Path = "blocklab-home", port: int = 8000, **env: str) -> NotebookLab:
+    """Start a lab in the background of this kernel (settings as BLOCKLAB_* keyword arguments) and wait for it."""
+    return NotebookLab(home, port, env).start()
