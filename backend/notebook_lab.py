@@ -33,7 +33,9 @@ from pathlib import Path
 from backend.launch import _die_with_parent
 
 # Colab serves proxied kernel ports under these names (a name per session and port).
-COLAB_DOMAINS = ("*.prod.colab.dev", "*.colab.googleusercontent.com", "*.colab.dev")
+COLAB_DOMAINS = ("*.colab.dev", "*.colab.googleusercontent.com")  # *.colab.dev covers *.prod.colab.dev
+# The pages that frame a kernel port: Colab's notebook and its output frames.
+COLAB_FRAMES = ("colab.research.google.com", "*.googleusercontent.com", "*.colab.dev")
 STOP_GRACE_S = 15.0  # launch.py gives its children 8 s after SIGTERM: this covers it with room to spare
 
 
@@ -67,7 +69,8 @@ class NotebookLab:
         self.port = free_port(port)
         self.where = where or platform()
         self.extra_env = dict(env or {})
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None  # the supervisor this object started
+        self.pid: int | None = None  # the supervisor's pid (and process group): started here or attached to
         self.log = self.home / "lab.log"
 
     @property
@@ -85,13 +88,36 @@ class NotebookLab:
         if self.where == "colab":
             env["BLOCKLAB_ALLOWED_HOSTS"] = json.dumps(list(COLAB_DOMAINS))
             env["BLOCKLAB_TRUSTED_ORIGINS"] = json.dumps([f"https://{d}" for d in COLAB_DOMAINS])
+            env["BLOCKLAB_FRAME_ANCESTORS"] = json.dumps([f"https://{d}" for d in COLAB_FRAMES])
+        elif self.where == "local":  # a local Jupyter's page frames the lab from another loopback port
+            env["BLOCKLAB_FRAME_ANCESTORS"] = json.dumps(["http://localhost:*", "http://127.0.0.1:*"])
         env.update(self.extra_env)
         return env
 
+    @property
+    def state_file(self) -> Path:
+        return self.home / "notebook-lab.json"  # the lab this home has: one per home, whatever cell started it
+
+    def _recorded(self) -> tuple[int, int] | None:
+        """(pid, port) of a lab already running on this home and answering (a cell run twice, a lost handle)."""
+        try:
+            rec = json.loads(self.state_file.read_text())
+            pid, port = int(rec["pid"]), int(rec["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (pid, port) if _alive(pid) and self._healthy(port) else None
+
     def start(self, timeout_s: float = 180.0) -> "NotebookLab":
         """Start the supervisor and wait until the backend answers /api/health (the first start migrates the
-        database; a worker joins within its own start-up). Raises RuntimeError with the log's end on failure."""
+        database; a worker joins within its own start-up); or attach to the lab this home already runs, so a cell
+        run twice never starts a second one on the same database and GPU. Raises RuntimeError with the log's end
+        on failure; an interrupted start stops what it started."""
         if self.running:
+            return self
+        found = self._recorded()
+        if found:
+            self.pid, self.port = found
+            atexit.register(self.stop)
             return self
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
@@ -99,17 +125,22 @@ class NotebookLab:
                                          stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True,
                                          preexec_fn=_die_with_parent)  # a killed kernel takes the lab with it
+        self.pid = self.proc.pid
+        self.state_file.write_text(json.dumps({"pid": self.pid, "port": self.port}))
         atexit.register(self.stop)
-        deadline = time.monotonic() + timeout_s
-        while not self._healthy():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the lab exited ({self.proc.returncode}) before it answered; its log "
-                                   f"({self.log}) ends:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the lab did not answer {self.url}/api/health within {timeout_s:.0f} s; its "
-                                   f"log ({self.log}) ends:\n{self.log_tail()}")
-            time.sleep(0.5)  # polling the health endpoint: the event we wait for is another process's socket
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not self._healthy():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the lab exited ({self.proc.returncode}) before it answered; its log "
+                                       f"({self.log}) ends:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the lab did not answer {self.url}/api/health within {timeout_s:.0f} s; "
+                                       f"its log ({self.log}) ends:\n{self.log_tail()}")
+                time.sleep(0.5)  # polling the health endpoint: the event we wait for is another process's socket
+        except BaseException:  # a failure, or the stop button during the wait: no lab left without a handle
+            self.stop()
+            raise
         return self
 
     def wait_for_worker(self, timeout_s: float = 180.0) -> dict:
@@ -130,16 +161,18 @@ class NotebookLab:
         raise RuntimeError(f"no worker reported within {timeout_s:.0f} s; the lab's log ({self.log}) ends:\n"
                            f"{self.log_tail()}")
 
-    def _healthy(self) -> bool:
+    def _healthy(self, port: int | None = None) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}/api/health", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and _alive(self.pid)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -168,20 +201,57 @@ class NotebookLab:
         return self.url
 
     def stop(self) -> int | None:
-        """Stop the lab (a job in progress resumes from its last checkpoint on the next start); its exit code."""
-        if self.proc is None:
+        """Stop the lab (a job in progress resumes from its last checkpoint on the next start); its exit code
+        (None for a lab this object attached to: another handle started it)."""
+        if self.pid is None:
             return None
-        if self.proc.poll() is None:
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if not _wait_gone(self, STOP_GRACE_S):
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            _wait_gone(self, 5)
         atexit.unregister(self.stop)
-        return self.proc.returncode
+        try:
+            if json.loads(self.state_file.read_text()).get("pid") == self.pid:
+                self.state_file.unlink()
+        except (OSError, ValueError):
+            pass
+        return self.proc.returncode if self.proc is not None else None
+
+
+def _alive(pid: int) -> bool:
+    """Is `pid` running (a zombie, exited but not yet reaped by the handle that started it, is not)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_gone(lab: NotebookLab, timeout_s: float) -> bool:
+    """Wait for the supervisor to exit (reaped when we started it); True when it has."""
+    if lab.proc is not None:
+        try:
+            lab.proc.wait(timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout_s
+    while _alive(lab.pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)  # not our child: nothing to wait on but its pid
+    return True
 
 
 def start(home: str | Path = "blocklab-home", port: int = 8000, **env: str) -> NotebookLab:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     # Origins besides the lab's own whose pages may change its state ("https://*.example.org" for every name under
     # it): a port proxy that serves the lab over https while it listens on plain http, whatever Host it forwards.
     trusted_origins: list[str] = Field(default_factory=list)
+    # Pages besides the lab's own that may show it in a frame (CSP frame-ancestors sources): a notebook's output.
+    frame_ancestors: list[str] = Field(default_factory=list)
     port: int = 8000
     device: str = "auto"  # for workers: auto | cpu | cuda[:N]
     token: str | None = None  # when set, every state-changing request needs it

@@ -44,14 +44,17 @@ if PLATFORM in ("colab", "kaggle"):
     # extra: it pins the torch build of the lab's own machines, and the platform's torch matches its GPU driver.
     # (Kaggle: turn Internet on in the notebook's settings first.)
     CHECKOUT = Path("blocklab")
-    if not CHECKOUT.exists():
-        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(CHECKOUT)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(CHECKOUT), "timm", "safetensors", "tqdm"],
-                   check=True)
+    if not CHECKOUT.exists():  # no credentials prompt: a wrong REPO fails at once
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "main", REPO, str(CHECKOUT)], check=True,
+                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(CHECKOUT), "timm>=1.0.20",
+                    "safetensors>=0.4", "tqdm>=4.66"], check=True)  # the [worker] extra's floors
     sys.path.insert(0, str(CHECKOUT.resolve()))  # this kernel started before the install
 elif Path("../backend").is_dir() and "backend" not in sys.modules:
     sys.path.insert(0, str(Path("..").resolve()))  # a local Jupyter opened in notebooks/ of a checkout
 os.environ["BLOCKLAB_HOME"] = str(Path(HOME).resolve())  # the lab and run() below share data, weights, caches
+if PLATFORM == "kaggle":  # /kaggle/working keeps only ~20 GB of output: frozen-feature caches go to scratch disk
+    os.environ.setdefault("BLOCKLAB_CACHE_DIR", "/tmp/blocklab-cache")
 import torch
 print(f"{PLATFORM}: torch {torch.__version__}, " + (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU (CPU only: slow)"))"""),
     ("md", """## 2. CIFAR-10
@@ -101,7 +104,9 @@ def plan(models):
 if lab is not None:
     worker = lab.wait_for_worker()  # its first report: device, measured speed, weights and data present
     print("worker:", worker["device"], f"({worker['gflops']} GFLOP/s measured)")
-    for item in plan(PLAN_MODELS or [MODEL])["items"]:
+    planned = plan(PLAN_MODELS or [MODEL])
+    print("free T4 times: estimated from", planned["t4"]["source"])
+    for item in planned["items"]:
         est, mem = item["estimate"], item.get("memory") or {}
         print(f"{item['model']}: " + ("blocked: " + item["block_reason"] if item["blocked"] else "ready"))
         for key, text in (("this worker", est.get("this_device_s")), ("a free T4", est.get("t4_s"))):

@@ -227,7 +227,9 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
     from worker.finetune import _Bars, _complete_summary, existing_run
     user_errors = _user_errors()
 
-    cfg = config(preset, **({"model": model} if model else {}), **options)
+    if model and options.get("model", model) != model:
+        raise ValueError(f"two models given: {model!r} and model={options['model']!r}")
+    cfg = config(preset, **{**options, **({"model": model} if model else {})})
     s = get_settings()
     folder = Path(out) if out else run_folder(cfg, s.home / "notebook")
     display = _ipython_display() if show else None
@@ -270,8 +272,8 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
                       teacher_dir=Path(teacher_dir) if teacher_dir else None)
         summary = engine_run(cfg, paths, Callbacks(on_epoch=on_epoch, stop=stop,
                                                    on_progress=bars.on_progress if bars else None))
-    except user_errors as err:
-        raise RunError(str(err)) from None
+    except user_errors as err:  # the engine speaks the CLI's words where a notebook has keyword arguments
+        raise RunError(str(err).replace("(--download on the command line)", "(run(..., download=True))")) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

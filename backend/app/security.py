@@ -9,6 +9,8 @@ Two browser attacks reach a lab on 127.0.0.1 from any web page its user visits:
 - DNS rebinding. A page on evil.example re-resolves its own name to 127.0.0.1 and is then "same-origin" with the
   lab. The browser still sends `Host: evil.example`, so only Host names the lab serves are answered: loopback
   names, the configured host and BLOCKLAB_ALLOWED_HOSTS.
+- Clickjacking. A foreign page could frame the lab and trick a click; every response says `frame-ancestors 'self'`
+  (and BLOCKLAB_FRAME_ANCESTORS: the notebook's own page, which shows the lab in its output).
 - Behind a notebook platform's port proxy (Colab) the page is https on a per-session name while the lab listens on
   plain http: BLOCKLAB_ALLOWED_HOSTS and BLOCKLAB_TRUSTED_ORIGINS name the proxy's domain ("*.prod.colab.dev"),
   set by backend/notebook_lab.py only where that platform is detected.
@@ -38,6 +40,9 @@ _HOST = re.compile(r"^(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]/@\s]+))(?::(?P
                    re.IGNORECASE)
 
 
+_DNS_NETLOC = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::\d{1,5})?")
+
+
 def host_name(host: str) -> str | None:
     """The name in a Host header value, lower case, without port or IPv6 brackets; None if malformed."""
     m = _HOST.match(host.strip())
@@ -63,22 +68,25 @@ def host_allowed(name: str | None, scope: Scope) -> bool:
     except ValueError:
         pass
     s = get_settings()
-    served = {h.strip().strip("[]").lower().rstrip(".") for h in s.allowed_hosts}
+    entries = {h.strip().strip("[]").lower().rstrip(".") for h in s.allowed_hosts}
+    patterns = {h for h in entries if h.startswith("*.")}
+    served = entries - patterns  # a pattern is never a name: "Host: *.example.org" is not served
     if s.host not in ("0.0.0.0", "::", ""):
         served.add(s.host.strip("[]").lower())
-    return name in served or _under_wildcard(name, served) or _is_test_transport(scope, name)
+    return name in served or _under_wildcard(name, patterns) or _is_test_transport(scope, name)
 
 
 def _under_wildcard(name: str, patterns) -> bool:
     """Is `name` under one of the "*.suffix" patterns (a proper subdomain: "*.a.b" is not "a.b" itself)?"""
-    return any(p.startswith("*.") and name.endswith(p[1:]) and len(name) > len(p) - 1 for p in patterns)
+    return "*" not in name and any(p.startswith("*.") and name.endswith(p[1:]) and len(name) > len(p) - 1
+                                   for p in patterns)
 
 
 def trusted_origin(origin: str) -> bool:
     """Is `origin` one the settings trust besides the lab's own (BLOCKLAB_TRUSTED_ORIGINS: exact origins, or
     "https://*.suffix" for every name under suffix, on that scheme and its default port only)?"""
     scheme, sep, netloc = origin.strip().lower().partition("://")
-    if not sep or scheme not in ("http", "https") or not netloc or "/" in netloc:
+    if not sep or scheme not in ("http", "https") or not _DNS_NETLOC.fullmatch(netloc):  # a DNS name[:port] only
         return False
     netloc = _netloc(netloc, scheme)
     for entry in get_settings().trusted_origins:
@@ -110,6 +118,14 @@ def same_origin(origin: str, host: str, request_scheme: str | None = None) -> bo
     if request_scheme is not None and scheme != request_scheme.lower():
         return False
     return _netloc(netloc, scheme) == _netloc(host, scheme)
+
+
+def _frame_header() -> tuple[bytes, bytes]:
+    """Who may show the lab in a frame: its own pages and BLOCKLAB_FRAME_ANCESTORS only. Without it any page the
+    user visits could frame the lab and trick a click on Queue or Delete (clickjacking: the clicks are the lab's
+    own requests, so the CSRF rules pass them)."""
+    sources = " ".join(s for s in get_settings().frame_ancestors if re.fullmatch(r"[\w*.:/-]+", s))
+    return (b"content-security-policy", f"frame-ancestors 'self' {sources}".strip().encode())
 
 
 def _json_content(content_type: str) -> bool:
@@ -185,9 +201,13 @@ class LabGuard:
                     raise BodyTooLarge(limit)
             return message
 
+        frame_header = _frame_header()
+
         async def tracked_send(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), frame_header]}
             await send(message)
 
         try:

@@ -136,6 +136,8 @@ export function confirmPlan(container, plan, { title, what, signal }) {
           .map((h) => el("th", { text: h })))),
         el("tbody", {}, items.map((i) => itemRow(i, refName))))) : "",
       plan ? el("p", { id: "plan-total" }, el("strong", { text: "Total, full run: " }), full) : "",
+      plan && plan.t4 ? el("p", { class: "hint", id: "plan-t4-note",
+        text: `Free T4 column: ${plan.t4.name}, estimated from ${plan.t4.source}. A memory-mapped cache is read back in shuffled order every epoch, so its disk time may be longer.` }) : "",
       el("fieldset", { class: "plan-mode" }, el("legend", { text: "What to queue" }),
         choice("full", "Full paper run", full, true), choice("dry", "Dry run (labelled)", dryText, false)),
       blocked.length ? el("p", { class: "error-text", id: "plan-blocked",

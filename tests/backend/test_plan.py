@@ -206,3 +206,19 @@ def test_without_reported_limits_the_placement_is_unknown_and_no_cache_says_so(p
     a, b = p.json()["items"]
     assert a["memory"]["this_worker"] is None and a["memory"]["bytes"] > 0
     assert b["memory"]["bytes"] is None and "no frozen-feature cache" in b["memory"]["message"]
+
+
+@pytest.mark.parametrize("limits", [{"host_available": 10, "device_free": "x"}, {"host_available": 10, "disk_free": "x"},
+                                    {"host_available": True}, {"host_available": -5}, {"host_available": 1.5},
+                                    {"host_available": 10, "cache_dir": 7, "pinned": "yes"}, "x", [1]])
+def test_odd_reported_limits_mean_unknown_never_a_500(plan_api, limits):
+    _send(_report(limits=limits))
+    r = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224"}]})
+    assert r.status_code == 200, r.text
+    mem = r.json()["items"][0]["memory"]
+    assert mem["this_worker"] is None or isinstance(limits, dict) and "cache_dir" in limits
+
+
+def test_other_depths_say_their_cache_size_is_not_estimated(plan_api):
+    p = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224", "trainable_blocks": 2}]})
+    assert "not estimated at this depth" in p.json()["items"][0]["memory"]["message"]

@@ -366,3 +366,28 @@ def test_a_port_proxy_domain_is_served_and_trusted_only_when_configured(bare, mo
                    "null"):
         r = bare.post("/api/experiments", headers={**post["headers"], "Origin": origin}, json={"name": "e"})
         assert r.status_code == 403, origin
+
+
+def test_a_pattern_is_no_host_name_and_a_malformed_origin_is_never_trusted(bare, monkeypatch):
+    """Review findings (issue 16): the literal Host "*.prod.colab.dev" was served, and origins with userinfo,
+    a query or a fragment before the trusted suffix were trusted."""
+    monkeypatch.setenv("BLOCKLAB_ALLOWED_HOSTS", '["*.prod.colab.dev"]')
+    monkeypatch.setenv("BLOCKLAB_TRUSTED_ORIGINS", '["https://*.prod.colab.dev"]')
+    _clear_settings()
+    assert bare.get("/api/models", headers={"Host": "*.prod.colab.dev"}).status_code == 400
+    from backend.app.security import trusted_origin
+    assert trusted_origin("https://x.prod.colab.dev")
+    for origin in ("https://evil.com@x.prod.colab.dev", "https://evil.com?.prod.colab.dev",
+                   "https://evil.com#.prod.colab.dev", "https://evil.com/.prod.colab.dev", "https://a b.prod.colab.dev"):
+        assert not trusted_origin(origin), origin
+
+
+def test_only_the_labs_own_pages_may_frame_it(bare, monkeypatch):
+    """Review finding (issue 16): no response said who may frame the lab, so any page could show it in a frame
+    and trick a click on Queue or Delete. Every response (pages, API, errors) now says frame-ancestors 'self';
+    BLOCKLAB_FRAME_ANCESTORS adds the notebook's page."""
+    for path in ("/", "/api/models", "/api/jobs/999999"):
+        assert bare.get(path).headers["content-security-policy"] == "frame-ancestors 'self'", path
+    monkeypatch.setenv("BLOCKLAB_FRAME_ANCESTORS", '["http://localhost:*", "bad source;script-src *"]')
+    _clear_settings()
+    assert bare.get("/").headers["content-security-policy"] == "frame-ancestors 'self' http://localhost:*"

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.lab import free_port
+from tests.lab import free_port, wait_for
 
 from .conftest import ARGS, CHROMIUM, shot
 
@@ -181,3 +181,24 @@ def test_a_dns_rebinding_page_gets_nothing(lab_with_jobs, browser):
     assert got[:2] == [400, 400] and "queued one" not in got[2]  # nothing read, nothing written
     assert _state(lab) == before
     assert lab.client.get("/api/jobs").status_code == 200  # by its own name the lab still answers
+
+
+def test_a_page_from_another_origin_cannot_show_the_lab_in_a_frame(lab_with_jobs, page):
+    """Clickjacking (issue 16 review): a foreign page framing the lab to trick a click on Queue or Delete. Every
+    response says frame-ancestors 'self': Chromium refuses to render the lab in the foreign frame."""
+    lab = lab_with_jobs
+    site, origin = _serve(f'<!doctype html><title>another site</title><iframe id="f" src="{lab.url}/#/jobs" '
+                          'width="800" height="600"></iframe>')
+    blocked = []
+    page.on("console", lambda m: "frame-ancestors" in m.text and blocked.append(m.text))
+    try:
+        page.goto(origin + "/")
+        page.wait_for_function("document.getElementById('f') && document.readyState === 'complete'")
+        frame = page.frame_locator("#f")
+        assert frame.locator("#jobs-table, table").count() == 0  # nothing of the lab is drawn there
+        wait_for(lambda: blocked, 30, "Chromium's frame-ancestors refusal")
+    finally:
+        site.shutdown()
+        site.server_close()
+    page.goto(lab.url + "/#/jobs")  # the lab itself still renders
+    page.wait_for_selector("table")

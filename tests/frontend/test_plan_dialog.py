@@ -141,5 +141,7 @@ def test_the_plan_shows_a_free_t4s_time_and_where_the_features_would_go(make_lab
     assert "fp32" in deit["title"] and "memory-mapped file" in deit["title"] and "reading them back" in deit["title"]
     assert all("has not reported" in (r["memory"] or "") for r in t4), t4
     assert "on a free T4" in page.text_content("#plan-total")
+    note = page.text_content("#plan-t4-note")  # the assumptions, on the screen where the numbers are
+    assert "datasheet" in note and "200 MB/s" in note and "12.7 GB RAM" in note, note
     shot(page, "plan-t4")
     assert not page.errors

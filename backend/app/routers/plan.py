@@ -105,13 +105,18 @@ def _dry(cfg: dict) -> dict:
 def _limits(rep: dict | None) -> memory.Limits | None:
     """The worker's reported limits (worker/queue/report.py), as core.memory reads them; None when unknown."""
     raw = (rep or {}).get("limits")
-    if not isinstance(raw, dict) or not isinstance(raw.get("host_available"), int):
+    if not isinstance(raw, dict):
         return None
-    try:
-        return memory.Limits(**{k: raw.get(k) for k in ("host_available", "device_free", "disk_free", "pinned",
-                                                          "cache_dir")})
-    except TypeError:
+
+    def size(v) -> bool:  # a byte count: a non-negative integer, never a bool
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not size(raw.get("host_available")) or not all(raw.get(k) is None or size(raw.get(k))
+                                                      for k in ("device_free", "disk_free")):
         return None
+    cache_dir = raw.get("cache_dir")
+    return memory.Limits(host_available=raw["host_available"], device_free=raw.get("device_free"),
+                         disk_free=raw.get("disk_free"), pinned=raw.get("pinned") is True,
+                         cache_dir=cache_dir if isinstance(cache_dir, str) else None)
 
 
 def _memory(cfg: dict, rep: dict | None, t4: dict) -> dict:
@@ -120,7 +125,18 @@ def _memory(cfg: dict, rep: dict | None, t4: dict) -> dict:
     here = estimate.placement(cfg, _limits(rep))
     size = estimate.cache_size(cfg)
     return {"bytes": size["bytes"] if size else None, "this_worker": here, "t4": t4["placement"],
-            "message": None if size else "no frozen-feature cache for this run (off, no cache point, or this depth)"}
+            "message": None if size else _no_size(cfg)}
+
+
+def _no_size(cfg: dict) -> str:
+    if not cfg.get("feature_cache", True):
+        return "no frozen-feature cache: feature_cache is off (the frozen part runs every epoch)"
+    if cfg.get("trainable_blocks", 1) is None:
+        return "no frozen-feature cache: every layer trains"
+    if cfg.get("trainable_blocks", 1) != 1:
+        return ("frozen features: cached, but their size is not estimated at this depth (the plan measures the "
+                "paper's split, one block)")
+    return "no frozen-feature cache: this model has no cache point"
 
 
 def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
