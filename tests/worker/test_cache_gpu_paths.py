@@ -19,6 +19,7 @@ from worker.engine.device import DevicePolicy
 from worker.engine.features import CacheDir, FeatureStore, FrozenFeatures, Placement
 from worker.engine.train import Paths, run
 
+from .readbacks import Readbacks
 from .test_train import TINY
 
 CPU = DevicePolicy.for_device(torch.device("cpu"))
@@ -249,43 +250,14 @@ def test_an_epoch_reads_nothing_back_from_the_device_per_batch(tiny_cifar_dir, t
     back (the loss and the accuracy). Host bookkeeping on host tensors (FeatureStore.lacking) is not a readback;
     calls from inside PyTorch (Adam's step counter lives on the host) are not the engine's. The clock is read after
     a synchronize."""
-    engine_dir = os.path.dirname(engine.__file__)
-    counting = {"on": False, "calls": []}
-
-    def counted(name, orig):
-        def wrapper(t, *a, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if counting["on"] and caller.startswith(engine_dir):
-                counting["calls"].append(name)
-            return orig(t, *a, **k)
-        return wrapper
-    for name in ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__"):
-        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-    orig_lacking = FeatureStore.lacking
-
-    def lacking(self, idx, state):
-        assert idx.device.type == "cpu" and state.device.type == "cpu"
-        on, counting["on"] = counting["on"], False
-        try:
-            return orig_lacking(self, idx, state)
-        finally:
-            counting["on"] = on
-    monkeypatch.setattr(FeatureStore, "lacking", lacking)
-    orig_epoch = engine._train_epoch
-
-    def observed(*a, **k):
-        counting["on"] = True
-        try:
-            return orig_epoch(*a, **k)
-        finally:
-            counting["on"] = False
-    monkeypatch.setattr(engine, "_train_epoch", observed)
+    counting = Readbacks(monkeypatch)
+    counting.host_only(FeatureStore, "lacking")
     events = []
     monkeypatch.setattr(engine, "synchronize", lambda device: events.append("sync"))
     orig_clock = engine.time.perf_counter
     monkeypatch.setattr(engine.time, "perf_counter", lambda: events.append("clock") or orig_clock())
     s = run(TrainConfig(**{**TINY, "batch_size": 8}, epochs=1), Paths(tiny_cifar_dir, tmp_path / "o"))
     assert s["status"] == "succeeded" and s["feature_cache"]["enabled"]
-    assert counting["calls"] == ["__float__", "__float__"]  # float(loss_sum), float(correct): at the end only
+    assert counting.calls == ["__float__", "__float__"]  # float(loss_sum), float(correct): at the end only
     clock_reads = [i for i, e in enumerate(events) if e == "clock"]
     assert len(clock_reads) >= 3 and all(events[i - 1] == "sync" for i in clock_reads)

@@ -4,7 +4,6 @@ the checkpoint and restored on resume; `auto` never picks it. And issue 15's lef
 nothing back from the device per training batch."""
 import json
 import math
-import os
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ from worker.engine.features import FeatureStore
 from worker.engine.train import Callbacks, Paths, run
 from worker.queue.tasks import _friendly_error, teacher_dir
 
+from .readbacks import Readbacks
 from .test_train import TINY
 
 CPU = DevicePolicy.for_device(torch.device("cpu"))
@@ -238,53 +238,18 @@ def test_a_student_epoch_reads_nothing_back_from_the_device_per_batch(tiny_cifar
     agreement. The host bookkeeping on host tensors (the feature store's and the teacher's filled flags) is not a
     readback and is checked to get host tensors. fp16's GradScaler reads its overflow flag back at every step unless
     the optimizer takes it on the device (fused Adam): its readbacks are counted too, and there are none."""
-    engine_dir = os.path.dirname(engine.__file__)
-    scaler_file = sys.modules[torch.amp.GradScaler.__module__].__file__
-    counting = {"on": False, "calls": [], "scaler": []}
-
-    def counted(name, orig):
-        def wrapper(t, *a, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if counting["on"] and caller.startswith(engine_dir):
-                counting["calls"].append(name)
-            if counting["on"] and caller == scaler_file:
-                counting["scaler"].append(name)
-            return orig(t, *a, **k)
-        return wrapper
-    for name in READBACKS:
-        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-
-    def host_only(cls, method):
-        orig = getattr(cls, method)
-
-        def wrapped(self, idx, state):
-            assert idx.device.type == "cpu" and state.device.type == "cpu"
-            on, counting["on"] = counting["on"], False
-            try:
-                return orig(self, idx, state)
-            finally:
-                counting["on"] = on
-        monkeypatch.setattr(cls, method, wrapped)
-    host_only(FeatureStore, "lacking")
-    host_only(distill.TeacherPredictions, "lacking")
+    counting = Readbacks(monkeypatch, also=sys.modules[torch.amp.GradScaler.__module__].__file__)
+    counting.host_only(FeatureStore, "lacking")
+    counting.host_only(distill.TeacherPredictions, "lacking")
     get_calls = []
     orig_get = distill.TeacherPredictions.get
     monkeypatch.setattr(distill.TeacherPredictions, "get",
                         lambda self, *a, **k: get_calls.append(1) or orig_get(self, *a, **k))
-    orig_epoch = engine._train_epoch
-
-    def observed(*a, **k):
-        counting["on"] = True
-        try:
-            return orig_epoch(*a, **k)
-        finally:
-            counting["on"] = False
-    monkeypatch.setattr(engine, "_train_epoch", observed)
     cfg = TrainConfig(**{**STUDENT, "batch_size": 8, "precision": precision}, epochs=1)
     s = run(cfg, Paths(tiny_cifar_dir, teacher_runs / f"sync-{precision}", teacher_dir=teacher_dir(teacher_runs, 1)))
     assert s["status"] == "succeeded" and len(get_calls) == 25
-    assert counting["calls"] == ["__float__"] * 4  # loss, accuracy, teacher accuracy, agreement: at the end only
-    assert counting["scaler"] == []
+    assert counting.calls == ["__float__"] * 4  # loss, accuracy, teacher accuracy, agreement: at the end only
+    assert counting.extra == []  # none from the GradScaler either
 
 
 def test_teacher_predictions_keep_their_flags_on_the_host(tiny_cifar_dir, teacher_runs, tmp_path):
