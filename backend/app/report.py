@@ -47,7 +47,7 @@ class NotFound(ReportError):
 def parse_ids(text: str) -> list[int]:
     """`1,2,3` -> [1, 2, 3] (duplicates once, in order); anything else is a 422 that says what was wrong."""
     parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or any(not p.isdigit() or len(p) > 15 for p in parts):
+    if not text.strip() or any(not (p.isascii() and p.isdigit()) or len(p) > 15 for p in parts):
         raise ReportError(f"jobs must be job ids separated by commas, such as 1,2,3 (got {text[:60]!r})")
     return list(dict.fromkeys(int(p) for p in parts))
 

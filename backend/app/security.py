@@ -178,7 +178,8 @@ class LabGuard:
 
         limit = get_settings().max_body_bytes
         size = headers.get("content-length", "")
-        if size.isdigit() and int(size) > limit:  # fast path: refused before a byte of the body is read
+        # Fast path: refused before a byte of the body is read ("¹".isdigit() is true: ASCII digits only).
+        if size.isascii() and size.isdigit() and int(size) > limit:
             return await _refuse(scope, receive, send, 413, f"request body over {limit} bytes")
 
         received = 0

@@ -112,6 +112,8 @@ def test_unknown_groups_and_bad_ids_are_said_never_a_500(api):
     _post(api, "empty", "real", model=DENSENET)
     for params, status, words in [({"group": "nope"}, 404, "no group named"), ({"jobs": "999"}, 404, "job 999"),
                                   ({"jobs": "1,x"}, 422, "job ids"), ({}, 422, "either a group"),
+                                  ({"jobs": "\u00b9"}, 422, "job ids"),  # "¹".isdigit(): the fuzz test's 500
+                                  ({"jobs": "\u0663"}, 422, "job ids"),  # an Arabic-Indic 3: int() takes it, ids not
                                   ({"group": "real", "jobs": "1"}, 422, "either a group")]:
         for fmt in ("html", "md"):
             r = api.get(f"/api/report.{fmt}", params=params)
