@@ -159,7 +159,8 @@ def cache_size(cfg: dict) -> dict | None:
     """The run's frozen-feature cache as the engine allocates it: {"bytes", "blocks", "per_image"} (every training
     image in both flip states when hflip is on, validation once); None when the run keeps no cache (feature_cache
     off, a model without a cache point, every layer training) or at a depth whose cache point flops.json lacks."""
-    model, size = cfg["model"], cfg.get("image_size", 224)
+    model, spec = cfg["model"], catalogue.get(cfg["model"])
+    size = cfg.get("image_size") or (spec.native_size if spec else 224)  # None: the weights' own size
     if not cfg.get("feature_cache", True) or cfg.get("trainable_blocks", 1) != 1:
         return None
     sizes = flops_table().get(model) or {}

@@ -222,3 +222,11 @@ def test_odd_reported_limits_mean_unknown_never_a_500(plan_api, limits):
 def test_other_depths_say_their_cache_size_is_not_estimated(plan_api):
     p = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224", "trainable_blocks": 2}]})
     assert "not estimated at this depth" in p.json()["items"][0]["memory"]["message"]
+
+
+def test_an_empty_image_size_plans_at_the_weights_own_size(plan_api):
+    """Found by the fuzz test: image_size null (the weights' own size) gave the new memory plan a 500."""
+    p = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224", "image_size": None}]})
+    assert p.status_code == 200, p.text
+    sized = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224", "image_size": 224}]})
+    assert p.json()["items"][0]["memory"]["bytes"] == sized.json()["items"][0]["memory"]["bytes"] > 0
