@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     # 41.1, DeiT-B distilled (the default model) 31.2, VGG-19 20.6; 64 keeps any one of them with room for more.
     cache_cap_gb: float = 64.0
     database_url: str | None = None  # default sqlite:///<home>/blocklab.db
+    # The broker and result backend when set (redis://host:6379/0); unset: SQLite files under <home>, one machine
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "BLOCKLAB_REDIS_URL"))
     host: str = "127.0.0.1"  # loopback unless told otherwise
     # Host headers the lab answers (DNS rebinding defence); loopback names always, add a LAN name here.
@@ -32,7 +33,7 @@ class Settings(BaseSettings):
     trusted_origins: list[str] = Field(default_factory=list)
     # Pages besides the lab's own that may show it in a frame (CSP frame-ancestors sources): a notebook's output.
     frame_ancestors: list[str] = Field(default_factory=list)
-    port: int = 8000
+    port: int = 8000  # the backend's port
     device: str = "auto"  # for workers: auto | cpu | cuda[:N]
     token: str | None = None  # when set, every state-changing request needs it
     allow_download: bool = True  # workers may fetch CIFAR-10/100 when the data dir has none
