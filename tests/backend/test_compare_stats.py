@@ -75,12 +75,13 @@ def test_the_csv_carries_each_runs_group_statistics(api):
     r = api.get("/api/compare.csv", params={"jobs": ",".join(map(str, ids))})
     assert r.status_code == 200
     rows = list(csv.DictReader(io.StringIO(r.text)))
-    assert list(rows[0])[-6:] == ["n_seeds", "mean", "std", "ci_low", "ci_high", "paper_inside"]
+    assert list(rows[0])[-6:] == ["best_val_acc_n_seeds", "best_val_acc_mean", "best_val_acc_std",
+                                  "best_val_acc_ci95_low", "best_val_acc_ci95_high", "paper_val_acc_vs_ci95"]
     expect = stats.summary([0.95, 0.94, 0.96])
     for row in rows:
-        assert row["n_seeds"] == "3" and row["paper_inside"] == "inside"
-        assert float(row["mean"]) == pytest.approx(expect["mean"], abs=1e-4)
-        assert float(row["ci_low"]) == pytest.approx(expect["ci_low"], abs=1e-4)
+        assert row["best_val_acc_n_seeds"] == "3" and row["paper_val_acc_vs_ci95"] == "inside"
+        assert float(row["best_val_acc_mean"]) == pytest.approx(expect["mean"], abs=1e-4)
+        assert float(row["best_val_acc_ci95_low"]) == pytest.approx(expect["ci_low"], abs=1e-4)
     assert [row["seed"] for row in rows] == ["0", "1", "2"]
 
 
