@@ -17,13 +17,15 @@ from . import catalogue
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#393b79", "#111111", "#b15928", "#fb9a99", "#a6cee3", "#6a3d9a", "#b2df8a", "#fdbf6f", "#01665e",
            "#c51b7d", "#7f7f00")
-# A run's marker, by its place among the runs of its model (the paper's Table 1 points are circles: no run's is).
-SYMBOLS = ("diamond", "square", "triangle-up", "x", "star", "triangle-down", "cross", "pentagon", "hexagon",
-           "hourglass")
+# A run's marker, by its place among the runs of its model (the paper's Table 1 points are circles: no run's is):
+# Plotly's name, and the character a table's swatch and the Markdown report show for it.
+SYMBOLS = (("diamond", "◆"), ("square", "■"), ("triangle-up", "▲"), ("x", "✕"), ("star", "★"),
+           ("triangle-down", "▼"), ("cross", "✚"), ("pentagon", "⬟"), ("hexagon", "⬢"), ("hourglass", "⧗"))
 # A run's shade, by the same place: the model's colour, then mixed toward black (negative) or white (positive).
 SHADES = (0.0, -0.4, 0.45, -0.65, 0.7)
 PAPER_DASH, PAPER_BEST_DASH = "dash", "dot"  # the paper's per-epoch curve; its best as a flat line
 TRAIN_DASH = "dashdot"  # a run's training curve, beside its validation curve in the run's look
+LINES = {"paper": PAPER_DASH, "paper_best": PAPER_BEST_DASH, "train": TRAIN_DASH}  # what the compare view is sent
 
 
 def model_colour(model: str) -> str:
@@ -44,14 +46,16 @@ def shade(colour: str, amount: float) -> str:
 
 
 def run_looks(runs: Iterable[tuple[int, str]]) -> dict[int, dict]:
-    """Each run's look, {job id: {colour, symbol, model_colour}} for runs given as (job id, model): the k-th run of
-    a model (in job order, so that a run keeps its look when a later one joins) gets the k-th shade and symbol."""
+    """Each run's look, {job id: {colour, symbol, glyph, model_colour}} for runs given as (job id, model): the k-th
+    run of a model (in job order, so that a run keeps its look when a later one joins) gets the k-th shade and
+    symbol."""
     seen: dict[str, int] = {}
     out = {}
     for job_id, model in sorted(set(runs)):
         k = seen.get(model, 0)
         seen[model] = k + 1
         base = model_colour(model)
-        out[job_id] = {"colour": shade(base, SHADES[k % len(SHADES)]), "symbol": SYMBOLS[k % len(SYMBOLS)],
+        symbol, glyph = SYMBOLS[k % len(SYMBOLS)]
+        out[job_id] = {"colour": shade(base, SHADES[k % len(SHADES)]), "symbol": symbol, "glyph": glyph,
                        "model_colour": base}
     return out

@@ -26,6 +26,7 @@ class Swatch:
     """A run's look (core.palette: colour and marker) in a cell, beside `text`."""
     colour: str
     symbol: str
+    glyph: str
     text: str = ""
 
 
@@ -99,8 +100,8 @@ def _html_inline(content: Content) -> str:
         if isinstance(p, Em):
             out.append(f"<em>{_e(p.text)}</em>")
         elif isinstance(p, Swatch):
-            out.append(f'<span class="swatch" data-symbol="{_e(p.symbol)}" style="background:{_e(p.colour)}" '
-                       f'title="{_e(p.colour)} {_e(p.symbol)}"></span>{_e(p.text)}')
+            out.append(f'<span class="look" style="color:{_e(p.colour)}" data-symbol="{_e(p.symbol)}" '
+                       f'title="{_e(p.colour)} {_e(p.symbol)}">{_e(p.glyph)}</span> {_e(p.colour)}{_e(p.text)}')
         else:
             out.append(_e(p))
     return "".join(out)
@@ -175,7 +176,7 @@ def _md_inline(content: Content, line_start: bool = False) -> str:
         if isinstance(p, Em):
             out.append(f"*{md_text(p.text)}*" if p.text.strip() else md_text(p.text))
         elif isinstance(p, Swatch):
-            out.append(md_text(f"{p.colour} {p.symbol}" + (f" {p.text}" if p.text else "")))
+            out.append(md_text(f"{p.glyph} {p.colour} {p.symbol}" + (f" {p.text}" if p.text else "")))
         else:
             out.append(md_text(p))
     return "".join(out)

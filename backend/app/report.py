@@ -499,9 +499,9 @@ RUN_COLUMNS = ["Job", "Look", "Experiment", "Model", DEPTH.title, "Seed", "Statu
 
 def _run_row(r: Run) -> list:
     best = pct(r.view["best_val_acc"])
-    return [f"#{r.job.id}", [doc.Swatch(r.look["colour"], r.look["symbol"])], r.job.experiment.name, r.model,
-            depth_text(r.depth), str(r.config.get("seed")), r.status_text,
-            f"{r.view['epochs_done']}/{r.config['epochs']}",
+    look = doc.Swatch(r.look["colour"], r.look["symbol"], r.look["glyph"])
+    return [f"#{r.job.id}", [look], r.job.experiment.name, r.model, depth_text(r.depth), str(r.config.get("seed")),
+            r.status_text, f"{r.view['epochs_done']}/{r.config['epochs']}",
             best if r.finished or r.view["best_val_acc"] is None else f"{best} (unfinished: not a result)",
             str(r.view["best_epoch"] or "–"),
             "–" if r.seconds_per_epoch is None else f"{r.seconds_per_epoch:.1f}"]
@@ -594,7 +594,7 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px} th,td{border:1px sol
 text-align:left;vertical-align:top} th{background:#f4f4f4} .muted{color:#666} pre{background:#f6f6f6;
 padding:8px;overflow:auto;font-size:12px} .inside-yes{color:#1a7f37} .inside-no{color:#b42318}
 .figure{min-height:420px} code{background:#f3f3f3;padding:0 3px}
-.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;vertical-align:middle}
+.look{font-size:15px}
 tr.status-running,tr.status-queued,tr.status-cancelling,tr.status-cancelled,tr.status-failed{background:#fff6e0}
 """
 

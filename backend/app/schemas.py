@@ -379,11 +379,13 @@ class RepeatGroupPublic(BaseModel):
 
 class RunLookPublic(BaseModel):
     colour: str  # a shade of its model's colour
-    symbol: str  # its marker
+    symbol: str  # its marker (Plotly's name)
+    glyph: str  # the marker as a character, for a table's swatch
     model_colour: str
 
 
 class CompareStatsPublic(BaseModel):
     groups: list[RepeatGroupPublic]  # in the order of their first job in the request
     looks: dict[int, RunLookPublic] = {}  # job id -> how the run is drawn, in every chart and the report (core.palette)
+    lines: dict[str, str] = {}  # the dashes of the paper's curve, its best, and a run's training curve (core.palette)
     band: str  # what the curves' band spans
