@@ -22,7 +22,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 SYMBOLS = (("diamond", "◆"), ("square", "■"), ("triangle-up", "▲"), ("x", "✕"), ("star", "★"),
            ("triangle-down", "▼"), ("cross", "✚"), ("pentagon", "⬟"), ("hexagon", "⬢"), ("hourglass", "⧗"))
 # A run's shade, by the same place: the model's colour, then mixed toward black (negative) or white (positive).
-SHADES = (0.0, -0.4, 0.45, -0.65, 0.7)
+SHADES = (0.0, -0.35, 0.3, -0.6, 0.5)
 PAPER_DASH, PAPER_BEST_DASH = "dash", "dot"  # the paper's per-epoch curve; its best as a flat line
 TRAIN_DASH = "dashdot"  # a run's training curve, beside its validation curve in the run's look
 LINES = {"paper": PAPER_DASH, "paper_best": PAPER_BEST_DASH, "train": TRAIN_DASH}  # what the compare view is sent

@@ -122,7 +122,8 @@ function drawCurves(area, chosen, metrics, stats, curveOf, showTrain) {
         grid.append(el("div", { class: "card" }, el("h4", { class: "multiple-title", style: `color:${modelColour(id)}`,
           text: modelName({ model: id }) }), b));
       });
-      area.append(el("p", { class: "muted", text: `${chosen.length} runs: one chart per model, its runs in shades of its colour, its paper curve dashed.` }), grid);
+      area.append(el("h3", { class: "multiples-title", text: curveOf.title }),
+        el("p", { class: "muted", text: `${chosen.length} runs: one chart per model, its runs in shades of its colour, its paper curve dashed.` }), grid);
     }
   }
   for (const [id, box] of area.boxes) {
@@ -132,7 +133,7 @@ function drawCurves(area, chosen, metrics, stats, curveOf, showTrain) {
     const here = new Set(runs.map((r) => r.id));
     for (const g of repeats.filter((x) => x.jobs.some((j) => here.has(j)))) traces.push(...groupTraces(g, stats.band, lookOf(g.jobs[0]), curveOf));
     for (const m of [...new Set(runs.filter((r) => r.paper_val_acc !== null).map((r) => r.model))]) traces.push(...paperLines(modelById(m), lastEpoch, curveOf, lines, showTrain));
-    const title = id ? `${modelName({ model: id })}: ${curveOf.title.toLowerCase()}` : curveOf.title + (showTrain ? " (training dash-dotted)" : "");
+    const title = id ? modelName({ model: id }) : curveOf.title + (showTrain ? " (training dash-dotted)" : "");
     const shownEpochs = Math.max(...runs.map((r) => r.epochs), ...(traces.flatMap((t) => t.x)));
     const lay = layout(title, curveOf.axis, { yaxis: { title: { text: curveOf.axis }, tickformat: curveOf.tick, automargin: true },
       xaxis: { title: { text: "epoch" }, dtick: Math.max(1, Math.ceil(shownEpochs / (id ? 5 : 10))), automargin: true } });

@@ -148,3 +148,32 @@ def test_a_clone_draws_apart_and_loss_sits_beside_accuracy_at_800(seeded, narrow
     assert loss["top"] >= acc["bottom"]  # one above the other where there is no room
     shot(narrow, "compare-looks-and-loss-800")
     assert no_horizontal_overflow(narrow) and not narrow.errors
+
+
+def test_beyond_six_runs_each_model_has_its_charts_and_its_runs_their_shades(seeded, narrow):  # noqa: F811
+    """Seven runs of two models: one small chart per model for accuracy and for loss; in each, the runs of the
+    model are its colour's shades with their own markers, the paper's curve the colour itself."""
+    ids = []
+    for i in range(7):
+        cfg = {**TINY, "lr": 1e-4 * (i + 1)} if i < 4 else {**TINY, "model": "deit_tiny_patch16_224", "seed": i}
+        ids.append(post(seeded, "/api/experiments", name=f"run {i}", config=cfg)["jobs"][0]["id"])
+        _run(ids[-1], [(0.5 + i / 20, 1.5 - i / 10, 0.4, 1.6), (0.6 + i / 20, 1.2 - i / 10, 0.5, 1.3)])
+    narrow.goto(seeded.url + f"/#/compare?jobs={','.join(map(str, ids))}")
+    looks = {int(k): v for k, v in seeded.client.get(f"/api/compare/stats?jobs={','.join(map(str, ids))}").json()["looks"].items()}
+    colours = {m["id"]: m["colour"] for m in seeded.client.get("/api/models").json()}
+    for grid, title in [("multiples", "Validation accuracy"), ("multiples-loss", "Validation loss")]:
+        narrow.wait_for_function("(g) => [...document.querySelectorAll(`#${g} .plot`)].filter(p => p.data).length === 2",
+                                 arg=grid)
+        assert narrow.evaluate("(g) => document.getElementById(g).parentElement.querySelector('.multiples-title')"
+                               ".textContent", grid) == title
+        drawn = narrow.evaluate("""(g) => [...document.querySelectorAll(`#${g} .plot`)].map(p => ({
+            model: p.parentElement.dataset.model, runs: p.data.filter(t => t.meta === 'run').map(t => [t.line.color, t.marker.symbol]),
+            paper: p.data.filter(t => t.name.startsWith('paper')).map(t => t.line.color)}))""", grid)
+        by = {d["model"]: d for d in drawn}
+        dense = by["densenet201"]
+        assert sorted(dense["runs"]) == sorted([looks[i]["colour"], looks[i]["symbol"]] for i in ids[:4])
+        assert len({tuple(r) for r in dense["runs"]}) == 4 and len({c for c, _ in dense["runs"]}) == 4
+        assert set(dense["paper"]) == {colours["densenet201"]}
+        assert len({tuple(r) for r in by["deit_tiny_patch16_224"]["runs"]}) == 3
+    shot(narrow, "compare-multiples-looks-800")
+    assert no_horizontal_overflow(narrow) and not narrow.errors
