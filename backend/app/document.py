@@ -101,7 +101,7 @@ def _html_inline(content: Content) -> str:
             out.append(f"<em>{_e(p.text)}</em>")
         elif isinstance(p, Swatch):
             out.append(f'<span class="look" style="color:{_e(p.colour)}" data-symbol="{_e(p.symbol)}" '
-                       f'title="{_e(p.colour)} {_e(p.symbol)}">{_e(p.glyph)}</span> {_e(p.colour)}{_e(p.text)}')
+                       f'title="{_e(p.colour)} {_e(p.symbol)}">{_e(p.glyph)}</span>&nbsp;{_e(p.colour)}{_e(p.text)}')
         else:
             out.append(_e(p))
     return "".join(out)

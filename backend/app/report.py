@@ -335,6 +335,15 @@ def ci_text(r: dict) -> str:
     return "–" if r["ci_low"] is None else f"{pct(r['ci_low'])} – {pct(r['ci_high'])}"
 
 
+def jobs_text(r: dict) -> str:
+    """A row's jobs, each unfinished one with its status: "#1, #2, #5 (running: unfinished, not counted)"."""
+    status = dict(r["unfinished"])
+    jobs = ", ".join(f"#{i}" + (f" ({status[i]}: unfinished, not counted)" if i in status else "") for i in r["jobs"])
+    return jobs + (" (dry run)" if r["dry_run"] else "") + (
+        f"; {', '.join(f'#{i}' for i in r['duplicates'])} repeat a seed already counted: left out"
+        if r["duplicates"] else "")
+
+
 def seeds_text(seeds: list) -> str:
     """How many seeds a row rests on, and which: "3 seeds: 0, 1, 2"."""
     if not seeds:
@@ -358,11 +367,7 @@ TABLE = (("Model", model_text), ("Dataset", lambda r: r["dataset"] or "–"),
              and r["leaves_preset"] else "")),
          ("Trainable params (run / paper)",
           lambda r: f"{count(r['trainable_params'])} / {count(r['paper_trainable_params'])}"),
-         ("Jobs", lambda r: ", ".join(f"#{i}" for i in r["jobs"]) + (" (dry run)" if r["dry_run"] else "") + (
-             f"; {', '.join(f'#{i}' for i in r['duplicates'])} repeat a seed already counted: left out"
-             if r["duplicates"] else "") + (
-             "; " + ", ".join(f"#{i} {status}" for i, status in r["unfinished"]) + ": unfinished, not counted"
-             if r["unfinished"] else "")))
+         ("Jobs", jobs_text))
 
 DEPTH_TABLE = (("Model", lambda p: p["model"]), (DEPTH.title, lambda p: p["depth_text"]),
                ("Runs", lambda p: str(p["n"])), ("Best val acc", lambda p: pct(p["best_val_acc"])),

@@ -74,7 +74,7 @@ def test_an_unfinished_repeat_of_a_finished_config_is_not_counted(api):
     md = api.get("/api/report.md", params={"group": "g"}).text
     (row,) = [line for line in md.splitlines() if line.startswith("| densenet201")]
     assert f"| 2 | 2 seeds: 0, 1 | {100 * stats.summary([0.91, 0.93])['mean']:.2f}% |" in row
-    assert f"#{done[2]} running: unfinished, not counted" in row
+    assert f"#{done[0]}, #{done[1]}, #{done[2]} (running: unfinished, not counted)" in row
 
 
 def test_each_run_keeps_its_look_and_a_model_its_colour_in_the_report_and_the_ui(api):

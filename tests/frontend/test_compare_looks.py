@@ -177,3 +177,47 @@ def test_beyond_six_runs_each_model_has_its_charts_and_its_runs_their_shades(see
         assert len({tuple(r) for r in by["deit_tiny_patch16_224"]["runs"]}) == 3
     shot(narrow, "compare-multiples-looks-800")
     assert no_horizontal_overflow(narrow) and not narrow.errors
+
+
+def _set_status(lab, jid, status):
+    from backend.app.db import session_scope
+    from backend.app.models import Job
+    with session_scope() as db:
+        db.get(Job, jid).status = status
+        db.commit()
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_both_reports_mark_an_unfinished_run_and_show_each_runs_look(seeded, browser, width):  # noqa: F811
+    """The HTML report as a browser shows it, and the Markdown report as a renderer that passes raw HTML shows it:
+    the failed run is marked and counted nowhere, each run's swatch is its look, a hostile name is text."""
+    from markdown_it import MarkdownIt
+    made = _lab(seeded)
+    hostile = post(seeded, "/api/experiments", name="<img src=x onerror=alert(1)>",
+                   config={**TINY, "epochs": 3})["jobs"][0]["id"]
+    _run(hostile, [(0.677, 0.9, 0.5, 1.0)])
+    _set_status(seeded, hostile, "failed")  # stays so: a running job without a worker would be requeued
+    ids = ",".join(map(str, [*made.values(), hostile]))
+    looks = {int(k): v for k, v in seeded.client.get(f"/api/compare/stats?jobs={ids}").json()["looks"].items()}
+    ctx = browser.new_context(viewport={"width": width, "height": 1000})
+    page = ctx.new_page()
+    alerts = []
+    page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+    page.set_content(seeded.client.get(f"/api/report.html?jobs={ids}").text, wait_until="load")
+    page.wait_for_function("() => document.querySelector('#fig-curves .main-svg')")
+    row = page.locator("table.runs tr.status-failed")
+    assert "failed, 1 of 3 epochs: not a result" in row.text_content()
+    assert "67.70% (unfinished: not a result)" in row.text_content()
+    colours = page.eval_on_selector_all("table.runs .look", "els => els.map(e => getComputedStyle(e).color)")
+    want = [looks[i]["colour"] for i in [*made.values(), hostile]]
+    assert colours == [f"rgb({int(c[1:3], 16)}, {int(c[3:5], 16)}, {int(c[5:7], 16)})" for c in want]
+    assert page.locator("img").count() == 0
+    shot(page, f"report-html-unfinished-{width}")
+    md = seeded.client.get(f"/api/report.md?jobs={ids}").text
+    page.set_content("<!doctype html><meta charset=utf-8><body style='font:14px sans-serif'>"
+                     + MarkdownIt("commonmark", {"html": True}).enable("table").render(md))
+    assert page.locator("img").count() == 0 and not alerts
+    assert "<img src=x onerror=alert(1)>" in page.text_content("body")  # the name, as text
+    assert f"#{hostile} (failed: unfinished, not counted)" in page.text_content("body")
+    shot(page, f"report-md-rendered-{width}")
+    ctx.close()
