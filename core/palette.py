@@ -9,7 +9,7 @@ dashed and without markers (its best, where it has no curve, dotted): no run is 
 from __future__ import annotations
 
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import catalogue
 

@@ -12,7 +12,7 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass
@@ -30,8 +30,8 @@ class Swatch:
     text: str = ""
 
 
-Inline = Union[str, Em, Swatch]
-Content = Union[str, list]  # text, or a list of Inline pieces
+Inline = str | Em | Swatch
+Content = str | list  # text, or a list of Inline pieces
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Figure:
     numbers: list = field(default_factory=list)
 
 
-Block = Union[Heading, Para, Table, Bullets, Code, Figure]
+Block = Heading | Para | Table | Bullets | Code | Figure
 
 
 @dataclass

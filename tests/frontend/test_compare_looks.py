@@ -4,7 +4,6 @@ the paper's curves stay dashed in the model's own colour; training curves on req
 beside the summary CSV. The runs' epochs come through the real ingestion path, written into the lab's database from
 here (no worker: nothing trains). Screenshots in tests/artifacts."""
 import csv
-import io
 
 import pytest
 
@@ -135,7 +134,8 @@ def test_a_clone_draws_apart_and_loss_sits_beside_accuracy_at_1400(seeded, wide)
 
     with wide.expect_download() as dl:
         wide.click("#download-epochs-csv")
-    rows = list(csv.DictReader(io.StringIO(open(dl.value.path()).read())))
+    with open(dl.value.path()) as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 6 and rows[0]["epoch_time_s"] == "2.0" and rows[0]["dry_run"] == "false"
     assert no_horizontal_overflow(wide) and not wide.errors
 
