@@ -143,7 +143,8 @@ def to_html(doc: Document, head: str = "", css: str = "") -> str:
               "{displaylogo: false, responsive: true});")
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(doc.title)}</title><style>{css}</style>{head}</head><body>"
-            f"<h1>{_e(doc.title)}</h1>{''.join(_html_block(b) for b in doc.blocks)}<script>{script}</script></body></html>\n")
+            f"<h1>{_e(doc.title)}</h1>{''.join(_html_block(b) for b in doc.blocks)}"
+            f"<script>{script}</script></body></html>\n")
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------------

@@ -533,7 +533,8 @@ def document(report: Report) -> doc.Document:
     unfinished = [r for r in report.runs if not r.finished]
     intro = f"Made {report.made_at} from {len(report.runs)} job(s). Paper: {CITATION}"
     if unfinished:
-        intro += (f" {len(unfinished)} of them not finished ({', '.join(f'#{r.job.id} {r.job.status}' for r in unfinished)}): "
+        named = ", ".join(f"#{r.job.id} {r.job.status}" for r in unfinished)
+        intro += (f" {len(unfinished)} of them not finished ({named}): "
                   "marked as such, and left out of every statistic.")
     b: list = [doc.Para(intro, muted=True), doc.Heading(2, "Results against Table 1"),
                doc.Para("Runs that differ only by their seed are one row: the mean, sample standard deviation and 95% "

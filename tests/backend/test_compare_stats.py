@@ -99,3 +99,18 @@ def test_a_seed_run_twice_is_one_draw_and_is_named(api):
     finish(again, [0.95])
     (g,) = _group(api, [*ids, again])["groups"]
     assert g["n"] == 2 and g["duplicates"] == [again] and g["std"] > 0
+
+
+def test_a_repeat_group_has_a_mean_loss_curve_beside_its_accuracy_curve(api):
+    """What the compare view's loss chart draws for a group of seeds: the mean validation loss per epoch."""
+    from backend.app.db import session_scope
+    from backend.app.models import EpochMetric
+    ids = repeats(api, DENSE, [[0.90, 0.95], [0.92, 0.94]])
+    with session_scope() as db:
+        for jid, losses in zip(ids, [(0.5, 0.3), (0.7, 0.4)]):
+            for m in db.query(EpochMetric).filter_by(job_id=jid):
+                m.val_loss = losses[m.epoch - 1]
+        db.commit()
+    (g,) = _group(api, ids)["groups"]
+    assert [(p["epoch"], p["n"], p["min"], p["max"]) for p in g["loss_curve"]] == [(1, 2, 0.5, 0.7), (2, 2, 0.3, 0.4)]
+    assert [p["mean"] for p in g["loss_curve"]] == pytest.approx([0.6, 0.35])

@@ -157,3 +157,18 @@ def test_a_name_in_the_markdown_report_is_text_to_a_renderer_that_passes_html(ap
 def md_name(name: str) -> str:
     from backend.app.document import md_text
     return md_text(name)
+
+
+def test_the_reports_depth_sweep_rests_on_finished_runs_and_the_live_view_follows_running_ones(api):
+    k1 = _post(api, "k1", "sweep", model=DENSENET)
+    k0 = _post(api, "k0", "sweep", model=DENSENET, trainable_blocks=0)
+    k2 = _post(api, "k2", "sweep", model=DENSENET, trainable_blocks=2)
+    for jid, accs in [(k1, [0.9]), (k0, [0.8]), (k2, [0.99])]:
+        _finish(jid, accs)
+    _set_status(k2, JobStatus.RUNNING)
+    md = api.get("/api/report.md", params={"group": "sweep"}).text
+    sweep = md.split("## Depth sweep")[1].split("##")[0]
+    depth_rows = [line for line in sweep.splitlines() if line.startswith("| densenet201")]
+    assert [r.split(" | ")[1] for r in depth_rows] == ["0", "1"] and "99.00%" not in "".join(depth_rows)
+    live = api.get("/api/depth", params={"group": "sweep"}).json()["points"]
+    assert [p["depth_text"] for p in live] == ["0", "1", "2"]  # the depth view follows the sweep as it runs

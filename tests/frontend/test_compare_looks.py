@@ -104,7 +104,8 @@ def _check(page, lab, made):
         assert page.eval_on_selector(f"#run-table tr[data-job='{jid}'] .look", swatch) == [
             looks[jid]["colour"], looks[jid]["symbol"]]
     seed_swatches = page.eval_on_selector_all("#seeds-table tr[data-group-key] .look", f"els => els.map({swatch})")
-    assert [looks[a]["colour"], looks[a]["symbol"]] in seed_swatches and [looks[b]["colour"], looks[b]["symbol"]] in seed_swatches
+    for jid in (a, b):  # each config's row of seeds in its first run's look
+        assert [looks[jid]["colour"], looks[jid]["symbol"]] in seed_swatches
     report = lab.client.get(f"/api/report.html?jobs={ids}").text  # the report's table of runs: the same looks
     for jid in (a, b, d):
         assert f'title="{looks[jid]["colour"]} {looks[jid]["symbol"]}"' in report
@@ -159,15 +160,17 @@ def test_beyond_six_runs_each_model_has_its_charts_and_its_runs_their_shades(see
         ids.append(post(seeded, "/api/experiments", name=f"run {i}", config=cfg)["jobs"][0]["id"])
         _run(ids[-1], [(0.5 + i / 20, 1.5 - i / 10, 0.4, 1.6), (0.6 + i / 20, 1.2 - i / 10, 0.5, 1.3)])
     narrow.goto(seeded.url + f"/#/compare?jobs={','.join(map(str, ids))}")
-    looks = {int(k): v for k, v in seeded.client.get(f"/api/compare/stats?jobs={','.join(map(str, ids))}").json()["looks"].items()}
+    stats = seeded.client.get(f"/api/compare/stats?jobs={','.join(map(str, ids))}").json()
+    looks = {int(k): v for k, v in stats["looks"].items()}
     colours = {m["id"]: m["colour"] for m in seeded.client.get("/api/models").json()}
     for grid, title in [("multiples", "Validation accuracy"), ("multiples-loss", "Validation loss")]:
-        narrow.wait_for_function("(g) => [...document.querySelectorAll(`#${g} .plot`)].filter(p => p.data).length === 2",
-                                 arg=grid)
+        narrow.wait_for_function(
+            "(g) => [...document.querySelectorAll(`#${g} .plot`)].filter(p => p.data).length === 2", arg=grid)
         assert narrow.evaluate("(g) => document.getElementById(g).parentElement.querySelector('.multiples-title')"
                                ".textContent", grid) == title
         drawn = narrow.evaluate("""(g) => [...document.querySelectorAll(`#${g} .plot`)].map(p => ({
-            model: p.parentElement.dataset.model, runs: p.data.filter(t => t.meta === 'run').map(t => [t.line.color, t.marker.symbol]),
+            model: p.parentElement.dataset.model,
+            runs: p.data.filter(t => t.meta === 'run').map(t => [t.line.color, t.marker.symbol]),
             paper: p.data.filter(t => t.name.startsWith('paper')).map(t => t.line.color)}))""", grid)
         by = {d["model"]: d for d in drawn}
         dense = by["densenet201"]

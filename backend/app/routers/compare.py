@@ -91,8 +91,8 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
     """One row per job: whether it was a dry run (never a paper reproduction, whatever its numbers), its config
     (every option a browser may set; a config stored before an option existed had its default; the precision
     that ran), its results rounded as the protocol declares, the paper's numbers beside them, and its repeat
-    group's statistics (n_seeds, mean, std, the 95% interval; paper_inside: core.stats.verdict), the same on each
-    row of the group."""
+    group's statistics of the best validation accuracy (_STAT_COLUMNS: seeds, mean, sd, the 95% interval, and the
+    paper's number against it, core.stats.verdict), the same on each row of the group. Columns: docs/csv.md."""
     options = [o for o in web_options() if o.name != "model"]
     header = ["job_id", "experiment", "model", "paper_model", "dry_run", *(o.name for o in options), "status",
               "epochs_run",
