@@ -25,7 +25,9 @@ SYMBOLS = (("diamond", "◆"), ("square", "■"), ("triangle-up", "▲"), ("x", 
 SHADES = (0.0, -0.35, 0.3, -0.6, 0.5)
 PAPER_DASH, PAPER_BEST_DASH = "dash", "dot"  # the paper's per-epoch curve; its best as a flat line
 TRAIN_DASH = "dashdot"  # a run's training curve, beside its validation curve in the run's look
-LINES = {"paper": PAPER_DASH, "paper_best": PAPER_BEST_DASH, "train": TRAIN_DASH}  # what the compare view is sent
+KERAS_DASH = "dot"  # with head_l2 on, a run's loss as Keras prints it (the paper's loss is that one)
+LINES = {"paper": PAPER_DASH, "paper_best": PAPER_BEST_DASH, "train": TRAIN_DASH,
+         "keras": KERAS_DASH}  # what the compare view is sent
 
 
 def model_colour(model: str) -> str:

@@ -54,6 +54,11 @@ function runTraces(r, rows, look, curveOf, lines, inGroup, showTrain) {
     line: { color: look.colour, width: r.dry_run ? 1.5 : 2.5 },
     marker: { symbol: r.dry_run ? `${look.symbol}-open` : look.symbol, size: 8, color: look.colour },
     hovertemplate: `${plotText(runLabel(r))}<br>epoch %{x}: ${curveOf.hover}<extra></extra>` }];
+  // With head_l2 on, the loss Keras prints (penalty included): the one the paper's loss curve can be read against.
+  if (metric === "val_loss" && rows.some((m) => m.keras_val_loss !== null && m.keras_val_loss !== undefined)) out.push({ ...common,
+    y: rows.map((m) => m.keras_val_loss), name: plotText(`${runLabel(r)} (Keras val_loss, L2 penalty included)`), meta: "keras",
+    line: { color: look.colour, width: 1.5, dash: lines.keras }, marker: { symbol: `${look.symbol}-open`, size: 6, color: look.colour },
+    hovertemplate: `${plotText(runLabel(r))} (Keras val_loss)<br>epoch %{x}: ${curveOf.hover}<extra></extra>` });
   if (showTrain) out.push({ ...common, y: rows.map((m) => m[curveOf.train]), name: plotText(`${runLabel(r)} (training)`), meta: "train",
     line: { color: look.colour, width: 1.5, dash: lines.train }, marker: { symbol: `${look.symbol}-open`, size: 6, color: look.colour },
     hovertemplate: `${plotText(runLabel(r))} (training)<br>epoch %{x}: ${curveOf.hover}<extra></extra>` });

@@ -31,25 +31,28 @@ def wide(browser, request):
     ctx.close()
 
 
-def _run(job_id, rows):
-    """A job through the real ingestion path: started, one epoch per (val_acc, val_loss, train_acc, train_loss)."""
+def _run(job_id, rows, keras=None):
+    """A job through the real ingestion path: started, one epoch per (val_acc, val_loss, train_acc, train_loss);
+    `keras`: the loss Keras prints per epoch, as a head_l2 run records it."""
     handle_event({"type": "started", "job_id": job_id, "attempt": 1, "ts": 0, "worker": "w", "device": "cpu"})
     for epoch, (acc, loss, tacc, tloss) in enumerate(rows, 1):
         handle_event({"type": "epoch", "job_id": job_id, "attempt": 1, "ts": 0, "row": {
             "epoch": epoch, "train_loss": tloss, "train_acc": tacc, "val_loss": loss, "val_acc": acc, "lr": 1e-4,
-            "seconds": 2.0, "images_per_s": 100.0, "per_class_acc": [acc] * 10, "confusion": [[0] * 10] * 10}})
+            "seconds": 2.0, "images_per_s": 100.0, "per_class_acc": [acc] * 10, "confusion": [[0] * 10] * 10,
+            **({"keras_val_loss": keras[epoch - 1]} if keras else {})}})
     handle_event({"type": "finished", "job_id": job_id, "attempt": 1, "ts": 0, "status": "succeeded"})
 
 
 def _lab(lab):
     """An original, its clone with one changed option (the learning rate), and a run of another model."""
     made = {}
-    for name, cfg, rows in [
-            ("original", TINY, [(0.90, 0.40, 0.80, 0.60), (0.93, 0.30, 0.90, 0.35)]),
-            ("clone lr", {**TINY, "lr": 1e-3}, [(0.88, 0.50, 0.78, 0.70), (0.91, 0.45, 0.86, 0.50)]),
-            ("deit", {**TINY, "model": "deit_tiny_patch16_224"}, [(0.60, 1.20, 0.50, 1.40), (0.70, 0.90, 0.65, 1.0)])]:
+    for name, cfg, rows, keras in [
+            ("original", TINY, [(0.90, 0.40, 0.80, 0.60), (0.93, 0.30, 0.90, 0.35)], None),
+            ("clone lr", {**TINY, "lr": 1e-3}, [(0.88, 0.50, 0.78, 0.70), (0.91, 0.45, 0.86, 0.50)], None),
+            ("deit", {**TINY, "model": "deit_tiny_patch16_224", "head_l2": 0.01},
+             [(0.60, 1.20, 0.50, 1.40), (0.70, 0.90, 0.65, 1.0)], [3.2, 2.5])]:
         made[name] = post(lab, "/api/experiments", name=name, config=cfg)["jobs"][0]["id"]
-        _run(made[name], rows)
+        _run(made[name], rows, keras)
     return made
 
 
@@ -88,6 +91,9 @@ def _check(page, lab, made):
                              for t in paper), paper  # the paper's curve: dashed, no markers, the model's colour
         if metric == "loss":
             assert "Keras val_loss" in paper[0]["name"]  # the authors' loss has the L2 penalty in it: said
+            keras = [t for t in traces if t["meta"] == "keras"]  # a head_l2 run's own Keras loss, to read it against
+            assert [(t["name"], t["y"], t["colour"], t["dash"]) for t in keras] == [
+                (f"deit (job {d}) (Keras val_loss, L2 penalty included)", [3.2, 2.5], looks[d]["colour"], "dot")]
         assert not [t for t in traces if t["meta"] == "train"]  # training curves only on request
 
     fig2 = page.evaluate("document.getElementById('plot-fig2').data.filter(t => t.name === 'your runs')[0]")
