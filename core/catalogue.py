@@ -285,13 +285,16 @@ def paper_table1() -> list[dict]:
 
 @lru_cache(maxsize=1)
 def paper_curves() -> dict[str, list[dict]]:
-    """Per-epoch validation accuracy (fraction) from the paper's figures and the authors' logs."""
+    """Per-epoch validation accuracy (fraction) from the paper's figures and the authors' logs; where a log has
+    them, its val_loss (as Keras printed it: the head's L2 penalty included) and training accuracy, else None."""
     curves: dict[str, list[dict]] = {}
     with open(PAPER_DIR / "curves.csv", newline="") as f:
         for r in csv.DictReader(f):
             curves.setdefault(r["paper_name"], []).append({
                 "epoch": int(r["epoch"]),
                 "val_acc": float(r["val_accuracy_pct"]) / 100.0,
+                "val_loss": float(r["val_loss"]) if r["val_loss"] else None,
+                "train_acc": float(r["train_accuracy_pct"]) / 100.0 if r["train_accuracy_pct"] else None,
                 "source": r["source"],
             })
     return curves

@@ -14,10 +14,16 @@ from fastapi.responses import PlainTextResponse
 _FORMULA = re.compile(r"(^|[,;\t\r\n])([ ]*)(?=[=+\-@\t\r])")
 
 
+TRUE, FALSE = "true", "false"  # every boolean in every CSV (docs/csv.md)
+
+
 def safe_cell(v):
-    """Numbers stay numbers; in text, each formula-like start gets a leading quote (OWASP's neutralization)."""
+    """Numbers stay numbers, booleans are `true`/`false`; in text, each formula-like start gets a leading quote
+    (OWASP's neutralization)."""
     if v is None:
         return ""
+    if isinstance(v, bool):
+        return TRUE if v else FALSE
     if isinstance(v, str):
         return _FORMULA.sub(r"\1\2'", v)
     return v

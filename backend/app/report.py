@@ -4,7 +4,12 @@ version, for a reader who has to judge the numbers without this lab.
 What a reproduction must show to be checked: what each model ran (its method card), where it ran (device,
 precision, torch and timm versions, the data's fingerprint, as the worker reported them before epoch 1), its
 numbers against Table 1 (seed repeats summarised with a Student's t interval, core/stats.py), its curves beside the
-paper's, every known deviation, and the exact config, as JSON and as the engine's command line, to run it again.
+paper's, every known deviation, and the exact config, as JSON and as the engine's command line, to run it again. A run
+that has not finished (queued, running, cancelled, failed) is said to be so wherever it appears, and no statistic
+rests on it: a first epoch's accuracy is no result.
+
+The report is built once as a document (document.py) and rendered to HTML or to Markdown; each run keeps the look
+(core.palette) it has in the compare view.
 
 The HTML carries the Plotly bundle inline and its figures as data: it opens offline, with no request to anywhere.
 Torch-free, like the rest of the backend: the API (routers/report.py) and the command line (backend/report.py)
@@ -12,7 +17,6 @@ build the same report from the database.
 """
 from __future__ import annotations
 
-import html
 import json
 import re
 import shlex
@@ -25,9 +29,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from core import catalogue, stats
+from core import catalogue, palette, stats
 from core.config import OPTIONS, OPTIONS_BY_NAME, TrainConfig, method_card, preset
+from core.protocol import JobStatus
 
+from . import document as doc
 from . import jobs as job_life
 from .models import Experiment, Job
 
@@ -81,6 +87,19 @@ class Run:
     card: dict | None
     curve: list[dict]  # [{epoch, val_acc, seconds}]
     env: dict[str, str]
+    look: dict = field(default_factory=dict)  # core.palette.run_looks: its colour and marker, as the UI draws it
+
+    @property
+    def finished(self) -> bool:
+        """Only a run that succeeded has a result; any other is marked and left out of the statistics."""
+        return self.job.status == JobStatus.SUCCEEDED
+
+    @property
+    def status_text(self) -> str:
+        """"succeeded", or what an unfinished run is: its status and how far it got."""
+        if self.finished:
+            return self.job.status
+        return f"{self.job.status}, {self.view['epochs_done']} of {self.config['epochs']} epochs: not a result"
 
     @property
     def model(self) -> str:
@@ -156,19 +175,24 @@ def _card(config: dict) -> dict | None:
         return None
 
 
+NO_FINISHED_RUN = "no finished run"
+
+
 def _inside_text(s: dict, paper: dict | None) -> str:
-    """The compare view's words (core.stats.verdict), and "no result yet" before any epoch."""
-    if paper is not None and s["n"] == 0:
-        return "no result yet"
+    """The compare view's words (core.stats.verdict), and "no finished run" before any run has a result."""
+    if s["n"] == 0:
+        return NO_FINISHED_RUN
     return stats.verdict(s, paper["val_acc"] if paper else None)
 
 
 def table_rows(runs: list[Run]) -> list[dict]:
     """One row per set of runs that repeat each other (core.stats.repeat_key; a dry run never pools with a real
-    run): mean, sd and the 95% interval of their best validation accuracies, against Table 1's number."""
+    run): mean, sd and the 95% interval of their best validation accuracies, against Table 1's number. Only finished
+    runs count; the others are named in the row as not counted."""
     by_id = {r.job.id: r for r in runs}
     groups = stats.repeat_groups(  # the compare view's grouping and counting: each seed once
-        {"id": r.job.id, "config": r.config, "value": r.view["best_val_acc"], "dry_run": r.job.experiment.dry_run,
+        {"id": r.job.id, "config": r.config, "value": r.view["best_val_acc"] if r.finished else None,
+         "dry_run": r.job.experiment.dry_run,
          "reference": r.paper["val_acc"] if r.paper else None} for r in runs)
     rows = []
     for g in groups:
@@ -180,8 +204,9 @@ def table_rows(runs: list[Run]) -> list[dict]:
         rows.append({
             "model": first.model, "paper_name": first.spec.paper_name if first.spec else None,
             "dataset": first.config.get("dataset"), "depth": depth_text(first.depth), "dry_run": dry,
-            "jobs": [r.job.id for r in rs], "seeds": [r.config.get("seed") for r in rs], **s,
+            "jobs": [r.job.id for r in rs], "seeds": [by_id[i].config.get("seed") for i in g["counted"]], **s,
             "duplicates": g["duplicates"],
+            "unfinished": [(r.job.id, r.job.status) for r in rs if not r.finished],
             # Not the paper's method: the difference from Table 1 says so where it stands.
             "leaves_preset": [d["label"] for d in (first.card or {}).get("config_deviations", [])
                               if d["option"] != "seed"],
@@ -193,11 +218,14 @@ def table_rows(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def depth_points(runs: list[Run], min_depths: int = 2) -> list[dict]:
+def depth_points(runs: list[Run], min_depths: int = 2, finished_only: bool = False) -> list[dict]:
     """The points of a depth sweep, one per model and depth (seeds pooled): best validation accuracy, seconds per
     epoch and trainable parameters. Only models that ran at `min_depths` depths or more: the report draws a depth
-    chart for a sweep (two depths at least), the depth view for any group (one depth is a sweep still running)."""
+    chart for a sweep (two depths at least), the depth view for any group (one depth is a sweep still running).
+    `finished_only`: the report's points rest on finished runs alone; the live depth view follows running ones."""
     by: dict[tuple, list[Run]] = {}
+    if finished_only:
+        runs = [r for r in runs if r.finished]
     for r in runs:
         if not r.job.experiment.dry_run or all(x.job.experiment.dry_run for x in runs):
             by.setdefault((r.model, r.config.get("dataset"), r.depth), []).append(r)
@@ -229,16 +257,18 @@ def build(db: Session, group: str | None = None, ids: list[int] | None = None) -
     title, found = select_jobs(db, group, ids)
     views = {v["id"]: v for v in job_life.public_many(db, found)}
     runs = []
+    looks = palette.run_looks((j.id, views[j.id]["model"]) for j in found if j.id in views)
     for j in found:
         if j.id not in views:  # deleted while this request read
             continue
         v = views[j.id]
-        curve = [{"epoch": m.epoch, "val_acc": m.val_acc, "seconds": m.seconds} for m in j.metrics]
+        curve = [{"epoch": m.epoch, "val_acc": m.val_acc, "val_loss": m.val_loss, "seconds": m.seconds}
+                 for m in j.metrics]
         runs.append(Run(job=j, view=v, config=v["config"], card=_card(v["config"]), curve=curve,
-                        env=environment(j)))
+                        env=environment(j), look=looks[j.id]))
     if not runs:
         raise NotFound(f"the jobs of {title} were deleted")
-    return Report(title=title, runs=runs, rows=table_rows(runs), depth=depth_points(runs),
+    return Report(title=title, runs=runs, rows=table_rows(runs), depth=depth_points(runs, finished_only=True),
                   made_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
@@ -305,13 +335,29 @@ def ci_text(r: dict) -> str:
     return "–" if r["ci_low"] is None else f"{pct(r['ci_low'])} – {pct(r['ci_high'])}"
 
 
+def jobs_text(r: dict) -> str:
+    """A row's jobs, each unfinished one with its status: "#1, #2, #5 (running: unfinished, not counted)"."""
+    status = dict(r["unfinished"])
+    jobs = ", ".join(f"#{i}" + (f" ({status[i]}: unfinished, not counted)" if i in status else "") for i in r["jobs"])
+    return jobs + (" (dry run)" if r["dry_run"] else "") + (
+        f"; {', '.join(f'#{i}' for i in r['duplicates'])} repeat a seed already counted: left out"
+        if r["duplicates"] else "")
+
+
+def seeds_text(seeds: list) -> str:
+    """How many seeds a row rests on, and which: "3 seeds: 0, 1, 2"."""
+    if not seeds:
+        return "none finished"
+    return f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}: " + ", ".join(map(str, seeds))
+
+
 def model_text(r: dict) -> str:
     return r["model"] + (f" ({r['paper_name']})" if r.get("paper_name") else "")
 
 
 TABLE = (("Model", model_text), ("Dataset", lambda r: r["dataset"] or "–"),
          (DEPTH.title, lambda r: r["depth"]), ("Runs", lambda r: str(r["n"])),
-         ("Seeds", lambda r: ", ".join(map(str, r["seeds"]))),
+         ("Seeds", lambda r: seeds_text(r["seeds"])),
          ("Best val acc (mean)", lambda r: pct(r["mean"])), ("SD", lambda r: pct(r["std"])),
          ("95% CI (Student's t)", ci_text),
          ("Paper (Table 1)", lambda r: pct(r["paper_val_acc"]) if r["paper_val_acc"] is not None
@@ -321,9 +367,7 @@ TABLE = (("Model", model_text), ("Dataset", lambda r: r["dataset"] or "–"),
              and r["leaves_preset"] else "")),
          ("Trainable params (run / paper)",
           lambda r: f"{count(r['trainable_params'])} / {count(r['paper_trainable_params'])}"),
-         ("Jobs", lambda r: ", ".join(f"#{i}" for i in r["jobs"]) + (" (dry run)" if r["dry_run"] else "") + (
-             f"; {', '.join(f'#{i}' for i in r['duplicates'])} repeat a seed already counted: left out"
-             if r["duplicates"] else "")))
+         ("Jobs", jobs_text))
 
 DEPTH_TABLE = (("Model", lambda p: p["model"]), (DEPTH.title, lambda p: p["depth_text"]),
                ("Runs", lambda p: str(p["n"])), ("Best val acc", lambda p: pct(p["best_val_acc"])),
@@ -347,10 +391,6 @@ def _runs_text(rs: list[Run]) -> str:
 
 
 # -- figures (Plotly data; the HTML draws them with the inlined bundle) -----------------------------------------
-_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-            "#393b79")
-
-
 def _plot_text(s: str) -> str:
     """Plotly renders a little HTML in names: user text goes in as entities only."""
     return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -363,31 +403,53 @@ def _layout(title: str, xtitle: str, ytitle: str, **extra) -> dict:
             "legend": {"orientation": "h", "y": -0.25}, "height": 420, **extra}
 
 
-def curve_figure(report: Report) -> dict:
-    colours: dict[str, str] = {}
+def run_name(r: Run) -> str:
+    """A run as its curve and its list item name it: unfinished ones say so."""
+    return f"#{r.job.id} {r.job.experiment.name}" + ("" if r.finished else f" ({r.job.status})")
+
+
+def _paper_curve(r: Run) -> tuple[str | None, list[dict] | None]:
+    name = r.spec.paper_name if r.spec and r.paper else None
+    return name, (catalogue.paper_curves().get(name) if name else None)
+
+
+# The curves the report draws: (metric, the paper's key in catalogue.paper_curves, title, axis, tick format).
+CURVES = (("val_acc", "Validation accuracy per epoch", "validation accuracy", ".1%"),
+          ("val_loss", "Validation loss per epoch", "validation loss (cross-entropy)", ""))
+
+
+def curve_figure(report: Report, metric: str = "val_acc") -> dict:
+    """Each run's curve in its look (core.palette), the paper's in its model's colour dashed (its best dotted where
+    it has no curve). The paper's loss is Keras' (the head's L2 penalty included): named so."""
+    _, title, axis, fmt = next(c for c in CURVES if c[0] == metric)
     traces, papers = [], set()
     for r in report.runs:
-        c = colours.setdefault(r.model, _PALETTE[len(colours) % len(_PALETTE)])
-        traces.append({"type": "scatter", "mode": "lines+markers", "line": {"color": c},
-                       "name": _plot_text(f"#{r.job.id} {r.job.experiment.name}"),
-                       "x": [p["epoch"] for p in r.curve], "y": [p["val_acc"] for p in r.curve]})
-        name = r.spec.paper_name if r.spec and r.paper else None
-        curve = catalogue.paper_curves().get(name) if name else None
-        if name and name not in papers:
-            papers.add(name)
-            if curve:  # the paper's per-epoch curve (three models have one), else its best as a dotted line
-                traces.append({"type": "scatter", "mode": "lines", "line": {"color": c, "dash": "dash"},
-                               "name": _plot_text(f"paper: {name}"), "x": [p["epoch"] for p in curve],
-                               "y": [p["val_acc"] for p in curve]})
-            else:
-                last = max((len(x.curve) for x in report.runs), default=1) or 1
-                traces.append({"type": "scatter", "mode": "lines", "line": {"color": c, "dash": "dot", "width": 1},
-                               "name": _plot_text(f"paper best: {name} {pct(r.paper['val_acc'])}"),
-                               "x": [1, last], "y": [r.paper["val_acc"]] * 2})
-    title = ("Validation accuracy per epoch (the paper's curves dashed, its best dotted)" if papers
-             else "Validation accuracy per epoch (no paper number for these runs)")
-    return {"data": traces, "layout": _layout(title, "epoch",
-                                              "validation accuracy", xaxis={"title": {"text": "epoch"}, "dtick": 1})}
+        look = r.look
+        traces.append({"type": "scatter", "mode": "lines+markers", "line": {"color": look["colour"]},
+                       "marker": {"symbol": look["symbol"], "color": look["colour"], "size": 8},
+                       "name": _plot_text(run_name(r)),
+                       "x": [p["epoch"] for p in r.curve], "y": [p[metric] for p in r.curve]})
+        name, curve = _paper_curve(r)
+        if not name or name in papers:
+            continue
+        papers.add(name)
+        c = look["model_colour"]
+        points = [p for p in curve or [] if p.get(metric) is not None]
+        if points:  # the paper's per-epoch curve (three models have one), else its best as a dotted line
+            label = f"paper: {name}" + (" (Keras val_loss, L2 penalty included)" if metric == "val_loss" else "")
+            traces.append({"type": "scatter", "mode": "lines", "line": {"color": c, "dash": palette.PAPER_DASH},
+                           "name": _plot_text(label), "x": [p["epoch"] for p in points],
+                           "y": [p[metric] for p in points]})
+        elif metric == "val_acc":
+            last = max((len(x.curve) for x in report.runs), default=1) or 1
+            traces.append({"type": "scatter", "mode": "lines",
+                           "line": {"color": c, "dash": palette.PAPER_BEST_DASH, "width": 1},
+                           "name": _plot_text(f"paper best: {name} {pct(r.paper['val_acc'])}"),
+                           "x": [1, last], "y": [r.paper["val_acc"]] * 2})
+    title += (" (the paper's curves dashed, its best dotted)" if papers else " (no paper number for these runs)")
+    return {"data": traces, "layout": _layout(title, "epoch", axis, xaxis={"title": {"text": "epoch"}, "dtick": 1},
+                                              yaxis={"title": {"text": axis}, "automargin": True,
+                                                     "tickformat": fmt})}
 
 
 def depth_figure(report: Report) -> dict | None:
@@ -397,9 +459,9 @@ def depth_figure(report: Report) -> dict | None:
         return None
     traces, marked = [], set()
     models = list(dict.fromkeys(p["model"] for p in report.depth))
-    for i, m in enumerate(models):
+    for m in models:
         ps = [p for p in report.depth if p["model"] == m]
-        c = _PALETTE[i % len(_PALETTE)]
+        c = palette.model_colour(m)
         x = [p["depth_text"] for p in ps]
         traces.append({"type": "scatter", "mode": "lines+markers", "name": _plot_text(f"{m}: best val acc"),
                        "x": x, "y": [p["best_val_acc"] for p in ps], "line": {"color": c},
@@ -433,7 +495,97 @@ def depth_figure(report: Report) -> dict | None:
     return {"data": traces, "layout": lay}
 
 
-# -- HTML ---------------------------------------------------------------------------------------------------------
+# -- the document, built once ------------------------------------------------------------------------------------
+CITATION = ("Malpure, Litake, Ingle, Investigating Transfer Learning Capabilities of Vision Transformers and CNNs by "
+            "Fine-Tuning a Single Trainable Block, arXiv:2110.05270 (2021).")
+RUN_COLUMNS = ["Job", "Look", "Experiment", "Model", DEPTH.title, "Seed", "Status", "Epochs", "Best val acc",
+               "Best epoch", "Seconds, last epoch"]
+
+
+def _run_row(r: Run) -> list:
+    best = pct(r.view["best_val_acc"])
+    look = doc.Swatch(r.look["colour"], r.look["symbol"], r.look["glyph"])
+    return [f"#{r.job.id}", [look], r.job.experiment.name, r.model, depth_text(r.depth), str(r.config.get("seed")),
+            r.status_text, f"{r.view['epochs_done']}/{r.config['epochs']}",
+            best if r.finished or r.view["best_val_acc"] is None else f"{best} (unfinished: not a result)",
+            str(r.view["best_epoch"] or "–"),
+            "–" if r.seconds_per_epoch is None else f"{r.seconds_per_epoch:.1f}"]
+
+
+def _curve_numbers(report: Report, metric: str) -> list:
+    """The curves as numbers (what Markdown shows for the figure): each run's, then its paper model's once."""
+    fmt = pct if metric == "val_acc" else (lambda v: "–" if v is None else f"{v:.4f}")
+    items, shown = [], set()
+    for r in report.runs:
+        subs = []
+        name, curve = _paper_curve(r)
+        points = [p for p in curve or [] if p.get(metric) is not None]
+        if points and name not in shown:
+            shown.add(name)
+            subs.append(f"the paper's {name}" + (" (Keras val_loss, L2 penalty included)" if metric == "val_loss"
+                                                  else "") + ": " + ", ".join(fmt(p[metric]) for p in points))
+        items.append((f"job {run_name(r)}: " + (", ".join(fmt(p[metric]) for p in r.curve) or "no epoch yet"), subs))
+    return [doc.Bullets(items)]
+
+
+def document(report: Report) -> doc.Document:
+    """What the report says, once: rendered by to_html and to_markdown."""
+    unfinished = [r for r in report.runs if not r.finished]
+    intro = f"Made {report.made_at} from {len(report.runs)} job(s). Paper: {CITATION}"
+    if unfinished:
+        named = ", ".join(f"#{r.job.id} {r.job.status}" for r in unfinished)
+        intro += (f" {len(unfinished)} of them not finished ({named}): "
+                  "marked as such, and left out of every statistic.")
+    b: list = [doc.Para(intro, muted=True), doc.Heading(2, "Results against Table 1"),
+               doc.Para("Runs that differ only by their seed are one row: the mean, sample standard deviation and 95% "
+                        "confidence interval (Student's t) of their best validation accuracies, over finished runs "
+                        "only.", muted=True),
+               doc.Table([h for h, _ in TABLE], [[f(r) for _, f in TABLE] for r in report.rows], "results",
+                         [f"inside-{ {stats.INSIDE: 'yes', stats.OUTSIDE: 'no'}.get(r['inside_text'], 'none')}"
+                          for r in report.rows]),
+               doc.Heading(3, "Each run"),
+               doc.Table(RUN_COLUMNS, [_run_row(r) for r in report.runs], "runs",
+                         [f"status-{r.job.status}" for r in report.runs])]
+    depth = depth_figure(report)
+    if depth:
+        b += [doc.Heading(2, f"Depth sweep: best validation accuracy against {DEPTH.title}"),
+              doc.Figure("fig-depth", depth),
+              doc.Table([h for h, _ in DEPTH_TABLE], [[f(p) for _, f in DEPTH_TABLE] for p in report.depth], "depth")]
+    b.append(doc.Heading(2, "Curves beside the paper's"))
+    for metric, title, _, _ in CURVES:
+        b += [doc.Heading(3, title), doc.Figure("fig-curves" if metric == "val_acc" else f"fig-{metric}",
+                                                curve_figure(report, metric), _curve_numbers(report, metric))]
+    b += [doc.Heading(2, "Environment"),
+          doc.Para('As each worker reported it before its first epoch ("not recorded": the engine did not report it).',
+                   muted=True),
+          doc.Table(["Job", *(k for k, _ in ENVIRONMENT)], [[f"#{r.job.id}", *r.env.values()] for r in report.runs],
+                    "environment"),
+          doc.Heading(2, "Method cards and deviations")]
+    for _, rs in _cards(report):
+        card = rs[0].card
+        b.append(doc.Heading(3, f"{rs[0].model} (jobs {_runs_text(rs)})"))
+        if card is None:
+            b.append(doc.Para("Not in the catalogue: no method card.", muted=True))
+            continue
+        b.append(doc.Table(["", ""], [[row["label"], row["value"]] for row in card["rows"]], "method-card"))
+        dev = card["config_deviations"]
+        b += [doc.Heading(4, "Where the config leaves the paper's preset"),
+              doc.Table(["Option", "This run", "Paper preset"],
+                        [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])]
+                         for d in dev], "config-deviations") if dev else doc.Para("Nowhere: the paper's preset."),
+              doc.Heading(4, "Known deviations from the authors' runs"),
+              doc.Bullets([([d["what"] + " ", doc.Em("Likely effect:"), " " + d["effect"]], [])
+                           for d in card["deviations"]]) if card["deviations"]
+              else doc.Para("None known (not a model the paper ran).")]
+    b.append(doc.Heading(2, "Run it again"))
+    for r in report.runs:
+        b += [doc.Heading(3, f"Job #{r.job.id}: {r.job.experiment.name}"),
+              doc.Code(json.dumps(run_config(r), indent=2), "json", "config-json"),
+              doc.Code(cli_command(r.config, f"runs/job-{r.job.id}"), "sh", "cli")]
+    return doc.Document(f"BlockLab reproduction report: {report.title}", b)
+
+
+# -- the two renderings -------------------------------------------------------------------------------------------
 @cache
 def plotly_bundle() -> str:
     """The Plotly bundle the UI serves at /vendor/plotly.min.js (plotly's package data), to inline."""
@@ -448,144 +600,20 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px} th,td{border:1px sol
 text-align:left;vertical-align:top} th{background:#f4f4f4} .muted{color:#666} pre{background:#f6f6f6;
 padding:8px;overflow:auto;font-size:12px} .inside-yes{color:#1a7f37} .inside-no{color:#b42318}
 .figure{min-height:420px} code{background:#f3f3f3;padding:0 3px}
+.look{font-size:15px}
+tr.status-running,tr.status-queued,tr.status-cancelling,tr.status-cancelled,tr.status-failed{background:#fff6e0}
 """
 
 
-def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
-
-
-def _html_table(header: list[str], rows: list[list[str]], cls: str = "", row_classes=None) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join((f'<tr class="{_e(row_classes[i])}">' if row_classes else "<tr>")
-                   + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
-    return f'<table class="{_e(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _json_script(obj: Any) -> str:
-    """JSON safe inside a <script>: no '</' can close it."""
-    return json.dumps(obj, default=str).replace("</", "<\\/").replace("<!--", "<\\!--")
-
-
 def to_html(report: Report) -> str:
-    figs = {"fig-curves": curve_figure(report)}
-    depth = depth_figure(report)
-    if depth:
-        figs["fig-depth"] = depth
-    parts = [f"<h1>BlockLab reproduction report: {_e(report.title)}</h1>",
-             f'<p class="muted">Made {_e(report.made_at)} from {len(report.runs)} job(s). Malpure, Litake, Ingle, '
-             "Investigating Transfer Learning Capabilities of Vision Transformers and CNNs by Fine-Tuning a Single "
-             "Trainable Block, arXiv:2110.05270 (2021). This file is self-contained: it opens offline.</p>",
-             "<h2>Results against Table 1</h2>",
-             '<p class="muted">Runs that differ only by their seed are one row: the mean, sample standard deviation '
-             "and 95% confidence interval (Student's t) of their best validation accuracies.</p>",
-             _html_table([h for h, _ in TABLE], [[f(r) for _, f in TABLE] for r in report.rows], "results",
-                         [f"inside-{ {stats.INSIDE: 'yes', stats.OUTSIDE: 'no'}.get(r['inside_text'], 'none')}"
-                          for r in report.rows]),
-             "<h3>Each run</h3>",
-             _html_table(["Job", "Experiment", "Model", DEPTH.title, "Seed", "Status", "Epochs", "Best val acc",
-                          "Best epoch", "Seconds, last epoch"],
-                         [[f"#{r.job.id}", r.job.experiment.name, r.model, depth_text(r.depth),
-                           str(r.config.get("seed")), r.job.status, f"{r.view['epochs_done']}/{r.config['epochs']}",
-                           pct(r.view["best_val_acc"]), str(r.view["best_epoch"] or "–"),
-                           "–" if r.seconds_per_epoch is None else f"{r.seconds_per_epoch:.1f}"]
-                          for r in report.runs], "runs")]
-    if depth:
-        parts += [f"<h2>Depth sweep: best validation accuracy against {_e(DEPTH.title)}</h2>",
-                  '<div class="figure" id="fig-depth"></div>',
-                  _html_table([h for h, _ in DEPTH_TABLE], [[f(p) for _, f in DEPTH_TABLE] for p in report.depth],
-                              "depth")]
-    parts += ["<h2>Curves beside the paper's</h2>", '<div class="figure" id="fig-curves"></div>',
-              "<h2>Environment</h2>",
-              '<p class="muted">As each worker reported it before its first epoch ("not recorded": the engine did '
-              "not report it).</p>",
-              _html_table(["Job", *(k for k, _ in ENVIRONMENT)],
-                          [[f"#{r.job.id}", *r.env.values()] for r in report.runs], "environment"),
-              "<h2>Method cards and deviations</h2>"]
-    for _, rs in _cards(report):
-        card = rs[0].card
-        parts.append(f"<h3>{_e(rs[0].model)} (jobs {_e(_runs_text(rs))})</h3>")
-        if card is None:
-            parts.append('<p class="muted">Not in the catalogue: no method card.</p>')
-            continue
-        parts.append(_html_table(["", ""], [[row["label"], row["value"]] for row in card["rows"]], "method-card"))
-        dev = card["config_deviations"]
-        parts.append("<h4>Where the config leaves the paper's preset</h4>" + (
-            _html_table(["Option", "This run", "Paper preset"],
-                        [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])] for d in dev],
-                        "config-deviations")
-            if dev else "<p>Nowhere: the paper's preset.</p>"))
-        parts.append("<h4>Known deviations from the authors' runs</h4>" + (
-            "<ul>" + "".join(f"<li>{_e(d['what'])} <em>Likely effect:</em> {_e(d['effect'])}</li>"
-                             for d in card["deviations"]) + "</ul>" if card["deviations"] else
-            "<p>None known (not a model the paper ran).</p>"))
-    parts.append("<h2>Run it again</h2>")
-    for r in report.runs:
-        parts += [f"<h3>Job #{r.job.id}: {_e(r.job.experiment.name)}</h3>",
-                  f'<pre class="config-json">{_e(json.dumps(run_config(r), indent=2))}</pre>',
-                  f'<pre class="cli">{_e(cli_command(r.config, f"runs/job-{r.job.id}"))}</pre>']
-    script = ("const FIGURES = " + _json_script(figs) + ";\n"
-              "for (const [id, f] of Object.entries(FIGURES)) Plotly.newPlot(id, f.data, f.layout, "
-              "{displaylogo: false, responsive: true});")
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>BlockLab report: {_e(report.title)}</title><style>{_CSS}</style>"
-            f"<script>{plotly_bundle()}</script></head><body>{''.join(parts)}<script>{script}</script>"
-            "</body></html>\n")
-
-
-# -- Markdown -----------------------------------------------------------------------------------------------------
-def _md(s: Any) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(_md(c) for c in r) + " |" for r in rows)]) + "\n"
+    """One HTML file that opens offline: the Plotly bundle inline, the figures as data."""
+    d = document(report)
+    d.blocks.insert(1, doc.Para("This file is self-contained: it opens offline.", muted=True))
+    return doc.to_html(d, head=f"<script>{plotly_bundle()}</script>", css=_CSS)
 
 
 def to_markdown(report: Report) -> str:
-    out = [f"# BlockLab reproduction report: {report.title}\n",
-           f"Made {report.made_at} from {len(report.runs)} job(s). Paper: Malpure, Litake, Ingle, arXiv:2110.05270 "
-           "(2021).\n", "## Results against Table 1\n",
-           "Runs that differ only by their seed are one row: mean, sample standard deviation and 95% confidence "
-           "interval (Student's t) of their best validation accuracies.\n",
-           _md_table([h for h, _ in TABLE], [[f(r) for _, f in TABLE] for r in report.rows])]
-    if report.depth:
-        out += [f"## Depth sweep: best validation accuracy against {DEPTH.title}\n",
-                _md_table([h for h, _ in DEPTH_TABLE], [[f(p) for _, f in DEPTH_TABLE] for p in report.depth])]
-    out.append("## Curves (validation accuracy per epoch)\n")
-    shown = set()
-    for r in report.runs:
-        out.append(f"- job #{r.job.id} {r.job.experiment.name}: "
-                   + (", ".join(pct(p["val_acc"]) for p in r.curve) or "no epoch yet"))
-        name = r.spec.paper_name if r.spec and r.paper else None
-        curve = catalogue.paper_curves().get(name) if name else None
-        if curve and name not in shown:
-            shown.add(name)
-            out.append(f"  - the paper's {name}: " + ", ".join(pct(p["val_acc"]) for p in curve))
-    out += ["", "## Environment\n",
-            _md_table(["Job", *(k for k, _ in ENVIRONMENT)], [[f"#{r.job.id}", *r.env.values()] for r in report.runs]),
-            "## Method cards and deviations\n"]
-    for _, rs in _cards(report):
-        card = rs[0].card
-        out.append(f"### {rs[0].model} (jobs {_runs_text(rs)})\n")
-        if card is None:
-            out.append("Not in the catalogue: no method card.\n")
-            continue
-        out.append(_md_table(["", ""], [[row["label"], row["value"]] for row in card["rows"]]))
-        dev = card["config_deviations"]
-        out.append("Where the config leaves the paper's preset:\n")
-        out.append(_md_table(["Option", "This run", "Paper preset"],
-                             [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])] for d in dev])
-                   if dev else "Nowhere: the paper's preset.\n")
-        out.append("Known deviations from the authors' runs:\n")
-        out.append("\n".join(f"- {d['what']} Likely effect: {d['effect']}" for d in card["deviations"]) + "\n"
-                   if card["deviations"] else "None known (not a model the paper ran).\n")
-    out.append("## Run it again\n")
-    for r in report.runs:
-        out += [f"### Job #{r.job.id}: {r.job.experiment.name}\n", "```json", json.dumps(run_config(r), indent=2),
-                "```", "```sh", cli_command(r.config, f"runs/job-{r.job.id}"), "```", ""]
-    return "\n".join(out)
+    return doc.to_markdown(document(report))
 
 
 def filename(report: Report, ext: str) -> str:

@@ -249,6 +249,7 @@ class ModelPublic(BaseModel):
     quick: bool
     note: str
     preset: dict  # the paper's preset values particular to this model (option: value)
+    colour: str  # its colour in every chart (core.palette)
     pretrained_tag: str | None
     weights_name: str  # what weights="hub" loads: timm's `model.tag`
     pretrained_on: str
@@ -372,9 +373,19 @@ class RepeatGroupPublic(BaseModel):
     inside: bool | None
     verdict: str  # inside | outside | no paper number | one run: no interval
     curve: list[CurvePointPublic]  # per epoch over the group's runs: what the compare view draws as mean and band
+    loss_curve: list[CurvePointPublic] = []  # the same for the validation loss
     duplicates: list[int] = []  # jobs that ran a seed already counted: the same draw again, left out of the numbers
+
+
+class RunLookPublic(BaseModel):
+    colour: str  # a shade of its model's colour
+    symbol: str  # its marker (Plotly's name)
+    glyph: str  # the marker as a character, for a table's swatch
+    model_colour: str
 
 
 class CompareStatsPublic(BaseModel):
     groups: list[RepeatGroupPublic]  # in the order of their first job in the request
+    looks: dict[int, RunLookPublic] = {}  # job id -> how the run is drawn, in every chart and the report (core.palette)
+    lines: dict[str, str] = {}  # the dashes of the paper's curve, its best, and a run's training curve (core.palette)
     band: str  # what the curves' band spans

@@ -1,21 +1,21 @@
-// Shared chart helpers: one colour per model everywhere, layouts whose legend sits below the axes and whose mode
+// Shared chart helpers: one colour per model everywhere (a look per run), layouts whose legend sits below the axes and whose mode
 // bar covers no title, a waiting message in place of empty axes, and labels placed so that they do not overlap.
 "use strict";
 import { el, state } from "./util.js";
 
-// A fixed palette keyed by the catalogue's order (GET /api/models): a model keeps its colour in every view and
-// every visit, whatever else is shown beside it. The ten paper models get Tableau's ten; the others are set apart.
-export const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-  "#bcbd22", "#393b79", "#111111", "#b15928", "#fb9a99", "#a6cee3", "#6a3d9a", "#b2df8a", "#fdbf6f", "#01665e",
-  "#c51b7d", "#7f7f00"];
-
+// A model's colour as the server declares it (core/palette.py, with GET /api/models): the same in every view, every
+// visit and the reproduction report, whatever else is shown beside it.
 export function modelColour(modelId) {
-  const i = (state.models || []).findIndex((m) => m.id === modelId);
-  return i < 0 ? "#444" : PALETTE[i % PALETTE.length];
+  const m = (state.models || []).find((x) => x.id === modelId);
+  return m ? m.colour : "#444";
 }
 
-// Runs of one model share its colour; their marker symbols tell them apart.
-export const SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "triangle-down", "cross", "pentagon", "hexagon"];
+// A run's look (core/palette.py, sent by GET /api/compare/stats: a shade of its model's colour and a marker) as a
+// table shows it: the marker's character in the run's colour.
+export function lookSwatch(look) {
+  return el("span", { class: "look", style: `color:${look.colour}`, title: `${look.colour} ${look.symbol}`,
+    "data-colour": look.colour, "data-symbol": look.symbol, text: look.glyph });
+}
 
 // Plotly's mode bar sits top right and the title top left with room above the plot; the legend lies below the
 // plot area, anchored to the bottom of the figure, so it never covers an axis title (margins grow to fit it).

@@ -3,7 +3,7 @@
 // reason is shown on the row). It keeps its own state, so the view's live refresh never loses a filter or a tick.
 "use strict";
 import { el, pct, api, ApiError, showMessage, modelById } from "./util.js";
-import { modelColour } from "./charts.js";
+import { lookSwatch, modelColour } from "./charts.js";
 import { dryBadge, phaseDetail } from "./runs.js";
 
 const COLUMNS = [  // [key, header, value for sorting]
@@ -14,7 +14,7 @@ const COLUMNS = [  // [key, header, value for sorting]
 export const modelName = (r) => { const m = modelById(r.model); return (m && m.paper_name) || r.model; };
 
 export function makePicker({ selected, group, onApply, onChanged }) {
-  const st = { initialGroup: group, runs: [], sort: { key: "id", dir: -1 }, selected: new Set(selected), armed: new Map(), errors: new Map() };
+  const st = { initialGroup: group, runs: [], sort: { key: "id", dir: -1 }, selected: new Set(selected), armed: new Map(), errors: new Map(), looks: {} };
   const fModel = el("select", { id: "filter-model", "aria-label": "model" });
   const fGroup = el("select", { id: "filter-group", "aria-label": "group" });
   const fStatus = el("select", { id: "filter-status", "aria-label": "status" });
@@ -107,7 +107,9 @@ export function makePicker({ selected, group, onApply, onChanged }) {
         el("td", {}, check), el("td", { text: `#${r.id}` }),
         el("td", { class: "name-cell" }, el("span", { class: "name", text: r.experiment_name }), " ", dryBadge(r),
           r.archived ? el("span", { class: "badge archived", text: "archived" }) : null),
-        el("td", { class: "model" }, el("span", { class: "swatch", style: `background:${modelColour(r.model)}` }), modelName(r)),
+        // A compared run in its look (as its curves draw it); any other in its model's colour.
+        el("td", { class: "model" }, st.looks[r.id] ? [lookSwatch(st.looks[r.id]), "\u00a0"]
+          : el("span", { class: "swatch", style: `background:${modelColour(r.model)}` }), modelName(r)),
         el("td", { class: "group", text: r.group || "–" }),
         el("td", {}, el("span", { class: `status status-${r.status}`, text: r.status }), what && what !== r.status ? el("div", { class: "phase-text", text: what }) : null),
         el("td", { text: pct(r.best_val_acc) }), el("td", { class: "actions" }, ...actions(r)));
@@ -127,6 +129,11 @@ export function makePicker({ selected, group, onApply, onChanged }) {
     fillSelect(fGroup, "group", [...new Set(runs.map((r) => r.group).filter(Boolean))].map((g) => [g, g]));
     fillSelect(fStatus, "status", [...new Set(runs.map((r) => r.status))].map((s) => [s, s]));
     if (st.initialGroup) { fGroup.value = st.initialGroup; st.initialGroup = null; }  // ?group=: that group shown
+    render();
+  };
+  box.setLooks = (looks) => {  // the compared runs' looks (GET /api/compare/stats)
+    if (JSON.stringify(looks) === JSON.stringify(st.looks)) return;
+    st.looks = looks;
     render();
   };
   box.archivedMode = () => (showArchived.checked ? "all" : "false");

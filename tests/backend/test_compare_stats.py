@@ -75,12 +75,13 @@ def test_the_csv_carries_each_runs_group_statistics(api):
     r = api.get("/api/compare.csv", params={"jobs": ",".join(map(str, ids))})
     assert r.status_code == 200
     rows = list(csv.DictReader(io.StringIO(r.text)))
-    assert list(rows[0])[-6:] == ["n_seeds", "mean", "std", "ci_low", "ci_high", "paper_inside"]
+    assert list(rows[0])[-6:] == ["best_val_acc_n_seeds", "best_val_acc_mean", "best_val_acc_std",
+                                  "best_val_acc_ci95_low", "best_val_acc_ci95_high", "paper_val_acc_vs_ci95"]
     expect = stats.summary([0.95, 0.94, 0.96])
     for row in rows:
-        assert row["n_seeds"] == "3" and row["paper_inside"] == "inside"
-        assert float(row["mean"]) == pytest.approx(expect["mean"], abs=1e-4)
-        assert float(row["ci_low"]) == pytest.approx(expect["ci_low"], abs=1e-4)
+        assert row["best_val_acc_n_seeds"] == "3" and row["paper_val_acc_vs_ci95"] == "inside"
+        assert float(row["best_val_acc_mean"]) == pytest.approx(expect["mean"], abs=1e-4)
+        assert float(row["best_val_acc_ci95_low"]) == pytest.approx(expect["ci_low"], abs=1e-4)
     assert [row["seed"] for row in rows] == ["0", "1", "2"]
 
 
@@ -98,3 +99,18 @@ def test_a_seed_run_twice_is_one_draw_and_is_named(api):
     finish(again, [0.95])
     (g,) = _group(api, [*ids, again])["groups"]
     assert g["n"] == 2 and g["duplicates"] == [again] and g["std"] > 0
+
+
+def test_a_repeat_group_has_a_mean_loss_curve_beside_its_accuracy_curve(api):
+    """What the compare view's loss chart draws for a group of seeds: the mean validation loss per epoch."""
+    from backend.app.db import session_scope
+    from backend.app.models import EpochMetric
+    ids = repeats(api, DENSE, [[0.90, 0.95], [0.92, 0.94]])
+    with session_scope() as db:
+        for jid, losses in zip(ids, [(0.5, 0.3), (0.7, 0.4)]):
+            for m in db.query(EpochMetric).filter_by(job_id=jid):
+                m.val_loss = losses[m.epoch - 1]
+        db.commit()
+    (g,) = _group(api, ids)["groups"]
+    assert [(p["epoch"], p["n"], p["min"], p["max"]) for p in g["loss_curve"]] == [(1, 2, 0.5, 0.7), (2, 2, 0.3, 0.4)]
+    assert [p["mean"] for p in g["loss_curve"]] == pytest.approx([0.6, 0.35])

@@ -226,11 +226,11 @@ def test_csv_marks_dry_runs_and_says_the_precision_that_ran(api):
     _ev(dry, "info", info={"precision": "bf16", "device": "cuda:0"})
     _epoch(dry, 1)
     rows = {int(r["job_id"]): r for r in _csv(api, f"/api/compare.csv?jobs={dry},{auto},{fp32}")}
-    assert (rows[dry]["dry_run"], rows[auto]["dry_run"]) == ("True", "False")
+    assert (rows[dry]["dry_run"], rows[auto]["dry_run"]) == ("true", "false")  # every CSV's booleans: docs/csv.md
     assert (rows[dry]["precision"], rows[auto]["precision"], rows[fp32]["precision"]) == ("bf16", "", "fp32")
     assert list(rows[dry]).count("model") == 1
     m = _csv(api, f"/api/jobs/{dry}/metrics.csv")
-    assert (m[0]["precision"], m[0]["dry_run"]) == ("bf16", "True")
+    assert (m[0]["precision"], m[0]["dry_run"]) == ("bf16", "true")
     _ev(dry, "epoch", row={"epoch": 2, "val_acc": 0.123456789, "lr": 7.999999797903001e-05})  # float32 noise
     m = _csv(api, f"/api/jobs/{dry}/metrics.csv")
     assert (m[1]["lr"], m[1]["val_acc"]) == ("8e-05", "0.1235")

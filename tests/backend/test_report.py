@@ -103,7 +103,7 @@ def test_the_markdown_report_has_the_table_and_jobs_select_the_runs(api):
     table = [line for line in md.splitlines() if line.startswith("| densenet201")]
     assert len(table) == 1, md  # three seeds of one config: one row
     s = stats.summary(ACCS)
-    assert f"| 3 | 0, 1, 2 | {100 * s['mean']:.2f}% |" in table[0]
+    assert f"| 3 | 3 seeds: 0, 1, 2 | {100 * s['mean']:.2f}% |" in table[0]  # how many seeds, and which
     assert "## Depth sweep" not in md  # one depth: no sweep
     assert "```json" in md and '"seed": 2' in md
 

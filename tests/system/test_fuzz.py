@@ -108,6 +108,7 @@ def test_hostile_json_and_headers_never_give_a_server_error(fuzz_lab):
             check(c.get("/api/jobs/999999/events", headers={"Last-Event-ID": header}))
             check(c.get("/api/jobs", params={"status": status}))
             check(c.get("/api/compare.csv", params={"jobs": status}))
+            check(c.get("/api/epochs.csv", params={"jobs": status}))
 
         experiments()
         headers_and_queries()

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from core import catalogue
+from core import catalogue, palette
 from core.config import TrainConfig, method_card, preset, web_options
 from core.protocol import CANCELLABLE, RESUMABLE, TERMINAL, JobStatus
 
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api", tags=["catalogue"])
 
 @router.get("/models", response_model=list[ModelPublic])
 def list_models():
-    return [catalogue.describe(s) for s in catalogue.CATALOGUE.values()]
+    return [{**catalogue.describe(s), "colour": palette.model_colour(s.id)} for s in catalogue.CATALOGUE.values()]
 
 
 @router.get("/models/{model_id}", response_model=ModelCard, responses={404: {"description": "no such model"}})

@@ -1,12 +1,14 @@
 """GET /api/compare.csv: one row per job, beside the paper's numbers, each marked dry run or not, with its repeat
-group's statistics; GET /api/compare/stats: the repeat groups (runs that differ only by seed) of a comparison, their
-mean, sd and 95% Student's t interval against the paper's number, and their mean curves with a band."""
+group's statistics; GET /api/epochs.csv: one row per job and epoch, for a spreadsheet's own charts; GET
+/api/compare/stats: the repeat groups (runs that differ only by seed) of a comparison, their mean, sd and 95% Student's
+t interval against the paper's number, their mean curves with a band, and how each run is drawn (core.palette).
+The CSVs' units and columns: docs/csv.md."""
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.orm import Session
 
-from core import catalogue, stats
+from core import catalogue, palette, stats
 from core.config import web_options
 from core.protocol import metric_text
 
@@ -32,7 +34,12 @@ def _value(job: Job, pub: dict, option: str):
 JobIds = Annotated[str, Query(alias="jobs", pattern=r"^\d{1,15}(,\d{1,15})*$", max_length=2000,
                               description="job ids, comma-separated")]
 BAND = "min–max over the seeds"  # what the compare view's band around a repeat group's mean curve spans
-_STAT_COLUMNS = ["n_seeds", "mean", "std", "ci_low", "ci_high", "paper_inside"]
+# The repeat group's statistics, named for what they are statistics of (the best validation accuracy, a fraction).
+_STAT_COLUMNS = ["best_val_acc_n_seeds", "best_val_acc_mean", "best_val_acc_std", "best_val_acc_ci95_low",
+                 "best_val_acc_ci95_high", "paper_val_acc_vs_ci95"]
+# The per-epoch table's metric columns: the epoch row's names (core.protocol EPOCH_ROW), a time with its unit.
+_EPOCH_COLUMNS = {"train_loss": "train_loss", "train_acc": "train_acc", "val_loss": "val_loss", "val_acc": "val_acc",
+                  "lr": "lr", "seconds": "epoch_time_s"}
 
 
 def _ids(text: str) -> list[int]:
@@ -68,13 +75,14 @@ def repeat_stats(found: dict[int, Job], views: dict[int, dict], ids: list[int]) 
     out = []
     for g in stats.repeat_groups(runs):
         first = views[g["ids"][0]]
-        curve = stats.mean_curve([[(m.epoch, m.val_acc) for m in found[i].metrics]
-                                  for i in g["counted"] or g["ids"]])
+        runs_of = g["counted"] or g["ids"]
+        curve = stats.mean_curve([[(m.epoch, m.val_acc) for m in found[i].metrics] for i in runs_of])
+        loss = stats.mean_curve([[(m.epoch, m.val_loss) for m in found[i].metrics] for i in runs_of])
         out.append({"key": g["key"], "jobs": g["ids"], "seeds": sorted({views[i]["config"]["seed"] for i in g["ids"]}),
                     "varies": ["seed"], "model": first["model"], "name": base_name(first["experiment_name"]),
                     "dry_run": first["dry_run"], "n": g["n"], "mean": g["mean"], "std": g["std"],
                     "ci_low": g["ci_low"], "ci_high": g["ci_high"], "paper_val_acc": g["reference"],
-                    "inside": g["inside"], "verdict": g["verdict"], "curve": curve,
+                    "inside": g["inside"], "verdict": g["verdict"], "curve": curve, "loss_curve": loss,
                     "duplicates": g["duplicates"]})
     return out
 
@@ -83,8 +91,8 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
     """One row per job: whether it was a dry run (never a paper reproduction, whatever its numbers), its config
     (every option a browser may set; a config stored before an option existed had its default; the precision
     that ran), its results rounded as the protocol declares, the paper's numbers beside them, and its repeat
-    group's statistics (n_seeds, mean, std, the 95% interval; paper_inside: core.stats.verdict), the same on each
-    row of the group."""
+    group's statistics of the best validation accuracy (_STAT_COLUMNS: seeds, mean, sd, the 95% interval, and the
+    paper's number against it, core.stats.verdict), the same on each row of the group. Columns: docs/csv.md."""
     options = [o for o in web_options() if o.name != "model"]
     header = ["job_id", "experiment", "model", "paper_model", "dry_run", *(o.name for o in options), "status",
               "epochs_run",
@@ -129,10 +137,34 @@ def compare_csv(jobs_: JobIds, db: Session = SessionDep):
                        headers={"Content-Disposition": 'attachment; filename="blocklab-compare.csv"'})
 
 
+def epoch_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]:
+    """One row per job and epoch, in the order of the ids: who ran it (job, name, model; whether a dry run, its
+    status, so a row on its own cannot pass for a finished paper run) and the epoch's numbers as the protocol
+    rounds them."""
+    header = ["job_id", "experiment", "model", "dry_run", "status", "epoch", *_EPOCH_COLUMNS.values()]
+    found, views = _load(db, ids)
+    rows = []
+    for i in ids:
+        job = found[i]
+        for m in job.metrics:
+            r = m.row()
+            rows.append([job.id, job.experiment.name, views[i]["model"], views[i]["dry_run"], job.status, m.epoch,
+                         *(tidy(metric_text(r, c)) for c in _EPOCH_COLUMNS)])
+    return header, rows
+
+
+@router.get("/epochs.csv", response_class=CSVResponse)
+def epochs_csv(jobs_: JobIds, db: Session = SessionDep):
+    header, rows = epoch_rows(db, _ids(jobs_))
+    return CSVResponse(to_csv(header, rows),
+                       headers={"Content-Disposition": 'attachment; filename="blocklab-epochs.csv"'})
+
+
 @router.get("/compare/stats", response_model=CompareStatsPublic)
 def compare_stats(jobs_: JobIds, db: Session = SessionDep):
     """The chosen jobs' repeat groups (a run alone is a group of one: n 1, no interval), what the compare view shows
     as one row per group and draws as a mean curve with a band."""
     ids = _ids(jobs_)
     found, views = _load(db, ids)
-    return {"groups": repeat_stats(found, views, ids), "band": BAND}
+    return {"groups": repeat_stats(found, views, ids), "band": BAND,
+            "looks": palette.run_looks((i, views[i]["model"]) for i in ids), "lines": palette.LINES}
