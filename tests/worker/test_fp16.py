@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.config import OPTIONS_BY_NAME, TrainConfig, method_card
-from worker.engine import checkpoint, distill
+from worker.engine import builders, checkpoint, distill
 from worker.engine import device as device_mod
 from worker.engine import train as engine
 from worker.engine.device import DeviceError, DevicePolicy
@@ -148,7 +148,7 @@ def test_steps_the_scaler_skips_are_not_divergence(tiny_cifar_dir, tmp_path, mon
     """A first scale so large that every scaled gradient overflows float16: each step of epoch 1 is skipped and
     the scale halved, but the loss is a number, so the run goes on (and is not called diverged); once the scale
     has come down, steps are taken again. An fp32 checkpoint carries no scaler state."""
-    monkeypatch.setattr(engine, "FP16_INIT_SCALE", 2.0 ** 120)
+    monkeypatch.setattr(builders, "FP16_INIT_SCALE", 2.0 ** 120)
     log = ScalerLog(monkeypatch)
     batch = 8
     per_epoch = math.ceil(200 / batch)
