@@ -16,7 +16,7 @@ from worker.engine import train as engine
 from worker.engine.device import DeviceError, DevicePolicy
 from worker.engine.features import FeatureStore
 from worker.engine.train import Callbacks, Paths, run
-from worker.queue.tasks import _friendly_error, teacher_dir
+from worker.queue.tasks import job_error_text, teacher_dir
 
 from .readbacks import Readbacks
 from .test_train import TINY
@@ -80,7 +80,7 @@ def test_fp16_where_autocast_cannot_run_it_is_refused_naming_the_option(monkeypa
     monkeypatch.setattr(device_mod, "autocast_supported", lambda device_type, dtype: dtype is not torch.float16)
     with pytest.raises(DeviceError) as e:
         CPU.amp("fp16")
-    msg = _friendly_error(e.value)
+    msg = job_error_text(e.value)
     assert msg.startswith("precision=fp16: float16 autocast is not available on cpu")
     assert "choose precision fp32 or bf16" in msg and "Traceback" not in msg
     assert CPU.amp("bf16")["enabled"]  # the others are unaffected
@@ -173,7 +173,7 @@ def test_a_non_finite_fp16_loss_is_still_divergence(tiny_cifar_dir, tmp_path, mo
     with pytest.raises(engine.Diverged) as e:
         run(TrainConfig(**FP16, epochs=2), Paths(tiny_cifar_dir, tmp_path / "o"))
     assert str(e.value).startswith("the loss became NaN at epoch 1; try a lower learning rate; under fp16 ")
-    assert "try precision bf16 or fp32" in _friendly_error(e.value)
+    assert "try precision bf16 or fp32" in job_error_text(e.value)
 
 
 def test_a_cnn_trains_under_fp16_with_the_gpu_branches_forced(tiny_cifar_dir, tmp_path):

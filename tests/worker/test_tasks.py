@@ -14,7 +14,7 @@ def test_progress_events_are_throttled_but_keep_every_phase_change_and_end(monke
     clock = {"t": 100.0}
     monkeypatch.setattr(tasks.time, "monotonic", lambda: clock["t"])
     sent = []
-    p = _ProgressSender(lambda **e: sent.append(e), faults=set())
+    p = _ProgressSender(lambda **e: sent.append(e))
     p(progress("starting"))
     for done in range(1, 11):  # 10 feature chunks, 1/8 s apart
         clock["t"] += 0.125
