@@ -21,13 +21,20 @@ _WHERE = {
     "DeviceError": "device", "TeacherError": "distill",
     # builders and the device
     "build_model": "builders", "make_optimizer": "builders", "grad_scaler": "builders",
-    "DevicePolicy": "device", "resolve_device": "device",
+    "DevicePolicy": "device", "resolve_device": "device", "fp32_math": "device", "machine_limits": "features",
+    "MLPHead": "heads", "plan_for": "model",
+    # weights
+    "create_backbone": "weights", "local_file": "weights", "cached_hub_file": "weights",
 }
+# Modules offered whole: the datasets (load, subsets, the generated stand-in) and the frozen-feature store.
+_MODULES = ("data", "features")
 
-__all__ = sorted(_WHERE)
+__all__ = sorted({*_WHERE, *_MODULES})
 
 
 def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -38,7 +38,7 @@ from core.protocol import Phase, epoch_row, progress
 
 from . import checkpoint
 from . import data as cifar
-from .builders import build_model, grad_scaler, make_optimizer  # callers and tests still reach them here
+from .builders import build_model, grad_scaler, make_optimizer  # tests reach them here too; callers: worker.engine
 from .distill import TeacherError, TeacherPredictions, distillation_loss
 from .device import DevicePolicy, fp32_math, precision_name, resolve_device  # resolve_device: tasks.py, bench.py
 from .features import FrozenFeatures

@@ -42,7 +42,7 @@ def weights_present(weights_dir: Path) -> dict[str, dict]:
     """Per catalogue model: its hub weights (the pinned tag) in `<weights_dir>/hub`, and a local file for
     weights=local, each with its size in MB (None when absent)."""
     # The engine's own lookups: what a run would load.
-    from worker.engine.weights import cached_hub_file, local_file
+    from worker.engine import cached_hub_file, local_file
     out = {}
     for spec in catalogue.CATALOGUE.values():
         entry = {"hub": False, "hub_mb": None, "local": None, "local_mb": None}
@@ -58,8 +58,8 @@ def weights_present(weights_dir: Path) -> dict[str, dict]:
 
 def data_present(data_dir: Path, dataset: str = "cifar10") -> bool:
     """What worker.engine.data.locate accepts without downloading: the dataset's folder or its official archive."""
-    from worker.engine.data import present
-    return present(data_dir, dataset)
+    from worker.engine import data
+    return data.present(data_dir, dataset)
 
 
 def limits(device: str, cache_dir: Path) -> dict:
@@ -70,8 +70,8 @@ def limits(device: str, cache_dir: Path) -> dict:
 
     import torch
 
-    from worker.engine.device import DevicePolicy
-    from worker.engine.features import machine_limits
+    from worker.engine import DevicePolicy
+    from worker.engine import machine_limits
     policy = DevicePolicy.for_device(torch.device(device))
     out = dataclasses.asdict(machine_limits(policy, cache_dir))
     out["device_total"] = torch.cuda.mem_get_info(policy.device)[1] if policy.device.type == "cuda" else None
@@ -131,7 +131,7 @@ def describe_device(setting: str) -> tuple[str, str]:
     """(torch device, the string jobs report: "cuda:0 (NVIDIA H200)" or "cpu (cpu)")."""
     import torch
 
-    from worker.engine.device import resolve_device
+    from worker.engine import resolve_device
     d = resolve_device(setting)
     name = torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
     return str(d), f"{d} ({name})"
