@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder: metrics.jsonl, summary.json, checkpoint.pt; an existing one is resumed "
                           "(required to train; default: none)")
     run.add_argument("--weights-dir", type=Path, metavar="DIR",
-                     help="cache for hub weights (DIR/hub); default: Hugging Face's own cache (~/.cache/huggingface)")
+                     help="the weights folder: --weights local reads DIR/<model>.safetensors (or .pth), hub downloads "
+                          "are cached in DIR/hub (default: the lab's, BLOCKLAB_WEIGHTS_DIR or <BLOCKLAB_HOME>/weights, "
+                          "for local files; Hugging Face's own cache, ~/.cache/huggingface, for the hub)")
     run.add_argument("--cache-dir", type=Path, metavar="DIR",
                      help="keep finished frozen-feature caches here for later runs (default: none, not kept)")
     run.add_argument("--download", action="store_true",
@@ -149,9 +151,9 @@ def describe(cfg: TrainConfig) -> dict:
             "native_size": m.backbone.pretrained_cfg["input_size"][-1], "trainable_batchnorms": len(bns),
             "bn_momentum": sorted({bn.momentum for bn in bns}), "num_features": m.backbone.num_features,
             **_depth(m)}
-    if catalogue.get(cfg.model) is None:
-        return {"model": cfg.model, "in_catalogue": False, "timm_id": cfg.model, **arch,
-                "note": "not in the catalogue: no paper row, no method card", "architecture": arch}
+    if catalogue.get(cfg.model) is None:  # the generic card, with what the architecture says filled in
+        return {**method_card(cfg, built={**arch, "heads": len(m.heads)}), "rule": arch["rule"],
+                "feature_cache_supported": arch["feature_cache_supported"], "architecture": arch}
     card = method_card(cfg)
     if card.get("trainable_params") is None:  # a depth the catalogue cannot count without the architecture
         card.update(trainable_params=arch["trainable_params"], trainable_modules=arch["trainable_modules"])

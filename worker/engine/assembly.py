@@ -90,7 +90,7 @@ def existing_run(out: Path, cfg: TrainConfig) -> Prior | None:
         return None
     diff = config_differences(ckpt["config"], cfg)
     if diff:
-        raise SetupError(f"{out} holds a checkpoint of another config (differs in {', '.join(diff)})",
+        raise SetupError(f"{out} holds a checkpoint of another config (differs in {diff})",
                          [Fix(folder="out")])
     return Prior(ckpt["epoch"], ckpt["epoch"] >= cfg.epochs, list(ckpt["history"]), ckpt["best_acc"],
                  ckpt["best_epoch"])

@@ -241,6 +241,10 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
             "channels_last": prep.channels_last, "image_size": prep.image_size, "train_images": len(train),
             "val_images": len(val), "resumed_from_epoch": progress_.epoch, "feature_cache": features.info,
             "teacher": teacher.info if teacher else None, "dataset": cfg.dataset,
+            # Where the last-block rule cut, as built: a model outside the catalogue's card shows it (core.config).
+            "unfreeze_from": model.plan.unfreeze_from, "trainable_modules": model.trainable_module_names(),
+            "blocks": len(model.blocks), "heads": len(model.heads),
+            "native_size": model.backbone.pretrained_cfg.get("input_size", [None])[-1],
             # What a reproduction report needs to say what ran: the library versions and the exact data.
             "torch_version": torch.__version__, "timm_version": timm.__version__, "data_fingerprint": prints}
         log.info("run: %s", json.dumps(info))

@@ -44,15 +44,19 @@ def weights_present(weights_dir: Path) -> dict[str, dict]:
     # The engine's own lookups: what a run would load.
     from worker.engine import cached_hub_file, local_file
     out = {}
-    for spec in catalogue.CATALOGUE.values():
+    # Every catalogue model, and any timm model with a local file here (weights=local works for any of them).
+    local = {p.stem for p in Path(weights_dir).glob("*") if p.suffix in (".safetensors", ".pth")} \
+        if Path(weights_dir).is_dir() else set()
+    for model in [*catalogue.CATALOGUE, *sorted(m for m in local - set(catalogue.CATALOGUE)
+                                                if catalogue.is_model(m))]:
         entry = {"hub": False, "hub_mb": None, "local": None, "local_mb": None}
-        f = cached_hub_file(spec.id, weights_dir)
+        f = cached_hub_file(model, weights_dir) if model in catalogue.CATALOGUE else None
         if f is not None:
             entry.update(hub=True, hub_mb=round(f.stat().st_size / 2**20, 1))
-        p = local_file(weights_dir, spec.id)
+        p = local_file(weights_dir, model)
         if p is not None:
             entry.update(local=str(p), local_mb=round(p.stat().st_size / 2**20, 1))
-        out[spec.id] = entry
+        out[model] = entry
     return out
 
 
