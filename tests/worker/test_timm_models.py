@@ -51,3 +51,14 @@ def test_a_non_catalogue_model_trains_through_run_and_the_command_line(tiny_cifa
 def test_a_name_timm_lacks_is_a_setup_error_in_each_front_ends_terms(tiny_cifar_dir, tmp_path):
     with pytest.raises(notebook.RunError, match="model='deit_tiny_patch16_224'"):
         notebook.run("tf_efficientnet_lite9", data_dir=tiny_cifar_dir, show=False, out=tmp_path / "n", **TINY)
+
+
+def test_the_worker_reports_a_local_file_of_any_timm_model_so_the_plan_sees_it(tmp_path):
+    """The plan's preflight reads the worker's report: a non-catalogue model's local file must be in it, or the
+    plan would block a run that can go, and a file that is not there must not be."""
+    from worker.queue.report import weights_present
+    (tmp_path / f"{MODEL}.safetensors").write_bytes(b"x")
+    (tmp_path / "not_a_timm_model.pth").write_bytes(b"x")
+    found = weights_present(tmp_path)
+    assert found[MODEL]["local"] == str(tmp_path / f"{MODEL}.safetensors")
+    assert "not_a_timm_model" not in found and found["deit_tiny_patch16_224"]["local"] is None
