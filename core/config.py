@@ -18,7 +18,7 @@ from .options import Option, opt, options_of
 
 @dataclass
 class TrainConfig:
-    model: str = opt("deit_base_distilled_patch16_224", "the model: a catalogue id (any timm name on the CLI)",
+    model: str = opt("deit_base_distilled_patch16_224", "the model: a catalogue id, or any timm model name (not in the paper)",
                      advanced=False, label="Model")
     dataset: Literal["cifar10", "cifar100"] = opt(
         "cifar10", "the dataset: cifar10 (the paper's) or cifar100 (100 fine labels; the paper has no number for it)",
