@@ -40,7 +40,8 @@ DATA_HOST = ("www.cs.toronto.edu", 443)
 # -- what is here ---------------------------------------------------------------------------------------------
 def weights_present(weights_dir: Path) -> dict[str, dict]:
     """Per catalogue model: its hub weights (the pinned tag) in `<weights_dir>/hub`, and a local file for
-    weights=local, each with its size in MB (None when absent)."""
+    weights=local, each with its size in MB (None when absent); and any other timm model with a local file here
+    (weights=local works for any timm model, and the plan must see that file)."""
     # The engine's own lookups: what a run would load.
     from worker.engine import cached_hub_file, local_file
     out = {}
