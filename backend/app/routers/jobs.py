@@ -50,7 +50,7 @@ def get_job(job_id: IdPath, db: Session = SessionDep):
     return jobs.to_public(db, _job(db, job_id))
 
 
-@router.get("/{job_id}/card", response_model=ModelCard)
+@router.get("/{job_id}/card", response_model=ModelCard, responses={404: {"description": "no such job or card"}})
 def get_card(job_id: IdPath, db: Session = SessionDep):
     """The job's method card, with what its worker reported when it built the model (job.info): for a timm model
     outside the catalogue, where the generic last-block rule cut and how many parameters train."""
@@ -58,7 +58,11 @@ def get_card(job_id: IdPath, db: Session = SessionDep):
     cfg = TrainConfig.from_dict(job_view.effective_config(job.experiment.config))
     web = {o.name for o in web_options()}
     paper = {k: v for k, v in preset("paper", model=cfg.model).to_dict().items() if k in web}
-    return {**method_card(cfg, built=job.info), "config": paper}
+    try:
+        card = method_card(cfg, built=job.info if isinstance(job.info, dict) else None)
+    except ValueError as e:  # a stored model this lab's timm list no longer has
+        raise HTTPException(404, f"job {job_id} has no method card: {e}") from e
+    return {**card, "config": paper}
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricPublic])
