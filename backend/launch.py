@@ -40,7 +40,7 @@ def commands(settings) -> dict[str, list[str]]:
     }
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec (Linux): SIGTERM when the launcher dies, even by SIGKILL: no orphans."""
     try:
         import ctypes
@@ -70,7 +70,7 @@ class Child:
 
     def start(self) -> None:
         # preexec_fn is unsafe only beside threads; the launcher has none.
-        die_with_us = _die_with_parent if sys.platform == "linux" else None
+        die_with_us = die_with_parent if sys.platform == "linux" else None
         self.p = subprocess.Popen(self.cmd, env=os.environ.copy(), start_new_session=True,
                                   preexec_fn=die_with_us)  # noqa: PLW1509
         self.started_at, self.restart_at = time.monotonic(), None

@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from backend.launch import _die_with_parent
+from backend.launch import die_with_parent
 
 # Colab serves proxied kernel ports under these names (a name per session and port).
 COLAB_DOMAINS = ("*.colab.dev", "*.colab.googleusercontent.com")  # *.colab.dev covers *.prod.colab.dev
@@ -124,7 +124,7 @@ class NotebookLab:
             self.proc = subprocess.Popen([sys.executable, "-m", "backend.launch"], env=self.environment(),
                                          stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True,
-                                         preexec_fn=_die_with_parent)  # a killed kernel takes the lab with it
+                                         preexec_fn=die_with_parent)  # a killed kernel takes the lab with it
         self.pid = self.proc.pid
         self.state_file.write_text(json.dumps({"pid": self.pid, "port": self.port}))
         atexit.register(self.stop)

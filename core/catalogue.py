@@ -375,3 +375,19 @@ def describe(spec: ModelSpec) -> dict:
 
 def get(model_id: str) -> ModelSpec | None:
     return CATALOGUE.get(model_id)
+
+
+TIMM_MODELS_FILE = Path(__file__).with_name("timm_models.json")  # tools/gen_timm_models.py writes it
+
+
+@lru_cache(maxsize=1)
+def timm_models() -> frozenset[str]:
+    """Every model name in timm's registry, as data (the backend stays torch-free): the catalogue's models carry
+    the paper's facts, any other name trains with the generic last-block rule."""
+    import json
+    return frozenset(json.loads(TIMM_MODELS_FILE.read_text())["models"])
+
+
+def is_model(name: str) -> bool:
+    """A name a run can train: in the catalogue or in timm's registry."""
+    return name in CATALOGUE or name in timm_models()

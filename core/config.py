@@ -18,7 +18,7 @@ from .options import Option, opt, options_of
 
 @dataclass
 class TrainConfig:
-    model: str = opt("deit_base_distilled_patch16_224", "the model: a catalogue id (any timm name on the CLI)",
+    model: str = opt("deit_base_distilled_patch16_224", "the model: a catalogue id, or any timm model name (not in the paper)",
                      advanced=False, label="Model")
     dataset: Literal["cifar10", "cifar100"] = opt(
         "cifar10", "the dataset: cifar10 (the paper's) or cifar100 (100 fine labels; the paper has no number for it)",
@@ -53,8 +53,9 @@ class TrainConfig:
         label="Distillation")
     distill_temperature: float = opt(3.0, "soft distillation's temperature (DeiT: 3.0)", gt=0, le=100,
                                      label="Distillation temperature")
-    weights: str = opt("hub", "pretrained weights: hub (timm's, cached), none (random init), local (the server's "
-                       "weights dir) or, on the CLI, a .safetensors/.pth path", web_choices=("hub", "none", "local"))
+    weights: str = opt("hub", "pretrained weights: hub (timm's, cached), none (random init), local (<model>.safetensors "
+                       "or .pth in the weights folder: the lab's, --weights-dir, run(weights_dir=)) or, on the CLI, a "
+                       ".safetensors/.pth path", web_choices=("hub", "none", "local"))
     train_per_class: int | None = opt(None, "training images per class, stratified and seeded (paper: all 5,000)",
                                       ge=1, le=5000, none_means="all", label="Training images per class")
     val_limit: int | None = opt(None, "validation images (paper: the whole 10,000-image test set)", ge=1, le=10000,
@@ -259,13 +260,17 @@ def _distillation_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
             f"plus half {second} (DeiT's {cfg.distillation} distillation); the paper used no teacher")
 
 
-def method_card(cfg: TrainConfig) -> dict:
+def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     """The method card of a run: the weights, input, numerics, trainable part, head and optimizer it uses, its
     trainable count against Table 1, and every remaining known deviation from the authors' runs with its likely
-    effect. `config_deviations` lists where `cfg` leaves the model's paper preset (none for the preset itself)."""
+    effect. `config_deviations` lists where `cfg` leaves the model's paper preset (none for the preset itself).
+    A timm model outside the catalogue gets a card that says so (`_timm_card`); `built` is what a worker reported
+    when it built the model (its info event: where the generic rule cut, the trainable count)."""
     spec = catalogue.get(cfg.model)
     if spec is None:
-        raise ValueError(f"{cfg.model!r} is not in the catalogue: no method card")
+        if not catalogue.is_model(cfg.model):
+            raise ValueError(f"{cfg.model!r} is neither in the catalogue nor in timm's registry: no method card")
+        return _timm_card(cfg, built)
     row = catalogue.paper_row(spec, cfg.dataset)
     paper = preset("paper", model=cfg.model)
     image_size = cfg.image_size or spec.native_size
@@ -358,6 +363,60 @@ def method_card(cfg: TrainConfig) -> dict:
         "config_deviations": differs,
         "rows": [{"label": k, "value": v} for k, v in rows],
         "note": spec.note,
+    }
+
+
+def _timm_card(cfg: TrainConfig, built: dict | None) -> dict:
+    """The card of a timm model outside the catalogue: not in the paper (no Table 1 row, no paper number, no known
+    deviations: there is no authors' run), the generic last-block rule, and (once a worker has built the model and
+    reported it in `built`) where that rule cut and how many parameters train. Facts the catalogue would prove
+    (weights' tag and size, normalization, widths) are timm's own here, read by the worker at build time."""
+    built = built or {}
+    ds = catalogue.DATASETS[cfg.dataset]
+    paper = preset("paper", model=cfg.model)
+    cut, trainable = built.get("unfreeze_from"), built.get("trainable_params")
+    modules = list(built.get("trainable_modules") or [])
+    k = cfg.trainable_blocks
+    rule = ("the generic last-block rule: timm's own block list for this model (its group_matcher); the last "
+            f"{'block' if k == 1 else f'{k} blocks'} and the layers after them train" if k not in (0, None) else
+            "none of the blocks: the head alone on frozen features" if k == 0 else "all layers: full fine-tuning")
+    where = (f"cut at {cut} (reported by the worker that built it)" if cut else
+             "where it cuts is shown once a worker has built the model (the job's first report)")
+    count = (f"{trainable:,} of {built['total_params']:,} (reported by the worker that built it; not in the "
+             "paper's Table 1)" if trainable is not None and built.get("total_params") else
+             "reported once a worker has built the model (python -m worker.finetune --describe counts it now)")
+    pooling = "model" if cfg.pooling == "auto" else cfg.pooling
+    head = (f"Linear(features, {cfg.head_hidden}) -> ELU -> Dropout({cfg.head_dropout:g}) -> "
+            f"Linear({cfg.head_hidden}, {ds.num_classes})")
+    differs = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
+               for o in result_options() if o.name != "model" and getattr(cfg, o.name) != getattr(paper, o.name)]
+    rows = [("Model", f"{cfg.model} (timm): not in the paper (no Table 1 row, no paper number) and not in the "
+                      "catalogue (its facts are timm's, not checked here)"),
+            ("Weights", {"hub": f"{cfg.model}: timm's default pretrained weights for this name",
+                         "none": "none: random init (no pretraining)",
+                         "local": "a local file in the weights folder"}.get(cfg.weights, f"the file {cfg.weights}")),
+            ("Image size", f"{cfg.image_size} px, bilinear from 32 px" if cfg.image_size else
+             "the weights' own size"), ("Normalization", "the mean/std timm's pretrained config gives"),
+            ("Precision", cfg.precision), ("Dataset", _dataset_text(ds)),
+            ("Trainable depth", f"{rule}; {where}"), ("Trainable modules", ", ".join(modules) or "-"),
+            ("Trainable parameters", count), ("Head", head), ("Pooling", pooling),
+            ("Adam epsilon", f"{cfg.adam_eps:g}")]
+    return {
+        "model": cfg.model, "paper_name": None, "in_paper": False, "paper_val_acc": None, "timm_id": cfg.model,
+        "pretrained_tag": None, "weights_name": cfg.model, "pretrained_on": "timm's default for this name",
+        "weights": cfg.weights, "image_size": cfg.image_size or built.get("image_size"),
+        "native_size": built.get("native_size"), "normalization": "timm", "precision": cfg.precision,
+        "tf32": cfg.tf32, "feature_cache": cfg.feature_cache, "cache_dtype": cfg.cache_dtype,
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "trainable_modules": modules,
+        "trainable_params": trainable, "trainable_params_as_paper_counts": None, "paper_trainable_params": None,
+        "paper_count_includes_mlp_head": None, "count_matches_paper": None, "trainable_blocks": k,
+        "blocks": built.get("blocks"), "dataset": ds.id, "num_classes": ds.num_classes, "teacher": cfg.teacher,
+        "head": head, "heads": built.get("heads", 1), "pooling": pooling, "head_init": cfg.head_init,
+        "head_l2": cfg.head_l2, "bn_momentum": cfg.bn_momentum, "trainable_batchnorms": 0, "adam_eps": cfg.adam_eps,
+        "lr": cfg.lr, "deviations": [], "config_deviations": differs,
+        "rows": [{"label": a, "value": b} for a, b in rows],
+        "note": "Not in the paper: a timm model trained with the generic last-block rule.",
+        "in_catalogue": False, "unfreeze_from": cut,
     }
 
 

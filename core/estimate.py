@@ -118,9 +118,19 @@ def work(cfg: dict) -> dict[str, float]:
             "frozen_gflop_per_image": per["frozen"], "block_gflop_per_image": per["block"]}
 
 
+def has_flops(model: str) -> bool:
+    """Whether flops.json has a figure for `model` (the catalogue's; a timm model outside it has none)."""
+    return bool(flops_table().get(model))
+
+
+def no_flops_text(model: str) -> str:
+    return (f"no time estimate: {model} is not in the catalogue, so core/flops.json has no FLOP figure to estimate "
+            "from (a finished job of it on this worker gives its measured speed)")
+
+
 def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
-    """The run's time on a device of `gflops` effective GFLOP/s."""
-    if not gflops:
+    """The run's time on a device of `gflops` effective GFLOP/s (None: no device figure, or no FLOP figure)."""
+    if not gflops or not has_flops(cfg["model"]):
         return {"frozen_s": None, "train_s": None, "total_s": None}
     w = work(cfg)
     frozen, train = w["frozen_gflop"] / gflops, w["train_gflop"] / gflops
@@ -132,6 +142,12 @@ def estimate(cfg: dict, gflops: float | None) -> dict[str, Any]:
     reference GPU, with the work they rest on."""
     here = seconds(cfg, gflops)
     ref = seconds(cfg, REFERENCE["gflops"])
+    if not has_flops(cfg["model"]):
+        n_train, n_val = image_counts(cfg)
+        return {"this_device_s": None, "reference_s": None, "frozen_s": None, "train_s": None,
+                "reference_frozen_s": None, "reference_train_s": None, "gflops": gflops, "frozen_gflop": None,
+                "train_gflop": None, "train_images": n_train, "val_images": n_val,
+                "no_flop_figure": no_flops_text(cfg["model"])}
     w = work(cfg)
     return {"this_device_s": here["total_s"], "reference_s": ref["total_s"], "frozen_s": here["frozen_s"],
             "train_s": here["train_s"], "reference_frozen_s": ref["frozen_s"], "reference_train_s": ref["train_s"],

@@ -129,7 +129,9 @@ class Lab:
 
     def new_worker(self, n: int = 1, supervised: bool = False) -> Proc:
         """A worker process; `supervised`: started again whenever it exits (`lab.supervisors[-1]`)."""
-        p = self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker",
+        # With faults asked for, the lab's own app with the test's fault hooks installed (tests/faults.py).
+        app = "tests.faults" if self.env.get("BLOCKLAB_TEST_FAULTS") else "worker.queue.celery_app"
+        p = self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", app, "worker",
                                       "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
                                       "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
                                       "INFO"]).start()

@@ -87,3 +87,91 @@ def test_core_at_run_time_is_torch_free():
             "'worker')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# -- the engine's front door, and private names kept private -----------------------------------------------------
+SHIPPED = ("backend", "core", "worker", "tools")  # the product's code; tests may reach inside what they test
+OURS = ("backend", "core", "worker", "tools", "tests")
+
+
+def _import_froms(path: Path):
+    """(module, name) for every `from module import name` of a file, relative imports resolved."""
+    pkg = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                mod = ".".join([*base, node.module] if node.module else base)
+            else:
+                mod = node.module or ""
+            for a in node.names:
+                yield mod, a.name
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, None
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_imports(path: Path) -> list[str]:
+    """Another module's `_private` name (or a `_private` module of ours) imported by `path`."""
+    own = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    bad = []
+    for mod, name in _import_froms(path):
+        if mod.split(".")[0] not in OURS or mod == own:
+            continue
+        if any(_private(part) for part in mod.split(".")) or (name and _private(name)):
+            bad.append(f"{path.relative_to(ROOT)} imports {mod}{'.' + name if name else ''}")
+    return bad
+
+
+def _engine_side_doors(path: Path) -> list[str]:
+    """An import of the engine from outside it that goes past its front door: `worker.engine.<module>`, or a
+    name `worker.engine` does not list in `__all__`."""
+    import worker.engine
+    bad = []
+    for mod, name in _import_froms(path):
+        if mod.startswith("worker.engine."):
+            bad.append(f"{path.relative_to(ROOT)} imports {mod}{'.' + name if name else ''}")
+        elif mod == "worker.engine" and name is not None and name not in worker.engine.__all__:
+            bad.append(f"{path.relative_to(ROOT)} imports worker.engine.{name} (not in its __all__)")
+    return bad
+
+
+def _shipped_files():
+    for top in SHIPPED:
+        yield from sorted((ROOT / top).rglob("*.py"))
+
+
+def test_no_module_imports_another_modules_private_name():
+    bad = [b for path in _shipped_files() for b in _private_imports(path)]
+    assert not bad, "\n".join(bad)
+
+
+def test_callers_use_the_engines_front_door():
+    bad = [b for path in _shipped_files() if not path.is_relative_to(ROOT / "worker" / "engine")
+           for b in _engine_side_doors(path)]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_front_door_name_is_there():
+    import worker.engine
+    assert all(getattr(worker.engine, name) is not None for name in worker.engine.__all__)
+
+
+def test_the_front_door_and_privacy_rules_can_fail():
+    """Both rules find a planted violation: a private name of another module, a side door into the engine."""
+    bad = ROOT / "worker" / "_planted_for_test.py"
+    bad.write_text("def f():\n    from worker.finetune import _BarLog\n    from .engine.train import run\n"
+                   "    from worker.engine import _WHERE, Callbacks\n")
+    try:
+        private = _private_imports(bad)
+        side = _engine_side_doors(bad)
+        assert private == ["worker/_planted_for_test.py imports worker.finetune._BarLog",
+                           "worker/_planted_for_test.py imports worker.engine._WHERE"], private
+        assert side == ["worker/_planted_for_test.py imports worker.engine.train.run",
+                        "worker/_planted_for_test.py imports worker.engine._WHERE (not in its __all__)"], side
+    finally:
+        bad.unlink()

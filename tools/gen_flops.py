@@ -27,8 +27,7 @@ def measure(model_id: str, image_size: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from core.config import preset
-    from worker.engine.device import DevicePolicy
-    from worker.engine.train import build_model
+    from worker.engine import DevicePolicy, build_model
 
     cfg = preset("paper", model=model_id, weights="none", image_size=image_size)
     with torch.device("meta"):

@@ -87,7 +87,7 @@ def _peak(device) -> dict:
 
 
 def run_engine(args, variant: str) -> dict:
-    from worker.engine.train import Callbacks, Paths, resolve_device, run
+    from worker.engine import Callbacks, Paths, resolve_device, run
 
     cfg = engine_config(args, variant)
     first = []  # seconds from the start of the run to its first epoch point (the first curve point a user sees)
@@ -119,10 +119,7 @@ def run_reference(args) -> dict:
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    from worker.engine.heads import MLPHead
-    from worker.engine.model import plan_for
-    from worker.engine.train import resolve_device
-    from worker.engine.weights import create_backbone
+    from worker.engine import MLPHead, create_backbone, plan_for, resolve_device
 
     cfg = engine_config(args)  # the same model, size and batch as the engine's paper variant
     device = resolve_device(args.device)
@@ -211,8 +208,7 @@ def time_frozen_forward(cfg, batch: int, iters: int, warmup: int = 2) -> dict:
     import numpy as np
     import torch
 
-    from worker.engine.device import DevicePolicy, fp32_math, resolve_device
-    from worker.engine.train import build_model
+    from worker.engine import DevicePolicy, build_model, fp32_math, resolve_device
 
     device = resolve_device(cfg.device)
     policy = DevicePolicy.for_device(device)
@@ -325,7 +321,7 @@ def table1_models(args) -> list[str]:
 def table1_main(args, argv) -> int:
     """Every model of Table 1 in its paper preset, one after another as a Reproduce Table 1 group runs them, each
     in its own process; a model that fails is reported and the rest still run."""
-    from worker.engine.device import resolve_device
+    from worker.engine import resolve_device
     models = table1_models(args)
     variant = args.variants[0]
     rows, failed = [], {}

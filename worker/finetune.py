@@ -23,19 +23,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import catalogue
-from core.config import (
-    OPTIONS,
-    PRESETS,
-    TrainConfig,
-    config_differences,
-    method_card,
-    preset,
-)
+from core.config import OPTIONS, PRESETS, TrainConfig, method_card, preset
 from core.options import Option
-from worker.engine.checkpoint import StorageError
-from worker.engine.data import DatasetError
-from worker.engine.train import Diverged
-from worker.engine.weights import WeightsError
+from worker.engine import USER_ERRORS, SetupError, Terms
+
+
+class FlagTerms(Terms):
+    """The command line's terms for a fix: a flag (`--weights none`), a folder by its flag (`--weights-dir`)."""
+    FOLDERS = {"weights_dir": "--weights-dir", "data_dir": "--data-dir", "out": "--out", "cache_dir": "--cache-dir"}
+
+    def option(self, name, value):
+        flag = "--" + name.replace("_", "-")
+        return f"pass {flag}" if value is True else f"pass {flag} {value}"
+
+    def folder(self, name, path):
+        flag = self.FOLDERS.get(name, name)
+        return f"{path} ({flag})" if path is not None else f"another folder ({flag})"
+
+
+FLAGS = FlagTerms()
 
 
 def _parse(o: Option):
@@ -73,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder: metrics.jsonl, summary.json, checkpoint.pt; an existing one is resumed "
                           "(required to train; default: none)")
     run.add_argument("--weights-dir", type=Path, metavar="DIR",
-                     help="cache for hub weights (DIR/hub); default: Hugging Face's own cache (~/.cache/huggingface)")
+                     help="the weights folder: --weights local reads DIR/<model>.safetensors (or .pth), hub downloads "
+                          "are cached in DIR/hub (default: the lab's, BLOCKLAB_WEIGHTS_DIR or <BLOCKLAB_HOME>/weights, "
+                          "for local files; Hugging Face's own cache, ~/.cache/huggingface, for the hub)")
     run.add_argument("--cache-dir", type=Path, metavar="DIR",
                      help="keep finished frozen-feature caches here for later runs (default: none, not kept)")
     run.add_argument("--download", action="store_true",
@@ -128,8 +136,7 @@ def describe(cfg: TrainConfig) -> dict:
     import timm
     import torch
 
-    from worker.engine.device import DevicePolicy
-    from worker.engine.train import build_model
+    from worker.engine import DevicePolicy, build_model
 
     if not timm.is_model(cfg.model):
         raise ValueError(f"unknown model {cfg.model!r}: not a timm model name (see --list-models)")
@@ -144,9 +151,9 @@ def describe(cfg: TrainConfig) -> dict:
             "native_size": m.backbone.pretrained_cfg["input_size"][-1], "trainable_batchnorms": len(bns),
             "bn_momentum": sorted({bn.momentum for bn in bns}), "num_features": m.backbone.num_features,
             **_depth(m)}
-    if catalogue.get(cfg.model) is None:
-        return {"model": cfg.model, "in_catalogue": False, "timm_id": cfg.model, **arch,
-                "note": "not in the catalogue: no paper row, no method card", "architecture": arch}
+    if catalogue.get(cfg.model) is None:  # the generic card, with what the architecture says filled in
+        return {**method_card(cfg, built={**arch, "heads": len(m.heads)}), "rule": arch["rule"],
+                "feature_cache_supported": arch["feature_cache_supported"], "architecture": arch}
     card = method_card(cfg)
     if card.get("trainable_params") is None:  # a depth the catalogue cannot count without the architecture
         card.update(trainable_params=arch["trainable_params"], trainable_modules=arch["trainable_modules"])
@@ -167,7 +174,7 @@ _PHASE_TEXT = {"downloading": "downloading", "loading": "loading data", "feature
                "training": "training", "validating": "validating"}
 
 
-class _Bars:
+class Bars:
     """One tqdm bar per phase (per epoch, split or file): a new phase closes the last bar first, so two bars
     never share the terminal; log records and epoch lines are written above the bar (tqdm.write)."""
 
@@ -218,7 +225,7 @@ class _Bars:
 class _BarLog(logging.Handler):
     """Log records printed through the bars (never in the middle of one)."""
 
-    def __init__(self, bars: _Bars):
+    def __init__(self, bars: Bars):
         super().__init__()
         self.bars = bars
 
@@ -267,40 +274,9 @@ def summary_text(summary: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def existing_run(out: Path, cfg: TrainConfig) -> dict | None:
-    """What `out` already holds for `cfg`: {"epoch": k, "complete": bool, "history": [...]}; None when nothing.
-    A checkpoint of another config is an error (the engine would refuse it after building the model)."""
-    from worker.engine import checkpoint
-    ckpt = checkpoint.load(out) if out.is_dir() else None
-    if ckpt is None:
-        return None
-    diff = config_differences(ckpt["config"], cfg)
-    if diff:
-        raise ValueError(f"{out} holds a checkpoint of another config (differs in {diff}); use another output "
-                         "folder (--out)")
-    return {"epoch": ckpt["epoch"], "complete": ckpt["epoch"] >= cfg.epochs, "history": list(ckpt["history"]),
-            "best_acc": ckpt["best_acc"], "best_epoch": ckpt["best_epoch"]}
-
-
-def _complete_summary(out: Path, cfg: TrainConfig, prior: dict) -> dict:
-    """The summary of a run found complete: the one it wrote, marked as found, not as new."""
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        spec = catalogue.get(cfg.model)
-        row = catalogue.paper_row(spec, cfg.dataset) if spec else None
-        summary = {"model": cfg.model, "epochs_run": prior["epoch"], "best_val_acc": prior["best_acc"],
-                   "best_epoch": prior["best_epoch"], "paper_name": spec.paper_name if spec else None,
-                   "paper_val_acc": row["val_acc"] if row else None,
-                   "seconds": round(sum(r["seconds"] for r in prior["history"]), 3)}
-    summary.pop("config", None)
-    return {**summary, "status": "complete", "epochs": cfg.epochs, "already_complete": True,
-            "resumed_from_epoch": prior["epoch"]}
-
-
-def _callbacks(bars: _Bars | None, stop: threading.Event):
+def _callbacks(bars: Bars | None, stop: threading.Event):
     """The engine's callbacks: progress to the bars, and the stop event Ctrl-C sets."""
-    from worker.engine.train import Callbacks
+    from worker.engine import Callbacks
     if bars is None:
         return Callbacks(stop=stop)
     return Callbacks(on_epoch=bars.on_epoch, on_progress=bars.on_progress, stop=stop)
@@ -316,10 +292,10 @@ def _on_interrupt(stop: threading.Event, say):
 
 
 def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
-    from worker.engine.train import Paths, run
+    from worker.engine import Paths, assemble
 
     quiet = a.json
-    bars = None if quiet else _Bars()
+    bars = None if quiet else Bars()
     say = (lambda text: None) if quiet else bars.write
     handler = _BarLog(bars) if bars else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -327,18 +303,20 @@ def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO if a.verbose and not quiet else logging.WARNING)
 
-    prior = existing_run(a.out, cfg)
-    if prior and prior["complete"]:
-        summary = _complete_summary(a.out, cfg, prior)
+    run = assemble(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download,
+                              teacher_dir=a.teacher_dir))
+    prior = run.prior
+    if prior and prior.complete:
+        summary = run.complete_summary()
         if quiet:
             print(json.dumps(summary, indent=2))
         else:
-            print(f"{a.out} already holds this run, complete ({prior['epoch']} of {cfg.epochs} epochs): nothing to "
+            print(f"{a.out} already holds this run, complete ({prior.epoch} of {cfg.epochs} epochs): nothing to "
                   "train. Raise --epochs to train on, or choose another --out. What it found:", file=sys.stderr)
             print(summary_text(summary, a.out), file=sys.stderr)
         return 0
     if prior:
-        say(f"resuming {a.out} from epoch {prior['epoch'] + 1} ({prior['epoch']} of {cfg.epochs} epochs done)")
+        say(f"resuming {a.out} from epoch {prior.epoch + 1} ({prior.epoch} of {cfg.epochs} epochs done)")
     elif bars:
         say(f"training {cfg.model} for {cfg.epochs} epochs into {a.out}")
     if bars:
@@ -347,16 +325,14 @@ def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, _on_interrupt(stop, say))
     try:
-        summary = run(cfg, Paths(a.data_dir, a.out, a.weights_dir, a.cache_dir, allow_download=a.download,
-                                     teacher_dir=a.teacher_dir),
-                      _callbacks(bars, stop))
+        summary = run.run(_callbacks(bars, stop))
     finally:
         signal.signal(signal.SIGINT, previous)
         if bars:
             bars.close()
         root.removeHandler(handler)
     summary = {k: v for k, v in summary.items() if k != "config"}
-    summary["resumed_from_epoch"] = prior["epoch"] if prior else 0
+    summary["resumed_from_epoch"] = prior.epoch if prior else 0
     if quiet:
         print(json.dumps(summary, indent=2))
     else:
@@ -378,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --data-dir and --out are required to train", file=sys.stderr)
             return 2
         return train(a, cfg)
-    except (ValueError, DatasetError, WeightsError, StorageError, Diverged) as e:
+    except SetupError as e:  # its fixes in the command line's words
+        print(f"error: {FLAGS.phrase(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

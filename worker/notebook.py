@@ -187,14 +187,22 @@ class Result:
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from worker.engine.checkpoint import StorageError
-    from worker.engine.data import DatasetError
-    from worker.engine.device import DeviceError
-    from worker.engine.distill import TeacherError
-    from worker.engine.train import Diverged
-    from worker.engine.weights import WeightsError
-    return DatasetError, WeightsError, StorageError, DeviceError, TeacherError, Diverged
+def keyword_terms():
+    """The notebook's terms for a fix (worker/engine/errors.py): a keyword argument of `run`
+    (`run(..., weights='none')`), a folder by its keyword (`weights_dir=`). Made on first use: the engine's Terms
+    come with the engine, which imports torch."""
+    from worker.engine import Terms
+
+    class Keywords(Terms):
+        FOLDERS = {"weights_dir": "weights_dir=", "data_dir": "data_dir=", "out": "out=", "cache_dir": "cache_dir="}
+
+        def option(self, name, value):
+            return f"call run(..., {name}={value!r})"
+
+        def folder(self, name, path):
+            kw = self.FOLDERS.get(name, name)
+            return f"{path} (run(..., {kw}...))" if path is not None else f"another folder (run(..., {kw}...))"
+    return Keywords()
 
 
 def _interrupts(stop: threading.Event, say):
@@ -222,10 +230,8 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
     this function share data, weights and feature caches. `download`: may the engine fetch CIFAR (md5-checked);
     default the lab's setting. `stop`: an Event another thread may set (the cell's interrupt does it here).
     """
-    from worker.engine.train import Callbacks, Paths
-    from worker.engine.train import run as engine_run
-    from worker.finetune import _Bars, _complete_summary, existing_run
-    user_errors = _user_errors()
+    from worker.engine import USER_ERRORS, Callbacks, SetupError, assemble, lab_paths
+    from worker.finetune import Bars
 
     if model and options.get("model", model) != model:
         raise ValueError(f"two models given: {model!r} and model={options['model']!r}")
@@ -233,23 +239,29 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
     s = get_settings()
     folder = Path(out) if out else run_folder(cfg, s.home / "notebook")
     display = _ipython_display() if show else None
-    bars = _Bars(auto=True) if show else None
+    bars = Bars(auto=True) if show else None
     say = bars.write if bars else (lambda text: None)
 
-    prior = existing_run(folder, cfg)
-    rows = list(prior["history"]) if prior else []
+    paths = lab_paths(s, folder, data_dir=data_dir, weights_dir=weights_dir, cache_dir=cache_dir,
+                      allow_download=download, teacher_dir=teacher_dir)
+    try:
+        assembled = assemble(cfg, paths)
+    except SetupError as err:  # the fix in keyword arguments, without the engine's stack
+        raise RunError(err.phrase(keyword_terms())) from None
+    prior = assembled.prior
+    rows = list(prior.history) if prior else []
     chart = handle = None
     if display is not None:
         chart = Chart(cfg)
         chart.update(rows)
         handle = display(chart.fig, display_id=True)
-    if prior and prior["complete"]:
-        say(f"{folder} already holds this run, complete ({prior['epoch']} of {cfg.epochs} epochs): nothing to train")
-        result = Result(cfg, _complete_summary(folder, cfg, prior), rows, folder)
+    if prior and prior.complete:
+        say(f"{folder} already holds this run, complete ({prior.epoch} of {cfg.epochs} epochs): nothing to train")
+        result = Result(cfg, assembled.complete_summary(), rows, folder)
         if display is not None:
             display(result)
         return result
-    say(f"resuming from epoch {prior['epoch'] + 1} ({prior['epoch']} of {cfg.epochs} done) in {folder}" if prior
+    say(f"resuming from epoch {prior.epoch + 1} ({prior.epoch} of {cfg.epochs} done) in {folder}" if prior
         else f"training {cfg.model} for {cfg.epochs} epochs into {folder}")
 
     def on_epoch(row: dict) -> None:
@@ -265,15 +277,12 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
         bars.epochs = cfg.epochs
     previous = _interrupts(stop, say)
     try:
-        paths = Paths(Path(data_dir) if data_dir else s.data_path, folder,
-                      Path(weights_dir) if weights_dir else s.weights_path,
-                      Path(cache_dir) if cache_dir else s.cache_path, cache_cap_bytes=int(s.cache_cap_gb * 2**30),
-                      allow_download=s.allow_download if download is None else download,
-                      teacher_dir=Path(teacher_dir) if teacher_dir else None)
-        summary = engine_run(cfg, paths, Callbacks(on_epoch=on_epoch, stop=stop,
-                                                   on_progress=bars.on_progress if bars else None))
-    except user_errors as err:  # the engine speaks the CLI's words where a notebook has keyword arguments
-        raise RunError(str(err).replace("(--download on the command line)", "(run(..., download=True))")) from None
+        summary = assembled.run(Callbacks(on_epoch=on_epoch, stop=stop,
+                                          on_progress=bars.on_progress if bars else None))
+    except SetupError as err:
+        raise RunError(err.phrase(keyword_terms())) from None
+    except USER_ERRORS as err:
+        raise RunError(str(err)) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -292,7 +292,8 @@ def _flag_value(o, v) -> str:
 def cli_command(config: dict, out: str = "runs/again") -> str:
     """`python -m worker.finetune ...` that runs `config` again: the engine's flags, derived from the options'
     declaration as finetune.py derives them (--option-name; booleans --x / --no-x), for every option whose value
-    is not the model's paper preset (the preset the command starts from)."""
+    is not the model's paper preset (the preset the command starts from), with the lab's data and weights folders
+    (weights=local then reads the same file as the job did)."""
     base = preset("paper", model=config["model"]).to_dict()
     parts = ["python", "-m", "worker.finetune", "--model", config["model"]]
     for o in OPTIONS:
@@ -306,10 +307,13 @@ def cli_command(config: dict, out: str = "runs/again") -> str:
             parts.append(flag if v else "--no-" + flag[2:])
         else:
             parts += [flag, _flag_value(o, v)]
+    from core.settings import get_settings
+    s = get_settings()  # the lab's own folders, so the command runs as printed on the lab's machine
     if config.get("teacher") is not None:  # the CLI finds the teacher by its run folder
-        from core.settings import get_settings
-        parts += ["--teacher-dir", str(get_settings().runs_path / f"job-{config['teacher']}")]
-    parts += ["--data-dir", "DATA_DIR", "--out", out]
+        parts += ["--teacher-dir", str(s.runs_path / f"job-{config['teacher']}")]
+    if config.get("weights", "hub") in ("hub", "local"):  # the lab's weights: its hub cache, its local files
+        parts += ["--weights-dir", str(s.weights_path)]
+    parts += ["--data-dir", str(s.data_path), "--out", out]
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -22,15 +22,17 @@ UTCDateTime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.
 
 
 class _ConfigRules(BaseModel):
-    """What the option declarations cannot say alone: the model must be in the catalogue, and a field the request
+    """What the option declarations cannot say alone: the model must be in the catalogue or in timm's registry
+    (core/timm_models.json: the backend validates without torch), and a field the request
     leaves out takes the paper's value for that model (Swin-B: batch 256)."""
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("model", check_fields=False)
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if catalogue.get(v) is None:
-            raise ValueError(f"unknown model {v!r}; choose one of GET /api/models")
+        if not catalogue.is_model(v):
+            raise ValueError(f"unknown model {v!r}: neither in the catalogue (GET /api/models) nor in timm's "
+                             "registry (any timm.list_models() name)")
         return v
 
     @field_validator("trainable_blocks", check_fields=False)
@@ -287,9 +289,9 @@ class ModelCard(BaseModel):
     weights_name: str
     pretrained_on: str
     weights: str
-    image_size: int
-    native_size: int
-    normalization: Literal["imagenet", "half"]
+    image_size: int | None  # None: the weights' own size, not known before a worker builds a non-catalogue model
+    native_size: int | None
+    normalization: Literal["imagenet", "half", "timm"]  # timm: a non-catalogue model, timm's pretrained config
     precision: str
     tf32: bool
     feature_cache: bool

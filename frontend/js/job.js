@@ -5,7 +5,7 @@
 // its requests carry the view's abort signal and the event stream closes on that signal's abort.
 "use strict";
 import { el, pct, int, secs, state, api, fail, viewSignal, isAbort, can, modelById, paperCurve } from "./util.js";
-import { showCard } from "./card.js";
+import { cardView, showCard } from "./card.js";
 import { jobActions } from "./jobs.js";
 import { phaseText, dryBadge } from "./runs.js";
 import { chartBox, layout, PLOT_CONFIG } from "./charts.js";
@@ -163,7 +163,10 @@ export async function renderJob(view, id) {
   if (model) {
     config().then((cfg) => showCard(cardBox, current.model, cfg))
       .catch((e) => { if (!isAbort(e)) cardBox.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` })); });
-  } else cardBox.replaceChildren(el("p", { class: "muted", text: `${current.model} is not in the catalogue: no method card.` }));
+  } else {  // a timm model outside the catalogue: its card with what its worker reported when it built it
+    get(`/api/jobs/${id}/card`).then((card) => cardBox.replaceChildren(cardView(card, true)))
+      .catch((e) => { if (!isAbort(e)) cardBox.replaceChildren(el("p", { class: "error-text", text: `No method card: ${e.message}` })); });
+  }
 
   let metrics = await get(`/api/jobs/${id}/metrics`);
 

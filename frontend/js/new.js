@@ -84,12 +84,16 @@ export function renderNew(view) {
   const modelOpt = state.options.find((o) => o.name === "model");
   const picker = modelPicker();
   picker.value = modelOpt.default;
+  // Any model in timm's registry, beyond the catalogue's: its name typed here wins over the picker (the API checks it).
+  const other = el("input", { id: "f-timm-model", name: "timm_model", placeholder: "or any timm model, e.g. tf_efficientnet_lite2",
+    spellcheck: "false", autocomplete: "off", "aria-label": "Any timm model name", maxlength: 200 });
+  const chosen = () => other.value.trim() || picker.value;
   const origin = el("p", { class: "form-origin", id: "form-origin" });
   form.append(el("h2", { text: "New job" }),
     el("p", { class: "muted", text: "The paper's preset is filled in: 224 px, fp32, Adam 1e-4, batch 512 (256 for Swin-B), 20 epochs, LR x0.6 after 2 epochs without progress, random horizontal flip; the Keras CNNs get the authors' Keras head and defaults. The method card beside it says what the chosen model runs and where it still differs from the authors' runs." }),
     origin,
     fieldRow("name", "Name", el("input", { id: "f-name", name: "name", value: "my run", maxlength: 200 })),
-    fieldRow("model", modelOpt.label, picker, modelOpt.help));
+    fieldRow("model", modelOpt.label, el("div", { class: "model-choice" }, picker, other), modelOpt.help));
   const advanced = el("details", { id: "advanced" }, el("summary", { text: "Advanced settings" }));
   const inputs = [];
   for (const o of state.options) {
@@ -121,6 +125,7 @@ export function renderNew(view) {
 
   const resetTo = (config) => {  // values as given; those equal to the model's preset keep following the model
     if (config.model && modelById(config.model)) picker.value = config.model;
+    if (config.model) other.value = modelById(config.model) ? "" : config.model;
     for (const [o, input] of inputs) {
       const preset = optionValue(o, picker.value);
       const value = config && o.name in config ? config[o.name] : preset;
@@ -129,15 +134,16 @@ export function renderNew(view) {
       else input.dataset.touched = "1";
     }
     warnBatch();
-    showCard(cardBox, picker.value);
+    showCard(cardBox, chosen());
   };
   const presetButton = el("button", { type: "button", class: "secondary", id: "preset-reset", text: "Back to the paper's preset",
     onclick: () => { resetTo({ model: picker.value }); origin.textContent = `The paper's preset for ${picker.value}.`; } });
   picker.addEventListener("change", () => {  // the model's own preset values, where the user changed nothing
     for (const [o, input] of inputs) if (!input.dataset.touched) setInput(input, o, optionValue(o, picker.value));
     warnBatch();
-    showCard(cardBox, picker.value);
+    showCard(cardBox, chosen());
   });
+  other.addEventListener("change", () => showCard(cardBox, chosen()));
   form.append(advanced, el("div", { class: "form-buttons" }, el("button", { type: "submit", id: "submit", text: "Start job" }), presetButton));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form, view, signal); });
 
@@ -168,7 +174,7 @@ export function renderNew(view) {
 }
 
 function readConfig(form) {
-  const cfg = { model: $("#f-model", form).value };
+  const cfg = { model: $("#f-timm-model", form).value.trim() || $("#f-model", form).value };
   for (const o of state.options) {
     if (o.name === "model") continue;
     const input = $(`#f-${o.name}`, form);

@@ -73,6 +73,7 @@ function itemRow(item, refName) {
       el("div", { class: "hint card-summary", text: cardSummary(item.card) }),
       more,
       memoryLine(item.memory),
+      est.no_flop_figure ? el("div", { class: "hint no-flop-figure", text: est.no_flop_figure }) : "",
       item.blocked ? el("div", { class: "error-text block-reason", text: `Blocked: ${item.block_reason || "cannot run"}` }) : ""),
     el("td", { class: "est-this", text: duration(est.this_device_s) }),
     el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null }),

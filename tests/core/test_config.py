@@ -150,9 +150,20 @@ def test_the_card_counts_the_papers_way():
     assert wider["trainable_params"] - card["trainable_params"] == 1920 * 256 + 256 + 256 * 10
 
 
-def test_a_model_outside_the_catalogue_has_no_card():
-    with pytest.raises(ValueError, match="not in the catalogue"):
-        method_card(TrainConfig(model="convnext_atto"))
+def test_a_timm_model_outside_the_catalogue_has_a_card_that_says_so():
+    card = method_card(TrainConfig(model="convnext_atto"))
+    rows = {r["label"]: r["value"] for r in card["rows"]}
+    assert not card["in_paper"] and card["paper_val_acc"] is None and card["deviations"] == []
+    assert "not in the paper" in rows["Model"] and "generic last-block rule" in rows["Trainable depth"]
+    assert "once a worker has built the model" in rows["Trainable depth"] and card["trainable_params"] is None
+    built = method_card(TrainConfig(model="convnext_atto"), built={
+        "unfreeze_from": "stages.3.blocks.1", "trainable_modules": ["stages.3.blocks.1", "head.norm"],
+        "trainable_params": 123_456, "total_params": 3_456_789, "blocks": 18})
+    rows = {r["label"]: r["value"] for r in built["rows"]}
+    assert "cut at stages.3.blocks.1 (reported by the worker" in rows["Trainable depth"]
+    assert rows["Trainable parameters"].startswith("123,456 of 3,456,789") and built["trainable_params"] == 123_456
+    with pytest.raises(ValueError, match="neither in the catalogue nor in timm's registry"):
+        method_card(TrainConfig(model="no_such_net"))
 
 
 def test_a_stored_config_naming_a_retired_option_still_loads():

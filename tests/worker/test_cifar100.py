@@ -90,7 +90,8 @@ def test_a_local_archive_or_folder_is_read_without_a_download(tmp_path):
 def test_missing_cifar100_says_where_it_looked(tmp_path):
     with pytest.raises(data.DatasetError) as e:
         data.load("cifar100", tmp_path / "nowhere")
-    msg = str(e.value)
+    from worker.finetune import FLAGS
+    msg = e.value.phrase(FLAGS)
     assert "CIFAR-100 not found" in msg and str(tmp_path / "nowhere" / data.CIFAR100_DIR / "test") in msg
     assert data.CIFAR100_ARCHIVE in msg and "--download" in msg
 
@@ -159,9 +160,10 @@ def test_an_unknown_dataset_is_named_and_cifar10_layouts_are_not_taken_for_cifar
 def test_a_missing_dataset_on_the_job_page_says_the_labs_fix_not_the_cli_flag(tmp_path):
     """The job page shows the worker's error: it names the folders looked at and the lab's switch
     (BLOCKLAB_ALLOW_DOWNLOAD), where the command line names --download."""
-    from worker.queue.tasks import _friendly_error
+    from worker.queue.tasks import job_error_text
     with pytest.raises(data.DatasetError) as e:
         data.load("cifar100", tmp_path)
-    cli, web = str(e.value), _friendly_error(e.value)
+    from worker.finetune import FLAGS
+    cli, web = e.value.phrase(FLAGS), job_error_text(e.value)
     assert "--download" in cli and "--download" not in web and "BLOCKLAB_ALLOW_DOWNLOAD=true" in web
     assert str(tmp_path / data.CIFAR100_ARCHIVE) in web and "cifar-100-python/" in web

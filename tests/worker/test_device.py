@@ -181,8 +181,8 @@ def test_a_gpu_worker_that_cannot_use_its_gpu_refuses_to_train_on_the_cpu(no_usa
     msg = str(e.value)
     assert f"device={setting}" in msg and "CUDA 13.0" in msg and "torch.version.cuda" in msg
     assert "driver 535.104.05" in msg and "torch wheel that matches the driver" in msg and "device=cpu" in msg
-    from worker.queue.tasks import _friendly_error
-    assert _friendly_error(e.value) == msg  # the job page shows the advice as it is
+    from worker.queue.tasks import job_error_text
+    assert job_error_text(e.value) == msg  # the job page shows the advice as it is
 
 
 def test_a_cpu_only_torch_on_a_gpu_machine_says_so(no_usable_cuda, monkeypatch):

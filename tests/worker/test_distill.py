@@ -14,7 +14,7 @@ from worker.engine import data as cifar
 from worker.engine.device import DevicePolicy
 from worker.engine.distill import PREDICTIONS_DIR, TeacherError, TeacherPredictions, distillation_loss
 from worker.engine.train import Paths, run
-from worker.queue.tasks import _friendly_error, teacher_dir
+from worker.queue.tasks import job_error_text, teacher_dir
 
 TINY = dict(weights="none", batch_size=32, image_size=32, val_limit=60, precision="fp32", seed=0)
 STUDENT = dict(TINY, model="deit_tiny_distilled_patch16_224", teacher=1, epochs=2)
@@ -190,7 +190,7 @@ def test_a_checkpoint_never_resumes_under_another_teacher(tiny_cifar_dir, teache
 def test_a_missing_teacher_says_which_job_and_what_to_do(tiny_cifar_dir, tmp_path):
     with pytest.raises(TeacherError) as e:
         _student(tiny_cifar_dir, tmp_path, "s", teacher=41, epochs=1)
-    msg = _friendly_error(e.value)
+    msg = job_error_text(e.value)
     assert "teacher job 41" in msg and "missing" in msg and "choose another teacher" in msg
     assert "Traceback" not in msg and not msg.startswith("TeacherError")
     with pytest.raises(TeacherError, match="--teacher-dir"):  # the command line without the folder

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from core.config import OPTIONS_BY_NAME, TrainConfig, method_card
-from worker.engine import checkpoint, distill
+from worker.engine import builders, checkpoint, distill
 from worker.engine import device as device_mod
 from worker.engine import train as engine
 from worker.engine.device import DeviceError, DevicePolicy
 from worker.engine.features import FeatureStore
 from worker.engine.train import Callbacks, Paths, run
-from worker.queue.tasks import _friendly_error, teacher_dir
+from worker.queue.tasks import job_error_text, teacher_dir
 
 from .readbacks import Readbacks
 from .test_train import TINY
@@ -80,7 +80,7 @@ def test_fp16_where_autocast_cannot_run_it_is_refused_naming_the_option(monkeypa
     monkeypatch.setattr(device_mod, "autocast_supported", lambda device_type, dtype: dtype is not torch.float16)
     with pytest.raises(DeviceError) as e:
         CPU.amp("fp16")
-    msg = _friendly_error(e.value)
+    msg = job_error_text(e.value)
     assert msg.startswith("precision=fp16: float16 autocast is not available on cpu")
     assert "choose precision fp32 or bf16" in msg and "Traceback" not in msg
     assert CPU.amp("bf16")["enabled"]  # the others are unaffected
@@ -148,7 +148,7 @@ def test_steps_the_scaler_skips_are_not_divergence(tiny_cifar_dir, tmp_path, mon
     """A first scale so large that every scaled gradient overflows float16: each step of epoch 1 is skipped and
     the scale halved, but the loss is a number, so the run goes on (and is not called diverged); once the scale
     has come down, steps are taken again. An fp32 checkpoint carries no scaler state."""
-    monkeypatch.setattr(engine, "FP16_INIT_SCALE", 2.0 ** 120)
+    monkeypatch.setattr(builders, "FP16_INIT_SCALE", 2.0 ** 120)
     log = ScalerLog(monkeypatch)
     batch = 8
     per_epoch = math.ceil(200 / batch)
@@ -173,7 +173,7 @@ def test_a_non_finite_fp16_loss_is_still_divergence(tiny_cifar_dir, tmp_path, mo
     with pytest.raises(engine.Diverged) as e:
         run(TrainConfig(**FP16, epochs=2), Paths(tiny_cifar_dir, tmp_path / "o"))
     assert str(e.value).startswith("the loss became NaN at epoch 1; try a lower learning rate; under fp16 ")
-    assert "try precision bf16 or fp32" in _friendly_error(e.value)
+    assert "try precision bf16 or fp32" in job_error_text(e.value)
 
 
 def test_a_cnn_trains_under_fp16_with_the_gpu_branches_forced(tiny_cifar_dir, tmp_path):

@@ -109,10 +109,10 @@ def test_the_training_device_is_where_the_model_lives():
 def test_the_out_of_memory_advice_is_one_the_lab_accepts():
     """A resume refuses a changed batch_size or image_size (they change what a run computes): the advice names a
     new job for them, and never promises that a resume with a lower batch size works."""
-    from worker.queue.tasks import _friendly_error
+    from worker.queue.tasks import job_error_text
     for option, value in (("batch_size", 256), ("image_size", 160)):
         assert config_differences(TrainConfig().to_dict(), TrainConfig(**{option: value})) == [option]
-    msg = _friendly_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore"))
+    msg = job_error_text(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore"))
     assert msg.startswith("out of memory: CUDA out of memory. Tried to allocate 20.00 GiB. ")
     assert "new job with a lower batch_size or image_size" in msg and "a resume keeps this job's settings" in msg
     assert "can be resumed" not in msg and "\n" not in msg

@@ -60,7 +60,7 @@ def test_a_file_where_the_run_folder_should_be_says_so(tiny_cifar_dir, tmp_path)
 
 
 def test_the_worker_reports_storage_errors_as_advice():
-    from worker.queue.tasks import _friendly_error
+    from worker.queue.tasks import job_error_text
     err = StorageError("no space left in /runs/job-1: free space there or set ...")
-    assert _friendly_error(err) == str(err)
+    assert job_error_text(err) == str(err)
 

@@ -14,7 +14,7 @@ def test_progress_events_are_throttled_but_keep_every_phase_change_and_end(monke
     clock = {"t": 100.0}
     monkeypatch.setattr(tasks.time, "monotonic", lambda: clock["t"])
     sent = []
-    p = _ProgressSender(lambda **e: sent.append(e), faults=set())
+    p = _ProgressSender(lambda **e: sent.append(e))
     p(progress("starting"))
     for done in range(1, 11):  # 10 feature chunks, 1/8 s apart
         clock["t"] += 0.125
@@ -101,3 +101,51 @@ def test_a_force_stopped_attempt_delivered_again_never_trains(tmp_path, monkeypa
     assert [k for k, _ in sent] == ["finished"] and sent[0][1]["status"] == "cancelled"
     assert "force-stopped" in sent[0][1]["error"]
     assert not (out / "metrics.jsonl").exists()
+
+
+class _Recorder:
+    def __init__(self, *a, **kw):
+        self.sent = []
+
+    def send(self, kind, **data):
+        self.sent.append((kind, data))
+
+    def close(self):
+        pass
+
+
+def test_an_attempt_sends_one_finished_event_and_nothing_after_it(tmp_path, monkeypatch):
+    from core import settings
+    monkeypatch.setenv("BLOCKLAB_HOME", str(tmp_path))
+    settings.get_settings.cache_clear()
+    monkeypatch.setattr(tasks, "EventPublisher", _Recorder)
+    monkeypatch.setattr(tasks, "ControlChannel", lambda *a, **kw: FakeControl())
+    try:
+        a = tasks.Attempt(3, 1, {"model": "deit_tiny_patch16_224"}, "w1")
+    finally:
+        settings.get_settings.cache_clear()
+    assert a.state is tasks.AttemptState.RECEIVED
+    assert a.send("heartbeat") and a.state is tasks.AttemptState.RECEIVED
+    a.finish(tasks.JobStatus.CANCELLED, error=None)
+    a.finish(tasks.JobStatus.FAILED, error="late")  # a second end (the watchdog's, the task's) is not sent
+    assert not a.send("heartbeat") and a.state is tasks.AttemptState.FINISHED
+    assert [k for k, _ in a.events.sent] == ["heartbeat", "finished"]
+    assert a.events.sent[1][1]["status"] == tasks.JobStatus.CANCELLED
+
+
+def test_faults_come_only_through_hooks_a_test_installs(monkeypatch):
+    """Shipped code holds no fault branch: a hook the test installs sees each progress report, before and after
+    it is sent (tests/faults.py installs the reliability suite's)."""
+    import inspect
+    assert "BLOCKLAB_TEST_FAULTS" not in inspect.getsource(tasks) and not hasattr(tasks, "_injected_faults")
+    seen = []
+
+    class Hooks(tasks.AttemptHooks):
+        def before_progress(self, job_id, p):
+            seen.append(("before", job_id, p["phase"]))
+
+        def after_progress(self, job_id, p):
+            seen.append(("after", job_id, p["phase"]))
+    sent = []
+    _ProgressSender(lambda **e: sent.append(("sent", e["phase"])), Hooks(), job_id=5)(progress("training", 1, 3))
+    assert seen == [("before", 5, "training"), ("after", 5, "training")] and sent == [("sent", "training")]

@@ -35,12 +35,16 @@ def test_missing_file_and_offline_hub_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError) as e:
         create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
-    msg = str(e.value)  # the command line's terms
-    assert str(tmp_path / "w" / "hub") in msg and "--weights none" in msg and "--weights PATH" in msg
-    assert "deit_tiny_patch16_224.safetensors" in msg and ".." not in msg
+    from worker.finetune import FLAGS
+    from worker.queue.tasks import form_terms
+    msg = e.value.phrase(FLAGS)  # the command line's terms
+    assert str(tmp_path / "w" / "hub") in msg and "--weights none" in msg
+    assert f"--weights local and put deit_tiny_patch16_224.safetensors (or deit_tiny_patch16_224.pth) in " \
+           f"{tmp_path / 'w'} (--weights-dir)" in msg and ".." not in msg
     # The job page's terms (the form offers hub, none and local; no flag, no doubled full stop).
-    web = e.value.web_text(tmp_path / "weights")
-    assert f"weights: local and put deit_tiny_patch16_224.safetensors (or .pth) in {tmp_path / 'weights'}" in web
+    web = e.value.phrase(form_terms())
+    assert f"choose weights: local and put deit_tiny_patch16_224.safetensors (or deit_tiny_patch16_224.pth) in " \
+           f"{tmp_path / 'w'}" in web
     assert "weights: none" in web and "--" not in web and ".." not in web
     assert str(tmp_path / "w" / "hub") in web
 

@@ -22,6 +22,8 @@ import numpy as np
 
 from core import catalogue
 
+from .errors import Fix, SetupError
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
 ARCHIVE_NAME = catalogue.DATASETS["cifar10"].archive
@@ -52,13 +54,9 @@ CIFAR100 = Layout("cifar100", "CIFAR-100", CIFAR100_URL, CIFAR100_MD5, CIFAR100_
 LAYOUTS: dict[str, Layout] = {lay.dataset: lay for lay in (CIFAR10, CIFAR100)}
 
 
-class DatasetError(RuntimeError):
-    """A dataset problem a user can fix; the message says where we looked and what to do. `web`: the same in the
-    lab's terms where the fix differs from the command line's (the job page shows it)."""
-
-    def __init__(self, message: str, web: str | None = None):
-        super().__init__(message)
-        self.web = web
+class DatasetError(SetupError):
+    """A dataset problem a user can fix; the problem says where we looked, the fixes what to do (errors.py), which
+    each front end says in its own terms (the job page: BLOCKLAB_ALLOW_DOWNLOAD; the command line: --download)."""
 
 
 @dataclass
@@ -188,10 +186,9 @@ def locate(data_dir: Path, allow_download: bool = False, url: str | None = None,
     if allow_download:
         return download(data_dir, url=url, progress=progress, layout=layout)
     looked = " and ".join(str(data_dir / layout.folder / m) for m in layout.markers)
-    said = (f"{layout.title} not found: looked for {looked} and {data_dir / layout.archive}. "
-            f"Copy the official {layout.folder}/ folder or {layout.archive} there, or allow the download ")
-    raise DatasetError(said + "(--download on the command line).",
-                       web=said + "(BLOCKLAB_ALLOW_DOWNLOAD=true for the worker), then resume the job.")
+    raise DatasetError(f"{layout.title} not found: looked for {looked} and {data_dir / layout.archive}",
+                       [Fix(file=f"the official {layout.folder}/ folder or {layout.archive}", folder="data_dir",
+                            path=data_dir), Fix("download", True)])
 
 
 def load_cifar10(data_dir: Path, allow_download: bool = False, url: str = CIFAR10_URL,

@@ -33,6 +33,7 @@ from core import catalogue
 from core.config import TrainConfig
 
 from . import checkpoint
+from .builders import build_model
 from .weights import fingerprint
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ def build_teacher(tcfg: TrainConfig, ckpt: dict, policy, weights_dir: Path | Non
     """The teacher model as its run left it, in eval mode, and its preprocessing. Built as train.py builds a run:
     the seed first (a random init, weights="none", comes out the same), then the trained state over it; the
     student's random state is left as it was."""
-    from .train import build_model  # train imports this module
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         model, prep = build_model(tcfg, policy, weights_dir, stop=stop, on_progress=on_progress)

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import timm
 import torch.nn.functional as F
-from timm.data import resolve_model_data_config
 
 from core import catalogue
 from core.config import TrainConfig
@@ -39,20 +38,18 @@ from core.protocol import Phase, epoch_row, progress
 
 from . import checkpoint
 from . import data as cifar
+from .builders import build_model, grad_scaler, make_optimizer  # tests reach them here too; callers: worker.engine
 from .distill import TeacherError, TeacherPredictions, distillation_loss
 from .device import DevicePolicy, fp32_math, precision_name, resolve_device  # resolve_device: tasks.py, bench.py
 from .features import FrozenFeatures
-from .model import SingleBlockModel, plan_for
-from .preprocess import Preprocess
+from .model import SingleBlockModel  # tests patch its methods through this module
 from .schedule import PlateauLR
 from .stop import Stop, StopRequested  # StopRequested: callers import it from here
-from .weights import create_backbone
 
 log = logging.getLogger("blocklab.engine")
 
 
 STOP_POLL_S = 0.2  # a `should_stop` callback is asked at most this often (a stop Event is read at every check)
-FP16_INIT_SCALE = 2.0 ** 16  # the gradient scaler's first scale (PyTorch's default); it halves at every overflow
 
 
 @dataclass
@@ -244,6 +241,10 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
             "channels_last": prep.channels_last, "image_size": prep.image_size, "train_images": len(train),
             "val_images": len(val), "resumed_from_epoch": progress_.epoch, "feature_cache": features.info,
             "teacher": teacher.info if teacher else None, "dataset": cfg.dataset,
+            # Where the last-block rule cut, as built: a model outside the catalogue's card shows it (core.config).
+            "unfreeze_from": model.plan.unfreeze_from, "trainable_modules": model.trainable_module_names(),
+            "blocks": len(model.blocks), "heads": len(model.heads),
+            "native_size": model.backbone.pretrained_cfg.get("input_size", [None])[-1],
             # What a reproduction report needs to say what ran: the library versions and the exact data.
             "torch_version": torch.__version__, "timm_version": timm.__version__, "data_fingerprint": prints}
         log.info("run: %s", json.dumps(info))
@@ -333,53 +334,6 @@ def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, 
                      teacher_acc=tr.get("teacher_acc"), teacher_agreement=tr.get("teacher_agreement"),
                      per_class_acc=ev["per_class"],
                      confusion=ev["confusion"])
-
-
-def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None = None, stop: Stop | None = None,
-                on_progress: Callable[[dict], None] | None = None) -> tuple[SingleBlockModel, Preprocess]:
-    """The backbone with its last block unfrozen and the paper's head, and the preprocessing its weights expect.
-
-    The paper upsamples every model to 224 (the preset's `image_size`), whatever size its weights were trained at
-    (NFNet-F6 448, EfficientNetV2-L 384): transformers are built for that size (timm resamples their position
-    embeddings), CNNs take it as it is. Works under `torch.device("meta")` with weights="none" (tests build every
-    paper model that way). A hub download reports its bytes to `on_progress` and honours `stop`.
-    """
-    backbone = create_backbone(cfg.model, cfg.weights, weights_dir, img_size=cfg.image_size, stop=stop,
-                               on_progress=on_progress)
-    data_cfg = resolve_model_data_config(backbone)
-    image_size = cfg.image_size or data_cfg["input_size"][-1]
-    model = SingleBlockModel(backbone, plan_for(cfg.model, backbone, cfg.pooling), cfg.head_hidden,
-                             cfg.head_dropout, num_classes=catalogue.num_classes(cfg.dataset),
-                             head_init=cfg.head_init, bn_momentum=cfg.bn_momentum,
-                             trainable_blocks=cfg.trainable_blocks).to(policy.device)
-    channels_last = policy.channels_last and model.plan.family == "cnn"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, Preprocess(image_size, data_cfg["mean"], data_cfg["std"], policy.device, channels_last)
-
-
-def make_optimizer(model: SingleBlockModel, cfg: TrainConfig, fused: bool = False) -> torch.optim.Adam:
-    """Adam on the trainable parameters, with the preset's epsilon (the authors' Keras CNNs: Keras' 1e-7).
-
-    `fused` (fp16, where the device has the kernel): one kernel per step that takes the gradient scaler's scale
-    and overflow flag as device tensors; unfused, GradScaler.step reads the flag back to the host every step, a
-    blocking sync per batch (issue 15). Where the device lacks the kernel, plain Adam and that sync."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if fused:
-        try:
-            return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-        except RuntimeError as e:  # a device type without fused Adam kernels
-            log.info("fused Adam not available (%s): the gradient scaler syncs once per step", e)
-    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-
-
-def grad_scaler(amp: dict) -> torch.amp.GradScaler:
-    """The gradient scaler of a run: on for fp16 only (bf16 has fp32's range and needs none). fp16's 5-bit exponent
-    flushes small gradients to zero; the loss is multiplied by the scale before backward, the gradients divided by
-    it before the step, and a step whose gradients overflowed (inf or NaN) is skipped and the scale halved
-    (doubled again after 2,000 clean steps): the loss of such a batch is still a number and counts as one."""
-    fp16 = bool(amp["enabled"]) and amp["dtype"] is torch.float16
-    return torch.amp.GradScaler(amp["device_type"], init_scale=FP16_INIT_SCALE, enabled=fp16)
 
 
 def _l2_penalty(model: SingleBlockModel, cfg: TrainConfig) -> torch.Tensor:

@@ -21,31 +21,51 @@ from torch import nn
 from core import catalogue
 from core.protocol import Phase, progress
 
+from .errors import Fix, SetupError
 from .stop import Stop, StopRequested
 
 HUB_CHUNK_BYTES = 64 << 10  # huggingface_hub reads 10 MiB per chunk: progress and stop checks need finer steps
 
 
-class WeightsError(RuntimeError):
-    """A weights problem a user can fix; the message says where we looked and what to do."""
+class WeightsError(SetupError):
+    """A weights problem a user can fix; the problem says where we looked, the fixes what to do (errors.py)."""
 
 
 class HubUnavailable(WeightsError):
-    """The hub could not give a model's pretrained weights (offline, most often). The message is the command
-    line's; `web_text` says the same in the form's terms, for the job page."""
+    """The hub could not give a model's pretrained weights (offline, most often): the fixes are weights=local
+    with the exact file and folder, weights=none, or a download into the hub cache on a connected machine."""
 
-    def __init__(self, model: str, name: str, cache: Path, cause: str):
+    def __init__(self, model: str, name: str, cache: Path, cause: str, weights_dir: Path | None = None):
         self.model, self.name, self.cache, self.cause = model, name, cache, cause
         super().__init__(
-            f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {cache}): {cause}. "
-            f"Offline? Download them once on a connected machine into that cache; or pass --weights PATH to a "
-            f"{model}.safetensors (or .pth) file; or --weights none for random init.")
+            f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {cache}): {cause}",
+            [local_fix(model, weights_dir), Fix("weights", "none", note="(random init)"),
+             Fix(note=f"download them once into {cache} on a connected machine")])
 
-    def web_text(self, weights_dir: Path) -> str:
-        return (f"could not get pretrained weights for {self.name} from the Hugging Face hub (cache: {self.cache}): "
-                f"{self.cause}. The worker is offline or the hub is unreachable: choose weights: local and put "
-                f"{self.model}.safetensors (or .pth) in {weights_dir}, or choose weights: none for random init; "
-                f"or download them once into that cache.")
+
+def local_dir(weights_dir: Path | None) -> Path:
+    """The folder weights="local" reads: the one given (--weights-dir, run(weights_dir=...), the worker's setting),
+    else the lab's (BLOCKLAB_WEIGHTS_DIR, else <BLOCKLAB_HOME>/weights): the same folder for every front end."""
+    if weights_dir is not None:
+        return Path(weights_dir)
+    from core.settings import get_settings
+    return get_settings().weights_path
+
+
+def local_fix(model: str, weights_dir: Path | None) -> Fix:
+    return Fix("weights", "local", file=f"{model}.safetensors (or {model}.pth)", folder="weights_dir",
+               path=local_dir(weights_dir))
+
+
+def resolve_local(model: str, weights_dir: Path | None) -> Path:
+    """The file weights="local" loads for `model`, or a WeightsError saying which file to put where."""
+    where = local_dir(weights_dir)
+    found = local_file(where, model)
+    if found is None:
+        raise WeightsError(f"weights: local, but neither {model}.safetensors nor {model}.pth is in {where}",
+                           [Fix(file=f"{model}.safetensors (or {model}.pth)", folder="weights_dir", path=where),
+                            Fix("weights", "hub"), Fix("weights", "none", note="(random init)")])
+    return found
 
 
 def hub_cache_dir(weights_dir: Path | None) -> Path:
@@ -75,7 +95,8 @@ def _torch_home(weights_dir: Path | None):
 def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
                     img_size: int | None = None, stop: Stop | None = None,
                     on_progress: Callable[[dict], None] | None = None) -> nn.Module:
-    """The timm model with its weights. `img_size` rebuilds a transformer for another input size (timm
+    """The timm model with its weights: "hub", "none", "local" (`<weights_dir>/<model>.safetensors|.pth`, see
+    `local_dir`) or a file's path. `img_size` rebuilds a transformer for another input size (timm
     resamples its position embeddings); CNNs take any size as they are. A hub download reports `downloading`
     progress and honours `stop` (StopRequested) at every chunk."""
     import timm
@@ -100,11 +121,12 @@ def create_backbone(model: str, weights: str, weights_dir: Path | None = None,
             raise
         except Exception as e:  # noqa: BLE001 - hub failures come in many types; all mean the same to a user
             first = (str(e).splitlines() or [""])[0].rstrip(". ")
-            raise HubUnavailable(model, name, where, f"{type(e).__name__}: {first}") from e
-    path = Path(weights)
+            raise HubUnavailable(model, name, where, f"{type(e).__name__}: {first}", weights_dir) from e
+    path = resolve_local(model, weights_dir) if weights == "local" else Path(weights)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} not found. Pass weights=hub, weights=none, or the path of a "
-                           f".safetensors/.pth state_dict for timm's {model}.")
+        raise WeightsError(f"weights file {path} not found", [
+            Fix("weights", "hub"), Fix("weights", "none"), local_fix(model, weights_dir),
+            Fix(note=f"give the path of a .safetensors/.pth state_dict for timm's {model}")])
     backbone = timm.create_model(name, pretrained=False, **kwargs)
     load_local(backbone, path)
     return backbone

@@ -40,26 +40,31 @@ DATA_HOST = ("www.cs.toronto.edu", 443)
 # -- what is here ---------------------------------------------------------------------------------------------
 def weights_present(weights_dir: Path) -> dict[str, dict]:
     """Per catalogue model: its hub weights (the pinned tag) in `<weights_dir>/hub`, and a local file for
-    weights=local, each with its size in MB (None when absent)."""
+    weights=local, each with its size in MB (None when absent); and any other timm model with a local file here
+    (weights=local works for any timm model, and the plan must see that file)."""
     # The engine's own lookups: what a run would load.
-    from worker.engine.weights import cached_hub_file, local_file
+    from worker.engine import cached_hub_file, local_file
     out = {}
-    for spec in catalogue.CATALOGUE.values():
+    # Every catalogue model, and any timm model with a local file here (weights=local works for any of them).
+    local = {p.stem for p in Path(weights_dir).glob("*") if p.suffix in (".safetensors", ".pth")} \
+        if Path(weights_dir).is_dir() else set()
+    for model in [*catalogue.CATALOGUE, *sorted(m for m in local - set(catalogue.CATALOGUE)
+                                                if catalogue.is_model(m))]:
         entry = {"hub": False, "hub_mb": None, "local": None, "local_mb": None}
-        f = cached_hub_file(spec.id, weights_dir)
+        f = cached_hub_file(model, weights_dir) if model in catalogue.CATALOGUE else None
         if f is not None:
             entry.update(hub=True, hub_mb=round(f.stat().st_size / 2**20, 1))
-        p = local_file(weights_dir, spec.id)
+        p = local_file(weights_dir, model)
         if p is not None:
             entry.update(local=str(p), local_mb=round(p.stat().st_size / 2**20, 1))
-        out[spec.id] = entry
+        out[model] = entry
     return out
 
 
 def data_present(data_dir: Path, dataset: str = "cifar10") -> bool:
     """What worker.engine.data.locate accepts without downloading: the dataset's folder or its official archive."""
-    from worker.engine.data import present
-    return present(data_dir, dataset)
+    from worker.engine import data
+    return data.present(data_dir, dataset)
 
 
 def limits(device: str, cache_dir: Path) -> dict:
@@ -70,8 +75,8 @@ def limits(device: str, cache_dir: Path) -> dict:
 
     import torch
 
-    from worker.engine.device import DevicePolicy
-    from worker.engine.features import machine_limits
+    from worker.engine import DevicePolicy
+    from worker.engine import machine_limits
     policy = DevicePolicy.for_device(torch.device(device))
     out = dataclasses.asdict(machine_limits(policy, cache_dir))
     out["device_total"] = torch.cuda.mem_get_info(policy.device)[1] if policy.device.type == "cuda" else None
@@ -131,7 +136,7 @@ def describe_device(setting: str) -> tuple[str, str]:
     """(torch device, the string jobs report: "cuda:0 (NVIDIA H200)" or "cpu (cpu)")."""
     import torch
 
-    from worker.engine.device import resolve_device
+    from worker.engine import resolve_device
     d = resolve_device(setting)
     name = torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
     return str(d), f"{d} ({name})"

@@ -20,10 +20,11 @@ import socket
 import threading
 import time
 import traceback
+from enum import Enum
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME, JobStatus, Phase
+from core.protocol import TASK_NAME, JobStatus
 from core.settings import get_settings
 
 from .celery_app import app
@@ -35,39 +36,40 @@ FORCED_EXIT_CODE = 75  # what a force-stopped worker exits with (EX_TEMPFAIL: it
 FORCE_REPORT_S = 5.0  # a force stop waits this long for its `finished` event to reach the broker, then exits
 
 
-def _local_weights(weights_dir: Path, model: str) -> str:
-    from worker.engine.weights import WeightsError, local_file
-    found = local_file(weights_dir, model)
-    if found is not None:
-        return str(found)
-    raise WeightsError(f"weights: local, put {model}.safetensors (or {model}.pth) in {weights_dir}: neither is "
-                       f"there. Or choose weights: hub or none.")
-
-
 def teacher_dir(runs: Path, teacher: int | None) -> Path | None:
     """A teacher job's run folder: the lab keeps every job's files in `<runs>/job-<id>` (its predictions for a
     student are stored there too, for the next student)."""
     return None if teacher is None else runs / f"job-{teacher}"
 
 
-def _injected_faults(job_id: int) -> set[str]:
-    """Test-only fault injection: BLOCKLAB_TEST_FAULTS="oom:3,hang:7" simulates running out of memory in job 3
-    and a wedged device in job 7 (training stops responding, to stops too): the reliability suite proves the
-    failure message, the force stop, and that a worker goes on."""
-    spec = os.environ.get("BLOCKLAB_TEST_FAULTS", "")
-    return {kind for kind, _, jid in (x.partition(":") for x in spec.split(",") if x) if jid == str(job_id)}
+def form_terms():
+    """The job page's terms for a fix (worker/engine/errors.py): the form's field (`choose weights: none`), a
+    folder as the worker's setting (BLOCKLAB_WEIGHTS_DIR), a switch as the worker's environment variable; then
+    resume the job. Made on first use: the engine's Terms come with the engine."""
+    from worker.engine import Terms
+
+    class FormTerms(Terms):
+        FOLDERS = {"weights_dir": "the worker's weights folder, BLOCKLAB_WEIGHTS_DIR",
+                   "data_dir": "the worker's data folder, BLOCKLAB_DATA_DIR",
+                   "cache_dir": "the worker's feature cache, BLOCKLAB_CACHE_DIR"}
+        SWITCHES = {"download": "allow the download (BLOCKLAB_ALLOW_DOWNLOAD=true for the worker)"}
+        after = "then resume the job"
+
+        def option(self, name, value):
+            return self.SWITCHES.get(name) or f"choose {name}: {value}"
+
+        def folder(self, name, path):
+            return f"{path} ({self.FOLDERS[name]})" if name in self.FOLDERS else f"{path}"
+    return FormTerms()
 
 
-def _friendly_error(e: BaseException) -> str:
+def job_error_text(e: BaseException) -> str:
+    """A failed job's error as the job page shows it: what went wrong and the fix in the form's terms."""
     import torch
 
-    from worker.engine.checkpoint import StorageError
-    from worker.engine.data import DatasetError
-    from worker.engine.distill import TeacherError
-    from worker.engine.train import Diverged
-    from worker.engine.weights import HubUnavailable, WeightsError
-    if isinstance(e, HubUnavailable):  # the job page speaks the form's terms, not the command line's
-        return e.web_text(get_settings().weights_path)
+    from worker.engine import USER_ERRORS, SetupError
+    if isinstance(e, SetupError):
+        return e.phrase(form_terms())
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         # batch_size and image_size change what a run computes, so a resume refuses them: the advice is a new job.
         return (f"out of memory: {str(e).splitlines()[0]}. Start a new job with a lower batch_size or image_size "
@@ -77,9 +79,7 @@ def _friendly_error(e: BaseException) -> str:
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
-    if isinstance(e, DatasetError) and e.web:
-        return e.web
-    if isinstance(e, (DatasetError, WeightsError, Diverged, StorageError, TeacherError, ValueError)):
+    if isinstance(e, (*USER_ERRORS, ValueError)):
         return str(e)
     return f"{type(e).__name__}: {e}"
 
@@ -127,60 +127,175 @@ class _Watchdog(threading.Thread):
                 return self.on_force(f"the run did not stop within {self.grace_s:g} s of the cancel")
 
 
+
 class _ProgressSender:
     """Engine progress -> `progress` events, throttled: at most every PROGRESS_EVERY_S, but always on a new phase
-    (or split) and when a phase reaches its total."""
+    (or split) and when a phase reaches its total. `hooks` sees each report before and after (tests/faults.py)."""
 
-    def __init__(self, send, faults: set[str]):
-        self.send, self.faults = send, faults
+    def __init__(self, send, hooks: "AttemptHooks | None" = None, job_id: int = 0):
+        self.send, self.hooks, self.job_id = send, hooks or AttemptHooks(), job_id
         self.last, self.key = float("-inf"), None
 
     def __call__(self, p: dict) -> None:
-        if "oom" in self.faults and p["phase"] == Phase.TRAINING:
-            import torch
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB "
-                                              "(simulated by BLOCKLAB_TEST_FAULTS)")
+        self.hooks.before_progress(self.job_id, p)
         now = time.monotonic()
         key = (p["phase"], p.get("split"), p.get("epoch"))
         end = p["total"] is not None and p["done"] >= p["total"]
         if key != self.key or end or now - self.last >= PROGRESS_EVERY_S:
             self.last, self.key = now, key
             self.send(**p)
-        if "hang" in self.faults and p["phase"] == Phase.TRAINING:  # after the event: the job is seen training
-            log.warning("BLOCKLAB_TEST_FAULTS: this job's training hangs now")
-            threading.Event().wait()  # never set: only a force stop ends this
+        self.hooks.after_progress(self.job_id, p)
 
 
-@app.task(name=TASK_NAME, bind=True)
-def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
-    s = get_settings()
-    out_dir = s.runs_path / f"job-{job_id}"
-    topts = transport_options(s.broker_url, s.visibility_timeout_s)
-    events = EventPublisher(s.broker_url, job_id, attempt, topts)
-    control = ControlChannel(s.broker_url, job_id, attempt, topts, min_interval_s=0)  # the watchdog paces it
-    worker = f"{self.request.hostname or socket.gethostname()} pid {os.getpid()}"
-    send_lock = threading.Lock()  # one event at a time from the task, its heartbeat and its watchdog
-    finished = threading.Event()  # a finished event went out: nothing else may send one
+class AttemptHooks:
+    """Where a test puts a fault into an attempt (tests/faults.py installs one with `install_hooks`): called with
+    the job's id and each engine progress report, before it is sent and after. The shipped hooks do nothing."""
 
-    def send(kind, **data):
-        with send_lock:
-            events.send(kind, **data)
+    def before_progress(self, job_id: int, p: dict) -> None:
+        pass
 
-    def finish(status, **data) -> None:
-        with send_lock:
-            if not finished.is_set():
-                events.send("finished", status=status, **data)
-                finished.set()
+    def after_progress(self, job_id: int, p: dict) -> None:
+        pass
 
-    def force_stop(reason: str) -> None:
-        """From the watchdog: the job is reported cancelled and this process ends; nothing after it runs."""
-        log.warning("job %s: force stop (%s): ending the worker process", job_id, reason)
+
+_hooks = AttemptHooks()
+
+
+def install_hooks(hooks: AttemptHooks) -> None:
+    """Replace the attempts' hooks (tests only: a fault hook)."""
+    global _hooks
+    _hooks = hooks
+
+
+class AttemptState(str, Enum):
+    """Where an attempt is. RECEIVED -> (REFUSED | SETTING_UP -> TRAINING) -> FINISHED; FORCE_STOPPING from
+    SETTING_UP or TRAINING ends the process."""
+    RECEIVED = "received"
+    REFUSED = "refused"  # force-stopped before (its message came again) or cancelled while queued: never trains
+    SETTING_UP = "setting_up"  # the watchdog listens; imports, config, device
+    TRAINING = "training"  # `started` went out; the engine runs, the heartbeat beats
+    FINISHED = "finished"  # the one `finished` event went out
+    FORCE_STOPPING = "force_stopping"  # the watchdog ends the worker process
+
+
+class Attempt:
+    """One delivery of a job to this worker, from its message to its one `finished` event.
+
+    Every event goes through `send` (the task's, the heartbeat's and the watchdog's threads alike), one at a
+    time; once `finished` went out nothing else is sent. The watchdog listens for a cancel from SETTING_UP on and
+    may force-stop (`force_stop`): the job is reported cancelled and the process ends (`os._exit`), so its
+    supervisor starts a fresh worker.
+    """
+
+    def __init__(self, job_id: int, attempt: int, config: dict, worker: str, settings=None):
+        self.job_id, self.attempt, self.config, self.worker = job_id, attempt, dict(config), worker
+        self.s = s = settings or get_settings()
+        self.out_dir = s.runs_path / f"job-{job_id}"
+        topts = transport_options(s.broker_url, s.visibility_timeout_s)
+        self.events = EventPublisher(s.broker_url, job_id, attempt, topts)
+        self.control = ControlChannel(s.broker_url, job_id, attempt, topts, min_interval_s=0)  # watchdog paces it
+        self.lock = threading.Lock()  # one event at a time; guards `state`
+        self.state = AttemptState.RECEIVED
+        self.stop = threading.Event()
+        self.watchdog = _Watchdog(self.control, self.stop, s.control_poll_s, s.cancel_grace_s, self.force_stop)
+
+    # -- the one sender ---------------------------------------------------------------------------------------
+    def _to(self, state: AttemptState) -> None:
+        log.debug("job %s attempt %s: %s -> %s", self.job_id, self.attempt, self.state.value, state.value)
+        self.state = state
+
+    def send(self, kind: str, **data) -> bool:
+        """Send an event, unless the attempt has finished; `finished` itself moves it to FINISHED, once."""
+        with self.lock:
+            if self.state is AttemptState.FINISHED:
+                return False
+            self.events.send(kind, **data)
+            if kind == "finished":
+                self._to(AttemptState.FINISHED)
+            return True
+
+    def finish(self, status: JobStatus, **data) -> None:
+        self.send("finished", status=status, **data)
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def run(self) -> dict:
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            force_marker(out_dir, attempt).write_text(json.dumps({"reason": reason, "at": time.time()}))
+            if force_marker(self.out_dir, self.attempt).exists():  # force-stopped: its message came again
+                log.warning("job %s attempt %s was force-stopped: not training it again", self.job_id, self.attempt)
+                return self._refuse(error="force-stopped (the task was delivered again after its worker was "
+                                          "ended)")
+            if self.control.cancelled():  # cancelled while queued: never starts
+                return self._refuse(error=None)
+            self._to(AttemptState.SETTING_UP)
+            self.watchdog.start()  # from here a cancel is heard while the rest of setup runs (imports take seconds)
+            status = self._train()
+            return {"status": status}
+        except Exception as e:  # noqa: BLE001 - every failure becomes a readable job error, the worker lives on
+            self.watchdog.honoured()
+            log.error("job %s failed:\n%s", self.job_id, traceback.format_exc())
+            self.finish(JobStatus.FAILED, error=job_error_text(e))
+            return {"status": JobStatus.FAILED}
+        finally:
+            self.watchdog.honoured()
+            if self.watchdog.is_alive():
+                self.watchdog.join()  # it may be asking the control queue right now: let it finish before closing
+            self.control.close()
+            self.events.close()
+
+    def _refuse(self, error: str | None) -> dict:
+        self._to(AttemptState.REFUSED)
+        self.finish(JobStatus.CANCELLED, error=error)
+        return {"status": JobStatus.CANCELLED}
+
+    def _train(self) -> JobStatus:
+        import torch
+
+        from core.config import TrainConfig
+        from worker.engine import Callbacks, assemble, lab_paths, resolve_device
+
+        s = self.s
+        cfg = TrainConfig.from_dict({**self.config, "device": s.device})
+        run = assemble(cfg, lab_paths(s, self.out_dir, teacher_dir=teacher_dir(s.runs_path, cfg.teacher)))
+        device = resolve_device(cfg.device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        self.send("started", worker=self.worker, device=f"{device} ({name})")
+        self._to(AttemptState.TRAINING)
+        beat = _Heartbeat(self.send, s.heartbeat_interval_s)
+        beat.start()
+        try:
+            for row in (run.prior.history if run.prior else []):  # replay: the backend keeps each epoch once
+                self.send("epoch", row=row)
+            summary = run.run(Callbacks(
+                on_progress=_ProgressSender(lambda **p: self.send("progress", **p), _hooks, self.job_id),
+                on_epoch=lambda row: self.send("epoch", row=row),
+                on_info=lambda info: self.send("info", info=info),
+                on_stopped=self._stopped, stop=self.stop))
+        finally:
+            self.watchdog.honoured()
+            beat.stopped.set()
+            beat.join()
+        status = JobStatus.CANCELLED if summary["status"] == "stopped" else JobStatus.SUCCEEDED
+        self.finish(status, error=None, summary=summary)
+        return status
+
+    def _stopped(self, summary: dict) -> None:
+        """The engine honoured a stop: the job is cancelled now, even while the cache is being kept."""
+        self.watchdog.honoured()
+        if self.watchdog.heard_at is not None:
+            log.info("job %s attempt %s: cancel honoured %.3f s after it was heard (during %s)", self.job_id,
+                     self.attempt, time.monotonic() - self.watchdog.heard_at, summary.get("stopped_in"))
+        self.finish(JobStatus.CANCELLED, error=None, summary=summary)
+
+    def force_stop(self, reason: str) -> None:
+        """From the watchdog: the job is reported cancelled and this process ends; nothing after it runs."""
+        log.warning("job %s: force stop (%s): ending the worker process", self.job_id, reason)
+        self._to(AttemptState.FORCE_STOPPING)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            force_marker(self.out_dir, self.attempt).write_text(json.dumps({"reason": reason, "at": time.time()}))
         except OSError as e:
-            log.error("job %s: cannot leave the force-stop marker (%s)", job_id, e)
-        note = threading.Thread(target=finish, daemon=True, args=(JobStatus.CANCELLED,), kwargs={
+            log.error("job %s: cannot leave the force-stop marker (%s)", self.job_id, e)
+        note = threading.Thread(target=self.finish, daemon=True, args=(JobStatus.CANCELLED,), kwargs={
             "error": f"force-stopped: {reason}; the worker process was ended (its supervisor starts a fresh one). "
                      "Resume continues from the last finished epoch."})
         note.start()
@@ -188,69 +303,8 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
         logging.shutdown()
         os._exit(FORCED_EXIT_CODE)
 
-    stop = threading.Event()
-    watchdog = _Watchdog(control, stop, s.control_poll_s, s.cancel_grace_s, force_stop)
-    try:
-        if force_marker(out_dir, attempt).exists():  # this attempt was force-stopped: its message came again
-            log.warning("job %s attempt %s was force-stopped: not training it again", job_id, attempt)
-            finish(JobStatus.CANCELLED, error="force-stopped (the task was delivered again after its worker "
-                                              "was ended)")
-            return {"status": JobStatus.CANCELLED}
-        if control.cancelled():  # cancelled while queued: never starts
-            finish(JobStatus.CANCELLED, error=None)
-            return {"status": JobStatus.CANCELLED}
-        watchdog.start()  # from here a cancel is heard while the rest of setup runs (imports take seconds)
-        import torch
 
-        from core.config import TrainConfig
-        from worker.engine import checkpoint
-        from worker.engine.train import Callbacks, Paths, resolve_device, run
-
-        cfg_dict = dict(config)
-        cfg_dict["device"] = s.device
-        if cfg_dict.get("weights") == "local":
-            cfg_dict["weights"] = _local_weights(s.weights_path, cfg_dict["model"])
-        cfg = TrainConfig.from_dict(cfg_dict)
-        device = resolve_device(cfg.device)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        send("started", worker=worker, device=f"{device} ({name})")
-        beat = _Heartbeat(send, s.heartbeat_interval_s)
-        beat.start()
-        try:
-            ckpt = checkpoint.load(out_dir) if out_dir.exists() else None
-            for row in (ckpt or {}).get("history", []):  # replay: the backend keeps each epoch once
-                send("epoch", row=row)
-
-            def on_stopped(summary):  # honoured: the job is cancelled now, even while the cache is being kept
-                watchdog.honoured()
-                if watchdog.heard_at is not None:
-                    log.info("job %s attempt %s: cancel honoured %.3f s after it was heard (during %s)", job_id,
-                             attempt, time.monotonic() - watchdog.heard_at, summary.get("stopped_in"))
-                finish(JobStatus.CANCELLED, error=None, summary=summary)
-
-            summary = run(cfg, Paths(s.data_path, out_dir, s.weights_path, s.cache_path,
-                                     int(s.cache_cap_gb * 2**30), allow_download=s.allow_download,
-                                     teacher_dir=teacher_dir(s.runs_path, cfg.teacher)),
-                          Callbacks(on_progress=_ProgressSender(lambda **p: send("progress", **p),
-                                                                _injected_faults(job_id)),
-                                    on_epoch=lambda row: send("epoch", row=row),
-                                    on_info=lambda info: send("info", info=info),
-                                    on_stopped=on_stopped, stop=stop))
-        finally:
-            watchdog.honoured()
-            beat.stopped.set()
-            beat.join()
-        status = JobStatus.CANCELLED if summary["status"] == "stopped" else JobStatus.SUCCEEDED
-        finish(status, error=None, summary=summary)
-        return {"status": status}
-    except Exception as e:  # noqa: BLE001 - every failure becomes a readable job error, the worker lives on
-        watchdog.honoured()
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        finish(JobStatus.FAILED, error=_friendly_error(e))
-        return {"status": JobStatus.FAILED}
-    finally:
-        watchdog.honoured()
-        if watchdog.is_alive():
-            watchdog.join()  # it may be asking the control queue right now: let it finish before closing that
-        control.close()
-        events.close()
+@app.task(name=TASK_NAME, bind=True)
+def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
+    worker = f"{self.request.hostname or socket.gethostname()} pid {os.getpid()}"
+    return Attempt(job_id, attempt, config, worker).run()

@@ -27,8 +27,9 @@ def model_card(model_id: str, request: Request):
     against Table 1, and each known deviation from the authors' runs, for the paper's preset. Query parameters set
     options as an experiment's config does (`?precision=bf16`; empty = null): the card of that config, whose
     `config_deviations` say where it leaves the paper preset (the job page shows its job's card so)."""
-    if catalogue.get(model_id) is None:
-        raise HTTPException(404, f"unknown model {model_id!r}; choose one of GET /api/models")
+    if not catalogue.is_model(model_id):
+        raise HTTPException(404, f"unknown model {model_id!r}: neither in the catalogue (GET /api/models) nor in "
+                                 "timm's registry")
     given = {k: None if v in ("", "null") else v for k, v in request.query_params.items() if k != "model"}
     try:
         chosen = ExperimentConfig(model=model_id, **given)

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.config import TrainConfig, method_card, preset, web_options
 from core.protocol import SCALAR_METRICS, TERMINAL, JobStatus, metric_text
 from core.settings import get_settings
 
@@ -18,7 +19,7 @@ from ..db import session_scope
 from ..deps import MAX_ID, IdPath, SessionDep, WriteAccess
 from ..live import TooManyStreams, live
 from ..models import Experiment, Job, JobEvent
-from ..schemas import JobPublic, MetricPublic
+from ..schemas import JobPublic, MetricPublic, ModelCard
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -47,6 +48,21 @@ def list_jobs(status: JobStatus | None = None,
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: IdPath, db: Session = SessionDep):
     return jobs.to_public(db, _job(db, job_id))
+
+
+@router.get("/{job_id}/card", response_model=ModelCard, responses={404: {"description": "no such job or card"}})
+def get_card(job_id: IdPath, db: Session = SessionDep):
+    """The job's method card, with what its worker reported when it built the model (job.info): for a timm model
+    outside the catalogue, where the generic last-block rule cut and how many parameters train."""
+    job = _job(db, job_id)
+    cfg = TrainConfig.from_dict(job_view.effective_config(job.experiment.config))
+    web = {o.name for o in web_options()}
+    paper = {k: v for k, v in preset("paper", model=cfg.model).to_dict().items() if k in web}
+    try:
+        card = method_card(cfg, built=job.info if isinstance(job.info, dict) else None)
+    except ValueError as e:  # a stored model this lab's timm list no longer has
+        raise HTTPException(404, f"job {job_id} has no method card: {e}") from e
+    return {**card, "config": paper}
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricPublic])

@@ -133,6 +133,9 @@ def _no_size(cfg: dict) -> str:
         return "no frozen-feature cache: feature_cache is off (the frozen part runs every epoch)"
     if cfg.get("trainable_blocks", 1) is None:
         return "no frozen-feature cache: every layer trains"
+    if not estimate.has_flops(cfg["model"]):
+        return ("frozen features: cached, but their size is not estimated (no figure for a model outside the "
+                "catalogue)")
     if cfg.get("trainable_blocks", 1) != 1:
         return ("frozen features: cached, but their size is not estimated at this depth (the plan measures the "
                 "paper's split, one block)")
@@ -143,16 +146,17 @@ def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     spec = catalogue.get(cfg["model"])
     # A job of this model at this size has run here: its own speed beats the calibration's.
     measured = (rep or {}).get("measured", {}).get(f"{cfg['model']}@{cfg.get('image_size')}")
-    est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))
+    est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))  # no_flop_figure: a non-catalogue model
     est["measured"] = measured is not None
     t4 = estimate.on_t4(cfg)
     est["t4_s"], est["t4"] = t4["seconds"], t4
     pre = {"weights": _weights(cfg, rep), "data": _data(rep, cfg.get("dataset", "cifar10"))}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
-    return {"model": cfg["model"], "paper_name": spec.paper_name, "config": cfg,
+    return {"model": cfg["model"], "paper_name": spec.paper_name if spec else None, "config": cfg,
             "card": method_card(TrainConfig(**cfg)), "estimate": est, "preflight": pre, "memory": _memory(cfg, rep, t4),
-            "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None, "long": secs > long_s}
+            "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None,
+            "long": secs is not None and secs > long_s}
 
 
 def _total(values) -> float | None:
@@ -184,7 +188,8 @@ def plan(body: PlanRequest):
     return {"worker": worker, "reference": dict(estimate.REFERENCE), "items": items,
             "t4": {k: v for k, v in estimate.T4.items() if k != "limits"}, "total_t4_s": t4,
             "total_this_device_s": here, "total_reference_s": ref,
-            "long": (here if here is not None else ref) > s.plan_long_s, "long_threshold_s": s.plan_long_s,
+            "long": any(i["long"] for i in items) if None in (here, ref) else
+            (here if here is not None else ref) > s.plan_long_s, "long_threshold_s": s.plan_long_s,
             "blocked": any(i["blocked"] for i in items), "dry_run_applied": body.dry_run,
             "dry_run": {"changes": dict(DRY_RUN), "total_this_device_s": _total(d["this_device_s"] for d in dry),
                         "total_reference_s": _total(d["reference_s"] for d in dry)}}
