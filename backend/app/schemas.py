@@ -317,6 +317,7 @@ class ModelCard(BaseModel):
     lr: float
     deviations: list[Deviation]
     config_deviations: list[ConfigDeviation]
+    length_differences: list[ConfigDeviation]  # options that change the run's length, not its result (epochs)
     rows: list[CardRow]  # the card as a reader sees it, in order
     note: str
     config: dict  # the model's paper preset (what config_deviations compare with)
