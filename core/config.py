@@ -164,6 +164,31 @@ def dry_run(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def train_images(config: dict[str, Any]) -> int:
+    """How many training images a config trains on: train_per_class x the dataset's classes, or all 50,000."""
+    classes = catalogue.num_classes(config.get("dataset", "cifar10"))
+    per_class = config.get("train_per_class")
+    return 50_000 if per_class is None else min(per_class, 50_000 // classes) * classes
+
+
+def config_warnings(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a valid config does that its author likely did not mean, said before it is queued (the plan, the API's
+    answer, the form), in a 422's shape ({"loc", "msg"}). Not an error: the run is well defined, and the labelled
+    dry run of the paper preset (500 images, batch 512) is one of them.
+
+    A batch larger than the training set trains on every image as one smaller batch: one optimizer step per epoch
+    instead of the paper's about 98 at 50,000 images."""
+    out = []
+    n, batch = train_images(config), config.get("batch_size", 512)
+    if batch > n:
+        classes = catalogue.num_classes(config.get("dataset", "cifar10"))
+        out.append({"loc": ["config", "batch_size"], "type": "batch_exceeds_training_set",
+                    "msg": f"batch_size {batch:,} is larger than the {n:,} training images ({n // classes:,} per "
+                           f"class x {classes} classes): every epoch is one batch of {n:,}, a single optimizer step; "
+                           f"choose a batch_size of at most {n:,} or more training images per class"})
+    return out
+
+
 @cache
 def _defaults() -> dict[str, Any]:
     return {o.name: o.default for o in OPTIONS}

@@ -208,6 +208,14 @@ class JobPublic(BaseModel):
     timings: TimingsPublic
 
 
+class ConfigWarning(BaseModel):
+    """What a valid config does that its author likely did not mean (core.config.config_warnings), shaped as a
+    422's detail: the field it concerns and what happens."""
+    loc: list[str]
+    type: str
+    msg: str
+
+
 class ExperimentPublic(BaseModel):
     id: int
     name: str
@@ -217,6 +225,7 @@ class ExperimentPublic(BaseModel):
     config: dict[str, Any]  # as stored: the options it was created with (later options took their defaults)
     created_at: UTCDateTime
     jobs: list[JobPublic]
+    warnings: list[ConfigWarning] = []
 
 
 class GroupActionPublic(BaseModel):
