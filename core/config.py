@@ -277,7 +277,8 @@ def _frozen_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
     if cfg.trainable_blocks is None:
         return "none: every layer trains (BatchNorm statistics update, dropout and drop path as the weights' defaults)"
     why = ("Keras' rule for trainable=False layers, as the authors' notebooks ran" if spec.keras else
-           "this lab's choice for every row (the authors' Keras rule; this model's code was not released)")
+           "this lab's choice for every model (the authors' Keras rule" + (
+               "; their code for this row was not released)" if spec.paper_name else ")"))
     return f"{catalogue.FROZEN_INFERENCE_TEXT}: {why}"
 
 
@@ -337,7 +338,8 @@ def method_card(cfg: TrainConfig) -> dict:
     head = (f"Linear({spec.num_features}, {cfg.head_hidden}) -> ELU -> Dropout({cfg.head_dropout:g}) -> "
             f"Linear({cfg.head_hidden}, {classes})" + (" (x2)" if spec.heads == 2 else ""))
     weights = {"hub": f"{spec.weights_name}: {spec.pretrained_on}", "none": "none: random init (no pretraining)",
-               "local": "a local file in the server's weights folder"}.get(cfg.weights, f"the file {cfg.weights}")
+               "local": f"a local file: {spec.id}.safetensors (or .pth) in the worker's weights folder"}.get(
+                   cfg.weights, f"the file {cfg.weights}")
     size = f"{image_size} px, bilinear from 32 px" + (
         f" (its weights' own size is {spec.native_size})" if spec.native_size != image_size else "")
     precision = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",

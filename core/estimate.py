@@ -131,7 +131,7 @@ def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
 # block's forward and backward in a tight loop, the best case. A real job adds what that loop lacks (the frozen
 # pass over every image, preprocessing, the optimizer, validation, the head, small batches), so it runs slower:
 # 4.5x to 7x in the runs issue 24 reports (70 s planned before calibration, 313 s after and 505 s real for the same
-# plan), 1.5x to 5x in tests/system/test_plan_accuracy.py on a loaded two-core machine. An uncalibrated estimate is
+# plan), 2.2x in tests/system/test_plan_accuracy.py on a loaded two-core machine. An uncalibrated estimate is
 # therefore a range, from the calibration's time to UNCALIBRATED_SPAN[1] times it, until a finished job calibrates.
 UNCALIBRATED_SPAN = (1.0, 8.0)
 

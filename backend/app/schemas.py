@@ -330,6 +330,7 @@ class ModelCard(BaseModel):
     rows: list[CardRow]  # the card as a reader sees it, in order
     note: str
     config: dict  # the model's paper preset (what config_deviations compare with)
+    warnings: list[ConfigWarning] = []  # what the given config does that its author likely did not mean
 
 
 class ReproduceRequest(BaseModel):
