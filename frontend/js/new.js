@@ -74,7 +74,6 @@ async function cloneSource(jobId, signal) {
   return { name: `${job.experiment_name} (clone of #${job.id})`, config, job };
 }
 
-
 export function renderNew(view) {
   const signal = viewSignal();
   const form = el("form", { class: "job card", id: "job-form", novalidate: true });
@@ -97,7 +96,6 @@ export function renderNew(view) {
     (o.advanced ? advanced : form).append(fieldRow(o.name, o.label, input, o.advanced ? o.help : null));
   }
   const cardBox = el("aside", { class: "card method-card", id: "method-card" });
-  const byName = Object.fromEntries(inputs.map(([o, input]) => [o.name, input]));
 
   // The card follows the form: it is the card of the config Start job would submit (GET /api/models/{id} with the
   // form's values), with where it leaves the paper preset. Its answer also carries the server's warnings on that

@@ -147,11 +147,11 @@ export function confirmPlan(container, plan, { title, what, signal }) {
     const preset = plan ? Boolean(plan.paper_preset) : false;
     const leaves = [...new Set(items.flatMap((i) => i.card ? [...i.card.config_deviations, ...(i.card.length_differences || [])]
       .map((d) => `${d.label.toLowerCase()} ${d.value === null ? "empty" : d.value}`) : []))];
-    const what_ = !plan ? "" : preset ? "the paper's preset" : leaves.length ? `not the paper's preset: ${leaves.join(", ")}` : "not the paper's preset";
+    const runIs = !plan ? "" : preset ? "the paper's preset" : leaves.length ? `not the paper's preset: ${leaves.join(", ")}` : "not the paper's preset";
     const runLabel = preset ? "Full paper run" : "Full run, as configured";
     dialog.append(
       el("h2", { id: "plan-title", text: plan ? `${title}: ${preset ? "the paper's preset" : "not the paper's preset"}` : title }),
-      plan && !preset ? el("p", { class: "muted", id: "plan-what", text: `This run is ${what_}.` }) : "",
+      plan && !preset ? el("p", { class: "muted", id: "plan-what", text: `This run is ${runIs}.` }) : "",
       plan ? workerLine(plan) : el("p", { class: "warn", id: "plan-missing", text: "This server gives no plan (no POST /api/plan): no time estimate or weights check before queueing." }),
       plan ? el("div", { class: "plan-table-wrap" }, el("table", { id: "plan-items" },
         el("thead", {}, el("tr", {}, ["Model: what runs", "This worker", `Reference (${refName})`, "Free T4 (Colab)", "Weights", "Data"]
