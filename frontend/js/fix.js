@@ -2,10 +2,8 @@
 // reports the file there, instead of a Resume that fails the same way. The check is the plan's preflight of the
 // job's own config (POST /api/plan, from the worker's self-report), so it says what the plan says, in the same words.
 "use strict";
-import { el, state, api, fail, isAbort } from "./util.js";
+import { el, state, api, fail, isAbort, can } from "./util.js";
 import { fetchPlan } from "./plan.js";
-
-const PARTS = { weights: "its pretrained weights", data: "its dataset" };
 
 // The job's config as a browser may send it (its effective config also lists engine-only options).
 function webConfig(job) {
@@ -16,7 +14,7 @@ function webConfig(job) {
 // Fills `box` for a failed job (empties it otherwise); hides the job's Resume button (inside `actions`) while a file
 // is missing. `then` runs after the job was started again.
 export async function offerFix(box, actions, job, { signal, then }) {
-  if (job.status !== "failed" || !job.config) { box.replaceChildren(); return; }
+  if (!can("errored", job) || !job.config) { box.replaceChildren(); return; }
   const check = async () => {
     const plan = await fetchPlan({ configs: [webConfig(job)] }, signal);
     return plan ? plan.items[0] : null;
@@ -55,7 +53,7 @@ export async function offerFix(box, actions, job, { signal, then }) {
       catch (e) { again.disabled = false; fail(e); }
     });
     box.replaceChildren(el("div", { class: "card fix-card", id: "fix-card" },
-      el("h3", { text: `A file is missing: ${missing.map(([k]) => PARTS[k] || k).join(" and ")}` }),
+      el("h3", { text: `A file is missing: ${missing.map(([, p]) => p.label).join(" and ")}` }),
       el("ul", { class: "fix-steps" }, missing.map(([k, p]) => el("li", { "data-what": k, text: p.message }))),
       status, el("div", { class: "fix-buttons" }, again, recheck)));
   };

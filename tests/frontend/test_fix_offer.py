@@ -39,7 +39,7 @@ def test_a_job_failed_for_missing_weights_says_where_to_put_them_and_runs_again_
         page.wait_for_selector("#fix-card")
         steps = page.text_content("#fix-card .fix-steps")
         assert f"put deit_tiny_patch16_224.safetensors in {rep['weights_dir']}" in steps
-        assert "A file is missing: its pretrained weights" in page.text_content("#fix-card h3")
+        assert "A file is missing: the pretrained weights of deit_tiny_patch16_224" in page.text_content("#fix-card h3")
         assert page.is_disabled("#fix-run-again")
         assert not page.locator("#job-head button.resume").is_visible()  # a Resume would fail the same way
         shot(page, f"job-failed-missing-weights-{width}px")

@@ -148,7 +148,9 @@ def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     est["measured"], est["basis"], est["calibrated_by"] = r["basis"] == "measured", r["basis"], r["from"]
     t4 = estimate.on_t4(cfg)
     est["t4_s"], est["t4"] = t4["seconds"], t4
-    pre = {"weights": _weights(cfg, rep), "data": _data(rep, cfg.get("dataset", "cifar10"))}
+    ds = catalogue.DATASETS[cfg.get("dataset", "cifar10")]
+    pre = {"weights": {**_weights(cfg, rep), "label": f"the pretrained weights of {cfg['model']}"},
+           "data": {**_data(rep, ds.id), "label": f"the dataset, {ds.title}"}}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
     card = method_card(TrainConfig(**cfg))
