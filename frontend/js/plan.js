@@ -86,7 +86,7 @@ function itemRow(item, refName) {
       el("span", { class: "est-value", text: estimateText(est.this_device_s, est.range_s) }),
       est.this_device_s == null ? "" : el("div", { class: "hint est-basis", text: est.calibrated
         ? (est.basis === "measured" ? "calibrated: a job of this model and size ran here" : `calibrated on this worker by ${(est.calibrated_by || []).join(", ")}`)
-        : "not calibrated: no job has finished on this worker yet" })),
+        : "not calibrated: no job of this model has finished on this worker yet" })),
     el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null, "data-label": "Reference GPU" }),
     el("td", { class: "est-t4", text: duration(est.t4_s), title: t4Detail(est.t4), "data-label": "Free T4 (Colab)" }),
     preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights", "Weights"),
@@ -115,8 +115,10 @@ function workerLine(plan) {
   if (!w) return el("p", { class: "warn", id: "plan-worker", text: "No worker has reported yet: the times below assume the reference GPU's speed, and the preflight could not ask a worker." });
   const gf = w.gflops ? `, benchmark ${int(Math.round(w.gflops))} GFLOP/s` : "";
   const jobs = Object.keys(w.measured || {}).length;
-  const cal = plan.calibrated ? ` Times are calibrated on it (${jobs} finished job${jobs === 1 ? "" : "s"} timed).`
-    : " Not calibrated yet: no job has finished on it, so its times are ranges from its start-up benchmark (the best case) up; after one job they are calibrated.";
+  const timed = `${jobs} finished job${jobs === 1 ? "" : "s"} timed`;
+  const cal = plan.calibrated ? ` Times are calibrated on it (${timed}).`
+    : jobs ? ` Partly calibrated (${timed}): a model no finished job ran here gets a range from the start-up benchmark (the best case) up.`
+    : " Not calibrated yet: no job has finished on it, so its times are ranges from its start-up benchmark (the best case) up; after a job of the model they are calibrated.";
   return el("p", { id: "plan-worker", class: w.stale ? "warn" : "muted",
                    text: `This lab's worker: ${w.name} on ${w.device}${gf}${w.stale ? " (its last report is old: it may be gone)" : ""}.${cal}` });
 }

@@ -72,8 +72,8 @@ def test_a_jobs_measured_rate_for_the_model_and_size_wins_over_the_calibration(p
 
 def test_an_uncalibrated_estimate_says_so_and_gives_a_range_until_a_job_calibrates_it(plan_api):
     """Before any job finished on the worker, only its start-up benchmark (the best case) is known: the estimate
-    is marked uncalibrated with a range from it to UNCALIBRATED_SPAN times it. A finished job of another model
-    calibrates the others: the benchmark scaled by that job's real-to-benchmark ratio, a point estimate."""
+    is marked uncalibrated with a range from it to UNCALIBRATED_SPAN times it. A finished job of the same model
+    (at its nearest size) calibrates it: a point estimate."""
     cfg = {"model": "deit_small_patch16_224", "weights": "none", "image_size": 112, "epochs": 3}
     _send(_report(gflops=100.0))
     p = plan_api.post("/api/plan", json={"configs": [cfg]}).json()
@@ -83,12 +83,16 @@ def test_an_uncalibrated_estimate_says_so_and_gives_a_range_until_a_job_calibrat
     assert est["range_s"] == [pytest.approx(est["this_device_s"] * low, abs=0.1),
                               pytest.approx(est["this_device_s"] * high, abs=0.1)]
     assert p["total_range_s"] == est["range_s"]
+    # Another model's job does not calibrate this one (models reach very different shares of a device's speed).
     _send(_report(gflops=100.0, measured={"deit_tiny_patch16_224@224": 20.0, "vgg19@112": 80.0}))
+    est = plan_api.post("/api/plan", json={"configs": [cfg]}).json()["items"][0]["estimate"]
+    assert not est["calibrated"] and est["basis"] == "benchmark" and est["range_s"]
+    # A job of this model, at another size, does: its rate, a point estimate.
+    _send(_report(gflops=100.0, measured={"deit_small_patch16_224@224": 30.0, "deit_small_patch16_224@64": 10.0}))
     p = plan_api.post("/api/plan", json={"configs": [cfg]}).json()
     est = p["items"][0]["estimate"]
     assert est["calibrated"] and p["calibrated"] and est["range_s"] is None and p["total_range_s"] is None
-    assert est["basis"] == "scaled" and est["gflops"] == pytest.approx(100 * (0.2 * 0.8) ** 0.5, rel=1e-3)
-    assert est["calibrated_by"] == ["deit_tiny_patch16_224@224", "vgg19@112"]
+    assert est["basis"] == "scaled" and est["gflops"] == 10.0 and est["calibrated_by"] == ["deit_small_patch16_224@64"]
 
 
 def test_the_plan_says_whether_a_run_is_the_papers_preset(plan_api):
