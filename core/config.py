@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Literal
 
-from . import catalogue
+from . import catalogue, estimate
 from .options import Option, opt, options_of
 
 
@@ -164,13 +164,6 @@ def dry_run(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_images(config: dict[str, Any]) -> int:
-    """How many training images a config trains on: train_per_class x the dataset's classes, or all 50,000."""
-    classes = catalogue.num_classes(config.get("dataset", "cifar10"))
-    per_class = config.get("train_per_class")
-    return 50_000 if per_class is None else min(per_class, 50_000 // classes) * classes
-
-
 def config_warnings(config: dict[str, Any]) -> list[dict[str, Any]]:
     """What a valid config does that its author likely did not mean, said before it is queued (the plan, the API's
     answer, the form), in a 422's shape ({"loc", "msg"}). Not an error: the run is well defined, and the labelled
@@ -179,7 +172,7 @@ def config_warnings(config: dict[str, Any]) -> list[dict[str, Any]]:
     A batch larger than the training set trains on every image as one smaller batch: one optimizer step per epoch
     instead of the paper's about 98 at 50,000 images."""
     out = []
-    n, batch = train_images(config), config.get("batch_size", 512)
+    n, batch = estimate.image_counts(config)[0], config.get("batch_size", 512)
     if batch > n:
         classes = catalogue.num_classes(config.get("dataset", "cifar10"))
         out.append({"loc": ["config", "batch_size"], "type": "batch_exceeds_training_set",
