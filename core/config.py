@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Literal
 
-from . import catalogue
+from . import catalogue, estimate
 from .options import Option, opt, options_of
 
 
@@ -165,6 +165,24 @@ def dry_run(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def config_warnings(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a valid config does that its author likely did not mean, said before it is queued (the plan, the API's
+    answer, the form), in a 422's shape ({"loc", "msg"}). Not an error: the run is well defined, and the labelled
+    dry run of the paper preset (500 images, batch 512) is one of them.
+
+    A batch larger than the training set trains on every image as one smaller batch: one optimizer step per epoch
+    instead of the paper's about 98 at 50,000 images."""
+    out = []
+    n, batch = estimate.image_counts(config)[0], config.get("batch_size", 512)
+    if batch > n:
+        classes = catalogue.num_classes(config.get("dataset", "cifar10"))
+        out.append({"loc": ["config", "batch_size"], "type": "batch_exceeds_training_set",
+                    "msg": f"batch_size {batch:,} is larger than the {n:,} training images ({n // classes:,} per "
+                           f"class x {classes} classes): every epoch is one batch of {n:,}, a single optimizer step; "
+                           f"choose a batch_size of at most {n:,} or more training images per class"})
+    return out
+
+
 @cache
 def _defaults() -> dict[str, Any]:
     return {o.name: o.default for o in OPTIONS}
@@ -249,6 +267,37 @@ def expected_trainable(config: dict[str, Any]) -> int | None:
     return _trainable_part(spec, config.get("trainable_blocks", 1), head)[1]
 
 
+def _frozen_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
+    if cfg.trainable_blocks is None:
+        return "none: every layer trains (BatchNorm statistics update, dropout and drop path as the weights' defaults)"
+    why = ("Keras' rule for trainable=False layers, as the authors' notebooks ran" if spec.keras else
+           "this lab's choice for every model (the authors' Keras rule" + (
+               "; their code for this row was not released)" if spec.paper_name else ")"))
+    return f"{catalogue.FROZEN_INFERENCE_TEXT}: {why}"
+
+
+def _drop_path_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
+    if cfg.trainable_blocks != 1:
+        return "timm's defaults for the trainable blocks" + (f" (the last block: drop path {spec.drop_path:g})"
+                                                            if spec.drop_path else " (none in the last block)")
+    if not spec.drop_path:
+        return "none in the trainable block (timm's default for these weights)"
+    return (f"drop path {spec.drop_path:g} on the trainable block's residual branches during training (timm's "
+            "default; see the deviations)")
+
+
+def soft_distillation(classes: int) -> catalogue.Deviation:
+    """How this lab's soft distillation (worker/engine/distill.py) sits against DeiT's two definitions."""
+    return catalogue.Deviation(
+        "Soft distillation follows the DeiT paper's equation: half the cross-entropy against the labels plus half "
+        "the per-sample KL divergence to the teacher's softened predictions times T^2 (KL summed over classes, "
+        "averaged over the batch). DeiT's released code divides the KL sum by the number of logits (batch x "
+        f"classes) instead, so its soft term is 1/{classes} of this one with {classes} classes.",
+        f"The teacher weighs {classes}x more than in DeiT's released code: the student follows the teacher more "
+        "closely (better when the teacher is better than the labels alone teach, worse otherwise); numbers are "
+        "comparable with the DeiT paper's definition, not with runs of DeiT's code.")
+
+
 def _distillation_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
     if cfg.teacher is None:
         return "none" + (" (both heads learn from the labels, through the average of their logits)"
@@ -256,8 +305,10 @@ def _distillation_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
     second = ("cross-entropy of the distillation head against the teacher's argmax" if cfg.distillation == "hard"
               else f"{cfg.distill_temperature:g}^2 x KL from the teacher's predictions to the distillation head's, "
                    f"both softened at temperature {cfg.distill_temperature:g}")
+    source = ("DeiT's hard distillation" if cfg.distillation == "hard" else
+              "the DeiT paper's equation, not DeiT's released code: see the deviations")
     return (f"{cfg.distillation}, from job {cfg.teacher}: half cross-entropy of the class head against the labels "
-            f"plus half {second} (DeiT's {cfg.distillation} distillation); the paper used no teacher")
+            f"plus half {second} ({source}); the paper used no teacher")
 
 
 def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
@@ -285,7 +336,8 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     head = (f"Linear({spec.num_features}, {cfg.head_hidden}) -> ELU -> Dropout({cfg.head_dropout:g}) -> "
             f"Linear({cfg.head_hidden}, {classes})" + (" (x2)" if spec.heads == 2 else ""))
     weights = {"hub": f"{spec.weights_name}: {spec.pretrained_on}", "none": "none: random init (no pretraining)",
-               "local": "a local file in the server's weights folder"}.get(cfg.weights, f"the file {cfg.weights}")
+               "local": f"a local file: {spec.id}.safetensors (or .pth) in the worker's weights folder"}.get(
+                   cfg.weights, f"the file {cfg.weights}")
     size = f"{image_size} px, bilinear from 32 px" + (
         f" (its weights' own size is {spec.native_size})" if spec.native_size != image_size else "")
     precision = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
@@ -297,9 +349,15 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
             "on accuracy expected negligible; CPUs and older GPUs compute plain fp32" if cfg.tf32 else
             "TF32 off: fp32 matmuls and convolutions run in plain IEEE fp32, as the authors' GPUs computed (the "
             "engine also turns off PyTorch's cuDNN TF32 default); slower on GPUs that have TF32")
+    bits = catalogue.CACHE_MANTISSA_BITS[cfg.cache_dtype]
     cache = (f"on: the frozen part runs once per image and flip state, its output kept as {cfg.cache_dtype}"
-             + ("" if cfg.cache_dtype == "float32" else " (the block's input rounded to 16 bits; float32 is exact)")
+             + ("" if cfg.cache_dtype == "float32" else
+                f" (the block's input rounded to a {bits}-bit mantissa on every device; float32 is exact)")
              if cfg.feature_cache else "off: the frozen part runs every step")
+    rounded = cfg.feature_cache and cfg.trainable_blocks is not None and cfg.cache_dtype != "float32"
+    if cfg.precision == "fp32" and rounded:
+        precision += (f"; but the block's input comes from the {cfg.cache_dtype} feature cache, rounded to a "
+                      f"{bits}-bit mantissa (see the deviations)")
     if cfg.trainable_blocks is None:
         cache = "off: every layer trains (a full forward every step)"
     elif cfg.trainable_blocks != 1 and cfg.feature_cache:
@@ -332,10 +390,20 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
                  + ("the same" if counted == row["trainable_params"] else "differs (see the deviations)"))
     differs = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
                for o in result_options() if o.name != "model" and getattr(cfg, o.name) != getattr(paper, o.name)]
+    # Options that change how long a run is, not what it computes per epoch (epochs): not a deviation of the
+    # result, but the run is not the paper's either (3 epochs against 20); the form's card says so.
+    length = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
+              for o in web_options() if not o.affects_result and getattr(cfg, o.name) != getattr(paper, o.name)]
+    card_deviations = [d for d in catalogue.known_deviations(spec)
+                       if (cfg.tf32 or d is not catalogue.TF32)
+                       and (d is not catalogue.CACHE_ROUNDING or (rounded and cfg.cache_dtype == "float16"))]
+    if cfg.teacher is not None and cfg.distillation == "soft":
+        card_deviations.append(soft_distillation(classes))
     rows = [("Model", f"{spec.id} (timm)" + (f", the paper's {spec.paper_name}" if spec.paper_name else "")),
             ("Weights", weights), ("Image size", size), ("Normalization", _NORMALIZATION[spec.input_norm]),
             ("Precision", f"{precision}; {tf32}"), ("Frozen-feature cache", cache), ("Data", data),
             ("Training", training), ("Dataset", _dataset_text(ds)), ("Trainable depth", depth), ("Trainable modules", ", ".join(modules)), ("Trainable parameters", count),
+            ("Frozen part", _frozen_text(spec, cfg)), ("Stochastic depth", _drop_path_text(spec, cfg)),
             ("Head", head), ("Pooling", _pooling_text(spec, pooling)), ("Head init", init), ("Head L2", l2),
             ("BatchNorm momentum", _bn_text(spec, cfg.bn_momentum)), ("Adam epsilon", f"{cfg.adam_eps:g}"),
             ("Distillation", _distillation_text(spec, cfg))]
@@ -358,9 +426,8 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
         "bn_momentum": cfg.bn_momentum, "trainable_batchnorms": spec.trainable_batchnorms,
         "adam_eps": cfg.adam_eps, "lr": cfg.lr,
         # Against a dataset the paper has no number for there is no authors' run to deviate from.
-        "deviations": [asdict(d) for d in catalogue.known_deviations(spec) if cfg.tf32 or d is not catalogue.TF32]
-        if ds.in_paper else [],
-        "config_deviations": differs,
+        "deviations": [asdict(d) for d in card_deviations] if ds.in_paper else [],
+        "config_deviations": differs, "length_differences": length,
         "rows": [{"label": k, "value": v} for k, v in rows],
         "note": spec.note,
     }

@@ -137,9 +137,53 @@ def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
     return {"frozen_s": round(frozen, 1), "train_s": round(train, 1), "total_s": round(frozen + train, 1)}
 
 
-def estimate(cfg: dict, gflops: float | None) -> dict[str, Any]:
+# Until a job has run on a worker, its speed is the start-up calibration's (worker/queue/report.py): one ViT-S
+# block's forward and backward in a tight loop, the best case. A real job adds what that loop lacks (the frozen
+# pass over every image, preprocessing, the optimizer, validation, the head, small batches), so it runs slower:
+# 4.5x to 7x in the runs issue 24 reports (70 s planned before calibration, 313 s after and 505 s real for the same
+# plan), 1.6x to 4.5x in tests/system/test_plan_accuracy.py on a loaded two-core machine (DeiT-Tiny, and
+# EfficientNet-Lite0 at 4.5x). An uncalibrated estimate is therefore a range, from the calibration's time to
+# UNCALIBRATED_SPAN[1] times it, until a finished job of the model calibrates it.
+UNCALIBRATED_SPAN = (1.0, 8.0)
+
+
+def _key(model: str, image_size: int | None) -> str:
+    """The worker's key for a measured job (worker/queue/report.py Reporter.measured)."""
+    return f"{model}@{image_size}"
+
+
+def rate(cfg: dict, calibration_gflops: float | None, measured: dict[str, float] | None) -> dict[str, Any]:
+    """The throughput a plan uses for `cfg` on a worker, and how sure it is:
+
+    - "measured": a job of this model at this size finished on the worker; its own rate (calibrated);
+    - "scaled": a job of this model at another size finished there; its rate, from the nearest size (calibrated:
+      within 18% of a second job's real time at other settings in tests/system/test_plan_accuracy.py);
+    - "benchmark": no job of this model finished there; the start-up calibration's rate, the best case
+      (uncalibrated: a range). Another model's job does not calibrate this one: models reach very different
+      shares of a device's speed (a DeiT-Tiny job's rate predicted an EfficientNet-Lite0 job 66% short on a CPU);
+    - None: no worker has measured anything."""
+    measured = {k: v for k, v in (measured or {}).items() if isinstance(v, (int, float)) and v > 0}
+    model, size = cfg["model"], cfg.get("image_size")
+    own = measured.get(_key(model, size))
+    if own:
+        return {"gflops": own, "basis": "measured", "calibrated": True, "from": [_key(model, size)]}
+    same = {k: v for k, v in measured.items() if k.rsplit("@", 1)[0] == model}
+    if same:
+        def dist(k: str) -> float:
+            s = k.rsplit("@", 1)[1]
+            return abs((int(s) if s.isdigit() else 224) - (size or 224))
+        near = min(same, key=dist)
+        return {"gflops": same[near], "basis": "scaled", "calibrated": True, "from": [near]}
+    if calibration_gflops:
+        return {"gflops": calibration_gflops, "basis": "benchmark", "calibrated": False, "from": []}
+    return {"gflops": None, "basis": None, "calibrated": False, "from": []}
+
+
+def estimate(cfg: dict, gflops: float | None, *, calibrated: bool = True) -> dict[str, Any]:
     """What a plan shows per run: seconds on this device (None when no worker has measured one) and on the
-    reference GPU, with the work they rest on."""
+    reference GPU, with the work they rest on. `calibrated`: whether `gflops` comes from jobs that ran on the
+    worker (rate()); when not, `range_s` gives the span the time may really take (UNCALIBRATED_SPAN). Keyword
+    arguments after `gflops` are the other measured rates an estimate may rest on."""
     here = seconds(cfg, gflops)
     ref = seconds(cfg, REFERENCE["gflops"])
     if not has_flops(cfg["model"]):
@@ -149,9 +193,13 @@ def estimate(cfg: dict, gflops: float | None) -> dict[str, Any]:
                 "train_gflop": None, "train_images": n_train, "val_images": n_val,
                 "no_flop_figure": no_flops_text(cfg["model"])}
     w = work(cfg)
-    return {"this_device_s": here["total_s"], "reference_s": ref["total_s"], "frozen_s": here["frozen_s"],
+    total = here["total_s"]
+    span = None if calibrated or total is None else [round(total * UNCALIBRATED_SPAN[0], 1),
+                                                      round(total * UNCALIBRATED_SPAN[1], 1)]
+    return {"this_device_s": total, "reference_s": ref["total_s"], "frozen_s": here["frozen_s"],
             "train_s": here["train_s"], "reference_frozen_s": ref["frozen_s"], "reference_train_s": ref["train_s"],
-            "gflops": gflops, "frozen_gflop": round(w["frozen_gflop"], 1), "train_gflop": round(w["train_gflop"], 1),
+            "gflops": gflops, "calibrated": bool(calibrated and total is not None), "range_s": span,
+            "frozen_gflop": round(w["frozen_gflop"], 1), "train_gflop": round(w["train_gflop"], 1),
             "train_images": w["train_images"], "val_images": w["val_images"]}
 
 

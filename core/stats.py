@@ -37,9 +37,15 @@ def t_critical(df: int) -> float:
     return prev
 
 
-def summary(values: Iterable[float], reference: float | None = None) -> dict[str, Any]:
-    """n, mean, sample sd and the 95% interval of the mean; `inside`: whether `reference` (the paper's number)
-    lies in it (None without a reference or with fewer than two values, when there is no interval)."""
+# What an accuracy can be: the t interval is clipped to it (mean +- half-width of 0.99 and 1.0 reaches past 100%).
+ACCURACY_BOUNDS = (0.0, 1.0)
+
+
+def summary(values: Iterable[float], reference: float | None = None,
+            bounds: tuple[float, float] = ACCURACY_BOUNDS) -> dict[str, Any]:
+    """n, mean, sample sd and the 95% interval of the mean, clipped to `bounds` (an accuracy's [0, 1] by default);
+    `inside`: whether `reference` (the paper's number) lies in it (None without a reference or with fewer than two
+    values, when there is no interval)."""
     xs = [float(v) for v in values if v is not None]
     n = len(xs)
     out: dict[str, Any] = {"n": n, "mean": None, "std": None, "ci_low": None, "ci_high": None, "inside": None}
@@ -50,7 +56,7 @@ def summary(values: Iterable[float], reference: float | None = None) -> dict[str
     if n >= 2:
         sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
         half = t_critical(n - 1) * sd / math.sqrt(n)
-        out.update(std=sd, ci_low=mean - half, ci_high=mean + half)
+        out.update(std=sd, ci_low=max(mean - half, bounds[0]), ci_high=min(mean + half, bounds[1]))
         if reference is not None:
             out["inside"] = out["ci_low"] <= reference <= out["ci_high"]
     return out

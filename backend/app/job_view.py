@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
-from core import catalogue
+from core import catalogue, estimate
 from core.config import OPTIONS, expected_trainable
 from core.protocol import PHASE_UNITS, TERMINAL, JobStatus, Phase
 
@@ -90,6 +90,8 @@ class Stats:
     best_val_acc: float | None = None
     best_epoch: int | None = None
     recent_seconds: tuple[float, ...] = ()
+    recent_epochs: tuple[tuple[int, float], ...] = ()  # (epoch, seconds) of the last three
+    last_epoch_at: datetime | None = None
     first_epoch_at: datetime | None = None
     first_epoch_seconds: float | None = None
     train_s: float | None = None
@@ -107,7 +109,8 @@ def _stats(db: Session, job_ids: list[int]) -> dict[int, Stats]:
     inner = (select(EpochMetric.job_id, EpochMetric.epoch, EpochMetric.val_acc, EpochMetric.seconds,
                     by_acc.label("by_acc"), by_recent.label("by_recent"), by_first.label("by_first"),
                     func.count().over(**part).label("n"), func.sum(EpochMetric.seconds).over(**part).label("sum_s"),
-                    func.min(EpochMetric.created_at).over(**part).label("first_at"))
+                    func.min(EpochMetric.created_at).over(**part).label("first_at"),
+                    EpochMetric.created_at.label("at"))
              .where(EpochMetric.job_id.in_(job_ids)).subquery())
     rows = db.execute(select(inner).where((inner.c.by_acc == 1) | (inner.c.by_recent <= 3)
                                           | (inner.c.by_first == 1))).all()
@@ -118,6 +121,9 @@ def _stats(db: Session, job_ids: list[int]) -> dict[int, Stats]:
             s.best_val_acc, s.best_epoch = r.val_acc, r.epoch
         if r.by_recent <= 3 and r.seconds is not None:
             s.recent_seconds += (r.seconds,)
+            s.recent_epochs += ((r.epoch, r.seconds),)
+        if r.by_recent == 1:
+            s.last_epoch_at = r.at
         if r.by_first == 1:
             s.first_epoch_seconds = r.seconds
     return out
@@ -211,6 +217,46 @@ def timings(job: Job, st: Stats) -> dict:
             "total_s": _seconds(job.created_at, job.finished_at or now)}
 
 
+def eta_seconds(job: Job, st: Stats, cfg: dict[str, Any], now: datetime | None = None) -> float | None:
+    """Seconds a running job has left, following its measured epochs. The first epoch of an attempt is not like
+    the others: it also runs the frozen pass (the validation images and a flip state of every training image), so
+    "the last epochs' mean x epochs left" overstates the rest after it (9.0 min shown with 3.9 min left). Once a
+    later epoch is timed: the mean of the last (up to three) epochs after the first, times the epochs left. After
+    the first alone: the work left over the rate the first achieved, both as core.estimate counts work (for the
+    images the worker really has). The current epoch's time already spent is taken off (at most its whole)."""
+    if not st.epochs_done or not st.train_s:
+        return None
+    epochs = int(cfg.get("epochs", 20))
+    info = job.info or {}
+    first = (info.get("resumed_from_epoch") or 0) + 1
+    steady = [sec for ep, sec in sorted(st.recent_epochs) if ep > first]
+    if steady:
+        nxt = statistics.mean(steady)
+        left = nxt * max(epochs - st.epochs_done, 0)
+    else:
+        counted = dict(cfg)
+        if info.get("train_images") and info.get("val_images"):
+            classes = catalogue.num_classes(cfg.get("dataset", "cifar10"))
+            counted.update(train_per_class=info["train_images"] / classes, val_limit=info["val_images"])
+
+        def gflop(k: int) -> float:  # the work of a run's first k epochs
+            w = estimate.work({**counted, "epochs": k})
+            return w["frozen_gflop"] + w["train_gflop"] if k > 0 else 0.0
+        last = max(st.recent_epochs)[1] if st.recent_epochs else st.train_s
+        try:
+            done = gflop(st.epochs_done)
+            per_s = (done - gflop(st.epochs_done - 1)) / last  # the last epoch's own work over its own time
+            left = (gflop(epochs) - done) / per_s
+            nxt = (gflop(min(st.epochs_done + 1, epochs)) - done) / per_s
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):  # a model without FLOPs: as the last epoch
+            nxt = last
+            left = nxt * max(epochs - st.epochs_done, 0)
+    if st.last_epoch_at is not None and left:
+        running = max(((now or utcnow()) - st.last_epoch_at).total_seconds(), 0.0)
+        left -= min(running, nxt)  # the current epoch's spent time, at most its whole
+    return round(max(left, 0.0), 1)
+
+
 # -- the whole view -------------------------------------------------------------------------------------------------
 def _experiment_of(job: Job) -> Experiment | None:
     try:
@@ -231,9 +277,7 @@ def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
     cfg = job.experiment.config
     spec = catalogue.get(cfg["model"])
     paper = catalogue.paper_row(spec, cfg.get("dataset", "cifar10")) if spec else None
-    eta = None
-    if job.status == JobStatus.RUNNING and st.recent_seconds:
-        eta = statistics.mean(st.recent_seconds) * max(cfg["epochs"] - st.epochs_done, 0)
+    eta = eta_seconds(job, st, cfg) if job.status == JobStatus.RUNNING else None
     runtime = None
     if job.started_at:
         runtime = ((job.finished_at or utcnow()) - job.started_at).total_seconds()

@@ -210,6 +210,14 @@ class JobPublic(BaseModel):
     timings: TimingsPublic
 
 
+class ConfigWarning(BaseModel):
+    """What a valid config does that its author likely did not mean (core.config.config_warnings), shaped as a
+    422's detail: the field it concerns and what happens."""
+    loc: list[str]
+    type: str
+    msg: str
+
+
 class ExperimentPublic(BaseModel):
     id: int
     name: str
@@ -219,6 +227,7 @@ class ExperimentPublic(BaseModel):
     config: dict[str, Any]  # as stored: the options it was created with (later options took their defaults)
     created_at: UTCDateTime
     jobs: list[JobPublic]
+    warnings: list[ConfigWarning] = []
 
 
 class GroupActionPublic(BaseModel):
@@ -320,9 +329,11 @@ class ModelCard(BaseModel):
     lr: float
     deviations: list[Deviation]
     config_deviations: list[ConfigDeviation]
+    length_differences: list[ConfigDeviation]  # options that change the run's length, not its result (epochs)
     rows: list[CardRow]  # the card as a reader sees it, in order
     note: str
     config: dict  # the model's paper preset (what config_deviations compare with)
+    warnings: list[ConfigWarning] = []  # what the given config does that its author likely did not mean
 
 
 class ReproduceRequest(BaseModel):

@@ -6,6 +6,7 @@
 "use strict";
 import { el, pct, int, secs, state, api, fail, viewSignal, isAbort, can, modelById, paperCurve } from "./util.js";
 import { cardView, showCard } from "./card.js";
+import { offerFix } from "./fix.js";
 import { jobActions } from "./jobs.js";
 import { phaseText, dryBadge } from "./runs.js";
 import { chartBox, layout, PLOT_CONFIG } from "./charts.js";
@@ -147,13 +148,15 @@ export async function renderJob(view, id) {
   const head = el("div", { class: "card", id: "job-head" });
   const phase = el("div", { id: "job-phase" });
   const errorBox = el("div", { id: "job-error-box" });
+  const fixBox = el("div", { id: "job-fix-box" });  // a missing file: what to put where, Run again once there
+  let fixFor = null;
   const acc = chartBox("plot-acc"), loss = chartBox("plot-loss"), perClass = chartBox("plot-class"), confusion = chartBox("plot-confusion");
   const epochPick = el("select", { id: "epoch-pick" });
   const modeButton = el("button", { type: "button", class: "secondary", id: "confusion-mode", "data-mode": "count", text: "Show row percentages" });
   const settings = el("div", { class: "card", id: "job-settings" });
   const cardBox = el("div", { class: "card method-card", id: "job-card" });
   const notes = el("div", { id: "class-notes" });
-  view.append(head, errorBox,
+  view.append(head, errorBox, fixBox,
     el("div", { class: "grid2 job-plots" }, el("div", { class: "card" }, acc), el("div", { class: "card" }, loss)),
     el("div", { class: "card", id: "job-detail" },
       el("div", { class: "detail-controls" }, el("label", {}, "Epoch: ", epochPick), modeButton),
@@ -199,6 +202,9 @@ export async function renderJob(view, id) {
       // A diverged epoch is data: its non-finite values are named here (the curves leave a gap there).
       ...metrics.filter((m) => m.nonfinite).map((m) => el("p", { class: "error-text nonfinite",
         text: `epoch ${m.epoch}: ${Object.entries(m.nonfinite).map(([k, v]) => `${k} ${v}`).join(", ")}` })));
+    const fixKey = `${j.status}:${j.attempt}`;
+    if (fixKey !== fixFor) { fixFor = fixKey; offerFix(fixBox, head, j, { signal, then: refreshJob }); }
+    else if (fixBox.firstChild) { const r = head.querySelector("button.resume"); if (r) r.hidden = true; }
   };
 
   const drawSettings = async () => {

@@ -74,10 +74,6 @@ async function cloneSource(jobId, signal) {
   return { name: `${job.experiment_name} (clone of #${job.id})`, config, job };
 }
 
-// The training images for a config: train_per_class x the dataset's classes (GET /api/datasets), or all 50,000.
-export const trainImages = (perClass, classes = 10) => (perClass ? perClass * classes : 50000);
-const classesOf = (id) => ((state.datasets || []).find((d) => d.id === id) || { num_classes: 10 }).num_classes;
-
 export function renderNew(view) {
   const signal = viewSignal();
   const form = el("form", { class: "job card", id: "job-form", novalidate: true });
@@ -104,24 +100,20 @@ export function renderNew(view) {
     (o.advanced ? advanced : form).append(fieldRow(o.name, o.label, input, o.advanced ? o.help : null));
   }
   const cardBox = el("aside", { class: "card method-card", id: "method-card" });
-  const byName = Object.fromEntries(inputs.map(([o, input]) => [o.name, input]));
 
-  // A batch larger than the training images runs as one smaller batch per epoch: said as the user types.
-  const warnBatch = () => {
-    const slot = $("#warn-batch_size", form);
-    const batch = Number(byName.batch_size && byName.batch_size.value);
-    const perClass = byName.train_per_class && byName.train_per_class.value.trim() !== "" ? Number(byName.train_per_class.value) : null;
-    const classes = classesOf(byName.dataset && byName.dataset.value);
-    const images = trainImages(perClass, classes);
-    slot.textContent = batch > images
-      ? `Batch ${int(batch)} is larger than the ${int(images)} training images (${int(perClass)} per class × ${int(classes)}): every epoch is one batch of ${int(images)}, not ${int(batch)}.`
-      : "";
+  // The card follows the form: it is the card of the config Start job would submit (GET /api/models/{id} with the
+  // form's values), with where it leaves the paper preset. Its answer also carries the server's warnings on that
+  // config (core.config.config_warnings: a batch larger than the training set), shown under their fields.
+  const showWarnings = (card) => {
+    form.querySelectorAll(".field-warn").forEach((w) => (w.textContent = ""));
+    for (const w of (card && card.warnings) || []) {
+      const slot = $(`#warn-${w.loc[w.loc.length - 1]}`, form);
+      if (slot) slot.textContent = w.msg;
+    }
   };
-  for (const input of [byName.batch_size, byName.train_per_class, byName.dataset]) if (input) {
-    input.addEventListener("input", warnBatch);
-    input.addEventListener("change", warnBatch);
-  }
-  if (!state.datasets) api("/api/datasets", { signal }).then((d) => { state.datasets = d; warnBatch(); }).catch(() => {});
+  const followForm = () => showCard(cardBox, chosen(), readConfig(form), "form").then((card) => { if (card) showWarnings(card); });
+  form.addEventListener("input", followForm);
+  form.addEventListener("change", followForm);
 
   const resetTo = (config) => {  // values as given; those equal to the model's preset keep following the model
     if (config.model && modelById(config.model)) picker.value = config.model;
@@ -133,18 +125,19 @@ export function renderNew(view) {
       if (JSON.stringify(value ?? null) === JSON.stringify(preset ?? null)) delete input.dataset.touched;
       else input.dataset.touched = "1";
     }
-    warnBatch();
-    showCard(cardBox, chosen());
+    followForm();
   };
   const presetButton = el("button", { type: "button", class: "secondary", id: "preset-reset", text: "Back to the paper's preset",
     onclick: () => { resetTo({ model: picker.value }); origin.textContent = `The paper's preset for ${picker.value}.`; } });
   picker.addEventListener("change", () => {  // the model's own preset values, where the user changed nothing
     for (const [o, input] of inputs) if (!input.dataset.touched) setInput(input, o, optionValue(o, picker.value));
-    warnBatch();
-    showCard(cardBox, chosen());
+    followForm();
   });
-  other.addEventListener("change", () => showCard(cardBox, chosen()));
-  form.append(advanced, el("div", { class: "form-buttons" }, el("button", { type: "submit", id: "submit", text: "Start job" }), presetButton));
+  // The plan of any job, short ones too, one click away (Start job shows it only for a long, blocked or flagged run).
+  const planButton = el("button", { type: "button", class: "secondary", id: "plan-open", text: "Show the plan",
+    title: "time on this worker and elsewhere, weights and data, before anything is queued",
+    onclick: () => submitJob(form, view, signal, { always: true }) });
+  form.append(advanced, el("div", { class: "form-buttons" }, el("button", { type: "submit", id: "submit", text: "Start job" }), planButton, presetButton));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); submitJob(form, view, signal); });
 
   const reproduce = el("div", { class: "card" }, el("h2", { text: "Reproduce Table 1" }),
@@ -167,10 +160,7 @@ export function renderNew(view) {
     resetTo(last.config);
     origin.textContent = "Your last values are filled in.";
     origin.dataset.source = "remembered";
-  } else {
-    showCard(cardBox, picker.value);
-    warnBatch();
-  }
+  } else followForm();
 }
 
 function readConfig(form) {
@@ -200,18 +190,18 @@ function showFieldErrors(form, e) {
   return true;
 }
 
-// Start job: ask for the plan first; a long job (or one its preflight blocks) is shown and confirmed before it is
-// queued, a short one is queued at once.
-async function submitJob(form, view, signal) {
+// Start job: ask for the plan first; a long job (or one its preflight blocks, or one with a warning) is shown and
+// confirmed before it is queued, a short one is queued at once. "Show the plan" (`always`) shows it for any job.
+async function submitJob(form, view, signal, { always = false } = {}) {
   clearMessage();
   form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
-  const button = $("#submit", form);
+  const button = $(always ? "#plan-open" : "#submit", form);
   button.disabled = true;
   const body = { name: $("#f-name", form).value, config: readConfig(form) };
   try {
     const plan = await fetchPlan({ configs: [body.config] }, signal);
     let dry = false;
-    if (plan && (plan.long || plan.items.some((i) => i.blocked))) {
+    if (plan && (always || plan.long || plan.items.some((i) => i.blocked || (i.warnings || []).length))) {
       const ok = await confirmPlan(view, plan, { title: `Plan: ${body.name}`, what: "this job", signal });
       if (!ok) return;
       dry = ok.dry_run;
@@ -294,7 +284,7 @@ async function submitSweep(form, view, signal) {
     const configs = parsed.depths.map((k) => ({ ...base, [axis.name]: k }));
     const plan = await fetchPlan({ configs }, signal);
     let dry = false;
-    if (plan && (plan.long || plan.items.some((i) => i.blocked))) {
+    if (plan && (plan.long || plan.items.some((i) => i.blocked || (i.warnings || []).length))) {
       const ok = await confirmPlan(view, plan, { title: `Plan: ${name}, depths ${parsed.depths.map(depthText).join(", ")}`, what: `${configs.length} jobs`, signal });
       if (!ok) return;
       dry = ok.dry_run;

@@ -25,15 +25,22 @@ export function duration(s) {
   return `${(s / 86400).toFixed(1)} days`;
 }
 
+// An estimate as the plan can stand by it: a time once a job has calibrated the worker, a range before (the
+// worker's start-up benchmark is the best case: core/estimate.py UNCALIBRATED_SPAN).
+export function estimateText(seconds, range) {
+  if (range && range.length === 2) return `${duration(range[0])} to ${duration(range[1])}`;
+  return duration(seconds);
+}
+
 const WEIGHTS = { cached: "cached", none: "none needed (random init)", download: "will download", missing: "missing",
                   unknown: "unknown" };
 const DATA = { present: "present", download: "will download", missing: "missing", unknown: "unknown" };
 
-function preflightCell(p, words, what) {
-  if (!p) return el("td", { class: "muted", text: "unknown" });
+function preflightCell(p, words, what, label) {
+  if (!p) return el("td", { class: "muted", text: "unknown", "data-label": label });
   const word = words[p.state] || p.state;
   const text = p.state === "download" && p.mb ? `will download about ${int(Math.round(p.mb))} MB` : word;
-  return el("td", { class: `preflight preflight-${p.state}`, "data-what": what },
+  return el("td", { class: `preflight preflight-${p.state}`, "data-what": what, "data-label": label },
     // A missing one's message is the row's "Blocked:" line (how to fix it): said once.
     el("span", { class: "state", text }), p.message && p.state !== "missing" ? el("div", { class: "hint", text: p.message }) : "");
 }
@@ -74,12 +81,17 @@ function itemRow(item, refName) {
       more,
       memoryLine(item.memory),
       est.no_flop_figure ? el("div", { class: "hint no-flop-figure", text: est.no_flop_figure }) : "",
+      ...(item.warnings || []).map((w) => el("div", { class: "warn plan-warning", "data-field": w.loc.join("."), text: `${w.loc.join(".")}: ${w.msg}` })),
       item.blocked ? el("div", { class: "error-text block-reason", text: `Blocked: ${item.block_reason || "cannot run"}` }) : ""),
-    el("td", { class: "est-this", text: duration(est.this_device_s) }),
-    el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null }),
-    el("td", { class: "est-t4", text: duration(est.t4_s), title: t4Detail(est.t4) }),
-    preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights"),
-    preflightCell(item.preflight && item.preflight.data, DATA, "training-data"));
+    el("td", { class: "est-this", "data-calibrated": est.calibrated ? "yes" : "no", "data-label": "This worker" },
+      el("span", { class: "est-value", text: estimateText(est.this_device_s, est.range_s) }),
+      est.this_device_s == null ? "" : el("div", { class: "hint est-basis", text: est.calibrated
+        ? (est.basis === "measured" ? "calibrated: a job of this model and size ran here" : `calibrated on this worker by ${(est.calibrated_by || []).join(", ")}`)
+        : "not calibrated: no job of this model has finished on this worker yet" })),
+    el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null, "data-label": "Reference GPU" }),
+    el("td", { class: "est-t4", text: duration(est.t4_s), title: t4Detail(est.t4), "data-label": "Free T4 (Colab)" }),
+    preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights", "Weights"),
+    preflightCell(item.preflight && item.preflight.data, DATA, "training-data", "Data"));
 }
 
 // Where the run's frozen features go on this worker (core.memory's rules on the limits it reported).
@@ -102,9 +114,14 @@ function t4Detail(t4) {
 function workerLine(plan) {
   const w = plan.worker;
   if (!w) return el("p", { class: "warn", id: "plan-worker", text: "No worker has reported yet: the times below assume the reference GPU's speed, and the preflight could not ask a worker." });
-  const gf = w.gflops ? `, measured ${int(Math.round(w.gflops))} GFLOP/s` : "";
+  const gf = w.gflops ? `, benchmark ${int(Math.round(w.gflops))} GFLOP/s` : "";
+  const jobs = Object.keys(w.measured || {}).length;
+  const timed = `${jobs} finished job${jobs === 1 ? "" : "s"} timed`;
+  const cal = plan.calibrated ? ` Times are calibrated on it (${timed}).`
+    : jobs ? ` Partly calibrated (${timed}): a model no finished job ran here gets a range from the start-up benchmark (the best case) up.`
+    : " Not calibrated yet: no job has finished on it, so its times are ranges from its start-up benchmark (the best case) up; after a job of the model they are calibrated.";
   return el("p", { id: "plan-worker", class: w.stale ? "warn" : "muted",
-                   text: `This lab's worker: ${w.name} on ${w.device}${gf}${w.stale ? " (its last report is old: it may be gone)" : ""}.` });
+                   text: `This lab's worker: ${w.name} on ${w.device}${gf}${w.stale ? " (its last report is old: it may be gone)" : ""}.${cal}` });
 }
 
 // Shows the plan in a modal dialog inside `container`; resolves {dry_run} when confirmed, null when dismissed (or
@@ -123,24 +140,31 @@ export function confirmPlan(container, plan, { title, what, signal }) {
     const choice = (value, label, detail, checked) => el("label", { class: "plan-choice" },
       el("input", { type: "radio", name: "plan-mode", value, checked, id: `plan-mode-${value}` }),
       el("span", {}, el("strong", { text: label }), el("span", { class: "hint", text: detail })));
-    const full = plan ? `${duration(plan.total_this_device_s)} on this worker · ${duration(plan.total_reference_s)} on ${refName}` +
+    const full = plan ? `${estimateText(plan.total_this_device_s, plan.total_range_s)} on this worker${plan.worker && plan.total_this_device_s != null && !plan.calibrated ? " (not calibrated)" : ""} · ${duration(plan.total_reference_s)} on ${refName}` +
                         (plan.total_t4_s != null ? ` · ${duration(plan.total_t4_s)} on a free T4` : "") : "no estimate";
     const dryText = dry ? `${changes}: ${duration(dry.total_this_device_s)} on this worker · ${duration(dry.total_reference_s)} on ${refName}. Marked "dry run" everywhere, never taken for a paper result.`
                         : `${changes}. Marked "dry run" everywhere, never taken for a paper result.`;
     const confirm = el("button", { type: "button", id: "plan-confirm", text: `Queue ${what}` });
     const back = el("button", { type: "button", class: "secondary", id: "plan-cancel", text: "Back, queue nothing" });
+    // What the run is: the paper's preset, or where it leaves it (a 3-epoch 112 px run is not a "full paper run").
+    const preset = plan ? Boolean(plan.paper_preset) : false;
+    const leaves = [...new Set(items.flatMap((i) => i.card ? [...i.card.config_deviations, ...(i.card.length_differences || [])]
+      .map((d) => `${d.label.toLowerCase()} ${d.value === null ? "empty" : d.value}`) : []))];
+    const runIs = !plan ? "" : preset ? "the paper's preset" : leaves.length ? `not the paper's preset: ${leaves.join(", ")}` : "not the paper's preset";
+    const runLabel = preset ? "Full paper run" : "Full run, as configured";
     dialog.append(
-      el("h2", { id: "plan-title", text: title }),
+      el("h2", { id: "plan-title", text: plan ? `${title}: ${preset ? "the paper's preset" : "not the paper's preset"}` : title }),
+      plan && !preset ? el("p", { class: "muted", id: "plan-what", text: `This run is ${runIs}.` }) : "",
       plan ? workerLine(plan) : el("p", { class: "warn", id: "plan-missing", text: "This server gives no plan (no POST /api/plan): no time estimate or weights check before queueing." }),
       plan ? el("div", { class: "plan-table-wrap" }, el("table", { id: "plan-items" },
         el("thead", {}, el("tr", {}, ["Model: what runs", "This worker", `Reference (${refName})`, "Free T4 (Colab)", "Weights", "Data"]
           .map((h) => el("th", { text: h })))),
         el("tbody", {}, items.map((i) => itemRow(i, refName))))) : "",
-      plan ? el("p", { id: "plan-total" }, el("strong", { text: "Total, full run: " }), full) : "",
+      plan ? el("p", { id: "plan-total" }, el("strong", { text: `Total, ${runLabel.toLowerCase()}: ` }), full) : "",
       plan && plan.t4 ? el("p", { class: "hint", id: "plan-t4-note",
         text: `Free T4 column: ${plan.t4.name}, estimated from ${plan.t4.source}. A memory-mapped cache is read back in shuffled order every epoch, so its disk time may be longer.` }) : "",
       el("fieldset", { class: "plan-mode" }, el("legend", { text: "What to queue" }),
-        choice("full", "Full paper run", full, true), choice("dry", "Dry run (labelled)", dryText, false)),
+        choice("full", runLabel, full, true), choice("dry", "Dry run (labelled)", dryText, false)),
       blocked.length ? el("p", { class: "error-text", id: "plan-blocked",
         text: `${blocked.length === items.length && items.length > 1 ? `None of the ${items.length} models can` : blocked.length === 1 ? "1 model cannot" : `${blocked.length} models cannot`} run as planned (see "Blocked" above): fix that, then plan again. Nothing was queued.` }) : "",
       el("div", { class: "plan-buttons" }, confirm, back));

@@ -65,7 +65,55 @@ def test_a_jobs_measured_rate_for_the_model_and_size_wins_over_the_calibration(p
     after = plan_api.post("/api/plan", json={"configs": [cfg, dict(cfg, image_size=224)]}).json()["items"]
     assert after[0]["estimate"]["measured"] and after[0]["estimate"]["gflops"] == 25.0
     assert after[0]["estimate"]["this_device_s"] == pytest.approx(4 * before["this_device_s"], rel=0.01)
-    assert not after[1]["estimate"]["measured"] and after[1]["estimate"]["gflops"] == 100.0
+    # The same model at another size: calibrated by that job (its rate carried over), not the benchmark's.
+    assert not after[1]["estimate"]["measured"] and after[1]["estimate"]["gflops"] == 25.0
+    assert after[1]["estimate"]["basis"] == "scaled" and after[1]["estimate"]["calibrated"]
+
+
+def test_an_uncalibrated_estimate_says_so_and_gives_a_range_until_a_job_calibrates_it(plan_api):
+    """Before any job finished on the worker, only its start-up benchmark (the best case) is known: the estimate
+    is marked uncalibrated with a range from it to UNCALIBRATED_SPAN times it. A finished job of the same model
+    (at its nearest size) calibrates it: a point estimate."""
+    cfg = {"model": "deit_small_patch16_224", "weights": "none", "image_size": 112, "epochs": 3}
+    _send(_report(gflops=100.0))
+    p = plan_api.post("/api/plan", json={"configs": [cfg]}).json()
+    est = p["items"][0]["estimate"]
+    low, high = estimate.UNCALIBRATED_SPAN
+    assert not est["calibrated"] and est["basis"] == "benchmark" and not p["calibrated"]
+    assert est["range_s"] == [pytest.approx(est["this_device_s"] * low, abs=0.1),
+                              pytest.approx(est["this_device_s"] * high, abs=0.1)]
+    assert p["total_range_s"] == est["range_s"]
+    # Another model's job does not calibrate this one (models reach very different shares of a device's speed).
+    _send(_report(gflops=100.0, measured={"deit_tiny_patch16_224@224": 20.0, "vgg19@112": 80.0}))
+    est = plan_api.post("/api/plan", json={"configs": [cfg]}).json()["items"][0]["estimate"]
+    assert not est["calibrated"] and est["basis"] == "benchmark" and est["range_s"]
+    # A job of this model, at another size, does: its rate, a point estimate.
+    _send(_report(gflops=100.0, measured={"deit_small_patch16_224@224": 30.0, "deit_small_patch16_224@64": 10.0}))
+    p = plan_api.post("/api/plan", json={"configs": [cfg]}).json()
+    est = p["items"][0]["estimate"]
+    assert est["calibrated"] and p["calibrated"] and est["range_s"] is None and p["total_range_s"] is None
+    assert est["basis"] == "scaled" and est["gflops"] == 10.0 and est["calibrated_by"] == ["deit_small_patch16_224@64"]
+
+
+def test_the_plan_says_whether_a_run_is_the_papers_preset(plan_api):
+    """A 3-epoch, 112 px, 1,000-image job is not the paper's run; the preset itself (Swin-B's batch 256) is."""
+    p = plan_api.post("/api/plan", json={"configs": [
+        {"model": "deit_tiny_patch16_224", "epochs": 3, "image_size": 112, "train_per_class": 100},
+        {"model": "swin_base_patch4_window7_224"}, {"model": "deit_tiny_patch16_224", "epochs": 3}]}).json()
+    assert [i["paper_preset"] for i in p["items"]] == [False, True, False] and not p["paper_preset"]
+    assert plan_api.post("/api/plan", json={"reproduce": True}).json()["paper_preset"]
+
+
+def test_a_batch_larger_than_the_training_set_is_flagged_naming_the_field(plan_api):
+    cfg = {"model": "deit_tiny_patch16_224", "batch_size": 4096, "train_per_class": 100}
+    [item] = plan_api.post("/api/plan", json={"configs": [cfg]}).json()["items"]
+    [w] = item["warnings"]
+    assert w["loc"] == ["config", "batch_size"] and "4,096 is larger than the 1,000 training images" in w["msg"]
+    assert "(100 per class x 10 classes)" in w["msg"] and not item["blocked"]
+    r = plan_api.post("/api/experiments", json={"name": "big batch", "config": cfg, "start": False})
+    assert r.status_code == 201 and r.json()["warnings"] == [w]  # queued as asked, and said
+    ok = plan_api.post("/api/plan", json={"configs": [dict(cfg, batch_size=1000)]}).json()["items"][0]
+    assert ok["warnings"] == []
 
 
 def test_reproduce_offline_without_weights_blocks_every_model_saying_how_to_fix_it(plan_api):

@@ -73,3 +73,13 @@ def test_a_seed_run_twice_counts_once():
                                   {"id": 3, "config": {**cfg, "seed": 1}, "value": 0.8}])
     (g,) = groups
     assert (g["n"], g["counted"], g["duplicates"]) == (2, [1, 3], [2]) and g["std"] > 0
+
+
+def test_the_interval_on_accuracies_stays_within_what_an_accuracy_can_be():
+    """Three seeds at 99%, 100% and 100%: mean +- t * sd / sqrt(n) reaches past 100% (and a low spread below 0):
+    the interval is clipped to [0, 1], the mean and sd are not."""
+    s = stats.summary([0.99, 1.0, 1.0])
+    assert s["ci_high"] == 1.0 and 0.96 < s["ci_low"] < 0.99 and s["mean"] == pytest.approx(0.99667, abs=1e-5)
+    low = stats.summary([0.0, 0.02, 0.0])
+    assert low["ci_low"] == 0.0 and low["ci_high"] > 0.02
+    assert stats.summary([0.99, 1.0, 1.0], reference=1.0)["inside"] is True

@@ -152,7 +152,11 @@ def test_a_failed_job_shows_its_error_on_the_page(ui_lab, page):
     assert page.text_content("#job-error") == error
     # In the form's terms: what to choose and which file to put where, no command-line flag.
     assert f"choose weights: local and put {QUICK['model']}.safetensors" in error and "--weights" not in error
-    assert page.is_visible("#job-error") and page.is_visible("button.resume")
+    assert page.is_visible("#job-error")
+    # The file is still missing: what to put where, and no Resume that would fail the same way (test_fix_offer.py).
+    page.wait_for_selector("#fix-card")
+    assert "A file is missing: the pretrained weights of deit_tiny_patch16_224" in page.text_content("#fix-card")
+    assert not page.is_visible("button.resume") and page.is_disabled("#fix-run-again")
     assert "no epoch finished: the job is failed" in page.text_content("#plot-acc-wait")
     shot(page, "job-failed-error")
 

@@ -67,6 +67,12 @@ def test_the_form_keeps_the_last_values_and_goes_back_to_the_paper_preset(make_l
     assert not page.errors
 
 
+def _warning(page, text: str) -> str:
+    """The batch-size warning once it says `text` (it comes with the card of the form's values)."""
+    page.wait_for_function("t => document.querySelector('#warn-batch_size').textContent.includes(t)", arg=text)
+    return page.text_content("#warn-batch_size")
+
+
 def test_a_batch_larger_than_the_training_images_is_warned_as_one_types_800px(make_lab, page):
     lab = make_lab()
     page.set_viewport_size({"width": 800, "height": 1000})
@@ -75,17 +81,49 @@ def test_a_batch_larger_than_the_training_images_is_warned_as_one_types_800px(ma
     assert page.text_content("#warn-batch_size") == ""  # 512 of all 50,000: fine
     page.click("#advanced summary")
     page.type("#f-train_per_class", "20")  # 200 training images
-    warning = page.text_content("#warn-batch_size")
-    assert "Batch 512 is larger than the 200 training images (20 per class × 10)" in warning
-    assert page.is_visible("#warn-batch_size")
+    warning = _warning(page, "larger than the 200 training images")
+    assert "batch_size 512 is larger than the 200 training images (20 per class x 10 classes)" in warning
+    assert "–" not in warning and page.is_visible("#warn-batch_size")  # no placeholder dash
     page.fill("#f-batch_size", "")
     page.type("#f-batch_size", "200")
-    assert page.text_content("#warn-batch_size") == ""
+    page.wait_for_function("document.querySelector('#warn-batch_size').textContent === ''")
     page.type("#f-batch_size", "0")  # 2000
-    assert "Batch 2,000 is larger than the 200 training images" in page.text_content("#warn-batch_size")
+    assert "batch_size 2,000 is larger than the 200 training images" in _warning(page, "2,000")
+    page.fill("#f-train_per_class", "")  # all 5,000 per class: 2,000 fits
+    page.wait_for_function("document.querySelector('#warn-batch_size').textContent === ''")
+    page.type("#f-train_per_class", "100")
+    assert "(100 per class x 10 classes)" in _warning(page, "1,000 training images")
     assert page.evaluate("document.documentElement.scrollWidth") <= 800
     form, card = page.locator("#job-form").bounding_box(), page.locator("#method-card").bounding_box()
     assert card["y"] >= form["y"] + form["height"] - 1  # one column at 800 px: the card below the form
     page.locator("#f-batch_size").scroll_into_view_if_needed()
     shot(page, "new-form-batch-warning-800px")
+
+    # Start job: the warning comes back in the plan, naming config.batch_size, before anything is queued.
+    page.click("#submit")
+    page.wait_for_selector("#plan-dialog[open] .plan-warning")
+    assert page.get_attribute(".plan-warning", "data-field") == "config.batch_size"
+    assert "larger than the 1,000 training images" in page.text_content(".plan-warning")
+    shot(page, "plan-batch-warning-800px")
+    page.click("#plan-cancel")
+    assert lab.client.get("/api/experiments").json() == []
+    assert not page.errors
+
+
+def test_the_depth_sweep_inputs_are_styled_and_their_labels_do_not_run_into_them(make_lab, page):
+    lab = make_lab()
+    for width in (1400, 800):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.goto(lab.url + "/#/new")
+        page.wait_for_selector("#sweep-axis")
+        page.locator("#depth-sweep").scroll_into_view_if_needed()
+        for field in ("sweep-depths", "sweep-group"):
+            label = page.locator(f"label[for='{field}']").bounding_box()
+            box = page.locator(f"#{field}").bounding_box()
+            beside = box["x"] >= label["x"] + label["width"] + 4  # a gap between label and input...
+            below = box["y"] >= label["y"] + label["height"] - 1  # ...or the input on its own line
+            assert beside or below, (width, field, label, box)
+            assert page.evaluate(f"getComputedStyle(document.querySelector('#{field}')).paddingLeft") != "0px"
+            assert box["height"] >= 24
+        shot(page, f"depth-sweep-form-{width}px")
     assert not page.errors

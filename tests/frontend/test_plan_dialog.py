@@ -30,7 +30,7 @@ def test_reproduce_shows_the_plan_and_queues_nothing_until_confirmed(make_lab, p
     assert all(r["here"] == "unknown" and r["ref"] != "unknown" for r in rows)
     assert all(r["weights"] == "unknown" and r["data"] == "unknown" and not r["blocked"] for r in rows)
     assert "No worker has reported yet" in page.text_content("#plan-worker")
-    assert "Total, full run" in page.text_content("#plan-total")
+    assert "Total, full paper run" in page.text_content("#plan-total")  # Table 1 is the paper's preset
     shot(page, "plan-reproduce")
     page.click("#plan-items tbody tr >> nth=0 >> summary")  # the whole method card, one click away
     page.wait_for_selector("#plan-items tbody tr >> nth=0 >> .method-card-body")

@@ -239,3 +239,94 @@ def test_every_paper_model_runs_from_its_cache_at_two_blocks_and_at_none(model_i
             assert [tuple(f.shape) for f in feats] == [(2, spec.num_features)] * spec.heads
         assert tuple(m.forward_from_features(feats).shape) == (2, 10)
         assert m.count_params()["trainable_params"] > (spec.trainable_params if k else 0)
+
+
+# -- what the card says about numerics and modes, checked against the real architecture and engine -------------------
+def _rows(card) -> dict[str, str]:
+    return {r["label"]: r["value"] for r in card["rows"]}
+
+
+@pytest.mark.parametrize("model_id", list(catalogue.CATALOGUE))
+def test_the_trainable_blocks_drop_path_is_the_cards(model_id):
+    """timm's default stochastic depth in the trainable block (Swin-B: 0.1, spread linearly to its last block),
+    read from the built model: what the card's Stochastic depth row and Swin-B's deviation say."""
+    from timm.layers import DropPath
+    spec = catalogue.CATALOGUE[model_id]
+    m, _prep = _build(model_id)
+    block = m.backbone.get_submodule(spec.unfreeze_from)
+    rates = [mod.drop_prob for mod in block.modules() if isinstance(mod, DropPath)]
+    assert max(rates, default=0.0) == pytest.approx(spec.drop_path)
+    m.train(True)  # the engine's training mode: the trainable block's drop path is live
+    assert all(mod.training for mod in block.modules() if isinstance(mod, DropPath))
+    row = _rows(paper_card(model_id))["Stochastic depth"]
+    assert (f"drop path {spec.drop_path:g}" in row) if spec.drop_path else row.startswith("none")
+    said = any("drop path 0.1" in d["what"] for d in paper_card(model_id)["deviations"])
+    assert said == (spec.drop_path > 0 and spec.paper_name is not None)
+    assert (model_id == "swin_base_patch4_window7_224") == (spec.drop_path > 0)
+
+
+@pytest.mark.parametrize("model_id", PAPER_MODELS)
+def test_the_frozen_part_runs_in_inference_mode_and_the_card_says_whose_rule_that_is(model_id):
+    spec = catalogue.CATALOGUE[model_id]
+    m, _prep = _build(model_id)
+    m.train(True)
+    trainable = tuple(spec.trainable_modules)
+    frozen = [(n, mod) for n, mod in m.backbone.named_modules()
+              if n and not any(n == t or n.startswith(t + ".") for t in trainable)
+              and not any(t.startswith(n + ".") for t in trainable)]  # parents of a trainable module aside
+    assert frozen and not any(mod.training for _n, mod in frozen)
+    assert all(m.backbone.get_submodule(t).training for t in trainable) and m.heads.training
+    card = paper_card(model_id)
+    assert "inference mode" in _rows(card)["Frozen part"]
+    listed = catalogue.FROZEN_INFERENCE in catalogue.known_deviations(spec)
+    assert listed == (not spec.keras)  # the authors' Keras rule for their three rows; a choice for the seven
+    assert ("Keras' rule" in _rows(card)["Frozen part"]) == spec.keras
+
+
+def test_the_default_cache_rounds_the_blocks_input_as_the_card_says(tiny_cifar_dir, tmp_path):
+    """The engine's cache of a default run stores float16 (its report), whose mantissa is the card's 10 bits; the
+    precision row no longer reads as plain fp32, and the deviation goes when the cache stores float32."""
+    from core.config import TrainConfig
+    from worker.engine.train import Paths, run
+
+    from .test_train import TINY
+    out = run(TrainConfig(**dict(TINY, epochs=1)), Paths(tiny_cifar_dir, tmp_path / "run"))
+    dtype = out["feature_cache"]["dtype"]
+    assert out["feature_cache"]["enabled"] and dtype == TrainConfig.cache_dtype == "float16"
+    bits = catalogue.CACHE_MANTISSA_BITS
+    for name, torch_dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        assert torch.finfo(torch_dtype).eps == 2.0 ** -bits[name]
+    card = paper_card("tf_efficientnetv2_l")
+    assert f"rounded to a {bits[dtype]}-bit mantissa" in _rows(card)["Precision"]
+    assert catalogue.CACHE_ROUNDING.what in [d["what"] for d in card["deviations"]]
+    exact = method_card(preset("paper", model="tf_efficientnetv2_l", cache_dtype="float32"))
+    assert "feature cache" not in _rows(exact)["Precision"]
+    assert catalogue.CACHE_ROUNDING.what not in [d["what"] for d in exact["deviations"]]
+    off = method_card(preset("paper", model="tf_efficientnetv2_l", feature_cache=False))
+    assert catalogue.CACHE_ROUNDING.what not in [d["what"] for d in off["deviations"]]
+
+
+def test_soft_distillation_is_the_deit_papers_equation_not_its_codes():
+    """The engine's soft loss is 1/2 CE + 1/2 T^2 KL per sample (the DeiT paper); DeiT's released code divides the
+    KL sum by batch x classes, 1/classes of it: the ratio the card states."""
+    import torch.nn.functional as F
+
+    from worker.engine.distill import distillation_loss
+    g = torch.Generator().manual_seed(0)
+    cls, dist, teacher = (torch.randn(8, 10, generator=g) for _ in range(3))
+    labels = torch.randint(0, 10, (8,), generator=g)
+    t = 3.0
+    ce = F.cross_entropy(cls, labels)
+    p_t, log_s = F.softmax(teacher / t, 1), F.log_softmax(dist / t, 1)
+    kl_per_sample = (p_t * (p_t.log() - log_s)).sum(1)
+    paper = 0.5 * ce + 0.5 * t * t * kl_per_sample.mean()
+    code = 0.5 * ce + 0.5 * t * t * kl_per_sample.sum() / dist.numel()  # deit/losses.py DistillationLoss
+    ours = distillation_loss([cls, dist], labels, teacher, "soft", t)
+    assert ours.item() == pytest.approx(paper.item(), rel=1e-5) and ours.item() != pytest.approx(code.item(), rel=1e-2)
+    assert ((ours - 0.5 * ce) / (code - 0.5 * ce)).item() == pytest.approx(10, rel=1e-4)
+    card = method_card(preset("paper", model="deit_base_distilled_patch16_224", teacher=1, distillation="soft"))
+    soft = [d for d in card["deviations"] if d["what"].startswith("Soft distillation")]
+    assert soft and "1/10 of this one" in soft[0]["what"] and "10x more" in soft[0]["effect"]
+    assert "not DeiT's released code" in _rows(card)["Distillation"]
+    hard = method_card(preset("paper", model="deit_base_distilled_patch16_224", teacher=1))
+    assert not [d for d in hard["deviations"] if d["what"].startswith("Soft distillation")]

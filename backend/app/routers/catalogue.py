@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from core import catalogue, palette
-from core.config import TrainConfig, method_card, preset, web_options
+from core.config import TrainConfig, config_warnings, method_card, preset, web_options
 from core.protocol import CANCELLABLE, RESUMABLE, TERMINAL, JobStatus
 
 from ..jobs import FORCE_STOPPABLE
@@ -37,7 +37,8 @@ def model_card(model_id: str, request: Request):
         raise RequestValidationError([{**d, "loc": ("query", *d["loc"])} for d in err.errors(include_url=False)])
     web = {o.name for o in web_options()}
     paper = {k: v for k, v in preset("paper", model=model_id).to_dict().items() if k in web}
-    return {**method_card(TrainConfig(**chosen.model_dump())), "config": paper}
+    return {**method_card(TrainConfig(**chosen.model_dump())), "config": paper,
+            "warnings": config_warnings(chosen.model_dump())}
 
 
 @router.get("/paper")

@@ -13,7 +13,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from core import catalogue, stats
-from core.config import dry_run, web_options
+from core.config import config_warnings, dry_run, web_options
 from core.protocol import ACTIVE
 from core.settings import get_settings
 
@@ -40,7 +40,7 @@ def _public_many(db: Session, exps: list[Experiment]) -> list[dict]:
     """Experiments with their jobs: a constant number of queries whatever their number."""
     views = iter(jobs.public_many(db, [j for e in exps for j in e.jobs]))
     return [{"id": e.id, "name": e.name, "group": e.group, "archived": e.archived, "dry_run": e.dry_run,
-             "config": e.config,
+             "config": e.config, "warnings": config_warnings(e.config),
              "created_at": e.created_at, "jobs": [next(views) for _ in e.jobs]} for e in exps]
 
 

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, StrictBool, model_validator
 
 from core import catalogue, estimate, memory
-from core.config import DRY_RUN, TrainConfig, dry_run, method_card
+from core.config import DRY_RUN, TrainConfig, config_warnings, dry_run, method_card
 from core.settings import get_settings
 
 from .. import workers
@@ -144,19 +144,25 @@ def _no_size(cfg: dict) -> str:
 
 def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     spec = catalogue.get(cfg["model"])
-    # A job of this model at this size has run here: its own speed beats the calibration's.
-    measured = (rep or {}).get("measured", {}).get(f"{cfg['model']}@{cfg.get('image_size')}")
-    est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))  # no_flop_figure: a non-catalogue model
-    est["measured"] = measured is not None
+    # A job of this model at this size has run here: its own speed; another job: the calibration scaled by it;
+    # none yet: the calibration's best case, as a range (core.estimate.rate).
+    r = estimate.rate(cfg, (rep or {}).get("gflops"), (rep or {}).get("measured"))
+    est = estimate.estimate(cfg, r["gflops"], calibrated=r["calibrated"])  # no_flop_figure: a non-catalogue model
+    est["measured"], est["basis"], est["calibrated_by"] = r["basis"] == "measured", r["basis"], r["from"]
     t4 = estimate.on_t4(cfg)
     est["t4_s"], est["t4"] = t4["seconds"], t4
-    pre = {"weights": _weights(cfg, rep), "data": _data(rep, cfg.get("dataset", "cifar10"))}
+    ds = catalogue.DATASETS[cfg.get("dataset", "cifar10")]
+    pre = {"weights": {**_weights(cfg, rep), "label": f"the pretrained weights of {cfg['model']}"},
+           "data": {**_data(rep, ds.id), "label": f"the dataset, {ds.title}"}}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
+    card = method_card(TrainConfig(**cfg))
     return {"model": cfg["model"], "paper_name": spec.paper_name if spec else None, "config": cfg,
-            "card": method_card(TrainConfig(**cfg)), "estimate": est, "preflight": pre, "memory": _memory(cfg, rep, t4),
-            "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None,
-            "long": secs is not None and secs > long_s}
+            "card": card, "estimate": est, "preflight": pre, "memory": _memory(cfg, rep, t4),
+            "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None, "long": secs is not None and secs > long_s,
+            "warnings": config_warnings(cfg),
+            # What the run is: the paper's preset (its result options and its length) or not.
+            "paper_preset": not card["config_deviations"] and not card["length_differences"]}
 
 
 def _total(values) -> float | None:
@@ -175,8 +181,12 @@ def plan(body: PlanRequest):
     rep = workers.latest()
     configs = _configs(body)
     items = [_item(_dry(c) if body.dry_run else c, rep, s.plan_long_s) for c in configs]
-    dry = [estimate.estimate(_dry(c), (rep or {}).get("gflops")) for c in configs]
+    dry = [_item(_dry(c), rep, s.plan_long_s)["estimate"] for c in configs]
     here = _total(i["estimate"]["this_device_s"] for i in items)
+    calibrated = bool(items) and all(i["estimate"]["calibrated"] for i in items)
+    span = None if calibrated or here is None else [
+        _total(i["estimate"]["range_s"][0] if i["estimate"]["range_s"] else i["estimate"]["this_device_s"] for i in items),
+        _total(i["estimate"]["range_s"][1] if i["estimate"]["range_s"] else i["estimate"]["this_device_s"] for i in items)]
     ref = _total(i["estimate"]["reference_s"] for i in items)
     t4 = _total(i["estimate"]["t4_s"] for i in items)
     worker = None if rep is None else {
@@ -187,7 +197,8 @@ def plan(body: PlanRequest):
         "hub_offline": rep.get("hub_offline"), "workers": len(workers.all_reports())}
     return {"worker": worker, "reference": dict(estimate.REFERENCE), "items": items,
             "t4": {k: v for k, v in estimate.T4.items() if k != "limits"}, "total_t4_s": t4,
-            "total_this_device_s": here, "total_reference_s": ref,
+            "total_this_device_s": here, "total_reference_s": ref, "calibrated": calibrated, "total_range_s": span,
+            "paper_preset": bool(items) and all(i["paper_preset"] for i in items),
             "long": any(i["long"] for i in items) if None in (here, ref) else
             (here if here is not None else ref) > s.plan_long_s, "long_threshold_s": s.plan_long_s,
             "blocked": any(i["blocked"] for i in items), "dry_run_applied": body.dry_run,
