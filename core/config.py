@@ -311,6 +311,17 @@ def _distillation_text(spec: catalogue.ModelSpec, cfg: TrainConfig) -> str:
             f"plus half {second} ({source}); the paper used no teacher")
 
 
+def _preset_differences(cfg: TrainConfig, paper: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """Where `cfg` leaves the model's paper preset: the options that change what a run computes (deviations of
+    the result), and those that change only how long it runs (epochs: not a deviation of the result, but the run
+    is not the paper's either, 3 epochs against 20; the form's card says so)."""
+    def row(o):
+        return {"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
+    differs = [row(o) for o in result_options() if o.name != "model" and getattr(cfg, o.name) != getattr(paper, o.name)]
+    length = [row(o) for o in web_options() if not o.affects_result and getattr(cfg, o.name) != getattr(paper, o.name)]
+    return differs, length
+
+
 def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     """The method card of a run: the weights, input, numerics, trainable part, head and optimizer it uses, its
     trainable count against Table 1, and every remaining known deviation from the authors' runs with its likely
@@ -388,12 +399,7 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
         count = (f"{counted:,} counted as the paper counts ({'with' if row['count_includes_mlp_head'] else 'without'}"
                  f" the MLP head) against Table 1's {row['trainable_params']:,}: "
                  + ("the same" if counted == row["trainable_params"] else "differs (see the deviations)"))
-    differs = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
-               for o in result_options() if o.name != "model" and getattr(cfg, o.name) != getattr(paper, o.name)]
-    # Options that change how long a run is, not what it computes per epoch (epochs): not a deviation of the
-    # result, but the run is not the paper's either (3 epochs against 20); the form's card says so.
-    length = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
-              for o in web_options() if not o.affects_result and getattr(cfg, o.name) != getattr(paper, o.name)]
+    differs, length = _preset_differences(cfg, paper)
     card_deviations = [d for d in catalogue.known_deviations(spec)
                        if (cfg.tf32 or d is not catalogue.TF32)
                        and (d is not catalogue.CACHE_ROUNDING or (rounded and cfg.cache_dtype == "float16"))]
@@ -455,8 +461,7 @@ def _timm_card(cfg: TrainConfig, built: dict | None) -> dict:
     pooling = "model" if cfg.pooling == "auto" else cfg.pooling
     head = (f"Linear(features, {cfg.head_hidden}) -> ELU -> Dropout({cfg.head_dropout:g}) -> "
             f"Linear({cfg.head_hidden}, {ds.num_classes})")
-    differs = [{"option": o.name, "label": o.title, "value": getattr(cfg, o.name), "paper": getattr(paper, o.name)}
-               for o in result_options() if o.name != "model" and getattr(cfg, o.name) != getattr(paper, o.name)]
+    differs, length = _preset_differences(cfg, paper)
     rows = [("Model", f"{cfg.model} (timm): not in the paper (no Table 1 row, no paper number) and not in the "
                       "catalogue (its facts are timm's, not checked here)"),
             ("Weights", {"hub": f"{cfg.model}: timm's default pretrained weights for this name",
@@ -480,7 +485,7 @@ def _timm_card(cfg: TrainConfig, built: dict | None) -> dict:
         "blocks": built.get("blocks"), "dataset": ds.id, "num_classes": ds.num_classes, "teacher": cfg.teacher,
         "head": head, "heads": built.get("heads", 1), "pooling": pooling, "head_init": cfg.head_init,
         "head_l2": cfg.head_l2, "bn_momentum": cfg.bn_momentum, "trainable_batchnorms": 0, "adam_eps": cfg.adam_eps,
-        "lr": cfg.lr, "deviations": [], "config_deviations": differs,
+        "lr": cfg.lr, "deviations": [], "config_deviations": differs, "length_differences": length,
         "rows": [{"label": a, "value": b} for a, b in rows],
         "note": "Not in the paper: a timm model trained with the generic last-block rule.",
         "in_catalogue": False, "unfreeze_from": cut,

@@ -184,15 +184,13 @@ def estimate(cfg: dict, gflops: float | None, *, calibrated: bool = True) -> dic
     reference GPU, with the work they rest on. `calibrated`: whether `gflops` comes from jobs that ran on the
     worker (rate()); when not, `range_s` gives the span the time may really take (UNCALIBRATED_SPAN). Keyword
     arguments after `gflops` are the other measured rates an estimate may rest on."""
-    here = seconds(cfg, gflops)
-    ref = seconds(cfg, REFERENCE["gflops"])
     if not has_flops(cfg["model"]):
         n_train, n_val = image_counts(cfg)
         return {"this_device_s": None, "reference_s": None, "frozen_s": None, "train_s": None,
                 "reference_frozen_s": None, "reference_train_s": None, "gflops": gflops, "frozen_gflop": None,
-                "train_gflop": None, "train_images": n_train, "val_images": n_val,
-                "no_flop_figure": no_flops_text(cfg["model"])}
-    w = work(cfg)
+                "train_gflop": None, "train_images": n_train, "val_images": n_val, "calibrated": False,
+                "range_s": None, "no_flop_figure": no_flops_text(cfg["model"])}
+    here, ref, w = seconds(cfg, gflops), seconds(cfg, REFERENCE["gflops"]), work(cfg)
     total = here["total_s"]
     span = None if calibrated or total is None else [round(total * UNCALIBRATED_SPAN[0], 1),
                                                       round(total * UNCALIBRATED_SPAN[1], 1)]
