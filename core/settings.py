@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0  # worker -> backend liveness signal while a job runs
     heartbeat_timeout_s: float = 60.0  # a running job silent this long has lost its worker
     max_attempts: int = 5  # worker losses tolerated per job before it fails
+    # Jobs waiting for a worker at once; creating or reproducing beyond it is refused (429). Table 1 is 10 jobs.
+    max_queued_jobs: int = 100
     control_poll_s: float = 0.2  # a worker's watchdog asks its job's control queue for a cancel this often
     # A cancel the engine has not honoured this long after the worker heard it ends the worker process (a force
     # stop: the job is reported cancelled, the supervisor starts a fresh worker). The engine honours one within a

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session, selectinload
 
 from core.protocol import ACTIVE, CANCELLABLE, RESUMABLE, JobStatus
+from core.settings import get_settings
 
 from . import job_view, queue
 from .live import live
@@ -29,6 +30,10 @@ class Conflict(Exception):
 
 class Gone(Exception):
     """The job (or its experiment) was deleted while this request looked at it."""
+
+
+class QueueFull(Exception):
+    """Queuing these jobs would take the lab past BLOCKLAB_MAX_QUEUED_JOBS (a 429: try again later)."""
 
 
 def record(db: Session, job: Job, kind: str = "status", **data) -> None:
@@ -86,9 +91,37 @@ def start(db: Session, experiment: Experiment) -> Job:
     if active is not None:
         db.rollback()
         raise Conflict(f"job {active} of this experiment is still queued or running: cancel it, or wait")
+    _check_room(db, 1)
     record(db, job)
     _send(db, job)
     return job
+
+
+def start_new(db: Session, experiments: list[Experiment]) -> list[Job]:
+    """Store new experiments with a queued job each, all or none: QueueFull (nothing stored) when they would take
+    the lab past its limit on queued jobs. Twenty clients asking for Table 1 at once queue what fits, no more."""
+    db.commit()
+    new = [Job(experiment=e, status=JobStatus.QUEUED, attempt=1, queued_at=utcnow()) for e in experiments]
+    db.add_all([*experiments, *new])
+    db.flush()  # as in start(): the INSERTs hold SQLite's write lock, so the count sees every other start
+    _check_room(db, len(new))
+    for job in new:
+        record(db, job)
+    db.commit()
+    for job in new:
+        _send(db, job)
+    return new
+
+
+def _check_room(db: Session, adding: int) -> None:
+    """Within the write transaction that inserted `adding` queued jobs: past the limit, roll back and refuse."""
+    limit = get_settings().max_queued_jobs
+    queued = db.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED))
+    if queued > limit:
+        db.rollback()
+        raise QueueFull(f"the lab already has {queued - adding} queued jobs and queues at most {limit} "
+                        f"(BLOCKLAB_MAX_QUEUED_JOBS); these {adding} would pass it. Wait for queued jobs to run, "
+                        "or cancel some, then try again")
 
 
 def cancel(db: Session, job: Job) -> Job:

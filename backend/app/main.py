@@ -57,6 +57,10 @@ def create_app() -> FastAPI:
         detail = str(exc) if isinstance(exc, job_life.Gone) else "it was deleted while this request read it"
         return JSONResponse({"detail": detail}, 404)
 
+    @app.exception_handler(job_life.QueueFull)
+    async def queue_full(request: Request, exc: job_life.QueueFull):
+        return JSONResponse({"detail": str(exc)}, 429)
+
     @app.exception_handler(job_life.Conflict)
     async def conflict(request: Request, exc: job_life.Conflict):  # another request changed it first
         return JSONResponse({"detail": str(exc)}, 409)
