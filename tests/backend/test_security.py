@@ -299,11 +299,13 @@ def test_the_bearer_scheme_is_case_insensitive_and_required(bare, monkeypatch):
     for headers in refused:
         r = bare.post("/api/experiments", json={"name": "x", "start": False}, headers=headers)
         assert r.status_code == 401, headers
-    assert bare.get("/api/experiments").json() == []
+        assert bare.get("/api/experiments", headers=headers).status_code == 401, headers  # reads too
+    assert bare.get("/api/experiments", headers=ok[0]).json() == []
     for headers in ok:
         r = bare.post("/api/experiments", json={"name": "x", "start": False}, headers=headers)
         assert r.status_code == 201, headers
-    assert len(bare.get("/api/experiments").json()) == len(ok)
+        assert bare.get("/api/experiments", headers=headers).status_code == 200, headers
+    assert len(bare.get("/api/experiments", headers=ok[0]).json()) == len(ok)
 
 
 # --- CSV --------------------------------------------------------------------------------------------------------
@@ -391,3 +393,56 @@ def test_only_the_labs_own_pages_may_frame_it(bare, monkeypatch):
     monkeypatch.setenv("BLOCKLAB_FRAME_ANCESTORS", '["http://localhost:*", "bad source;script-src *"]')
     _clear_settings()
     assert bare.get("/").headers["content-security-policy"] == "frame-ancestors 'self' http://localhost:*"
+
+
+def _get_routes(app) -> list[str]:
+    """Every GET route of the API (from its OpenAPI description), path parameters filled in (1 for ids, a word
+    for names)."""
+    import re
+    paths = [p for p, ops in app.openapi()["paths"].items() if "get" in ops and p.startswith("/api/")]
+    return [re.sub(r"\{(\w+)\}", lambda m: "1" if m[1].endswith("id") else "g", p) for p in paths]
+
+
+def test_with_a_token_every_api_route_but_health_needs_it_reads_included(bare, monkeypatch):
+    """Issue 25: with BLOCKLAB_TOKEN set, jobs, experiments, reports, event streams, plans and the workers' host
+    paths were readable without it."""
+    monkeypatch.setenv("BLOCKLAB_TOKEN", "s3cret")
+    _clear_settings()
+    from backend.app import workers
+    workers.store({"worker": {"name": "w@host", "pid": 4242, "weights": "/secret/weights"}, "ts": 1.0})
+    try:
+        paths = _get_routes(bare.app)
+        assert {"/api/jobs", "/api/experiments", "/api/workers", "/api/jobs/1/events", "/api/health"} <= set(paths)
+        for path in paths:
+            r = bare.get(path)
+            if path == "/api/health":
+                assert r.status_code == 200
+            else:
+                assert r.status_code == 401 and "BLOCKLAB_TOKEN" in r.json()["detail"], (path, r.status_code)
+                assert "/secret" not in r.text and "4242" not in r.text
+        for method, path in (("POST", "/api/plan"), ("POST", "/api/reproduce"), ("HEAD", "/api/workers")):
+            assert bare.request(method, path, json={}, headers=XRW).status_code == 401, path
+        assert bare.get("/api/workers", headers={"X-BlockLab-Token": "s3cret"}).json()[0]["pid"] == 4242
+        assert bare.get("/").status_code == 200  # the page itself loads, so it can ask for the token
+    finally:
+        workers.clear()
+
+
+def test_the_token_shown_once_gives_a_cookie_that_event_streams_carry(bare, monkeypatch):
+    monkeypatch.setenv("BLOCKLAB_TOKEN", "s3cret")
+    _clear_settings()
+    assert bare.post("/api/session", headers=XRW).status_code == 401
+    assert bare.post("/api/session", headers={**XRW, "X-BlockLab-Token": "wrong"}).status_code == 401
+    assert not bare.cookies
+    r = bare.post("/api/session", headers={**XRW, "X-BlockLab-Token": "s3cret"})
+    assert r.status_code == 204
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/api" in cookie
+    assert "s3cret" not in cookie  # a value derived from the token, never the token
+    assert bare.get("/api/experiments").status_code == 200  # the client now sends the cookie
+    e = _experiment(TestClient(bare.app, headers={**XRW, "X-BlockLab-Token": "s3cret"}), start=True)
+    with bare.stream("GET", f"/api/jobs/{e['jobs'][0]['id']}/events") as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+    monkeypatch.setenv("BLOCKLAB_TOKEN", "another")  # a new token ends every session
+    _clear_settings()
+    assert bare.get("/api/experiments").status_code == 401
