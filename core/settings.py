@@ -48,10 +48,16 @@ class Settings(BaseSettings):
     cancel_grace_s: float = 10.0
     visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job: Redis never redelivers a live job
     max_body_bytes: int = 64 * 1024  # request bodies beyond this are refused (413)
-    body_timeout_s: float = 30.0  # a request body that stalls this long is refused (408)
+    # A request body not complete this long after its request began is refused (408): a deadline for the whole
+    # body, so one trickled a byte at a time cannot hold a connection open.
+    body_timeout_s: float = 30.0
     header_timeout_s: float = 10.0  # a connection whose request headers do not arrive by then is closed
+    max_connections: int = 200  # open at once (503 beyond); event streams hold one each, so above max_streams
     max_streams: int = 100  # event streams open at once (429 beyond) ...
-    max_streams_per_client: int = 10  # ... and per client address
+    max_streams_per_client: int = 10  # ... and per client address (the peer's, or a trusted proxy's word for it)
+    # Proxies whose X-Forwarded-For/-Proto are believed (addresses or networks, "*" for any): none by default, so
+    # a client cannot claim another address. Set it when a proxy with TLS serves the lab.
+    trusted_proxies: list[str] = Field(default_factory=list)
     stream_keepalive_s: float = 15.0  # an idle event stream sends a comment this often
     stream_max_s: float = 1800.0  # an event stream ends after this long; EventSource reconnects by itself
     worker_report_s: float = 30.0  # a worker reports itself (device, throughput, weights, data) this often

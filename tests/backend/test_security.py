@@ -446,3 +446,17 @@ def test_the_token_shown_once_gives_a_cookie_that_event_streams_carry(bare, monk
     monkeypatch.setenv("BLOCKLAB_TOKEN", "another")  # a new token ends every session
     _clear_settings()
     assert bare.get("/api/experiments").status_code == 401
+
+
+def test_forwarded_headers_are_believed_only_from_configured_proxies(monkeypatch):
+    """uvicorn believes X-Forwarded-For from loopback unless told otherwise (the stream limit and the access log
+    then trust any local client's word: tests/system/test_streams.py shows it against a real server)."""
+    from backend.serve import uvicorn_options
+    from core.settings import Settings
+    for k in ("BLOCKLAB_TRUSTED_PROXIES",):
+        monkeypatch.delenv(k, raising=False)
+    plain = uvicorn_options(Settings())
+    assert plain["proxy_headers"] is False
+    monkeypatch.setenv("BLOCKLAB_TRUSTED_PROXIES", '["10.0.0.5", "192.168.1.0/24"]')
+    behind = uvicorn_options(Settings())
+    assert behind["proxy_headers"] is True and behind["forwarded_allow_ips"] == ["10.0.0.5", "192.168.1.0/24"]
