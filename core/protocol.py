@@ -22,6 +22,25 @@ JOBS_QUEUE = "gpu"
 TASK_NAME = "blocklab.run_job"
 
 
+def worker_label(name: str, pid: int) -> str:
+    """Which worker process runs an attempt (its `started` event says it; the backend keeps it on the job): the
+    Celery node name and the process id. A report from the same name with another pid means a fresh process."""
+    return f"{name} pid {pid}"
+
+
+def worker_name(label: str) -> str:
+    """The node name in a worker_label."""
+    return label.rsplit(" pid ", 1)[0]
+
+
+def worker_command(python: str, node: str, loglevel: str = "INFO") -> list[str]:
+    """The one command line of a worker process (`make run`'s launcher, the container's entry point and the
+    tests start it): Celery on the jobs queue, one job at a time, fetched one at a time; `node` names it (%h is
+    the host name)."""
+    return [python, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", JOBS_QUEUE, "--pool", "solo",
+            "--concurrency", "1", "--prefetch-multiplier", "1", "-n", node, "--loglevel", loglevel]
+
+
 def control_queue(job_id: int, attempt: int) -> str:
     """One queue per attempt: a cancel meant for a superseded attempt never reaches the current one's worker."""
     return f"blocklab.control.job{job_id}.attempt{attempt}"

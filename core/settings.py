@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0  # worker -> backend liveness signal while a job runs
     heartbeat_timeout_s: float = 60.0  # a running job silent this long has lost its worker
     max_attempts: int = 5  # worker losses tolerated per job before it fails
+    # The backend compares its queued jobs with the tasks the broker holds this often (and after a reconnect); a
+    # job missing from two looks in a row (Redis restarted without its data) is sent again in its place.
+    reconcile_s: float = 5.0
     # Jobs waiting for a worker at once; creating or reproducing beyond it is refused (429). Table 1 is 10 jobs.
     max_queued_jobs: int = 100
     control_poll_s: float = 0.2  # a worker's watchdog asks its job's control queue for a cancel this often
@@ -94,6 +97,13 @@ class Settings(BaseSettings):
     @property
     def result_backend(self) -> str:
         return self.redis_url or f"db+sqlite:///{(self.home / 'results.sqlite').resolve()}"
+
+
+def home_id(home: Path) -> str:
+    """A lab's home as its health check names it: a digest of the resolved path (no path on the open endpoint),
+    by which the notebook tells its own lab from anything else answering on a port."""
+    import hashlib
+    return hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:16]
 
 
 @lru_cache

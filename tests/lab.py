@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from core.protocol import worker_command
 from tests.conftest import ROOT, env_for
 
 
@@ -129,10 +130,7 @@ class Lab:
 
     def new_worker(self, n: int = 1, supervised: bool = False) -> Proc:
         """A worker process; `supervised`: started again whenever it exits (`lab.supervisors[-1]`)."""
-        p = self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker",
-                                      "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
-                                      "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
-                                      "INFO"]).start()
+        p = self._proc(f"worker{n}", worker_command(sys.executable, f"w{n}@%h")).start()
         if supervised:
             self.supervisors.append(Supervisor(p))
             self.supervisors[-1].start()

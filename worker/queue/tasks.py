@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME, JobStatus, Phase
+from core.protocol import TASK_NAME, JobStatus, Phase, worker_label
 from core.settings import get_settings
 
 from .celery_app import app
@@ -158,7 +158,7 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
     topts = transport_options(s.broker_url, s.visibility_timeout_s)
     events = EventPublisher(s.broker_url, job_id, attempt, topts)
     control = ControlChannel(s.broker_url, job_id, attempt, topts, min_interval_s=0)  # the watchdog paces it
-    worker = f"{self.request.hostname or socket.gethostname()} pid {os.getpid()}"
+    worker = worker_label(self.request.hostname or socket.gethostname(), os.getpid())
     send_lock = threading.Lock()  # one event at a time from the task, its heartbeat and its watchdog
     finished = threading.Event()  # a finished event went out: nothing else may send one
 
