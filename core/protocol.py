@@ -56,6 +56,16 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
+class RunStatus(StrEnum):
+    """How one engine run ended (its summary's "status"), beside the job's: a run that succeeded is a job that
+    succeeded; a stopped run is a cancelled job; `complete` is the CLI's run that found its epochs all done."""
+    SUCCEEDED = JobStatus.SUCCEEDED.value
+    STOPPED = "stopped"
+    COMPLETE = "complete"
+
+
+JOB_STATUS_OF_RUN = {RunStatus.SUCCEEDED: JobStatus.SUCCEEDED, RunStatus.STOPPED: JobStatus.CANCELLED}
+
 TERMINAL = frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED})
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING})  # a worker may still speak for it
 CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})

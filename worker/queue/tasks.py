@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME, JobStatus, Phase, worker_label
+from core.protocol import JOB_STATUS_OF_RUN, TASK_NAME, JobStatus, Phase, RunStatus, worker_label
 from core.settings import get_settings
 
 from .celery_app import app
@@ -240,7 +240,7 @@ def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
             watchdog.honoured()
             beat.stopped.set()
             beat.join()
-        status = JobStatus.CANCELLED if summary["status"] == "stopped" else JobStatus.SUCCEEDED
+        status = JOB_STATUS_OF_RUN[RunStatus(summary["status"])]
         finish(status, error=None, summary=summary)
         return {"status": status}
     except Exception as e:  # noqa: BLE001 - every failure becomes a readable job error, the worker lives on
