@@ -361,8 +361,6 @@ def guard(app: ASGIApp) -> ASGIApp:
     return app
 
 
-LabGuard = guard  # the whole stack, as one middleware (tests wrap a bare app with it)
-
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
     headers = {"connection": "close"} if status in (408, 413) else None  # the unread body ends the connection

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.app.csv_export import to_csv
-from backend.app.security import LabGuard, host_allowed, host_name, same_origin
+from backend.app.security import guard, host_allowed, host_name, same_origin
 
 from .conftest import TINY
 
@@ -104,7 +104,7 @@ def test_an_oversized_content_length_is_refused_before_reading(bare):
 
 
 def test_the_guard_does_not_buffer_a_streamed_response():
-    """A pure ASGI middleware: the first event of a stream reaches the client while the stream is still open."""
+    """Pure ASGI middlewares: the first event of a stream reaches the client while the stream is still open."""
     first_sent = asyncio.Event()
     got = []
 
@@ -123,7 +123,7 @@ def test_the_guard_does_not_buffer_a_streamed_response():
             if message.get("body", b"").startswith(b"event: one"):
                 first_sent.set()
 
-        await LabGuard(streaming_app)(_scope("GET", "/api/jobs/1/events", {"host": "127.0.0.1:8000"}), receive, send)
+        await guard(streaming_app)(_scope("GET", "/api/jobs/1/events", {"host": "127.0.0.1:8000"}), receive, send)
 
     asyncio.run(main())
     assert [m.get("body") for m in got[1:]] == [b"event: one\n\n", b"event: end\n\n"]
@@ -460,3 +460,17 @@ def test_forwarded_headers_are_believed_only_from_configured_proxies(monkeypatch
     monkeypatch.setenv("BLOCKLAB_TRUSTED_PROXIES", '["10.0.0.5", "192.168.1.0/24"]')
     behind = uvicorn_options(Settings())
     assert behind["proxy_headers"] is True and behind["forwarded_allow_ips"] == ["10.0.0.5", "192.168.1.0/24"]
+
+
+def test_each_guard_is_its_own_middleware_and_refusals_carry_the_frame_header(bare):
+    """LabGuard did the Host check, CSRF, HEAD as GET, the body limit and the frame header in one function, and
+    its refusals went out without the frame header. Now one middleware per concern, the frame header outermost."""
+    from backend.app.security import GUARDS, BodyLimit, CrossSiteCheck, FrameHeader, HeadAsGet, HostCheck, TokenGate
+    assert GUARDS == (FrameHeader, HostCheck, CrossSiteCheck, TokenGate, HeadAsGet, BodyLimit)
+    stack = [type(m.cls) if not isinstance(m.cls, type) else m.cls for m in bare.app.user_middleware]
+    assert stack == list(GUARDS)  # as main.py adds them: the first is outermost
+    refusals = [bare.get("/api/health", headers={"host": "evil.example"}),  # Host
+                bare.post("/api/experiments", content=b"{}", headers={"content-type": "text/plain"}),  # CSRF
+                bare.post("/api/experiments", content=b"{" + b" " * 10**6 + b"}", headers=XRW)]  # body limit
+    assert [r.status_code for r in refusals] == [400, 415, 413]
+    assert all(r.headers["content-security-policy"].startswith("frame-ancestors 'self'") for r in refusals)
