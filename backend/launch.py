@@ -2,8 +2,10 @@
 database and the broker; Redis when REDIS_URL is set), supervised.
 
 A child that dies is started again after a backoff (1 s, doubling to 30 s; back to 1 s once it has run a
-minute), and the other keeps serving meanwhile: a restarted worker takes its lost job back through the
-backend's watchdog, a restarted backend finds the events that waited in the broker. Ctrl-C or SIGTERM stops
+minute), and the other keeps serving meanwhile. A worker's death is told to the backend before its successor
+starts (a `worker_lost` event), so its job is requeued at once, ahead of the jobs that never started, and the
+fresh worker takes it first (without that word the backend's heartbeat watchdog requeues it, a minute later); a
+restarted backend finds the events that waited in the broker. Ctrl-C or SIGTERM stops
 both: SIGTERM, then SIGKILL for what still runs after a few seconds (a job in progress resumes from its last
 checkpoint on the next start). Each child has a session of its own, so a terminal's Ctrl-C reaches only us,
 and asks the kernel to end it should we die without stopping it.
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from core.protocol import worker_command, worker_label
 from core.settings import get_settings
 
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
@@ -34,10 +37,13 @@ def commands(settings) -> dict[str, list[str]]:
         # As the tests run it: uvicorn on settings.host:port, with a timeout for half-open connections.
         "backend": [py, "-m", "backend.serve"],
         # One worker per GPU: one job at a time, fetched one at a time.
-        "worker": [py, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-                   "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"worker-{settings.port}@%h",
-                   "--loglevel", "INFO"],
+        "worker": worker_command(py, worker_node(settings)),
     }
+
+
+def worker_node(settings) -> str:
+    """The supervised worker's Celery node name (its %h the host name, as Celery expands it)."""
+    return f"worker-{settings.port}@%h"
 
 
 def die_with_parent() -> None:
@@ -58,11 +64,26 @@ def _exit_text(code: int) -> str:
     return f"exit code {code}"
 
 
-class Child:
-    """One supervised process: started, watched, restarted with backoff, stopped."""
+def tell_worker_lost(settings, pid: int, how: str) -> None:
+    """Tell the backend (through the broker, as workers do) that the worker process `pid` ended."""
+    import socket
 
-    def __init__(self, name: str, cmd: list[str]):
-        self.name, self.cmd = name, cmd
+    from core.broker import announce, transport_options
+    node = worker_node(settings).replace("%h", socket.gethostname())  # as Celery expands it
+    try:
+        announce(settings.broker_url, transport_options(settings.broker_url, settings.visibility_timeout_s),
+                 "worker_lost", worker=worker_label(node, pid), why=f"its worker process ended ({how})")
+    except Exception as e:  # noqa: BLE001 - without the word, the heartbeat watchdog requeues its job later
+        say(f"could not tell the backend that the worker ended ({type(e).__name__}: {e}); its job is requeued "
+            f"after the heartbeat timeout ({settings.heartbeat_timeout_s:.0f} s)")
+
+
+class Child:
+    """One supervised process: started, watched, restarted with backoff, stopped. `on_exit(pid, how)` is called
+    when it has ended, before its restart is scheduled."""
+
+    def __init__(self, name: str, cmd: list[str], on_exit=None):
+        self.name, self.cmd, self.on_exit = name, cmd, on_exit
         self.p: subprocess.Popen | None = None
         self.started_at = 0.0
         self.delay = 0.0  # the backoff used for the last restart
@@ -84,6 +105,8 @@ class Child:
             self.restart_at = now + self.delay
             say(f"the {self.name} (pid {self.p.pid}) stopped ({_exit_text(self.p.returncode)}); "
                 f"restarting it in {self.delay:.0f} s")
+            if self.on_exit is not None:
+                self.on_exit(self.p.pid, _exit_text(self.p.returncode))
         if self.restart_at is not None and now >= self.restart_at:
             self.start()
 
@@ -127,7 +150,8 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    children = [Child(name, cmd) for name, cmd in commands(s).items()]
+    lost = {"worker": lambda pid, how: tell_worker_lost(s, pid, how)}
+    children = [Child(name, cmd, lost.get(name)) for name, cmd in commands(s).items()]
     try:
         for c in children:
             c.start()

@@ -16,12 +16,20 @@ Where the notebook runs decides how its user reaches the page:
   cells' own entry point, worker/notebook.py, for charts.
 - Elsewhere (a local Jupyter) the page is on http://127.0.0.1:<port>, in an iframe and as a link.
 Torch-free, like the rest of the backend: it starts processes and asks the health endpoint.
+
+`<home>/notebook-lab.json` records the running lab (pid, port and a random lab id), so a cell run twice attaches
+instead of starting a second lab on the same database. The file is only a claim: anyone who can write the home can
+write it. It is believed only when its pid is a positive one outside the caller's process group, leads a process
+group of its own running `backend.launch` with this home and this lab id in its environment (/proc), and its port
+answers /api/health naming this home; anything else is ignored, and said so. `stop()` signals only a lab that
+passes the same checks, or the one this handle started.
 """
 from __future__ import annotations
 
 import atexit
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,11 +39,13 @@ import urllib.request
 from pathlib import Path
 
 from backend.launch import die_with_parent
+from core.settings import home_id
 
 # Colab serves proxied kernel ports under these names (a name per session and port).
 COLAB_DOMAINS = ("*.colab.dev", "*.colab.googleusercontent.com")  # *.colab.dev covers *.prod.colab.dev
 # The pages that frame a kernel port: Colab's notebook and its output frames.
 COLAB_FRAMES = ("colab.research.google.com", "*.googleusercontent.com", "*.colab.dev")
+LAB_ID_VAR = "BLOCKLAB_LAB_ID"  # in the supervisor's environment: the secret its record names
 STOP_GRACE_S = 15.0  # launch.py gives its children 8 s after SIGTERM: this covers it with room to spare
 
 
@@ -71,6 +81,8 @@ class NotebookLab:
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None  # the supervisor this object started
         self.pid: int | None = None  # the supervisor's pid (and process group): started here or attached to
+        self.lab_id: str | None = None  # a secret the lab carries in its environment: which process is ours
+        self.ignored: str | None = None  # why a recorded lab was not believed (also printed)
         self.log = self.home / "lab.log"
 
     @property
@@ -83,6 +95,8 @@ class NotebookLab:
         on Colab its proxy's names."""
         env = dict(os.environ)
         env.update({"BLOCKLAB_HOME": str(self.home), "BLOCKLAB_PORT": str(self.port), "PYTHONUNBUFFERED": "1"})
+        if self.lab_id:
+            env[LAB_ID_VAR] = self.lab_id
         here = str(Path(__file__).resolve().parents[1])  # the checkout, when BlockLab runs without installing
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         if self.where == "colab":
@@ -98,14 +112,53 @@ class NotebookLab:
     def state_file(self) -> Path:
         return self.home / "notebook-lab.json"  # the lab this home has: one per home, whatever cell started it
 
-    def _recorded(self) -> tuple[int, int] | None:
-        """(pid, port) of a lab already running on this home and answering (a cell run twice, a lost handle)."""
+    def _recorded(self) -> tuple[int, int, str] | None:
+        """(pid, port, lab id) of a lab already running on this home and answering (a cell run twice, a lost
+        handle), once verified; None when there is none, or when the record does not hold (said so)."""
         try:
             rec = json.loads(self.state_file.read_text())
-            pid, port = int(rec["pid"]), int(rec["port"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except FileNotFoundError:
             return None
-        return (pid, port) if _alive(pid) and self._healthy(port) else None
+        except (OSError, ValueError) as e:
+            return self._ignore(f"it cannot be read ({type(e).__name__})")
+        try:
+            pid, port, lab_id = int(rec["pid"]), int(rec["port"]), str(rec["lab_id"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return self._ignore("it does not name a pid, a port and a lab id")
+        problem = self._not_our_lab(pid, lab_id)
+        if problem is None and not self._healthy(port):
+            problem = f"nothing on port {port} answers /api/health as this home's lab"
+        return self._ignore(problem) if problem else (pid, port, lab_id)
+
+    def _ignore(self, why: str) -> None:
+        self.ignored = f"ignoring {self.state_file}: {why}"
+        print(f"BlockLab: {self.ignored}", file=sys.stderr)
+        return None
+
+    def _not_our_lab(self, pid: int, lab_id: str | None) -> str | None:
+        """Why process `pid` is not this home's lab (None when it is): see the module's docstring."""
+        if pid <= 0:
+            return f"pid {pid} is no process (signalling it would reach a whole group, perhaps the caller's)"
+        if pid in (os.getpid(), os.getpgrp()):
+            return f"pid {pid} is this kernel's own process or group"
+        if not _alive(pid):
+            return f"process {pid} is not running"
+        proc = Path(f"/proc/{pid}")
+        try:
+            pgrp = int(proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[2])
+            cmdline = proc.joinpath("cmdline").read_bytes().split(b"\0")
+            environ = dict(kv.split(b"=", 1) for kv in proc.joinpath("environ").read_bytes().split(b"\0") if b"=" in kv)
+        except (OSError, IndexError, ValueError):
+            return f"process {pid} cannot be inspected (another user's, or no /proc here)"
+        if pgrp != pid:
+            return f"process {pid} does not lead a process group of its own, as the lab's supervisor does"
+        if b"backend.launch" not in cmdline:
+            return f"process {pid} is not BlockLab's supervisor (backend.launch)"
+        if environ.get(b"BLOCKLAB_HOME", b"").decode(errors="replace") != str(self.home):
+            return f"process {pid} is a lab of another home"
+        if not lab_id or environ.get(LAB_ID_VAR.encode(), b"").decode(errors="replace") != lab_id:
+            return f"process {pid} does not carry the lab id the record names"
+        return None
 
     def start(self, timeout_s: float = 180.0) -> "NotebookLab":
         """Start the supervisor and wait until the backend answers /api/health (the first start migrates the
@@ -116,17 +169,18 @@ class NotebookLab:
             return self
         found = self._recorded()
         if found:
-            self.pid, self.port = found
+            self.pid, self.port, self.lab_id = found
             atexit.register(self.stop)
             return self
         self.home.mkdir(parents=True, exist_ok=True)
+        self.lab_id = secrets.token_hex(16)
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "backend.launch"], env=self.environment(),
                                          stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True,
                                          preexec_fn=die_with_parent)  # a killed kernel takes the lab with it
         self.pid = self.proc.pid
-        self.state_file.write_text(json.dumps({"pid": self.pid, "port": self.port}))
+        self.state_file.write_text(json.dumps({"pid": self.pid, "port": self.port, "lab_id": self.lab_id}))
         atexit.register(self.stop)
         try:
             deadline = time.monotonic() + timeout_s
@@ -150,8 +204,10 @@ class NotebookLab:
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"the lab is not running; its log ({self.log}) ends:\n{self.log_tail()}")
+            token = self.environment().get("BLOCKLAB_TOKEN")  # with one set, every API route but health needs it
+            ask = urllib.request.Request(f"{self.url}/api/workers", headers={"X-BlockLab-Token": token} if token else {})
             try:
-                with urllib.request.urlopen(f"{self.url}/api/workers", timeout=5) as r:
+                with urllib.request.urlopen(ask, timeout=5) as r:
                     reports = json.load(r)
             except (OSError, ValueError):
                 reports = []
@@ -162,10 +218,11 @@ class NotebookLab:
                            f"{self.log_tail()}")
 
     def _healthy(self, port: int | None = None) -> bool:
+        """Does the port answer /api/health as this home's lab (its answer names the home: core.settings.home_id)?"""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}/api/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
+                return r.status == 200 and json.load(r).get("home") == home_id(self.home)
+        except (OSError, ValueError, AttributeError):
             return False
 
     @property
@@ -204,6 +261,11 @@ class NotebookLab:
         """Stop the lab (a job in progress resumes from its last checkpoint on the next start); its exit code
         (None for a lab this object attached to: another handle started it)."""
         if self.pid is None:
+            return None
+        if self.proc is None and (problem := self._not_our_lab(self.pid, self.lab_id)):  # attached: check again
+            print(f"BlockLab: not stopping process {self.pid}: {problem}", file=sys.stderr)
+            atexit.unregister(self.stop)
+            self.pid = None
             return None
         try:
             os.killpg(self.pid, signal.SIGTERM)

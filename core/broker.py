@@ -190,6 +190,19 @@ class ControlChannel:
         self.link.reset()
 
 
+def announce(broker_url: str, transport_options: dict | None, kind: str, **data: Any) -> None:
+    """One event that speaks for no job (the launcher's word that a worker process ended), sent once and at once:
+    a broker that is away raises, and the caller judges (it must not wait the way a job's events do)."""
+    with Connection(broker_url, transport_options=transport_options or {}, connect_timeout=2) as conn:
+        conn.ensure_connection(max_retries=1)
+        q = conn.SimpleQueue(EVENTS_QUEUE)
+        try:
+            q.put({"type": kind, "job_id": 0, "attempt": 0, "ts": time.time(), **data}, serializer="json")
+        finally:
+            _release_session(q)
+            q.close()
+
+
 def request_cancel(conn: Connection, job_id: int, attempt: int, tries: int = 3, backoff_s: float = 0.2,
                    force: bool = False) -> None:
     """Ask the worker of this attempt to stop (`force`: at once, ending its process if it must; its supervisor

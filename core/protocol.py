@@ -22,6 +22,25 @@ JOBS_QUEUE = "gpu"
 TASK_NAME = "blocklab.run_job"
 
 
+def worker_label(name: str, pid: int) -> str:
+    """Which worker process runs an attempt (its `started` event says it; the backend keeps it on the job): the
+    Celery node name and the process id. A report from the same name with another pid means a fresh process."""
+    return f"{name} pid {pid}"
+
+
+def worker_name(label: str) -> str:
+    """The node name in a worker_label."""
+    return label.rsplit(" pid ", 1)[0]
+
+
+def worker_command(python: str, node: str, loglevel: str = "INFO", app: str = "worker.queue.celery_app") -> list[str]:
+    """The one command line of a worker process (`make run`'s launcher, the container's entry point and the
+    tests start it): Celery on the jobs queue, one job at a time, fetched one at a time; `node` names it (%h is
+    the host name); `app` is the Celery app (tests name one that installs their fault hooks)."""
+    return [python, "-m", "celery", "-A", app, "worker", "-Q", JOBS_QUEUE, "--pool", "solo",
+            "--concurrency", "1", "--prefetch-multiplier", "1", "-n", node, "--loglevel", loglevel]
+
+
 def control_queue(job_id: int, attempt: int) -> str:
     """One queue per attempt: a cancel meant for a superseded attempt never reaches the current one's worker."""
     return f"blocklab.control.job{job_id}.attempt{attempt}"
@@ -36,6 +55,16 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
+
+class RunStatus(StrEnum):
+    """How one engine run ended (its summary's "status"), beside the job's: a run that succeeded is a job that
+    succeeded; a stopped run is a cancelled job; `complete` is the CLI's run that found its epochs all done."""
+    SUCCEEDED = JobStatus.SUCCEEDED.value
+    STOPPED = "stopped"
+    COMPLETE = "complete"
+
+
+JOB_STATUS_OF_RUN = {RunStatus.SUCCEEDED: JobStatus.SUCCEEDED, RunStatus.STOPPED: JobStatus.CANCELLED}
 
 TERMINAL = frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED})
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING})  # a worker may still speak for it

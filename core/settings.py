@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0  # worker -> backend liveness signal while a job runs
     heartbeat_timeout_s: float = 60.0  # a running job silent this long has lost its worker
     max_attempts: int = 5  # worker losses tolerated per job before it fails
+    # The backend compares its queued jobs with the tasks the broker holds this often (and after a reconnect); a
+    # job missing from two looks in a row (Redis restarted without its data) is sent again in its place.
+    reconcile_s: float = 5.0
+    # Jobs waiting for a worker at once; creating or reproducing beyond it is refused (429). Table 1 is 10 jobs.
+    max_queued_jobs: int = 100
     control_poll_s: float = 0.2  # a worker's watchdog asks its job's control queue for a cancel this often
     # A cancel the engine has not honoured this long after the worker heard it ends the worker process (a force
     # stop: the job is reported cancelled, the supervisor starts a fresh worker). The engine honours one within a
@@ -47,10 +52,16 @@ class Settings(BaseSettings):
     cancel_grace_s: float = 10.0
     visibility_timeout_s: int = 7 * 24 * 3600  # longer than any job: Redis never redelivers a live job
     max_body_bytes: int = 64 * 1024  # request bodies beyond this are refused (413)
-    body_timeout_s: float = 30.0  # a request body that stalls this long is refused (408)
+    # A request body not complete this long after its request began is refused (408): a deadline for the whole
+    # body, so one trickled a byte at a time cannot hold a connection open.
+    body_timeout_s: float = 30.0
     header_timeout_s: float = 10.0  # a connection whose request headers do not arrive by then is closed
+    max_connections: int = 200  # open at once (503 beyond); event streams hold one each, so above max_streams
     max_streams: int = 100  # event streams open at once (429 beyond) ...
-    max_streams_per_client: int = 10  # ... and per client address
+    max_streams_per_client: int = 10  # ... and per client address (the peer's, or a trusted proxy's word for it)
+    # Proxies whose X-Forwarded-For/-Proto are believed (addresses or networks, "*" for any): none by default, so
+    # a client cannot claim another address. Set it when a proxy with TLS serves the lab.
+    trusted_proxies: list[str] = Field(default_factory=list)
     stream_keepalive_s: float = 15.0  # an idle event stream sends a comment this often
     stream_max_s: float = 1800.0  # an event stream ends after this long; EventSource reconnects by itself
     worker_report_s: float = 30.0  # a worker reports itself (device, throughput, weights, data) this often
@@ -87,6 +98,13 @@ class Settings(BaseSettings):
     @property
     def result_backend(self) -> str:
         return self.redis_url or f"db+sqlite:///{(self.home / 'results.sqlite').resolve()}"
+
+
+def home_id(home: Path) -> str:
+    """A lab's home as its health check names it: a digest of the resolved path (no path on the open endpoint),
+    by which the notebook tells its own lab from anything else answering on a port."""
+    import hashlib
+    return hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:16]
 
 
 @lru_cache

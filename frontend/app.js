@@ -1,7 +1,7 @@
 // BlockLab's browser app: submit jobs, watch them live, compare them with the paper. No framework, no CDN, no
 // build step: ES modules under js/, one per view.
 "use strict";
-import { $, el, state, catalogue, clearMessage, fail, leaveView, showMessage } from "./js/util.js";
+import { $, el, api, catalogue, clearMessage, fail, leaveView, showMessage } from "./js/util.js";
 import { renderNew } from "./js/new.js";
 import { renderJobs } from "./js/jobs.js";
 import { renderJob } from "./js/job.js";
@@ -31,12 +31,15 @@ async function route() {
 }
 window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", () => {
-  $("#token-form").addEventListener("submit", (ev) => {
+  $("#token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    state.token = $("#token-input").value;
-    localStorage.setItem("blocklab-token", state.token);
+    try {
+      await api("/api/session", { method: "POST", headers: { "X-BlockLab-Token": $("#token-input").value } });
+    } catch (e) { fail(e); return; }
+    $("#token-input").value = "";
     $("#token-box").hidden = true;
-    showMessage("Token saved.", "info");
+    await route();  // the view that was refused, now with the session
+    showMessage("Token accepted: this browser keeps a session for 30 days.", "info");
   });
   route();
 });

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from core.protocol import worker_command
 from tests.conftest import ROOT, env_for
 
 
@@ -131,10 +132,7 @@ class Lab:
         """A worker process; `supervised`: started again whenever it exits (`lab.supervisors[-1]`)."""
         # With faults asked for, the lab's own app with the test's fault hooks installed (tests/faults.py).
         app = "tests.faults" if self.env.get("BLOCKLAB_TEST_FAULTS") else "worker.queue.celery_app"
-        p = self._proc(f"worker{n}", [sys.executable, "-m", "celery", "-A", app, "worker",
-                                      "-Q", "gpu", "--pool", "solo", "--concurrency", "1",
-                                      "--prefetch-multiplier", "1", "-n", f"w{n}@%h", "--loglevel",
-                                      "INFO"]).start()
+        p = self._proc(f"worker{n}", worker_command(sys.executable, f"w{n}@%h", app=app)).start()
         if supervised:
             self.supervisors.append(Supervisor(p))
             self.supervisors[-1].start()

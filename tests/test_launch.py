@@ -34,14 +34,14 @@ def _alive(pid: int) -> bool:
 
 
 class Launcher:
-    def __init__(self, tmp, data_dir):
+    def __init__(self, tmp, data_dir, **settings: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "launch.log"
-        env = env_for(tmp / "home", BLOCKLAB_PORT=str(self.port), BLOCKLAB_DEVICE="cpu",
-                      BLOCKLAB_DATA_DIR=str(data_dir), BLOCKLAB_ALLOW_DOWNLOAD="false",
-                      BLOCKLAB_HEARTBEAT_INTERVAL_S="0.5", BLOCKLAB_HEARTBEAT_TIMEOUT_S=str(HEARTBEAT_TIMEOUT_S),
-                      OMP_NUM_THREADS="1")
+        env = env_for(tmp / "home", **{
+            "BLOCKLAB_PORT": str(self.port), "BLOCKLAB_DEVICE": "cpu", "BLOCKLAB_DATA_DIR": str(data_dir),
+            "BLOCKLAB_ALLOW_DOWNLOAD": "false", "BLOCKLAB_HEARTBEAT_INTERVAL_S": "0.5",
+            "BLOCKLAB_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S), "OMP_NUM_THREADS": "1", **settings})
         self.out = open(self.log, "ab")  # noqa: SIM115 - the launcher writes to it until close()
         self.p = subprocess.Popen([sys.executable, "-m", "backend.launch"], env=env, cwd=ROOT, stdout=self.out,
                                   stderr=subprocess.STDOUT, start_new_session=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from core import catalogue
 from core.config import OPTIONS, PRESETS, TrainConfig, method_card, preset
 from core.options import Option
+from core.protocol import RunStatus
 from worker.engine import USER_ERRORS, SetupError, Terms
 
 
@@ -253,7 +254,7 @@ def _duration(s: float | None) -> str:
 
 def summary_text(summary: dict, out: Path) -> str:
     """The end of a run for a person: outcome, best accuracy against the paper's, epochs, time, where it is."""
-    status = {"succeeded": "finished", "stopped": "stopped", "complete": "already complete"}.get(
+    status = {RunStatus.SUCCEEDED: "finished", RunStatus.STOPPED: "stopped", RunStatus.COMPLETE: "already complete"}.get(
         summary["status"], summary["status"])
     lines = [f"{summary['model']}: {status}, {summary['epochs_run']} of {summary['epochs']} epochs in "
              f"{_duration(summary.get('seconds'))}" + (f" ({summary['images_per_s']:.0f} training img/s)"
@@ -267,7 +268,7 @@ def summary_text(summary: dict, out: Path) -> str:
     if summary.get("trainable_params"):
         lines.append(f"trained {summary['trainable_params']:,} of {summary['total_params']:,} parameters on "
                      f"{summary.get('device') or '-'}, {summary.get('precision') or '-'}")
-    if summary["status"] == "stopped":
+    if summary["status"] == RunStatus.STOPPED:
         lines.append("stopped" + (f" during {summary['stopped_in']}" if summary.get("stopped_in") else "") +
                      ": run the same command again to resume from the last finished epoch")
     lines.append(f"results: {out}/metrics.jsonl, {out}/summary.json")
@@ -337,7 +338,7 @@ def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(summary_text(summary, a.out), file=sys.stderr)
-    return 0 if summary["status"] == "succeeded" else 1
+    return 0 if summary["status"] == RunStatus.SUCCEEDED else 1
 
 
 def main(argv: list[str] | None = None) -> int:

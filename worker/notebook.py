@@ -28,6 +28,7 @@ from typing import Any
 
 from core import catalogue
 from core.config import OPTIONS_BY_NAME, TrainConfig, method_card, preset as _preset, result_options
+from core.protocol import RunStatus
 from core.settings import get_settings
 
 log = logging.getLogger("blocklab.notebook")
@@ -170,7 +171,7 @@ class Result:
                                f"{s.get('seconds') or 0:.0f} s"))
         diffs = differences(cfg) if catalogue.get(cfg.model) else []
         rows.append(("Differences from the paper's method", "; ".join(diffs) if diffs else "none"))
-        if self.status == "stopped":
+        if self.status == RunStatus.STOPPED:
             rows.append(("Resume", "call run(...) again with the same options: it resumes from the last finished "
                                    "epoch"))
         rows.append(("Folder", str(self.out)))

@@ -1,32 +1,23 @@
 """Shared request dependencies: the database session and the optional access token."""
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Path
+from fastapi import Depends, HTTPException, Path, Request
 
 from core.settings import get_settings
 
 from .db import get_session
+from .security import token_given
 
 SessionDep = Depends(get_session)
 
 
-def bearer(authorization: str | None) -> str | None:
-    """The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110), and a
-    header without it is no token."""
-    scheme, _, credentials = (authorization or "").strip().partition(" ")
-    return (credentials.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def require_token(authorization: str | None = Header(None), x_blocklab_token: str | None = Header(None)) -> None:
-    """With BLOCKLAB_TOKEN set, state-changing requests must carry it (Bearer or X-BlockLab-Token)."""
+def require_token(request: Request) -> None:
+    """With BLOCKLAB_TOKEN set, requests must carry it (security.token_given). The guard (security.TokenGate) asks
+    it of every API route already; as a dependency it also marks the routes that change state."""
     token = get_settings().token
-    if not token:
-        return
-    given = x_blocklab_token or bearer(authorization)
-    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+    if token and not token_given(request.headers, token):
         raise HTTPException(401, "this lab requires its access token (BLOCKLAB_TOKEN) for changes")
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session, selectinload
 
 from core.protocol import ACTIVE, CANCELLABLE, RESUMABLE, JobStatus
+from core.settings import get_settings
 
 from . import job_view, queue
 from .live import live
@@ -29,6 +30,10 @@ class Conflict(Exception):
 
 class Gone(Exception):
     """The job (or its experiment) was deleted while this request looked at it."""
+
+
+class QueueFull(Exception):
+    """Queuing these jobs would take the lab past BLOCKLAB_MAX_QUEUED_JOBS (a 429: try again later)."""
 
 
 def record(db: Session, job: Job, kind: str = "status", **data) -> None:
@@ -59,11 +64,12 @@ def commit(db: Session, job: Job) -> None:
     live.changed(job.id)
 
 
-def _send(db: Session, job: Job) -> None:
-    """Hand the job to the broker; if it is unreachable the job fails with a message and can be resumed."""
+def _send(db: Session, job: Job, ahead: bool = False) -> None:
+    """Hand the job to the broker (`ahead`: before every job that never started, see queue.py); if it is
+    unreachable the job fails with a message and can be resumed."""
     commit(db, job)
     try:
-        queue.dispatch(job.id, job.attempt, job.experiment.config)
+        queue.dispatch(job.id, job.attempt, job.experiment.config, ahead=ahead, place=job.queued_at)
     except queue.BrokerUnavailable as e:
         if transition(db, job, {JobStatus.QUEUED}, status=JobStatus.FAILED, finished_at=utcnow(),
                       error=f"{e}. Resume the job once the broker is back."):
@@ -86,9 +92,37 @@ def start(db: Session, experiment: Experiment) -> Job:
     if active is not None:
         db.rollback()
         raise Conflict(f"job {active} of this experiment is still queued or running: cancel it, or wait")
+    _check_room(db, 1)
     record(db, job)
     _send(db, job)
     return job
+
+
+def start_new(db: Session, experiments: list[Experiment]) -> list[Job]:
+    """Store new experiments with a queued job each, all or none: QueueFull (nothing stored) when they would take
+    the lab past its limit on queued jobs. Twenty clients asking for Table 1 at once queue what fits, no more."""
+    db.commit()
+    new = [Job(experiment=e, status=JobStatus.QUEUED, attempt=1, queued_at=utcnow()) for e in experiments]
+    db.add_all([*experiments, *new])
+    db.flush()  # as in start(): the INSERTs hold SQLite's write lock, so the count sees every other start
+    _check_room(db, len(new))
+    for job in new:
+        record(db, job)
+    db.commit()
+    for job in new:
+        _send(db, job)
+    return new
+
+
+def _check_room(db: Session, adding: int) -> None:
+    """Within the write transaction that inserted `adding` queued jobs: past the limit, roll back and refuse."""
+    limit = get_settings().max_queued_jobs
+    queued = db.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED))
+    if queued > limit:
+        db.rollback()
+        raise QueueFull(f"the lab already has {queued - adding} queued jobs and queues at most {limit} "
+                        f"(BLOCKLAB_MAX_QUEUED_JOBS); these {adding} would pass it. Wait for queued jobs to run, "
+                        "or cancel some, then try again")
 
 
 def cancel(db: Session, job: Job) -> Job:
@@ -147,31 +181,61 @@ def resume(db: Session, job: Job) -> Job:
     return job
 
 
-def requeue_lost(db: Session, job: Job, silent_s: float, max_attempts: int) -> None:
-    """A running job whose worker stopped sending heartbeats: deliver it again, or fail it with a reason."""
+def requeue_lost(db: Session, job: Job, why: str, max_attempts: int) -> None:
+    """A running job whose worker is gone (`why`: it went silent, or its process ended): deliver it again ahead of
+    every job that never started (it had its place already), or fail it with a reason."""
     lost = (JobStatus.RUNNING, JobStatus.CANCELLING)
     if job.status == JobStatus.CANCELLING:
         changed = transition(db, job, lost, status=JobStatus.CANCELLED, finished_at=utcnow(),
-                             error=f"worker lost while cancelling (no heartbeat for {silent_s:.0f} s)")
+                             error=f"worker lost while cancelling ({why})")
     elif job.attempt >= max_attempts:
         changed = transition(db, job, lost, status=JobStatus.FAILED, finished_at=utcnow(),
-                             error=f"worker lost {job.attempt} times (no heartbeat for {silent_s:.0f} s); giving "
+                             error=f"worker lost {job.attempt} times ({why}); giving "
                                    "up. Check the workers' logs (out of host memory? killed?), then resume the job.")
     else:
         silent_attempt = job.attempt
-        if not transition(db, job, lost, status=JobStatus.QUEUED, attempt=Job.attempt + 1, progress=None,
-                          queued_at=utcnow()):
+        # queued_at stays: the job keeps its place in the queue's order (job_view's positions, the broker's order)
+        if not transition(db, job, lost, status=JobStatus.QUEUED, attempt=Job.attempt + 1, progress=None):
             return
         try:  # if that worker is only cut off, not dead, it stops instead of racing the next attempt
             queue.cancel(job.id, silent_attempt)
         except queue.BrokerUnavailable:
             pass
-        record(db, job, note=f"worker lost (no heartbeat for {silent_s:.0f} s): requeued")
-        _send(db, job)
+        record(db, job, note=f"worker lost ({why}): requeued ahead of the jobs that never started")
+        _send(db, job, ahead=True)
         return
     if changed:
         record(db, job)
         commit(db, job)
+
+
+def workers_gone(db: Session, labels: Iterable[str], why: str, max_attempts: int) -> list[int]:
+    """Requeue (or fail) the running jobs of worker processes known to be gone (core.protocol.worker_label), at
+    once instead of after the heartbeat timeout."""
+    labels = list(labels)
+    touched = []
+    if not labels:
+        return touched
+    for job in db.scalars(select(Job).where(Job.status.in_(tuple(FORCE_STOPPABLE)), Job.worker.in_(labels))).all():
+        requeue_lost(db, job, why, max_attempts)
+        touched.append(job.id)
+    return touched
+
+
+def resend_lost(db: Session, job: Job) -> bool:
+    """A queued job the broker no longer holds (Redis restarted without its data): sent again as a new attempt,
+    in its place (ahead of the jobs sent after it was). The attempt that was lost can never run beside it: should
+    it turn up after all, its `started` is stale and its worker is told to stop (ingest.py)."""
+    lost_attempt = job.attempt
+    if not transition(db, job, {JobStatus.QUEUED}, attempt=Job.attempt + 1):
+        return False
+    record(db, job, note=f"the broker lost attempt {lost_attempt}: sent again in its place")
+    try:
+        queue.cancel(job.id, lost_attempt)
+    except queue.BrokerUnavailable:
+        pass
+    _send(db, job, ahead=True)
+    return True
 
 
 # -- the public view (job_view.py) ---------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from . import jobs as job_life
 from .db import migrate
 from .ingest import Ingestor
 from .live import live
-from .routers import catalogue, compare, experiments, health, jobs, plan, report
-from .security import LabGuard, short_errors
+from .routers import catalogue, compare, experiments, health, jobs, plan, report, session
+from .security import GUARDS, short_errors
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 
@@ -43,8 +43,10 @@ def create_app() -> FastAPI:
     app = FastAPI(title="BlockLab", version="0.1.0", lifespan=lifespan,
                   description="Single-block transfer learning (Malpure, Litake, Ingle 2021), as a web lab.")
 
-    # Host, Origin and content-type rules for changes, and the body limit on the bytes read (see security.py).
-    app.add_middleware(LabGuard)
+    # The frame header, Host, Origin and content-type rules for changes, the token, HEAD as GET, and the body limit
+    # on the bytes read: one middleware each (security.py), added innermost first so GUARDS[0] is outermost.
+    for guard in reversed(GUARDS):
+        app.add_middleware(guard)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -57,11 +59,15 @@ def create_app() -> FastAPI:
         detail = str(exc) if isinstance(exc, job_life.Gone) else "it was deleted while this request read it"
         return JSONResponse({"detail": detail}, 404)
 
+    @app.exception_handler(job_life.QueueFull)
+    async def queue_full(request: Request, exc: job_life.QueueFull):
+        return JSONResponse({"detail": str(exc)}, 429)
+
     @app.exception_handler(job_life.Conflict)
     async def conflict(request: Request, exc: job_life.Conflict):  # another request changed it first
         return JSONResponse({"detail": str(exc)}, 409)
 
-    for r in (catalogue, experiments, jobs, compare, health, plan, report):
+    for r in (catalogue, experiments, jobs, compare, health, plan, report, session):
         app.include_router(r.router)
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)

@@ -15,17 +15,22 @@ Two browser attacks reach a lab on 127.0.0.1 from any web page its user visits:
   plain http: BLOCKLAB_ALLOWED_HOSTS and BLOCKLAB_TRUSTED_ORIGINS name the proxy's domain ("*.prod.colab.dev"),
   set by backend/notebook_lab.py only where that platform is detected.
 
-LabGuard is a pure ASGI middleware (it never buffers a response, so event streams flow through untouched); it also
-counts the request body bytes actually received, chunked bodies included, and answers 413 past the limit.
+The guards below are small pure ASGI middlewares, one concern each (GUARDS, outermost first): the frame header,
+the Host check, the cross-site rules, the access token (BLOCKLAB_TOKEN: every API route but the health check, reads
+included), HEAD as GET, and the body limit (the bytes actually received, chunked bodies included: 413 past the
+limit, 408 when the whole body is not in by its deadline).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import itertools
 import json
 import math
 import re
+from http.cookies import CookieError, SimpleCookie
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -136,34 +141,65 @@ class BodyTooLarge(HTTPException):
     """Raised from `receive`: FastAPI re-raises HTTPExceptions met while reading a body, so it becomes a 413."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"request body over {limit} bytes")
+        super().__init__(413, f"request body over {limit} bytes (BLOCKLAB_MAX_BODY_BYTES)")
 
 
 class BodyTimeout(HTTPException):
-    """Raised from `receive` when a request body stops arriving: a half-open request is answered 408."""
+    """Raised from `receive` when a request body is not complete in time: a half-open or trickled request is
+    answered 408."""
 
     def __init__(self, seconds: float):
-        super().__init__(408, f"the request body did not arrive within {seconds:g} s")
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s (BLOCKLAB_BODY_TIMEOUT_S)")
 
 
-class LabGuard:
-    """Host check, CSRF rules for state-changing methods, and a body limit that counts the bytes received."""
+# --- the guards: one concern each, outermost first (guard() stacks them) ----------------------------------------
+# Each is a pure ASGI middleware: none buffers a response, so event streams flow through untouched.
 
+class _Guard:
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan; the lab has no websockets
             return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        host = headers.get("host", "")
-        if not host_allowed(host_name(host), scope):
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class FrameHeader(_Guard):
+    """Every response, refusals included, says who may frame the lab (see _frame_header)."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        header = _frame_header()
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+        await self.app(scope, receive, send_with_header)
+
+
+class HostCheck(_Guard):
+    """Only the host names the lab serves are answered (DNS rebinding)."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not host_allowed(host_name(Headers(scope=scope).get("host", "")), scope):
             return await _refuse(scope, receive, send, 400,
                                  "this lab does not serve the host name in this request (DNS rebinding defence); "
                                  "to reach it by another name, add that name to BLOCKLAB_ALLOWED_HOSTS")
+        await self.app(scope, receive, send)
+
+
+class CrossSiteCheck(_Guard):
+    """A state-changing request comes from the lab's own pages (or a trusted origin) and is not a simple one."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in SAFE_METHODS:
+            headers = Headers(scope=scope)
             origin = headers.get("origin")
-            if (origin is not None and not same_origin(origin, host, scope.get("scheme", "http"))
+            if (origin is not None and not same_origin(origin, headers.get("host", ""), scope.get("scheme", "http"))
                     and not trusted_origin(origin)):
                 return await _refuse(scope, receive, send, 403,
                                      "cross-origin request refused: only the lab's own pages can change its state")
@@ -172,58 +208,72 @@ class LabGuard:
                 return await _refuse(scope, receive, send, 415,
                                      "a request that changes state needs Content-Type: application/json "
                                      "or the header X-Requested-With: BlockLab")
+        await self.app(scope, receive, send)
 
-        if scope["method"] == "HEAD" and scope["path"].startswith(_HEAD_AS_GET):
-            scope, send = {**scope, "method": "GET"}, _headers_only(send)
 
-        limit = get_settings().max_body_bytes
-        size = headers.get("content-length", "")
-        # Fast path: refused before a byte of the body is read ("¹".isdigit() is true: ASCII digits only).
-        if size.isascii() and size.isdigit() and int(size) > limit:
-            return await _refuse(scope, receive, send, 413, f"request body over {limit} bytes")
+# The cookie the UI gets once it has shown the token (POST /api/session): an EventSource cannot set a header, and
+# a token in the URL would land in the access log, the browser's history and Referer headers. HttpOnly (no script
+# reads it), SameSite=Strict (no other site's page sends it) and the CSRF rules above still apply to changes.
+SESSION_COOKIE = "blocklab_session"
+OPEN_PATHS = frozenset({"/api/health"})  # answered without the token: a liveness probe shows no data
 
-        received = 0
-        started = False
-        body_done = False
-        timeout = get_settings().body_timeout_s
 
-        async def counted_receive() -> Message:
-            nonlocal received, body_done
-            if body_done:  # later receives wait for a disconnect (an event stream): no deadline
-                return await receive()
-            try:  # a body that stalls half-way would hold this request open for ever
-                message = await asyncio.wait_for(receive(), timeout)
-            except asyncio.TimeoutError:
-                raise BodyTimeout(timeout) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                body_done = not message.get("more_body", False)
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
+def session_value(token: str) -> str:
+    """The cookie's value: derived from the token (the token itself is never stored in the browser's cookie jar),
+    so changing BLOCKLAB_TOKEN ends every session."""
+    return hmac.new(token.encode(), b"blocklab-session", hashlib.sha256).hexdigest()
 
-        frame_header = _frame_header()
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message = {**message, "headers": [*message.get("headers", []), frame_header]}
-            await send(message)
+def token_given(headers: Headers, token: str) -> bool:
+    """Does the request carry the token: `Authorization: Bearer`, X-BlockLab-Token, or the session cookie?"""
+    given = headers.get("x-blocklab-token") or bearer(headers.get("authorization"))
+    if given and hmac.compare_digest(given.encode(), token.encode()):
+        return True
+    cookie = SimpleCookie()
+    try:
+        cookie.load(headers.get("cookie", ""))
+    except CookieError:
+        return False
+    morsel = cookie.get(SESSION_COOKIE)
+    return morsel is not None and hmac.compare_digest(morsel.value.encode(), session_value(token).encode())
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _HeadDone:
-            pass
-        except (BodyTooLarge, BodyTimeout) as e:  # read outside FastAPI's body parsing: answer it here
-            if started:
-                raise
-            await _refuse(scope, receive, send, e.status_code, e.detail)
+
+def bearer(authorization: str | None) -> str | None:
+    """The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110), and a
+    header without it is no token."""
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    return (credentials.strip() or None) if scheme.lower() == "bearer" else None
+
+
+class TokenGate(_Guard):
+    """With BLOCKLAB_TOKEN set, every API route but the health check needs the token, reads included: jobs,
+    experiments, reports, event streams and the workers' host paths are the lab's data too. The pages themselves
+    (no data) load without it, so the UI can ask for it."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = get_settings().token
+        path = scope["path"]
+        if (token and (path.startswith("/api/") or path == "/api") and path not in OPEN_PATHS
+                and not token_given(Headers(scope=scope), token)):
+            return await _refuse(scope, receive, send, 401, "this lab requires its access token (BLOCKLAB_TOKEN): "
+                                 "send it as Authorization: Bearer or X-BlockLab-Token, or enter it in the page")
+        await self.app(scope, receive, send)
 
 
 # HEAD is GET without the body (RFC 9110), but FastAPI's routes answer GET alone and a HEAD fell through to the
 # static files' 404. On these paths the middleware runs the GET and sends its status and headers only.
 _HEAD_AS_GET = ("/api/", "/vendor/", "/openapi.json", "/docs")
+
+
+class HeadAsGet(_Guard):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "HEAD" and scope["path"].startswith(_HEAD_AS_GET):
+            try:
+                await self.app({**scope, "method": "GET"}, receive, _headers_only(send))
+            except _HeadDone:
+                pass
+            return
+        await self.app(scope, receive, send)
 
 
 class _HeadDone(Exception):
@@ -247,8 +297,74 @@ def _headers_only(send: Send) -> Send:
     return send_head
 
 
+class BodyLimit(_Guard):
+    """The request body counted as it arrives, chunked bodies included: 413 past BLOCKLAB_MAX_BODY_BYTES, 408 when
+    the whole body is not in BLOCKLAB_BODY_TIMEOUT_S after the request began. A deadline for the whole body, not
+    for each read: one byte every 20 s never stalls a read, and would hold a connection open for weeks."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        s = get_settings()
+        limit, timeout = s.max_body_bytes, s.body_timeout_s
+        size = Headers(scope=scope).get("content-length", "")
+        # Fast path: refused before a byte of the body is read ("¹".isdigit() is true: ASCII digits only).
+        if size.isascii() and size.isdigit() and int(size) > limit:
+            return await _refuse(scope, receive, send, 413, BodyTooLarge(limit).detail)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        received = 0
+        body_done = False
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect (an event stream): no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise BodyTimeout(timeout) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if not body_done:  # answered before its body was in (a 408, a 413): the rest is not read
+                    message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except (BodyTooLarge, BodyTimeout) as e:  # read outside FastAPI's body parsing: answer it here
+            if started:
+                raise
+            await _refuse(scope, receive, send, e.status_code, e.detail)
+
+
+_CLOSE = (b"connection", b"close")
+
+# Outermost first: every answer carries the frame header; a request for a host the lab does not serve learns
+# nothing more; the token is asked before a byte of the body is read.
+GUARDS = (FrameHeader, HostCheck, CrossSiteCheck, TokenGate, HeadAsGet, BodyLimit)
+
+
+def guard(app: ASGIApp) -> ASGIApp:
+    """`app` behind every guard (what main.py's middleware stack adds, in this order)."""
+    for middleware in reversed(GUARDS):
+        app = middleware(app)
+    return app
+
+
+
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status)(scope, receive, send)
+    headers = {"connection": "close"} if status in (408, 413) else None  # the unread body ends the connection
+    await JSONResponse({"detail": detail}, status, headers=headers)(scope, receive, send)
 
 
 # --- 422 responses: FastAPI's shape, but short and strict JSON --------------------------------------------------

@@ -26,7 +26,10 @@ export const secs = (v) => (v === null || v === undefined ? "–" : v < 90 ? `${
 // Plotly renders a little HTML in legends and hover text: user text goes in as entities only.
 export const plotText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
-export const state = { models: null, paper: null, cards: {}, token: localStorage.getItem("blocklab-token") };
+// With BLOCKLAB_TOKEN set the page asks for the token once and trades it for a session cookie (POST /api/session:
+// HttpOnly, so no script here ever holds it, and event streams carry it; see backend/app/security.py).
+localStorage.removeItem("blocklab-token");  // where an older version kept the token itself
+export const state = { models: null, paper: null, cards: {} };
 
 // Every view registers what must stop when the user leaves it (timers, event streams, Plotly listeners), and its
 // fetches carry the view's abort signal: leaving a page aborts them, so a late answer never draws into the next.
@@ -55,7 +58,6 @@ export async function api(path, opts = {}) {
   // A custom header makes every write a CORS-preflighted request: a foreign page cannot send one (see security.py).
   const headers = { "X-Requested-With": "BlockLab", ...(opts.headers || {}) };
   if (opts.json !== undefined) headers["Content-Type"] = "application/json";
-  if (state.token) headers["X-BlockLab-Token"] = state.token;
   let r;
   try {
     r = await fetch(path, { method: opts.method || "GET", headers, signal: opts.signal || viewSignal(),

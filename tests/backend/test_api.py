@@ -152,15 +152,16 @@ def test_reproduce_table1_queues_ten_models_as_one_group(api):
 def test_token_guards_every_change(api, monkeypatch):
     from core.settings import get_settings
     monkeypatch.setattr(get_settings(), "token", "s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
     r = api.post("/api/experiments", json={"name": "x", "config": TINY})
     assert r.status_code == 401
-    assert api.get("/api/experiments").json() == []  # nothing changed
-    ok = api.post("/api/experiments", json={"name": "x", "config": TINY}, headers={"Authorization": "Bearer s3cret"})
+    assert api.get("/api/experiments", headers=auth).json() == []  # nothing changed
+    ok = api.post("/api/experiments", json={"name": "x", "config": TINY}, headers=auth)
     assert ok.status_code == 201
     jid = ok.json()["jobs"][0]["id"]
     assert api.post(f"/api/jobs/{jid}/cancel").status_code == 401
-    assert api.get(f"/api/jobs/{jid}").json()["status"] == "queued"
-    assert api.get("/api/models").status_code == 200  # reading needs no token
+    assert api.get(f"/api/jobs/{jid}", headers=auth).json()["status"] == "queued"
+    assert api.get("/api/models").status_code == 401  # reading needs it too (test_security.py)
 
 
 def test_oversized_body_is_refused(api):

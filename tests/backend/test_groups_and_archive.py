@@ -107,7 +107,7 @@ def _race(fn_a, fn_b):
 def test_deletes_racing_other_requests_never_give_a_500_nor_leave_a_hidden_job(api, monkeypatch):
     from backend.app import queue
     sent = []
-    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config: sent.append(job_id))
+    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config, ahead=False, place=None: sent.append(job_id))
     outcomes = set()
     for _ in range(12):
         e = _exp(api)

@@ -228,7 +228,7 @@ def test_force_stop_ends_a_job_at_once_and_tells_its_worker(api, cancels):
 
 def test_a_dry_run_is_marked_and_runs_the_dry_values(api, monkeypatch):
     sent = []
-    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config: sent.append(config))
+    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config, ahead=False, place=None: sent.append(config))
     big = {**TINY, "epochs": 20, "train_per_class": None, "val_limit": None, "image_size": 224}  # a paper-sized run
     r = api.post("/api/experiments", json={"name": "dry", "config": big, "dry_run": True})
     assert r.status_code == 201, r.text

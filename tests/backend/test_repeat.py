@@ -65,7 +65,7 @@ def test_a_lab_with_a_token_requires_it(api, monkeypatch):
     monkeypatch.setenv("BLOCKLAB_TOKEN", "s3cret")
     get_settings.cache_clear()
     assert api.post(f"/api/experiments/{e['id']}/repeat", json={"seeds": 2}).status_code == 401
-    assert len(api.get("/api/experiments").json()) == 1
+    assert len(api.get("/api/experiments", headers={"X-BlockLab-Token": "s3cret"}).json()) == 1
     r = api.post(f"/api/experiments/{e['id']}/repeat", json={"seeds": 2}, headers={"X-BlockLab-Token": "s3cret"})
     assert r.status_code == 201 and len(r.json()["created"]) == 1
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.app.csv_export import to_csv
-from backend.app.security import LabGuard, host_allowed, host_name, same_origin
+from backend.app.security import guard, host_allowed, host_name, same_origin
 
 from .conftest import TINY
 
@@ -104,7 +104,7 @@ def test_an_oversized_content_length_is_refused_before_reading(bare):
 
 
 def test_the_guard_does_not_buffer_a_streamed_response():
-    """A pure ASGI middleware: the first event of a stream reaches the client while the stream is still open."""
+    """Pure ASGI middlewares: the first event of a stream reaches the client while the stream is still open."""
     first_sent = asyncio.Event()
     got = []
 
@@ -123,7 +123,7 @@ def test_the_guard_does_not_buffer_a_streamed_response():
             if message.get("body", b"").startswith(b"event: one"):
                 first_sent.set()
 
-        await LabGuard(streaming_app)(_scope("GET", "/api/jobs/1/events", {"host": "127.0.0.1:8000"}), receive, send)
+        await guard(streaming_app)(_scope("GET", "/api/jobs/1/events", {"host": "127.0.0.1:8000"}), receive, send)
 
     asyncio.run(main())
     assert [m.get("body") for m in got[1:]] == [b"event: one\n\n", b"event: end\n\n"]
@@ -299,11 +299,13 @@ def test_the_bearer_scheme_is_case_insensitive_and_required(bare, monkeypatch):
     for headers in refused:
         r = bare.post("/api/experiments", json={"name": "x", "start": False}, headers=headers)
         assert r.status_code == 401, headers
-    assert bare.get("/api/experiments").json() == []
+        assert bare.get("/api/experiments", headers=headers).status_code == 401, headers  # reads too
+    assert bare.get("/api/experiments", headers=ok[0]).json() == []
     for headers in ok:
         r = bare.post("/api/experiments", json={"name": "x", "start": False}, headers=headers)
         assert r.status_code == 201, headers
-    assert len(bare.get("/api/experiments").json()) == len(ok)
+        assert bare.get("/api/experiments", headers=headers).status_code == 200, headers
+    assert len(bare.get("/api/experiments", headers=ok[0]).json()) == len(ok)
 
 
 # --- CSV --------------------------------------------------------------------------------------------------------
@@ -391,3 +393,84 @@ def test_only_the_labs_own_pages_may_frame_it(bare, monkeypatch):
     monkeypatch.setenv("BLOCKLAB_FRAME_ANCESTORS", '["http://localhost:*", "bad source;script-src *"]')
     _clear_settings()
     assert bare.get("/").headers["content-security-policy"] == "frame-ancestors 'self' http://localhost:*"
+
+
+def _get_routes(app) -> list[str]:
+    """Every GET route of the API (from its OpenAPI description), path parameters filled in (1 for ids, a word
+    for names)."""
+    import re
+    paths = [p for p, ops in app.openapi()["paths"].items() if "get" in ops and p.startswith("/api/")]
+    return [re.sub(r"\{(\w+)\}", lambda m: "1" if m[1].endswith("id") else "g", p) for p in paths]
+
+
+def test_with_a_token_every_api_route_but_health_needs_it_reads_included(bare, monkeypatch):
+    """Issue 25: with BLOCKLAB_TOKEN set, jobs, experiments, reports, event streams, plans and the workers' host
+    paths were readable without it."""
+    monkeypatch.setenv("BLOCKLAB_TOKEN", "s3cret")
+    _clear_settings()
+    from backend.app import workers
+    workers.store({"worker": {"name": "w@host", "pid": 4242, "weights": "/secret/weights"}, "ts": 1.0})
+    try:
+        paths = _get_routes(bare.app)
+        assert {"/api/jobs", "/api/experiments", "/api/workers", "/api/jobs/1/events", "/api/health"} <= set(paths)
+        for path in paths:
+            r = bare.get(path)
+            if path == "/api/health":
+                assert r.status_code == 200
+            else:
+                assert r.status_code == 401 and "BLOCKLAB_TOKEN" in r.json()["detail"], (path, r.status_code)
+                assert "/secret" not in r.text and "4242" not in r.text
+        for method, path in (("POST", "/api/plan"), ("POST", "/api/reproduce"), ("HEAD", "/api/workers")):
+            assert bare.request(method, path, json={}, headers=XRW).status_code == 401, path
+        assert bare.get("/api/workers", headers={"X-BlockLab-Token": "s3cret"}).json()[0]["pid"] == 4242
+        assert bare.get("/").status_code == 200  # the page itself loads, so it can ask for the token
+    finally:
+        workers.clear()
+
+
+def test_the_token_shown_once_gives_a_cookie_that_event_streams_carry(bare, monkeypatch):
+    monkeypatch.setenv("BLOCKLAB_TOKEN", "s3cret")
+    _clear_settings()
+    assert bare.post("/api/session", headers=XRW).status_code == 401
+    assert bare.post("/api/session", headers={**XRW, "X-BlockLab-Token": "wrong"}).status_code == 401
+    assert not bare.cookies
+    r = bare.post("/api/session", headers={**XRW, "X-BlockLab-Token": "s3cret"})
+    assert r.status_code == 204
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/api" in cookie
+    assert "s3cret" not in cookie  # a value derived from the token, never the token
+    assert bare.get("/api/experiments").status_code == 200  # the client now sends the cookie
+    e = _experiment(TestClient(bare.app, headers={**XRW, "X-BlockLab-Token": "s3cret"}), start=True)
+    with bare.stream("GET", f"/api/jobs/{e['jobs'][0]['id']}/events") as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+    monkeypatch.setenv("BLOCKLAB_TOKEN", "another")  # a new token ends every session
+    _clear_settings()
+    assert bare.get("/api/experiments").status_code == 401
+
+
+def test_forwarded_headers_are_believed_only_from_configured_proxies(monkeypatch):
+    """uvicorn believes X-Forwarded-For from loopback unless told otherwise (the stream limit and the access log
+    then trust any local client's word: tests/system/test_streams.py shows it against a real server)."""
+    from backend.serve import uvicorn_options
+    from core.settings import Settings
+    for k in ("BLOCKLAB_TRUSTED_PROXIES",):
+        monkeypatch.delenv(k, raising=False)
+    plain = uvicorn_options(Settings())
+    assert plain["proxy_headers"] is False
+    monkeypatch.setenv("BLOCKLAB_TRUSTED_PROXIES", '["10.0.0.5", "192.168.1.0/24"]')
+    behind = uvicorn_options(Settings())
+    assert behind["proxy_headers"] is True and behind["forwarded_allow_ips"] == ["10.0.0.5", "192.168.1.0/24"]
+
+
+def test_each_guard_is_its_own_middleware_and_refusals_carry_the_frame_header(bare):
+    """LabGuard did the Host check, CSRF, HEAD as GET, the body limit and the frame header in one function, and
+    its refusals went out without the frame header. Now one middleware per concern, the frame header outermost."""
+    from backend.app.security import GUARDS, BodyLimit, CrossSiteCheck, FrameHeader, HeadAsGet, HostCheck, TokenGate
+    assert GUARDS == (FrameHeader, HostCheck, CrossSiteCheck, TokenGate, HeadAsGet, BodyLimit)
+    stack = [type(m.cls) if not isinstance(m.cls, type) else m.cls for m in bare.app.user_middleware]
+    assert stack == list(GUARDS)  # as main.py adds them: the first is outermost
+    refusals = [bare.get("/api/health", headers={"host": "evil.example"}),  # Host
+                bare.post("/api/experiments", content=b"{}", headers={"content-type": "text/plain"}),  # CSRF
+                bare.post("/api/experiments", content=b"{" + b" " * 10**6 + b"}", headers=XRW)]  # body limit
+    assert [r.status_code for r in refusals] == [400, 415, 413]
+    assert all(r.headers["content-security-policy"].startswith("frame-ancestors 'self'") for r in refusals)

@@ -17,7 +17,7 @@ def _job(api) -> int:
 
 def test_thirty_concurrent_resumes_accept_exactly_one_each_time(api, monkeypatch):
     sent = []
-    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config: sent.append((job_id, attempt)))
+    monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config, ahead=False, place=None: sent.append((job_id, attempt)))
     jid = _job(api)
     trials, racers = 100, 30
     accepted = []

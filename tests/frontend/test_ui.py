@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from tests.lab import QUICK, SLOW
+from tests.lab import QUICK, SLOW, wait_for
 
 from .conftest import shot
 
@@ -123,18 +123,24 @@ def test_reproduce_table1_opens_the_group_beside_table1(make_lab, page):
 
 
 def test_the_ui_asks_for_the_token_once(make_lab, page):
+    """With a token every API route needs it, reads too: the page asks before it can show anything, once, and its
+    event streams (an EventSource sends no header) carry the session cookie it gets for it."""
     lab = make_lab(BLOCKLAB_TOKEN="let-me-in")
+    auth = {"X-BlockLab-Token": "let-me-in"}
     page.goto(lab.url + "/#/new")
-    page.click("#submit")
     page.wait_for_selector("#token-box:not([hidden])")
     assert "access token" in page.text_content("#message")
-    assert lab.client.get("/api/experiments").json() == []  # refused: nothing stored
+    assert lab.client.get("/api/experiments").status_code == 401
     page.fill("#token-input", "let-me-in")
     page.click("#token-form button")
-    page.click("#submit")
+    page.click("#submit")  # the form, refused its options before, is drawn once the token is in
     page.wait_for_url("**/#/job/*")
+    wait_for(lambda: lab.client.get("/api/health").json()["event_streams"] >= 1, 30,
+             "the job page's event stream, with the session cookie")
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script on the page holds the session
     page.reload()  # kept for later visits: asked once
     page.goto(lab.url + "/#/new")
     page.click("#submit")
     page.wait_for_url("**/#/job/*")
-    assert len(lab.client.get("/api/experiments").json()) == 2
+    assert page.is_hidden("#token-box")
+    assert len(lab.client.get("/api/experiments", headers=auth).json()) == 2

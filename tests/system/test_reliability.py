@@ -48,8 +48,8 @@ def sqlite_lab(make_lab):
     return make_lab()
 
 
-def test_200_submissions_from_20_clients_are_all_stored_and_queued(sqlite_lab):
-    lab = sqlite_lab
+def test_200_submissions_from_20_clients_are_all_stored_and_queued(make_lab):
+    lab = make_lab(BLOCKLAB_MAX_QUEUED_JOBS="200")  # room for them all: the limit itself is test_quotas.py's
 
     def client(k):
         codes = []
@@ -164,10 +164,12 @@ def _differences(a, b, path="") -> list[str]:
 
 def test_token_protects_every_change_and_a_request_without_it_changes_nothing(make_lab):
     lab = make_lab(BLOCKLAB_TOKEN="t0ken")
-    ok = lab.client.post("/api/experiments", json={"name": "mine", "config": QUICK},
-                         headers={"X-BlockLab-Token": "t0ken"})
+    auth = {"X-BlockLab-Token": "t0ken"}
+    ok = lab.client.post("/api/experiments", json={"name": "mine", "config": QUICK}, headers=auth)
     jid = ok.json()["jobs"][0]["id"]
-    before = (lab.client.get("/api/experiments").json(), lab.job(jid))
+    read = lambda: (lab.client.get("/api/experiments", headers=auth).json(),  # noqa: E731
+                    lab.client.get(f"/api/jobs/{jid}", headers=auth).json())
+    before = read()
     attempts = [("POST", "/api/experiments", {"name": "x", "config": QUICK}),
                 ("POST", f"/api/experiments/{ok.json()['id']}/jobs", None),
                 ("POST", f"/api/jobs/{jid}/cancel", None), ("POST", f"/api/jobs/{jid}/resume", None),
@@ -176,12 +178,14 @@ def test_token_protects_every_change_and_a_request_without_it_changes_nothing(ma
     for method, path, body in attempts:
         for headers in ({}, {"X-BlockLab-Token": "wrong"}, {"Authorization": "Bearer wrong"}):
             codes.append(lab.client.request(method, path, json=body, headers=headers).status_code)
-    after = (lab.client.get("/api/experiments").json(), lab.job(jid))
+    after = read()
     print(f"\naccess: {len(codes)} unauthenticated changes -> {sorted(set(codes))}")
     # A queued job's live durations (timings.queued_s, total_s: now minus created) tick with the clock alone.
     changed = [d for d in _differences(before, after) if not re.search(r"\.timings\.\w+_s:", d)]
     assert set(codes) == {401} and not changed, changed
-    assert lab.client.get("/api/models").status_code == 200
+    assert before[1]["id"] == jid and len(before[0]) == 1
+    assert lab.client.get("/api/models").status_code == 401  # reads need it too (test_security.py)
+    assert lab.client.get("/api/health").status_code == 200
 
 
 def test_server_binds_to_loopback_by_default(monkeypatch):

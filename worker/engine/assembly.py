@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core import catalogue
 from core.config import TrainConfig, config_differences
+from core.protocol import RunStatus
 
 from . import checkpoint, train
 from .checkpoint import StorageError
@@ -65,7 +66,7 @@ class Assembly:
                        "paper_val_acc": row["val_acc"] if row else None,
                        "seconds": round(sum(r["seconds"] for r in prior.history), 3)}
         summary.pop("config", None)
-        return {**summary, "status": "complete", "epochs": cfg.epochs, "already_complete": True,
+        return {**summary, "status": RunStatus.COMPLETE, "epochs": cfg.epochs, "already_complete": True,
                 "resumed_from_epoch": prior.epoch}
 
 

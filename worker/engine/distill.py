@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from core import catalogue
 from core.config import TrainConfig
+from core.protocol import RunStatus
 
 from . import checkpoint
 from .builders import build_model
@@ -83,7 +84,7 @@ def _teacher_checkpoint(job: int, folder: Path | None) -> dict:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         summary = None
-    if not summary or summary.get("status") != "succeeded":
+    if not summary or summary.get("status") != RunStatus.SUCCEEDED:
         state = summary.get("status") if summary else "not finished"
         raise TeacherError(f"teacher job {job} has not succeeded ({state}; {where}): a teacher must be a finished "
                            "job. Let it finish (resume it), or choose a job that succeeded")

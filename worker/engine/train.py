@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from core import catalogue
 from core.config import TrainConfig
-from core.protocol import Phase, epoch_row, progress
+from core.protocol import Phase, RunStatus, epoch_row, progress
 
 from . import checkpoint
 from . import data as cifar
@@ -181,9 +181,9 @@ def _finish(cfg: TrainConfig, cb: Callbacks, dataset, paths: Paths, policy: Devi
     """Train, then write the summary (and keep the cache) whether the run finished or was stopped."""
     try:
         _train(cfg, paths, cb, dataset, policy, watch, state, out_dir)
-        status = "succeeded"
+        status = RunStatus.SUCCEEDED
     except StopRequested:
-        status = "stopped"
+        status = RunStatus.STOPPED
         log.info("stop requested during %s: ending (the checkpoint of the last finished epoch is kept)",
                  watch.phase)
     if state.progress is None:  # stopped before the checkpoint was read: say what it holds
@@ -191,8 +191,8 @@ def _finish(cfg: TrainConfig, cb: Callbacks, dataset, paths: Paths, policy: Devi
         state.progress = (checkpoint.Progress(saved["epoch"], list(saved["history"]), saved["best_acc"],
                                               saved["best_epoch"]) if saved else checkpoint.Progress())
         _write_metrics(out_dir, state.progress.history)  # as it was: setup had emptied it
-    summary = _summary(cfg, state, status, stopped_in=watch.phase if status == "stopped" else None)
-    if status == "stopped" and cb.on_stopped:
+    summary = _summary(cfg, state, status, stopped_in=watch.phase if status == RunStatus.STOPPED else None)
+    if status == RunStatus.STOPPED and cb.on_stopped:
         cb.on_stopped(summary)  # before keeping the cache, which can take a while for a large one
     if state.features is not None:
         state.features.persist()

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.protocol import worker_command
+
 
 def gpu_count() -> int:
     """GPUs on this machine, without initializing CUDA in this process."""
@@ -57,8 +59,7 @@ def main() -> int:
         name = f"gpu{visible[idx]}@{socket.gethostname()}"
         # The lock stays open in this process and is inherited by the worker below (no close-on-exec).
         os.set_inheritable(_lock.fileno(), True)
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.queue.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-           "--concurrency", "1", "--prefetch-multiplier", "1", "-n", name, "--loglevel", "INFO"]
+    cmd = worker_command(sys.executable, name)
     os.execvpe(cmd[0], cmd, env)  # the lock's file descriptor survives exec
 
 

@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
-from core.protocol import TASK_NAME, JobStatus
+from core.protocol import JOB_STATUS_OF_RUN, TASK_NAME, JobStatus, RunStatus, worker_label
 from core.settings import get_settings
 
 from .celery_app import app
@@ -274,7 +274,7 @@ class Attempt:
             self.watchdog.honoured()
             beat.stopped.set()
             beat.join()
-        status = JobStatus.CANCELLED if summary["status"] == "stopped" else JobStatus.SUCCEEDED
+        status = JOB_STATUS_OF_RUN[RunStatus(summary["status"])]
         self.finish(status, error=None, summary=summary)
         return status
 
@@ -306,5 +306,5 @@ class Attempt:
 
 @app.task(name=TASK_NAME, bind=True)
 def run_job(self, job_id: int, attempt: int, config: dict) -> dict:
-    worker = f"{self.request.hostname or socket.gethostname()} pid {os.getpid()}"
+    worker = worker_label(self.request.hostname or socket.gethostname(), os.getpid())
     return Attempt(job_id, attempt, config, worker).run()
