@@ -74,9 +74,10 @@ async function cloneSource(jobId, signal) {
   return { name: `${job.experiment_name} (clone of #${job.id})`, config, job };
 }
 
-// The training images for a config: train_per_class x the dataset's classes (GET /api/datasets), or all 50,000.
-export const trainImages = (perClass, classes = 10) => (perClass ? perClass * classes : 50000);
-const classesOf = (id) => ((state.datasets || []).find((d) => d.id === id) || { num_classes: 10 }).num_classes;
+// The training images for a config: train_per_class x the dataset's classes, or its whole training set (both from
+// GET /api/datasets, the dataset's declaration; null while unknown).
+const datasetOf = (id) => (state.datasets || []).find((d) => d.id === id) || null;
+export const trainImages = (perClass, ds) => (!ds ? null : perClass ? perClass * ds.num_classes : ds.train_size);
 
 export function renderNew(view) {
   const signal = viewSignal();
@@ -107,9 +108,10 @@ export function renderNew(view) {
     const slot = $("#warn-batch_size", form);
     const batch = Number(byName.batch_size && byName.batch_size.value);
     const perClass = byName.train_per_class && byName.train_per_class.value.trim() !== "" ? Number(byName.train_per_class.value) : null;
-    const classes = classesOf(byName.dataset && byName.dataset.value);
-    const images = trainImages(perClass, classes);
-    slot.textContent = batch > images
+    const ds = datasetOf(byName.dataset && byName.dataset.value);
+    const classes = ds && ds.num_classes;
+    const images = trainImages(perClass, ds);
+    slot.textContent = images !== null && batch > images
       ? `Batch ${int(batch)} is larger than the ${int(images)} training images (${int(perClass)} per class × ${int(classes)}): every epoch is one batch of ${int(images)}, not ${int(batch)}.`
       : "";
   };
@@ -117,7 +119,15 @@ export function renderNew(view) {
     input.addEventListener("input", warnBatch);
     input.addEventListener("change", warnBatch);
   }
-  if (!state.datasets) api("/api/datasets", { signal }).then((d) => { state.datasets = d; warnBatch(); }).catch(() => {});
+  // Your own image folders (folder:NAME) join the dataset choices as the server finds them.
+  const addFolders = () => {
+    const select = byName.dataset;
+    if (!select || select.tagName !== "SELECT") return;
+    const have = new Set([...select.options].map((op) => op.value));
+    for (const d of state.datasets || []) if (!have.has(d.id)) select.append(el("option", { value: d.id, text: d.id }));
+  };
+  (state.datasets ? Promise.resolve(state.datasets) : api("/api/datasets", { signal }))
+    .then((d) => { state.datasets = d; addFolders(); warnBatch(); }).catch(() => {});
 
   const resetTo = (config) => {  // values as given; those equal to the model's preset keep following the model
     if (config.model && modelById(config.model)) picker.value = config.model;
