@@ -173,3 +173,13 @@ function f(){{let k=0;for(const e of document.querySelectorAll("figure")){{const
 t.onchange=p.onchange=f;f();
 </script></body></html>
 """
+
+
+def write_gallery(out_dir: Path, data_dir: Path, file: Path, epoch: str = "best", title: str | None = None) -> Path:
+    """The gallery of a run folder's mistakes as one self-contained HTML file (the command line's --gallery, the
+    notebook's run(gallery=...)); NoPredictions where the run kept none."""
+    text = gallery_html(out_dir, data_dir, epoch, title)
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text, encoding="utf-8")
+    return file

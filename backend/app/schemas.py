@@ -157,6 +157,7 @@ class SettingsPublic(BaseModel):
     torch_version: str | None = None
     timm_version: str | None = None
     data_fingerprint: dict | None = None  # {"train", "val"}: hashes of the exact images and labels used
+    skipped_files: dict | None = None  # a folder dataset's unusable files: {"count", "files": [{"path", "why"}]}
 
 
 class AttemptPublic(BaseModel):

@@ -111,6 +111,8 @@ function ranTable(s) {
     s.resumed_from_epoch ? ["Resumed from epoch", s.resumed_from_epoch] : null,
     s.teacher ? ["Teacher", `job ${s.teacher.job} (${s.teacher.model}); ${s.teacher.reused ? `its stored predictions reused (${int(s.teacher.loaded)})` : "predictions computed by this run"}`] : null,
     s.torch_version ? ["torch / timm", `${s.torch_version} / ${s.timm_version}`] : null,
+    // A folder of one's own images: the files it could not use (unreadable, not images, links out of it).
+    s.skipped_files ? ["Skipped files", `${int(s.skipped_files.count)}${s.skipped_files.count ? ": " + s.skipped_files.files.map((f) => `${f.path} (${f.why})`).join("; ") : ""}${s.skipped_files.count > s.skipped_files.files.length ? " …" : ""}`] : null,
     s.data_fingerprint ? ["Data fingerprint", `train ${String(s.data_fingerprint.train).slice(0, 12)} · val ${String(s.data_fingerprint.val).slice(0, 12)}`] : null,
   ]);
 }
