@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import catalogue, folders
+from .folders import DatasetError  # noqa: F401 (the loaders' error: declared below them, numpy-free)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive
@@ -57,15 +58,6 @@ CIFAR10 = Layout("cifar10", "CIFAR-10", CIFAR10_URL, CIFAR10_MD5, ARCHIVE_NAME, 
 CIFAR100 = Layout("cifar100", "CIFAR-100", CIFAR100_URL, CIFAR100_MD5, CIFAR100_ARCHIVE, CIFAR100_DIR,
                   ("test", "train"))
 LAYOUTS: dict[str, Layout] = {lay.dataset: lay for lay in (CIFAR10, CIFAR100)}
-
-
-class DatasetError(RuntimeError):
-    """A dataset problem a user can fix; the message says where we looked and what to do. `web`: the same in the
-    lab's terms where the fix differs from the command line's (the job page shows it)."""
-
-    def __init__(self, message: str, web: str | None = None):
-        super().__init__(message)
-        self.web = web
 
 
 @dataclass

@@ -27,8 +27,18 @@ MAX_FILES = 200_000  # per split: a listing that big is read into memory at the 
 SHOWN = 20  # skipped files named in a message (the count is always complete)
 
 
-class FolderError(ValueError):
-    """A folder dataset the lab cannot use; the message says what is wrong where and what the layout must be."""
+class DatasetError(RuntimeError):
+    """A dataset problem a user can fix; the message says where we looked and what to do. `web`: the same in the
+    lab's terms where the fix differs from the command line's (the job page shows it)."""
+
+    def __init__(self, message: str, web: str | None = None):
+        super().__init__(message)
+        self.web = web
+
+
+class FolderError(DatasetError, ValueError):
+    """A folder dataset the lab cannot use; the message says what is wrong where and what the layout must be. A
+    DatasetError (the engine, the worker and the CLI report it as one) and a ValueError (a config check's 422)."""
 
 
 @dataclass(frozen=True)

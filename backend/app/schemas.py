@@ -46,7 +46,10 @@ class _ConfigRules(BaseModel):
     @field_validator("dataset", check_fields=False)
     @classmethod
     def _usable_dataset(cls, v: str) -> str:
-        catalogue.dataset(v)  # a folder that breaks the layout: FolderError (a ValueError) says what is wrong where
+        try:
+            catalogue.dataset(v)  # a folder that breaks the layout: FolderError (a ValueError) says what is wrong where
+        except OSError as e:
+            raise ValueError(f"{v}: the folder cannot be read ({e.strerror}: {e.filename})") from None
         return v
 
     @field_validator("train_per_class", check_fields=False)
