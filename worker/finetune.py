@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("where")
     run.add_argument("--data-dir", type=Path, metavar="DIR",
                      help="the dataset: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (CIFAR-100: "
-                          "cifar-100-python/ or cifar-100-python.tar.gz) (required to train; default: none)")
+                          "cifar-100-python/ or cifar-100-python.tar.gz; --dataset folder:NAME: folders/NAME/) "
+                          "(required to train; default: none)")
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="output folder: metrics.jsonl, summary.json, checkpoint.pt; an existing one is resumed "
                           "(required to train; default: none)")
