@@ -84,8 +84,26 @@ def _inside(path: Path, top: Path) -> bool:
 
 
 def scan(dataset: str, data_dir: Path | None = None) -> Folder:
-    """List `folder:NAME` (or NAME): its classes and images, or FolderError saying what is wrong where."""
+    """List `folder:NAME` (or NAME): its classes and images, or FolderError saying what is wrong where (a folder
+    the lab may not read too)."""
     name = name_of(dataset)
+    try:
+        return _scan(name, data_dir)
+    except OSError as e:
+        raise FolderError(f"folder:{name}: cannot read {e.filename or 'it'} ({e.strerror or e}); make it readable "
+                          "for the lab") from None
+
+
+def _readable_name(name: str) -> bool:
+    """A name the API can carry: a file system's bytes that are not UTF-8 come as lone surrogates."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _scan(name: str, data_dir: Path | None) -> Folder:
     base = folders_dir(data_dir)
     top = Path(base).resolve().parent  # the data folder: nothing is read outside it
     root = base / name
@@ -145,7 +163,9 @@ def _class_dirs(d: Path, split: str, skipped: list) -> list[str]:
         for e in it:
             if e.name.startswith("."):
                 continue
-            if not e.is_dir():
+            if not _readable_name(e.name):
+                skipped.append((f"{split}/{e.name.encode('utf-8', 'replace').decode()}", "name is not UTF-8"))
+            elif not e.is_dir():
                 skipped.append((f"{split}/{e.name}", "not a class folder"))
             elif not _inside(Path(e.path), d.resolve()):
                 skipped.append((f"{split}/{e.name}", "links outside the folder"))
@@ -163,7 +183,9 @@ def _images(root: Path, rel: str, skipped: list) -> list[str]:
         path = f"{rel}/{e.name}"
         if e.name.startswith("."):
             continue
-        if not e.name.lower().endswith(SUFFIXES):
+        if not _readable_name(e.name):
+            skipped.append((f"{rel}/{e.name.encode('utf-8', 'replace').decode()}", "name is not UTF-8"))
+        elif not e.name.lower().endswith(SUFFIXES):
             skipped.append((path, "not a .jpg, .jpeg or .png file"))
         elif e.is_symlink() and not _inside(Path(e.path), root):
             skipped.append((path, "links outside the folder"))
@@ -198,11 +220,13 @@ def spec(dataset: str, data_dir: Path | None = None):
 def available(data_dir: Path | None = None) -> list[dict]:
     """Every folder under `<data dir>/folders`: usable ones as catalogue entries, the others with why not."""
     base = folders_dir(data_dir)
-    if not base.is_dir():
+    try:
+        entries = sorted(os.scandir(base), key=lambda e: e.name) if base.is_dir() else []
+    except OSError:  # a folders/ the lab may not read: nothing to offer (a config naming one says why)
         return []
     out = []
-    for e in sorted(os.scandir(base), key=lambda e: e.name):
-        if e.name.startswith(".") or not e.is_dir():
+    for e in entries:
+        if e.name.startswith(".") or not e.is_dir() or not NAME.fullmatch(e.name):
             continue
         entry = {"id": PREFIX + e.name, "name": e.name}
         try:

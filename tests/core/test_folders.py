@@ -205,3 +205,25 @@ def test_the_plan_counts_a_folders_images(tmp_path, monkeypatch):
         assert "no paper number" in dict((r["label"], r["value"]) for r in card["rows"])["Dataset"]
     finally:
         settings.get_settings.cache_clear()
+
+
+def test_names_a_json_answer_cannot_carry_and_unreadable_folders_are_answered(tmp_path, monkeypatch):
+    root = write_folder(tmp_path, "mine", train=2, val=1, broken=False)
+    bad = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    (root / "train" / "red" / bad).write_bytes((root / "train" / "red" / "000.jpg").read_bytes())
+    f = folders.scan("folder:mine", tmp_path)
+    assert ("train/red/caf?.png", "name is not UTF-8") in f.skipped
+    import json
+    json.dumps([rel for rel, _ in f.train], ensure_ascii=False).encode("utf-8")  # every listed id encodes
+    # A class folder the lab may not read (as root every mode is readable: the refusal is made here).
+    real = os.scandir
+
+    def refusing(path):
+        if str(path).endswith("val/red"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+    monkeypatch.setattr(folders.os, "scandir", refusing)
+    with pytest.raises(folders.FolderError, match=r"cannot read .*val/red \(Permission denied\)"):
+        folders.scan("folder:mine", tmp_path)
+    with pytest.raises(DatasetError, match="cannot read"):
+        datasets.load("folder:mine", tmp_path)
