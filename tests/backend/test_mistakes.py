@@ -146,3 +146,27 @@ def test_cifar_thumbnails_come_from_the_test_set_the_job_used(api, tmp_path):
     assert r.status_code == 200
     got = Image.open(io.BytesIO(r.content)).convert("RGB")
     assert got.getpixel((0, 0)) == tuple(int(v) for v in val.images[5][:, 0, 0])  # the very image, upscaled
+
+
+def test_seeds_a_depth_sweep_the_compare_view_and_the_report_take_a_folder(api, tmp_path):
+    from .test_report import _finish
+    home = tmp_path / "home"
+    write_folder(home / "data", "shapes", train=3, val=2, broken=False)
+    cfg = {**TINY, "dataset": "folder:shapes", "train_per_class": None}
+    made = [api.post("/api/experiments", json={"name": f"depth {k}", "group": "mine", "config":
+                                               {**cfg, "trainable_blocks": k}}).json() for k in (0, 1)]
+    rep = api.post(f"/api/experiments/{made[1]['id']}/repeat", json={"seeds": 3})
+    assert rep.status_code == 201, rep.text
+    jobs = [m["jobs"][0]["id"] for m in made + rep.json()["created"]]
+    for jid, acc in zip(jobs, (0.6, 0.8, 0.82, 0.84)):
+        _finish(jid, [acc - 0.1, acc], {"device": "cpu", "precision": "fp32", "trainable_params": 1000})
+    stats = api.get("/api/compare/stats", params={"jobs": ",".join(map(str, jobs))})
+    assert stats.status_code == 200, stats.text
+    depth = api.get("/api/depth", params={"group": "mine"}).json()
+    assert {p["depth"] for p in depth["points"]} == {0, 1} and all(p["dataset"] == "folder:shapes"
+                                                                  for p in depth["points"])
+    md = api.get("/api/report.md", params={"group": "mine"})
+    assert md.status_code == 200 and "folder:shapes" in md.text
+    assert api.get("/api/report.html", params={"group": "mine"}).status_code == 200
+    csv_ = api.get("/api/compare.csv", params={"jobs": ",".join(map(str, jobs))})
+    assert csv_.status_code == 200 and "folder:shapes" in csv_.text
