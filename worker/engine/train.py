@@ -333,10 +333,10 @@ def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, 
     train_seconds = time.perf_counter() - t0
     features.fill("val", None, watch.check, pass_of("val"))
     ev = _evaluate(model, features, labels["val"], cfg, amp, watch, epoch)
-    if keep is not None:
-        keep(epoch, ev["pred"], ev["confidence"])
     synchronize(device)
     seconds = time.perf_counter() - t0
+    if keep is not None:  # after the clock: writing the predictions is no part of the epoch's time
+        keep(epoch, ev["pred"], ev["confidence"])
     with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
         penalty = float(_l2_penalty(model, cfg))
     return epoch_row(epoch=epoch, train_loss=tr["loss"], train_acc=tr["acc"], val_loss=ev["loss"], val_acc=ev["acc"],
