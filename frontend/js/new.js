@@ -20,7 +20,13 @@ function optionValue(o, modelId) {
 
 function setInput(input, o, value) {
   if (o.type === "bool") input.checked = Boolean(value);
-  else input.value = value === null || value === undefined ? "" : String(value);
+  else {
+    const v = value === null || value === undefined ? "" : String(value);
+    // A value the option's pattern allows beyond its choices (a cloned job's folder:NAME): offered, not dropped.
+    if (input.tagName === "SELECT" && v && o.pattern && ![...input.options].some((op) => op.value === v)
+        && new RegExp(`^(?:${o.pattern})$`).test(v)) input.append(el("option", { value: v, text: v }));
+    input.value = v;
+  }
 }
 
 function optionInput(o) {
