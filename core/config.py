@@ -324,8 +324,8 @@ def method_card(cfg: TrainConfig) -> dict:
     training = (f"Adam (lr {cfg.lr:g}, eps {cfg.adam_eps:g}), batch {cfg.batch_size}, {cfg.epochs} epochs; lr x"
                 f"{cfg.lr_factor:g} after {cfg.lr_patience} epochs without a better validation accuracy (Keras "
                 f"semantics), floor {cfg.min_lr:g}")
-    data = (f"{ds.title}: {f'all {ds.train_size:,}' if cfg.train_per_class is None else f'{cfg.train_per_class * classes:,}'} "
-            "training images"
+    used = f"all {ds.train_size:,}" if cfg.train_per_class is None else f"{cfg.train_per_class * classes:,}"
+    data = (f"{ds.title}: {used} training images"
             f"{', random horizontal flip' if cfg.hflip else ', no augmentation'}; validation on "
             f"{f'all {ds.val_size:,}' if cfg.val_limit is None else f'{min(cfg.val_limit, ds.val_size):,}'} "
             f"{'validation' if ds.id.startswith(folders.PREFIX) else 'test'} images, unflipped")

@@ -6,8 +6,9 @@ validation thumbnails through the same code (`val_image`): the one module of cor
 imported by the modules the backend loads at start-up.
 
 Everything lives in uint8 arrays (N, 3, H, W): CIFAR's 32 px, a folder's images resized here to the run's image
-size; the rest of the resizing and normalization happens later, batched, in the engine's `preprocess.py`. The paper's validation set is the CIFAR-10 test set; CIFAR-100's test set plays that part for it
-(its 100 fine labels; the paper has no number on it). Both datasets are located, downloaded (md5-checked) and
+size; the rest of the resizing and normalization happens later, batched, in the engine's `preprocess.py`. The
+paper's validation set is the CIFAR-10 test set; CIFAR-100's test set plays that part for it (its 100 fine labels;
+the paper has no number on it). Both CIFAR datasets are located, downloaded (md5-checked) and
 unpacked by one code path, told apart by their `Layout`.
 """
 from __future__ import annotations

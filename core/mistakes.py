@@ -168,8 +168,9 @@ most confident mistakes first.</p>{more}
 <main>{"".join(cards) or "<p>No mistakes.</p>"}</main>
 <script>
 const t=document.getElementById("t"),p=document.getElementById("p"),n=document.getElementById("n");
-function f(){{let k=0;for(const e of document.querySelectorAll("figure")){{const s=(!t.value||e.dataset.true===t.value)&&
-(!p.value||e.dataset.pred===p.value);e.hidden=!s;k+=s}}n.textContent=k+" shown"}}
+function f(){{let k=0;for(const e of document.querySelectorAll("figure")){{
+const s=(!t.value||e.dataset.true===t.value)&&(!p.value||e.dataset.pred===p.value);e.hidden=!s;k+=s}}
+n.textContent=k+" shown"}}
 t.onchange=p.onchange=f;f();
 </script></body></html>
 """

@@ -112,5 +112,8 @@ def test_the_gallery_fits_800_px_and_pages(trained, browser):
         # The form offers the folder as a dataset.
         page.goto(f"{lab.url}/#/new")
         page.wait_for_selector("#f-dataset option[value='folder:photos']", state="attached")
+        # A clone of the job keeps its folder as the dataset.
+        page.goto(f"{lab.url}/#/new?clone={jid}")
+        page.wait_for_function("() => document.getElementById('f-dataset').value === 'folder:photos'")
     finally:
         ctx.close()

@@ -29,7 +29,8 @@ def _run_dir(db: Session, job_id: int):
 
 
 @router.get("/{job_id}/mistakes")
-def list_mistakes(job_id: IdPath, true: str | None = Query(None, max_length=200, description="true class: name or index"),
+def list_mistakes(job_id: IdPath,
+                  true: str | None = Query(None, max_length=200, description="true class: name or index"),
                   pred: str | None = Query(None, max_length=200, description="predicted class: name or index"),
                   epoch: Epoch = "best", page: int = Query(1, ge=1, le=1_000_000),
                   per_page: int = Query(mistakes.PER_PAGE, ge=1, le=mistakes.MAX_PER_PAGE),
