@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from core import catalogue
+
 VARIANTS = {"paper": {}, "fast": {"precision": "bf16", "tf32": True}, "ieee": {"tf32": False}}
 DEFAULT_VARIANTS = {"single": ["paper", "fast"], "table1": ["paper"]}
 PAPER_SIZE = {"images": catalogue.DATASETS["cifar10"].train_size,  # CIFAR-10's full training and test sets
