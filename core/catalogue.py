@@ -27,8 +27,11 @@ NUM_CLASSES = 10  # CIFAR-10's, the paper's dataset; other datasets say theirs i
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset a run can train on: its classes in label order, whether the paper reports numbers on it, and the
-    official archive's name, size and folder (the engine's data.py reads them; the plan names them in its fixes)."""
+    """A dataset a run can train on: its classes in label order, whether the paper reports numbers on it, the
+    official archive's name, size and folder (core/datasets.py reads them; the plan names them in its fixes), and
+    the size of its training and validation sets, declared here once (the option bounds, the plan, the method card,
+    the API's checks, the benchmark and the form derive from them). A folder of one's own images
+    (`folder:NAME`, core/folders.py) is described by the same class, from what the folder holds."""
     id: str
     title: str
     classes: tuple[str, ...]
@@ -36,6 +39,8 @@ class DatasetSpec:
     archive: str
     folder: str
     archive_mb: int
+    train_size: int
+    val_size: int
 
     @property
     def num_classes(self) -> int:
@@ -45,7 +50,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {d.id: d for d in (
     DatasetSpec("cifar10", "CIFAR-10", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                         "ship", "truck"), in_paper=True,
-                archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py", archive_mb=163),  # 170,498,071 B
+                archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py", archive_mb=163,  # 170,498,071 B
+                train_size=50_000, val_size=10_000),  # 170,498,071 B
     # The 100 fine labels in label order (the archive's `meta` file, fine_label_names).
     DatasetSpec("cifar100", "CIFAR-100", (
         'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl',
@@ -60,12 +66,28 @@ DATASETS: dict[str, DatasetSpec] = {d.id: d for d in (
         'tiger', 'tractor', 'train', 'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf',
         'woman', 'worm'),
                 in_paper=False, archive="cifar-100-python.tar.gz", folder="cifar-100-python",
-                archive_mb=161),  # 169,001,437 bytes
+                archive_mb=161, train_size=50_000, val_size=10_000),  # 169,001,437 bytes
 )}
 
 
-def num_classes(dataset: str = "cifar10") -> int:
-    return DATASETS[dataset].num_classes
+# The largest training and validation sets of the built-in datasets: the bounds of train_per_class and val_limit.
+MAX_TRAIN_PER_CLASS = max(d.train_size // d.num_classes for d in DATASETS.values())
+MAX_VAL_IMAGES = max(d.val_size for d in DATASETS.values())
+
+
+def dataset(name: str, data_dir: Path | None = None) -> DatasetSpec:
+    """The dataset a config names: a built-in one, or `folder:NAME`, read from `<data dir>/folders/NAME` (the
+    settings' data dir unless given; core/folders.py says what it must hold and raises FolderError otherwise)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    from . import folders
+    if not name.startswith(folders.PREFIX):
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} or folder:NAME")
+    return folders.spec(name, data_dir)
+
+
+def num_classes(name: str = "cifar10", data_dir: Path | None = None) -> int:
+    return dataset(name, data_dir).num_classes
 
 
 @dataclass(frozen=True)
@@ -320,7 +342,7 @@ def deit_full_finetune() -> list[dict]:
 
 def paper_row(spec: ModelSpec, dataset: str = "cifar10") -> dict | None:
     """The model's row of Table 1, or None: not a paper model, or a dataset the paper has no number for."""
-    if not DATASETS[dataset].in_paper:
+    if dataset not in DATASETS or not DATASETS[dataset].in_paper:
         return None
     return next((r for r in paper_table1() if r["paper_name"] == spec.paper_name), None)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Literal
 
-from . import catalogue, estimate
+from . import catalogue, estimate, folders
 from .options import Option, opt, options_of
 
 
@@ -20,9 +20,11 @@ from .options import Option, opt, options_of
 class TrainConfig:
     model: str = opt("deit_base_distilled_patch16_224", "the model: a catalogue id, or any timm model name (not in the paper)",
                      advanced=False, label="Model")
-    dataset: Literal["cifar10", "cifar100"] = opt(
-        "cifar10", "the dataset: cifar10 (the paper's) or cifar100 (100 fine labels; the paper has no number for it)",
-        advanced=False, label="Dataset")
+    dataset: str = opt(
+        "cifar10", "the dataset: cifar10 (the paper's), cifar100 (100 fine labels; the paper has no number for it) "
+        "or folder:NAME, your own images in <data dir>/folders/NAME (train/<class>/*, val/<class>/*)",
+        choices=tuple(catalogue.DATASETS), pattern=folders.PREFIX + folders.NAME.pattern,
+        pattern_means="folder:NAME (your images in <data dir>/folders/NAME)", advanced=False, label="Dataset")
     epochs: int = opt(20, "training epochs (paper: at most 20)", ge=1, le=200, advanced=False,
                       affects_result=False, label="Epochs")
     batch_size: int = opt(512, "images per batch (paper: 512; 256 for Swin-B)", ge=1, le=4096, advanced=False,
@@ -56,10 +58,12 @@ class TrainConfig:
     weights: str = opt("hub", "pretrained weights: hub (timm's, cached), none (random init), local (<model>.safetensors "
                        "or .pth in the weights folder: the lab's, --weights-dir, run(weights_dir=)) or, on the CLI, a "
                        ".safetensors/.pth path", web_choices=("hub", "none", "local"))
-    train_per_class: int | None = opt(None, "training images per class, stratified and seeded (paper: all 5,000)",
-                                      ge=1, le=5000, none_means="all", label="Training images per class")
-    val_limit: int | None = opt(None, "validation images (paper: the whole 10,000-image test set)", ge=1, le=10000,
-                                none_means="all 10,000", label="Validation images")
+    train_per_class: int | None = opt(
+        None, "training images per class, stratified and seeded (paper: all 5,000)", ge=1,
+        le=catalogue.MAX_TRAIN_PER_CLASS, none_means="all", label="Training images per class")
+    val_limit: int | None = opt(
+        None, "validation images (paper: the whole 10,000-image test set)", ge=1,
+        le=catalogue.MAX_VAL_IMAGES, none_means="all", label="Validation images")  # all 10,000 on CIFAR
     image_size: int | None = opt(224, "input size the 32 px images are upsampled to (paper: 224 for every model)",
                                  ge=32, le=512, none_means="the weights' own size", label="Image size")
     pooling: Literal["auto", "model", "max", "avg"] = opt(
@@ -250,9 +254,14 @@ def _trainable_part(spec: catalogue.ModelSpec, k: int | None, head_params: int) 
 
 
 def _dataset_text(ds: catalogue.DatasetSpec) -> str:
-    per_class = 50_000 // ds.num_classes
+    if ds.id.startswith(folders.PREFIX):
+        return (f"{ds.title}: your images in <data dir>/{ds.folder}, {ds.num_classes} classes ({ds.train_size:,} "
+                f"training and {ds.val_size:,} validation images listed; unreadable files are skipped), resized to "
+                "the image size, with the weights' normalization and the paper's random horizontal flip; the paper "
+                "has no number for it: no paper number to compare with")
+    per_class = ds.train_size // ds.num_classes
     text = (f"{ds.title}, {ds.num_classes} classes (the full set: {per_class:,} training images per class and a "
-            f"10,000-image test set; the Data row says what this run uses)")
+            f"{ds.val_size:,}-image test set; the Data row says what this run uses)")
     return text + ("" if ds.in_paper else f"; the paper reports no {ds.title} results: no paper number to compare "
                    "with")
 
@@ -263,7 +272,11 @@ def expected_trainable(config: dict[str, Any]) -> int | None:
     spec = catalogue.get(config.get("model", ""))
     if spec is None:
         return None
-    head = spec.head_params(config.get("head_hidden", 256), catalogue.num_classes(config.get("dataset", "cifar10")))
+    try:
+        classes = catalogue.num_classes(config.get("dataset", "cifar10"))
+    except ValueError:  # a folder that is gone or broken: the run itself will say so
+        return None
+    head = spec.head_params(config.get("head_hidden", 256), classes)
     return _trainable_part(spec, config.get("trainable_blocks", 1), head)[1]
 
 
@@ -336,7 +349,7 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     row = catalogue.paper_row(spec, cfg.dataset)
     paper = preset("paper", model=cfg.model)
     image_size = cfg.image_size or spec.native_size
-    ds = catalogue.DATASETS[cfg.dataset]
+    ds = catalogue.dataset(cfg.dataset)
     classes = ds.num_classes
     head_params = spec.head_params(cfg.head_hidden, classes)
     modules, trainable, depth = _trainable_part(spec, cfg.trainable_blocks, head_params)
@@ -349,7 +362,8 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     weights = {"hub": f"{spec.weights_name}: {spec.pretrained_on}", "none": "none: random init (no pretraining)",
                "local": f"a local file: {spec.id}.safetensors (or .pth) in the worker's weights folder"}.get(
                    cfg.weights, f"the file {cfg.weights}")
-    size = f"{image_size} px, bilinear from 32 px" + (
+    source = "the images' own size" if ds.id.startswith(folders.PREFIX) else "32 px"
+    size = f"{image_size} px, bilinear from {source}" + (
         f" (its weights' own size is {spec.native_size})" if spec.native_size != image_size else "")
     precision = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
                  "fp16": "float16 autocast with a dynamic gradient scaler (a speed option for GPUs without native "
@@ -384,10 +398,11 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     training = (f"Adam (lr {cfg.lr:g}, eps {cfg.adam_eps:g}), batch {cfg.batch_size}, {cfg.epochs} epochs; lr x"
                 f"{cfg.lr_factor:g} after {cfg.lr_patience} epochs without a better validation accuracy (Keras "
                 f"semantics), floor {cfg.min_lr:g}")
-    data = (f"{ds.title}: {'all 50,000' if cfg.train_per_class is None else f'{cfg.train_per_class * classes:,}'} "
-            "training images"
+    used = f"all {ds.train_size:,}" if cfg.train_per_class is None else f"{cfg.train_per_class * classes:,}"
+    data = (f"{ds.title}: {used} training images"
             f"{', random horizontal flip' if cfg.hflip else ', no augmentation'}; validation on "
-            f"{'all 10,000' if cfg.val_limit is None else f'{cfg.val_limit:,}'} test images, unflipped")
+            f"{f'all {ds.val_size:,}' if cfg.val_limit is None else f'{min(cfg.val_limit, ds.val_size):,}'} "
+            f"{'validation' if ds.id.startswith(folders.PREFIX) else 'test'} images, unflipped")
     if trainable is None:
         count = "reported by the run (python -m worker.finetune --describe computes it for any depth)"
     elif row is None:
@@ -445,7 +460,7 @@ def _timm_card(cfg: TrainConfig, built: dict | None) -> dict:
     reported it in `built`) where that rule cut and how many parameters train. Facts the catalogue would prove
     (weights' tag and size, normalization, widths) are timm's own here, read by the worker at build time."""
     built = built or {}
-    ds = catalogue.DATASETS[cfg.dataset]
+    ds = catalogue.dataset(cfg.dataset)
     paper = preset("paper", model=cfg.model)
     cut, trainable = built.get("unfreeze_from"), built.get("trainable_params")
     modules = list(built.get("trainable_modules") or [])

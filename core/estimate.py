@@ -67,13 +67,14 @@ def gflops_per_image(model: str, image_size: int | None) -> dict[str, float]:
 
 
 def image_counts(cfg: dict) -> tuple[int, int]:
-    """Training and validation images a config uses (50,000 training images over the dataset's classes: CIFAR-10
-    5,000 per class, CIFAR-100 500; 10,000 test images)."""
+    """Training and validation images a config uses (the dataset's declared sets: CIFAR's 50,000 training images
+    over its classes, 10,000 test images; a folder of one's own images: the images it lists)."""
     per_class = cfg.get("train_per_class")
-    classes = catalogue.num_classes(cfg.get("dataset", "cifar10"))
-    n_train = 50_000 if per_class is None else round(classes * min(per_class, 50_000 // classes))
+    ds = catalogue.dataset(cfg.get("dataset", "cifar10"))
+    classes = ds.num_classes
+    n_train = ds.train_size if per_class is None else round(classes * min(per_class, ds.train_size // classes))
     val = cfg.get("val_limit")
-    return n_train, 10_000 if val is None else min(int(val), 10_000)
+    return n_train, ds.val_size if val is None else min(int(val), ds.val_size)
 
 
 def flip_states(epochs: int, hflip: bool) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class Option:
     none_means: str | None = None
     choices: tuple | None = None  # for the CLI and the engine
     web_choices: tuple | None = None  # for a browser, where they differ (weights: no file paths)
+    pattern: str | None = None  # text also allowed besides the choices, a full-match regex (dataset: folder:NAME)
+    pattern_means: str | None = None  # what the pattern's values are, in words
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
@@ -63,8 +66,9 @@ class Option:
             return None
         if not isinstance(value, str):
             return "must be text"
-        if self.choices and value not in self.choices:
-            return f"must be one of {', '.join(map(str, self.choices))}"
+        if self.choices and value not in self.choices and not (self.pattern and re.fullmatch(self.pattern, value)):
+            also = f" or {self.pattern_means}" if self.pattern else ""
+            return f"must be one of {', '.join(map(str, self.choices))}{also}"
         return None
 
     def public(self) -> dict:
@@ -72,6 +76,7 @@ class Option:
         return {"name": self.name, "label": self.title, "help": self.help, "type": self.type.__name__,
                 "default": self.default, "nullable": self.nullable, "none_means": self.none_means,
                 "choices": list(self.web_choices or self.choices or []) or None, "advanced": self.advanced,
+                "pattern": self.pattern, "pattern_means": self.pattern_means,
                 "min": self.ge if self.ge is not None else self.gt, "max": self.le if self.le is not None else self.lt,
                 "exclusive_min": self.gt is not None, "exclusive_max": self.lt is not None}
 
@@ -88,6 +93,7 @@ def options_of(cls) -> tuple[Option, ...]:
     for f in dataclasses.fields(cls):
         spec = dict(f.metadata["option"])
         base, nullable, choices = _unpack(hints[f.name])
+        choices = spec.pop("choices", choices)  # a str field with a pattern names its fixed choices so
         out.append(Option(name=f.name, type=base, default=f.default, nullable=nullable,
                           choices=choices, **spec))
     return tuple(out)

@@ -30,6 +30,9 @@ RULES = {
     "cli": ("worker", {"backend"}),
     "backend": ("backend", {"worker", *TORCH}),
 }
+# The datasets' loader reads CIFAR's pickles and image folders with numpy and PIL, torch-free, so the engine and the
+# backend's thumbnails read through one loader; no module the backend or core loads at start imports it (below).
+NUMPY_READERS = {"core/datasets.py"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -59,7 +62,9 @@ def test_no_import_runs_back_up(room):
     folder, banned = RULES[room]
     bad = []
     for path in sorted((ROOT / folder).rglob("*.py")):
-        bad += [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(_imports(path)) if _forbidden(m, banned)]
+        allowed = {"numpy"} if str(path.relative_to(ROOT)) in NUMPY_READERS else set()
+        bad += [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(_imports(path))
+                if _forbidden(m, banned - allowed)]
     assert not bad, "\n".join(bad)
 
 
@@ -82,7 +87,8 @@ def test_backend_at_run_time_loads_no_torch_and_no_worker_code():
 
 
 def test_core_at_run_time_is_torch_free():
-    code = ("import core.catalogue, core.config, core.options, core.protocol, core.broker, core.settings, sys; "
+    code = ("import core.catalogue, core.config, core.options, core.protocol, core.broker, core.settings, "
+            "core.folders, core.mistakes, sys; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'numpy', 'backend', "
             "'worker')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -41,9 +41,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from core import catalogue
+
 VARIANTS = {"paper": {}, "fast": {"precision": "bf16", "tf32": True}, "ieee": {"tf32": False}}
 DEFAULT_VARIANTS = {"single": ["paper", "fast"], "table1": ["paper"]}
-PAPER_SIZE = {"images": 50_000, "val_images": 10_000}  # CIFAR-10's full training and test sets
+PAPER_SIZE = {"images": catalogue.DATASETS["cifar10"].train_size,  # CIFAR-10's full training and test sets
+              "val_images": catalogue.DATASETS["cifar10"].val_size}
 
 
 def _dataset(args):

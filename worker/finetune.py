@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("where")
     run.add_argument("--data-dir", type=Path, metavar="DIR",
                      help="the dataset: a folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (CIFAR-100: "
-                          "cifar-100-python/ or cifar-100-python.tar.gz) (required to train; default: none)")
+                          "cifar-100-python/ or cifar-100-python.tar.gz; --dataset folder:NAME: folders/NAME/) "
+                          "(required to train; default: none)")
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="output folder: metrics.jsonl, summary.json, checkpoint.pt; an existing one is resumed "
                           "(required to train; default: none)")
@@ -102,9 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             # Absent = the preset's value; "all"/"none" = None, which differs from the preset where its default
             # is not None (--trainable-blocks all): so an absent flag leaves no attribute at all.
-            training.add_argument(flag, type=_parse(o), choices=o.choices, default=argparse.SUPPRESS, help=_help(o),
-                                  metavar=None if o.choices else o.type.__name__.upper())
+            choices = None if o.pattern else o.choices  # folder:NAME: the option's own check says what is allowed
+            training.add_argument(flag, type=_parse(o), choices=choices, default=argparse.SUPPRESS, help=_help(o),
+                                  metavar=None if choices else o.type.__name__.upper())
     output = p.add_argument_group("output")
+    output.add_argument("--gallery", type=Path, metavar="FILE",
+                        help="write the best epoch's misclassified validation images as one self-contained HTML "
+                             "file (default: none)")
     output.add_argument("--json", action="store_true",
                         help="print only the summary, as JSON on stdout; no bars or epoch lines (default: off)")
     output.add_argument("--verbose", action="store_true",
@@ -315,6 +320,7 @@ def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
             print(f"{a.out} already holds this run, complete ({prior.epoch} of {cfg.epochs} epochs): nothing to "
                   "train. Raise --epochs to train on, or choose another --out. What it found:", file=sys.stderr)
             print(summary_text(summary, a.out), file=sys.stderr)
+        _gallery(a, say)
         return 0
     if prior:
         say(f"resuming {a.out} from epoch {prior.epoch + 1} ({prior.epoch} of {cfg.epochs} epochs done)")
@@ -338,7 +344,17 @@ def train(a: argparse.Namespace, cfg: TrainConfig) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(summary_text(summary, a.out), file=sys.stderr)
+    _gallery(a, say)
     return 0 if summary["status"] == RunStatus.SUCCEEDED else 1
+
+
+def _gallery(a: argparse.Namespace, say) -> None:
+    if a.gallery:
+        from core import mistakes
+        try:
+            say(f"gallery of mistakes: {mistakes.write_gallery(a.out, a.data_dir, a.gallery)}")
+        except mistakes.NoPredictions as e:
+            say(f"no gallery: {e}")
 
 
 def main(argv: list[str] | None = None) -> int:

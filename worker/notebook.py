@@ -189,7 +189,7 @@ class Result:
 
 # -- the run ----------------------------------------------------------------------------------------------------------
 def keyword_terms():
-    """The notebook's terms for a fix (worker/engine/errors.py): a keyword argument of `run`
+    """The notebook's terms for a fix (core/errors.py): a keyword argument of `run`
     (`run(..., weights='none')`), a folder by its keyword (`weights_dir=`). Made on first use: the engine's Terms
     come with the engine, which imports torch."""
     from worker.engine import Terms
@@ -223,13 +223,15 @@ def _interrupts(stop: threading.Event, say):
 def run(model: str | None = None, *, preset: str = "paper", out: str | Path | None = None,
         data_dir: str | Path | None = None, weights_dir: str | Path | None = None,
         cache_dir: str | Path | None = None, teacher_dir: str | Path | None = None, download: bool | None = None,
-        show: bool = True, stop: threading.Event | None = None, **options: Any) -> Result:
+        show: bool = True, stop: threading.Event | None = None, gallery: str | Path | None = None,
+        **options: Any) -> Result:
     """Train one run of the engine in this process and show it live; returns its Result.
 
     model and **options: the lab's options (see `options()`), over `preset`. Folders default to the lab's settings
     (BLOCKLAB_HOME: <home>/data, /weights, /cache/features; runs under <home>/notebook), so the notebook's lab and
     this function share data, weights and feature caches. `download`: may the engine fetch CIFAR (md5-checked);
     default the lab's setting. `stop`: an Event another thread may set (the cell's interrupt does it here).
+    `gallery`: a file to write the best epoch's misclassified validation images to, one self-contained HTML page.
     """
     from worker.engine import USER_ERRORS, Callbacks, SetupError, assemble, lab_paths
     from worker.finetune import Bars
@@ -261,6 +263,7 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
         result = Result(cfg, assembled.complete_summary(), rows, folder)
         if display is not None:
             display(result)
+        _gallery(folder, Path(data_dir) if data_dir else s.data_path, gallery, say)
         return result
     say(f"resuming from epoch {prior.epoch + 1} ({prior.epoch} of {cfg.epochs} done) in {folder}" if prior
         else f"training {cfg.model} for {cfg.epochs} epochs into {folder}")
@@ -294,7 +297,17 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
         display(result)
     elif show:
         print(repr(result))
+    _gallery(folder, paths.data_dir, gallery, print if show else (lambda text: None))
     return result
+
+
+def _gallery(folder: Path, data_dir: Path, gallery: str | Path | None, say) -> None:
+    if gallery:
+        from core import mistakes
+        try:
+            say(f"gallery of mistakes: {mistakes.write_gallery(folder, data_dir, Path(gallery))}")
+        except mistakes.NoPredictions as e:
+            say(f"no gallery: {e}")
 
 
 def options() -> list[dict]:

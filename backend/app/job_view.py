@@ -175,7 +175,7 @@ def effective_config(stored: dict[str, Any]) -> dict[str, Any]:
 
 _SETTINGS = ("image_size", "precision", "tf32", "device", "channels_last", "train_images", "val_images",
              "trainable_params", "total_params", "feature_cache", "resumed_from_epoch", "teacher", "torch_version",
-             "timm_version", "data_fingerprint")
+             "timm_version", "data_fingerprint", "skipped_files")
 
 
 def settings(job: Job) -> dict | None:

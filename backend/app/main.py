@@ -18,7 +18,7 @@ from . import jobs as job_life
 from .db import migrate
 from .ingest import Ingestor
 from .live import live
-from .routers import catalogue, compare, experiments, health, jobs, plan, report, session
+from .routers import catalogue, compare, experiments, health, jobs, mistakes, plan, report, session
 from .security import GUARDS, short_errors
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -67,7 +67,7 @@ def create_app() -> FastAPI:
     async def conflict(request: Request, exc: job_life.Conflict):  # another request changed it first
         return JSONResponse({"detail": str(exc)}, 409)
 
-    for r in (catalogue, experiments, jobs, compare, health, plan, report, session):
+    for r in (catalogue, experiments, jobs, mistakes, compare, health, plan, report, session):
         app.include_router(r.router)
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)

@@ -6,6 +6,7 @@ never accepted (weights is hub, none or local).
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -44,12 +45,21 @@ class _ConfigRules(BaseModel):
                              f"{spec.blocks}, or empty for all (full fine-tuning)")
         return v
 
+    @field_validator("dataset", check_fields=False)
+    @classmethod
+    def _usable_dataset(cls, v: str) -> str:
+        try:
+            catalogue.dataset(v)  # a folder that breaks the layout: FolderError (a ValueError) says what is wrong where
+        except OSError as e:
+            raise ValueError(f"{v}: the folder cannot be read ({e.strerror}: {e.filename})") from None
+        return v
+
     @field_validator("train_per_class", check_fields=False)
     @classmethod
     def _within_the_dataset(cls, v: int | None, info):
         ds = catalogue.DATASETS.get(info.data.get("dataset", "cifar10"))
-        if v is not None and ds is not None and v > 50_000 // ds.num_classes:
-            raise ValueError(f"{ds.title} has {50_000 // ds.num_classes:,} training images per class")
+        if v is not None and ds is not None and v > ds.train_size // ds.num_classes:
+            raise ValueError(f"{ds.title} has {ds.train_size // ds.num_classes:,} training images per class")
         return v
 
     @field_validator("teacher", check_fields=False)
@@ -71,7 +81,11 @@ class _ConfigRules(BaseModel):
 
 def _field(o: Option) -> tuple[Any, Any]:
     choices = o.web_choices or o.choices
-    annotation: Any = Literal[choices] if choices else o.type
+    annotation: Any = Literal[choices] if choices and not o.pattern else o.type
+    if o.pattern:  # the choices or text of the pattern (dataset: folder:NAME)
+        return (annotation | None if o.nullable else annotation, Field(
+            o.default, description=o.help, title=o.title,
+            pattern="^(?:" + "|".join(map(re.escape, choices or ())) + "|" + o.pattern + ")$"))
     if o.nullable:
         annotation = annotation | None
     bounds = {k: getattr(o, k) for k in ("ge", "gt", "le", "lt") if getattr(o, k) is not None}
@@ -148,6 +162,7 @@ class SettingsPublic(BaseModel):
     torch_version: str | None = None
     timm_version: str | None = None
     data_fingerprint: dict | None = None  # {"train", "val"}: hashes of the exact images and labels used
+    skipped_files: dict | None = None  # a folder dataset's unusable files: {"count", "files": [{"path", "why"}]}
 
 
 class AttemptPublic(BaseModel):

@@ -11,6 +11,7 @@ import { jobActions } from "./jobs.js";
 import { phaseText, dryBadge } from "./runs.js";
 import { chartBox, layout, PLOT_CONFIG } from "./charts.js";
 import { confusionFigure, manyClasses, topConfusions } from "./heatmap.js";
+import { mistakesGallery } from "./gallery.js";
 
 // Kept for views that still import it: the job page's own charts use charts.js's layout().
 export const LAYOUT = (title, y) => layout(title, y);
@@ -111,6 +112,8 @@ function ranTable(s) {
     s.resumed_from_epoch ? ["Resumed from epoch", s.resumed_from_epoch] : null,
     s.teacher ? ["Teacher", `job ${s.teacher.job} (${s.teacher.model}); ${s.teacher.reused ? `its stored predictions reused (${int(s.teacher.loaded)})` : "predictions computed by this run"}`] : null,
     s.torch_version ? ["torch / timm", `${s.torch_version} / ${s.timm_version}`] : null,
+    // A folder of one's own images: the files it could not use (unreadable, not images, links out of it).
+    s.skipped_files ? ["Skipped files", `${int(s.skipped_files.count)}${s.skipped_files.count ? ": " + s.skipped_files.files.map((f) => `${f.path} (${f.why})`).join("; ") : ""}${s.skipped_files.count > s.skipped_files.files.length ? " …" : ""}`] : null,
     s.data_fingerprint ? ["Data fingerprint", `train ${String(s.data_fingerprint.train).slice(0, 12)} · val ${String(s.data_fingerprint.val).slice(0, 12)}`] : null,
   ]);
 }
@@ -156,12 +159,13 @@ export async function renderJob(view, id) {
   const settings = el("div", { class: "card", id: "job-settings" });
   const cardBox = el("div", { class: "card method-card", id: "job-card" });
   const notes = el("div", { id: "class-notes" });
+  const gallery = mistakesGallery(id, signal);
   view.append(head, errorBox, fixBox,
     el("div", { class: "grid2 job-plots" }, el("div", { class: "card" }, acc), el("div", { class: "card" }, loss)),
     el("div", { class: "card", id: "job-detail" },
       el("div", { class: "detail-controls" }, el("label", {}, "Epoch: ", epochPick), modeButton),
       el("div", { class: "grid2 job-plots" }, perClass, confusion), notes),
-    settings, cardBox);
+    gallery.node, settings, cardBox);
 
   if (model) {
     config().then((cfg) => showCard(cardBox, current.model, cfg))
@@ -284,7 +288,14 @@ export async function renderJob(view, id) {
       // Many classes: a taller, square-ish matrix (one cell per class pair stays hoverable).
       confusion.plot.style.height = manyClasses(classes) ? "560px" : "";
       const fig = confusionFigure(m.confusion, classes, mode, `Confusion matrix, ${which}${mode === "row" ? " (row %)" : ""}`);
-      confusion.draw(fig.data, fig.layout, PLOT_CONFIG);
+      confusion.draw(fig.data, fig.layout, PLOT_CONFIG).then(() => {
+        // A cell click opens its images in the gallery (one listener, whatever the redraws).
+        if (confusion.plot.removeAllListeners) confusion.plot.removeAllListeners("plotly_click");
+        confusion.plot.on("plotly_click", (ev) => {
+          const [t, p] = ev.points[0].pointIndex || ev.points[0].pointNumber;
+          gallery.open(t, p);
+        });
+      });
     } else confusion.show(`no confusion matrix for ${which || "this epoch"}`);
     notes.replaceChildren(...classNotes(m, classes));
   };
@@ -306,7 +317,7 @@ export async function renderJob(view, id) {
         const [j, ms] = await Promise.all([get(`/api/jobs/${id}`), withMetrics ? get(`/api/jobs/${id}/metrics`) : null]);
         current = j;
         if (ms) metrics = ms;
-        drawHead(); draw(); drawSettings();
+        drawHead(); draw(); drawSettings(); gallery.refresh();
         ensureStream();
       } catch (e) { if (!isAbort(e)) fail(e); }
     })();
@@ -343,5 +354,6 @@ export async function renderJob(view, id) {
   drawHead();
   draw();
   drawSettings();
+  gallery.refresh();
   ensureStream();
 }

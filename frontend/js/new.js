@@ -20,7 +20,13 @@ function optionValue(o, modelId) {
 
 function setInput(input, o, value) {
   if (o.type === "bool") input.checked = Boolean(value);
-  else input.value = value === null || value === undefined ? "" : String(value);
+  else {
+    const v = value === null || value === undefined ? "" : String(value);
+    // A value the option's pattern allows beyond its choices (a cloned job's folder:NAME): offered, not dropped.
+    if (input.tagName === "SELECT" && v && o.pattern && ![...input.options].some((op) => op.value === v)
+        && new RegExp(`^(?:${o.pattern})$`).test(v)) input.append(el("option", { value: v, text: v }));
+    input.value = v;
+  }
 }
 
 function optionInput(o) {
@@ -114,6 +120,16 @@ export function renderNew(view) {
   const followForm = () => showCard(cardBox, chosen(), readConfig(form), "form").then((card) => { if (card) showWarnings(card); });
   form.addEventListener("input", followForm);
   form.addEventListener("change", followForm);
+  // Your own image folders (folder:NAME) join the dataset choices as the server finds them.
+  const byName = Object.fromEntries(inputs.map(([o, input]) => [o.name, input]));
+  const addFolders = () => {
+    const select = byName.dataset;
+    if (!select || select.tagName !== "SELECT") return;
+    const have = new Set([...select.options].map((op) => op.value));
+    for (const d of state.datasets || []) if (!have.has(d.id)) select.append(el("option", { value: d.id, text: d.id }));
+  };
+  (state.datasets ? Promise.resolve(state.datasets) : api("/api/datasets", { signal }))
+    .then((d) => { state.datasets = d; addFolders(); }).catch(() => {});
 
   const resetTo = (config) => {  // values as given; those equal to the model's preset keep following the model
     if (config.model && modelById(config.model)) picker.value = config.model;

@@ -10,7 +10,8 @@ def test_every_dataset_is_served_with_its_classes_in_label_order(api):
     assert list(served) == list(catalogue.DATASETS)
     for d in catalogue.DATASETS.values():
         assert served[d.id] == {"id": d.id, "title": d.title, "classes": list(d.classes),
-                                "num_classes": len(d.classes), "in_paper": d.in_paper}
+                                "num_classes": len(d.classes), "in_paper": d.in_paper, "train_size": d.train_size,
+                                "val_size": d.val_size}
     c100 = served["cifar100"]
     assert c100["num_classes"] == 100 and c100["classes"][:2] == ["apple", "aquarium_fish"]
     assert c100["classes"][-1] == "worm" and not c100["in_paper"]

@@ -159,7 +159,8 @@ def test_config_settings_and_timings(api):
             "device": "cpu", "precision": "fp32", "tf32": False, "channels_last": False, "image_size": 32,
             "train_images": 20, "val_images": 20, "resumed_from_epoch": 0,
             "feature_cache": {"enabled": True, "placement": "memory", "reused": True}, "teacher": None,
-            "torch_version": "2.14.1", "timm_version": "1.0.31", "data_fingerprint": {"train": "ab", "val": "cd"}}
+            "torch_version": "2.14.1", "timm_version": "1.0.31", "data_fingerprint": {"train": "ab", "val": "cd"},
+            "skipped_files": {"count": 1, "files": [{"path": "train/cat/x.png", "why": "not a readable image"}]}}
     _ev(jid, "info", info=info)
     _epoch(jid, 1, seconds=2.0)
     _epoch(jid, 2, seconds=3.0)
@@ -168,7 +169,8 @@ def test_config_settings_and_timings(api):
     assert j["settings"] == {k: info[k] for k in ("image_size", "precision", "tf32", "device", "channels_last",
                                                   "train_images", "val_images", "trainable_params", "total_params",
                                                   "feature_cache", "resumed_from_epoch", "teacher",
-                                                  "torch_version", "timm_version", "data_fingerprint")}
+                                                  "torch_version", "timm_version", "data_fingerprint",
+                                                  "skipped_files")}
     t = j["timings"]
     assert t["queued_s"] == pytest.approx(5, abs=1) and t["setup_s"] == pytest.approx(8, abs=1)
     assert t["train_s"] == 5.0 and t["total_s"] == pytest.approx(15, abs=1)

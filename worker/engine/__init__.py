@@ -2,8 +2,8 @@
 
 Callers import these names from `worker.engine`, never from the module that happens to define them today
 (tests/test_layers.py holds them to it), so a module can move (the builders left train.py) without touching its
-callers. Loaded on first use (PEP 562): importing `worker.engine` or one light module of it (errors.py) does not
-import torch, which costs seconds, until a name that needs it is asked for.
+callers. Loaded on first use (PEP 562): importing `worker.engine` (or asking it for an error type, which lives in
+core) does not import torch, which costs seconds, until a name that needs it is asked for.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ _WHERE = {
     "run": "train", "Callbacks": "train", "Paths": "train", "Diverged": "train", "release_memory": "train",
     "StopRequested": "stop", "Stop": "stop",
     # errors a user can fix, and how a front end phrases their fixes
-    "SetupError": "errors", "Fix": "errors", "Terms": "errors",
-    "WeightsError": "weights", "HubUnavailable": "weights", "DatasetError": "data", "StorageError": "checkpoint",
+    "SetupError": "core.errors", "Fix": "core.errors", "Terms": "core.errors",
+    "WeightsError": "weights", "HubUnavailable": "weights", "DatasetError": "core.datasets", "StorageError": "checkpoint",
     "DeviceError": "device", "TeacherError": "distill",
     # builders and the device
     "build_model": "builders", "make_optimizer": "builders", "grad_scaler": "builders",
@@ -37,7 +37,8 @@ def __getattr__(name: str):
         return importlib.import_module(f"{__name__}.{name}")
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    where = _WHERE[name]  # an engine module, or a torch-free one of core's (a dotted name)
+    value = getattr(importlib.import_module(where if "." in where else f"{__name__}.{where}"), name)
     globals()[name] = value
     return value
 

@@ -21,7 +21,7 @@ from . import checkpoint, train
 from .checkpoint import StorageError
 from .device import DeviceError
 from .distill import TeacherError
-from .errors import Fix, SetupError
+from core.errors import Fix, SetupError
 from .train import Callbacks, Diverged, Paths
 from .weights import resolve_local
 

@@ -26,7 +26,8 @@ FP16_INIT_SCALE = 2.0 ** 16  # the gradient scaler's first scale (PyTorch's defa
 
 
 def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None = None, stop: Stop | None = None,
-                on_progress: Callable[[dict], None] | None = None) -> tuple[SingleBlockModel, Preprocess]:
+                on_progress: Callable[[dict], None] | None = None,
+                data_dir: Path | None = None) -> tuple[SingleBlockModel, Preprocess]:
     """The backbone with its last block unfrozen and the paper's head, and the preprocessing its weights expect.
 
     The paper upsamples every model to 224 (the preset's `image_size`), whatever size its weights were trained at
@@ -39,7 +40,7 @@ def build_model(cfg: TrainConfig, policy: DevicePolicy, weights_dir: Path | None
     data_cfg = resolve_model_data_config(backbone)
     image_size = cfg.image_size or data_cfg["input_size"][-1]
     model = SingleBlockModel(backbone, plan_for(cfg.model, backbone, cfg.pooling), cfg.head_hidden,
-                             cfg.head_dropout, num_classes=catalogue.num_classes(cfg.dataset),
+                             cfg.head_dropout, num_classes=catalogue.num_classes(cfg.dataset, data_dir),
                              head_init=cfg.head_init, bn_momentum=cfg.bn_momentum,
                              trainable_blocks=cfg.trainable_blocks).to(policy.device)
     channels_last = policy.channels_last and model.plan.family == "cnn"

@@ -43,6 +43,7 @@ from .distill import TeacherError, TeacherPredictions, distillation_loss
 from .device import DevicePolicy, fp32_math, precision_name, resolve_device  # resolve_device: tasks.py, bench.py
 from .features import FrozenFeatures
 from .model import SingleBlockModel  # tests patch its methods through this module
+from .predictions import ValPredictions
 from .schedule import PlateauLR
 from .stop import Stop, StopRequested  # StopRequested: callers import it from here
 
@@ -211,12 +212,13 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
 
     # -- model (its weights downloaded when asked), built before the data: a stop is honoured between steps -----
     watch.check()
-    model, prep = build_model(cfg, policy, paths.weights_dir, stop=watch.stop, on_progress=watch.forward)
+    model, prep = build_model(cfg, policy, paths.weights_dir, stop=watch.stop, on_progress=watch.forward,
+                              data_dir=paths.data_dir)
     watch.report(Phase.STARTING, 1, 1, step="model")
     watch.check()
 
     # -- data: uint8 arrays on the training device; every transform is batched -------------------------------
-    train, val = _load_data(cfg, paths, dataset, watch)
+    train, val, dataset = _load_data(cfg, paths, dataset, watch, prep.image_size)
     images = {"train": torch.from_numpy(train.images).to(device), "val": torch.from_numpy(val.images).to(device)}
     labels = {"train": torch.from_numpy(train.labels).to(device), "val": torch.from_numpy(val.labels).to(device)}
     watch.check()
@@ -245,14 +247,17 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
             "unfreeze_from": model.plan.unfreeze_from, "trainable_modules": model.trainable_module_names(),
             "blocks": len(model.blocks), "heads": len(model.heads),
             "native_size": model.backbone.pretrained_cfg.get("input_size", [None])[-1],
+            "skipped_files": cifar.skipped_summary(dataset),  # a folder's unreadable files (None for CIFAR)
             # What a reproduction report needs to say what ran: the library versions and the exact data.
             "torch_version": torch.__version__, "timm_version": timm.__version__, "data_fingerprint": prints}
         log.info("run: %s", json.dumps(info))
         if cb.on_info:
             cb.on_info(info)
 
+        kept = ValPredictions(out_dir, cfg.dataset, dataset.classes, val)  # the mistakes gallery's (core/mistakes.py)
         for epoch in range(progress_.epoch + 1, cfg.epochs + 1):
-            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch, teacher, scaler)
+            row = _epoch(model, optimizer, scheduler.lr, features, labels, cfg, amp, epoch, watch, teacher, scaler,
+                         keep=kept.keep)
             _append_metrics(out_dir, row)
             if row["nonfinite"]:  # a diverged epoch is data, but not a state to resume from
                 if cb.on_epoch:
@@ -260,6 +265,8 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
                 raise Diverged(epoch, row["nonfinite"], info["precision"])
             scheduler.step(row["val_acc"])
             progress_.record(row)
+            if progress_.best_epoch == epoch:
+                kept.best()
             checkpoint.save(out_dir, cfg, progress_, model, optimizer, scheduler, scaler)
             log.info("epoch %d/%d: val_acc %.4f val_loss %.4f (%.1f img/s)", epoch, cfg.epochs, row["val_acc"],
                      row["val_loss"], row["images_per_s"])
@@ -269,10 +276,15 @@ def _train(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10
                 watch.check(force_poll=True)
 
 
-def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None,
-               watch: _Watch) -> tuple[cifar.Split, cifar.Split]:
+def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None, watch: _Watch,
+               image_size: int) -> tuple[cifar.Split, cifar.Split, cifar.Cifar10]:
     """The training subset (stratified and seeded) and the validation images the config asks for (the archive
-    downloaded first when allowed and absent: bytes reported, a stop honoured at every chunk)."""
+    downloaded first when allowed and absent: bytes reported, a stop honoured at every chunk; a folder's images
+    read at the run's image size, counted, a stop honoured between them), and the dataset they come from."""
+    def read(done: int, total: int) -> None:
+        watch.check()
+        watch.report(Phase.LOADING, done, total)
+
     def downloaded(done: int, total: int) -> None:
         watch.stop.check()
         watch.report(Phase.DOWNLOADING, done, total or None, what=catalogue.DATASETS[cfg.dataset].title)
@@ -280,11 +292,11 @@ def _load_data(cfg: TrainConfig, paths: Paths, dataset: cifar.Cifar10 | None,
     if dataset is None:
         watch.report(Phase.LOADING)
         dataset = cifar.load(cfg.dataset, paths.data_dir, paths.allow_download, paths.download_url,
-                             progress=downloaded)
+                             progress=downloaded, image_size=image_size, on_read=read)
     train = cifar.stratified_subset(dataset.train, cfg.train_per_class, cfg.seed)
     val = cifar.limit(dataset.val, cfg.val_limit)
     watch.report(Phase.LOADING, len(train) + len(val), len(train) + len(val))
-    return train, val
+    return train, val, dataset
 
 
 def _setup_teacher(cfg: TrainConfig, paths: Paths, model: SingleBlockModel, policy: DevicePolicy, amp: dict,
@@ -301,7 +313,7 @@ def _setup_teacher(cfg: TrainConfig, paths: Paths, model: SingleBlockModel, poli
 
 def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, cfg: TrainConfig, amp, epoch: int,
            watch: _Watch, teacher: TeacherPredictions | None = None,
-           scaler: torch.amp.GradScaler | None = None) -> dict:
+           scaler: torch.amp.GradScaler | None = None, keep: Callable | None = None) -> dict:
     """One epoch, as the protocol's epoch row: the frozen pass for the flip states this epoch uses and the cache
     lacks (part of the epoch's training time, as when it ran batch by batch), the teacher's predictions the same
     way, training, then validation (its frozen pass in the first epoch)."""
@@ -324,6 +336,8 @@ def _epoch(model, optimizer, lr: float, features: FrozenFeatures, labels: dict, 
     ev = _evaluate(model, features, labels["val"], cfg, amp, watch, epoch)
     synchronize(device)
     seconds = time.perf_counter() - t0
+    if keep is not None:  # after the clock: writing the predictions is no part of the epoch's time
+        keep(epoch, ev["pred"], ev["confidence"])
     with torch.no_grad():  # the penalty at the epoch's end weights, as Keras adds it to its val_loss
         penalty = float(_l2_penalty(model, cfg))
     return epoch_row(epoch=epoch, train_loss=tr["loss"], train_acc=tr["acc"], val_loss=ev["loss"], val_acc=ev["acc"],
@@ -434,7 +448,7 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, wat
     n = len(val_y)
     nb = math.ceil(n / cfg.batch_size)
     loss_sum = torch.zeros((), device=val_y.device)
-    preds = []
+    preds, confs = [], []
     watch.report(Phase.VALIDATING, 0, nb, epoch=epoch)
     with torch.no_grad():
         for b in range(nb):
@@ -444,15 +458,18 @@ def _evaluate(model, features: FrozenFeatures, val_y, cfg: TrainConfig, amp, wat
             with torch.autocast(**amp):
                 logits = model.forward_from_features(feats).float()
             loss_sum += F.cross_entropy(logits, val_y[idx], reduction="sum")
-            preds.append(logits.argmax(1))
+            conf, top = logits.softmax(1).max(1)
+            preds.append(top)
+            confs.append(conf)
             watch.report(Phase.VALIDATING, b + 1, nb, epoch=epoch)
             watch.check()
     pred = torch.cat(preds)
-    k = catalogue.num_classes(cfg.dataset)
+    k = logits.shape[1]  # the head's classes
     confusion = torch.bincount(val_y * k + pred, minlength=k * k).view(k, k).cpu()
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
     return {"loss": float(loss_sum) / n, "acc": float((pred == val_y).float().mean()),
-            "per_class": [round(a, 6) for a in per_class], "confusion": confusion.tolist()}
+            "per_class": [round(a, 6) for a in per_class], "confusion": confusion.tolist(), "pred": pred,
+            "confidence": torch.cat(confs)}
 
 
 def _write_metrics(out_dir: Path, history: list) -> None:

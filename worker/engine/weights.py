@@ -21,7 +21,7 @@ from torch import nn
 from core import catalogue
 from core.protocol import Phase, progress
 
-from .errors import Fix, SetupError
+from core.errors import Fix, SetupError
 from .stop import Stop, StopRequested
 
 HUB_CHUNK_BYTES = 64 << 10  # huggingface_hub reads 10 MiB per chunk: progress and stop checks need finer steps

@@ -43,7 +43,7 @@ def teacher_dir(runs: Path, teacher: int | None) -> Path | None:
 
 
 def form_terms():
-    """The job page's terms for a fix (worker/engine/errors.py): the form's field (`choose weights: none`), a
+    """The job page's terms for a fix (core/errors.py): the form's field (`choose weights: none`), a
     folder as the worker's setting (BLOCKLAB_WEIGHTS_DIR), a switch as the worker's environment variable; then
     resume the job. Made on first use: the engine's Terms come with the engine."""
     from worker.engine import Terms

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from core import catalogue, palette
+from core import catalogue, folders, palette
 from core.config import TrainConfig, config_warnings, method_card, preset, web_options
 from core.protocol import CANCELLABLE, RESUMABLE, TERMINAL, JobStatus
 
@@ -49,12 +49,23 @@ def paper():
             "deit_full_finetune": catalogue.deit_full_finetune()}
 
 
+def _dataset_public(d: catalogue.DatasetSpec) -> dict:
+    return {"id": d.id, "title": d.title, "classes": list(d.classes), "num_classes": d.num_classes,
+            "in_paper": d.in_paper, "train_size": d.train_size, "val_size": d.val_size}
+
+
 @router.get("/datasets")
 def datasets():
-    """Every dataset a job may train on, with its class names in label order (what a job's per-class views name)
-    and whether the paper reports numbers on it (where it does not, comparisons show "no paper number")."""
-    return [{"id": d.id, "title": d.title, "classes": list(d.classes), "num_classes": d.num_classes,
-             "in_paper": d.in_paper} for d in catalogue.DATASETS.values()]
+    """Every dataset a job may train on, with its class names in label order (what a job's per-class views name),
+    the size of its training and validation sets and whether the paper reports numbers on it (where it does not,
+    comparisons show "no paper number"): the built-in ones, then each folder of one's own images found under
+    `<data dir>/folders` (a folder that breaks the layout comes with `error`, what is wrong where, and no classes)."""
+    out = [_dataset_public(d) for d in catalogue.DATASETS.values()]
+    for f in folders.available():
+        out.append(_dataset_public(f["spec"]) if "spec" in f else
+                   {"id": f["id"], "title": f"{f['name']} (your folder)", "classes": [], "num_classes": 0,
+                    "in_paper": False, "train_size": 0, "val_size": 0, "error": f["error"]})
+    return out
 
 
 @router.get("/options")

@@ -83,6 +83,10 @@ def _weights(cfg: dict, rep: dict | None) -> dict:
 def _data(rep: dict | None, dataset: str = "cifar10") -> dict:
     if rep is None:
         return {"state": "unknown", "mb": None, "message": "no worker has reported: start one to check the data"}
+    if dataset not in catalogue.DATASETS:  # a folder of one's own images: the config's check has listed it
+        ds = catalogue.dataset(dataset)
+        return {"state": "present", "mb": 0, "message": f"data: {ds.title}, {ds.train_size:,} training and "
+                f"{ds.val_size:,} validation images in <data dir>/{ds.folder}"}
     ds = catalogue.DATASETS[dataset]
     where = rep.get("data_dir", "the data folder")
     present = rep.get("datasets_present", {}).get(dataset, rep.get("data_present") if dataset == "cifar10" else None)
@@ -151,7 +155,7 @@ def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     est["measured"], est["basis"], est["calibrated_by"] = r["basis"] == "measured", r["basis"], r["from"]
     t4 = estimate.on_t4(cfg)
     est["t4_s"], est["t4"] = t4["seconds"], t4
-    ds = catalogue.DATASETS[cfg.get("dataset", "cifar10")]
+    ds = catalogue.dataset(cfg.get("dataset", "cifar10"))
     pre = {"weights": {**_weights(cfg, rep), "label": f"the pretrained weights of {cfg['model']}"},
            "data": {**_data(rep, ds.id), "label": f"the dataset, {ds.title}"}}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
