@@ -572,11 +572,14 @@ def document(report: Report) -> doc.Document:
             b.append(doc.Para("Not in the catalogue: no method card.", muted=True))
             continue
         b.append(doc.Table(["", ""], [[row["label"], row["value"]] for row in card["rows"]], "method-card"))
-        dev = card["config_deviations"]
+        # The run's length (epochs) changes no epoch's result, but a 3-epoch run is not the paper's 20: listed,
+        # marked as the length, as the job page's card lists it.
+        dev = [(d, "") for d in card["config_deviations"]] + [
+            (d, " (the run's length)") for d in card.get("length_differences") or []]
         b += [doc.Heading(4, "Where the config leaves the paper's preset"),
               doc.Table(["Option", "This run", "Paper preset"],
-                        [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])]
-                         for d in dev], "config-deviations") if dev else doc.Para("Nowhere: the paper's preset."),
+                        [[d["label"] + note, option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])]
+                         for d, note in dev], "config-deviations") if dev else doc.Para("Nowhere: the paper's preset."),
               doc.Heading(4, "Known deviations from the authors' runs"),
               doc.Bullets([([d["what"] + " ", doc.Em("Likely effect:"), " " + d["effect"]], [])
                            for d in card["deviations"]]) if card["deviations"]
