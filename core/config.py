@@ -253,6 +253,21 @@ def _trainable_part(spec: catalogue.ModelSpec, k: int | None, head_params: int) 
             f"the last {k} blocks{of} and the layers after them; the paper trains the last block alone")
 
 
+def _training_text(cfg: TrainConfig) -> str:
+    return (f"Adam (lr {cfg.lr:g}, eps {cfg.adam_eps:g}), batch {cfg.batch_size}, {cfg.epochs} epochs; lr x"
+            f"{cfg.lr_factor:g} after {cfg.lr_patience} epochs without a better validation accuracy (Keras "
+            f"semantics), floor {cfg.min_lr:g}")
+
+
+def _data_text(cfg: TrainConfig, ds: catalogue.DatasetSpec) -> str:
+    """What this run reads of the dataset (the card's Data row, which the Dataset row points to)."""
+    used = f"all {ds.train_size:,}" if cfg.train_per_class is None else f"{cfg.train_per_class * ds.num_classes:,}"
+    val = f"all {ds.val_size:,}" if cfg.val_limit is None else f"{min(cfg.val_limit, ds.val_size):,}"
+    return (f"{ds.title}: {used} training images{', random horizontal flip' if cfg.hflip else ', no augmentation'}"
+            f"; validation on {val} {'validation' if ds.id.startswith(folders.PREFIX) else 'test'} images, "
+            "unflipped")
+
+
 def _dataset_text(ds: catalogue.DatasetSpec) -> str:
     if ds.id.startswith(folders.PREFIX):
         return (f"{ds.title}: your images in <data dir>/{ds.folder}, {ds.num_classes} classes ({ds.train_size:,} "
@@ -395,14 +410,7 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
           f"as keras_train_loss and keras_val_loss")
     init = ("PyTorch's default (Kaiming-uniform kernels, a = sqrt(5); uniform biases)" if cfg.head_init == "torch"
             else "Keras' he_normal kernels (truncated normal, std sqrt(2 / fan_in)), zero biases")
-    training = (f"Adam (lr {cfg.lr:g}, eps {cfg.adam_eps:g}), batch {cfg.batch_size}, {cfg.epochs} epochs; lr x"
-                f"{cfg.lr_factor:g} after {cfg.lr_patience} epochs without a better validation accuracy (Keras "
-                f"semantics), floor {cfg.min_lr:g}")
-    used = f"all {ds.train_size:,}" if cfg.train_per_class is None else f"{cfg.train_per_class * classes:,}"
-    data = (f"{ds.title}: {used} training images"
-            f"{', random horizontal flip' if cfg.hflip else ', no augmentation'}; validation on "
-            f"{f'all {ds.val_size:,}' if cfg.val_limit is None else f'{min(cfg.val_limit, ds.val_size):,}'} "
-            f"{'validation' if ds.id.startswith(folders.PREFIX) else 'test'} images, unflipped")
+    training, data = _training_text(cfg), _data_text(cfg, ds)
     if trainable is None:
         count = "reported by the run (python -m worker.finetune --describe computes it for any depth)"
     elif row is None:
@@ -484,7 +492,8 @@ def _timm_card(cfg: TrainConfig, built: dict | None) -> dict:
                          "local": "a local file in the weights folder"}.get(cfg.weights, f"the file {cfg.weights}")),
             ("Image size", f"{cfg.image_size} px, bilinear from 32 px" if cfg.image_size else
              "the weights' own size"), ("Normalization", "the mean/std timm's pretrained config gives"),
-            ("Precision", cfg.precision), ("Dataset", _dataset_text(ds)),
+            ("Precision", cfg.precision), ("Data", _data_text(cfg, ds)), ("Training", _training_text(cfg)),
+            ("Dataset", _dataset_text(ds)),
             ("Trainable depth", f"{rule}; {where}"), ("Trainable modules", ", ".join(modules) or "-"),
             ("Trainable parameters", count), ("Head", head), ("Pooling", pooling),
             ("Adam epsilon", f"{cfg.adam_eps:g}")]

@@ -50,10 +50,15 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
+def _size(n: int) -> str:
+    """A cache's size: GiB to two decimals, a small one in MiB (a 6.5 MB cache read "0.00 GiB of features")."""
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / (GiB / 1024):.1f} MiB"
+
+
 def place(nbytes: int, limits: Limits, blocks: list[int] | None = None) -> Placement | None:
     """Where `nbytes` of features fit under `limits`; None when nowhere. `blocks`: the sizes of the separate
     allocations (one per split and cached tensor), which pinning rounds one by one."""
-    size = f"{nbytes / GiB:.2f} GiB of features"
+    size = f"{_size(nbytes)} of features"
     no_device = ""
     if limits.device_free is not None:
         if nbytes < 0.6 * limits.device_free - 2 * GiB:

@@ -23,6 +23,11 @@ SYMBOLS = (("diamond", "◆"), ("square", "■"), ("triangle-up", "▲"), ("x", 
            ("triangle-down", "▼"), ("cross", "✚"), ("pentagon", "⬟"), ("hexagon", "⬢"), ("hourglass", "⧗"))
 # A run's shade, by the same place: the model's colour, then mixed toward black (negative) or white (positive).
 SHADES = (0.0, -0.35, 0.3, -0.6, 0.5)
+# A model colour near black (or near white) has no room toward black (white): its shades there all look the same
+# (#111111 gave #0b0b0b and #070707) or fade into the page. Such a colour's runs are shaded only the other way,
+# by these magnitudes (distinct from one another, as SHADES' are).
+ONE_WAY = (0.0, 0.3, 0.5, 0.65, 0.15)
+DARK, LIGHT = 0.2, 0.7  # a colour's luma (0..1) below DARK is shaded only lighter, above LIGHT only darker
 PAPER_DASH, PAPER_BEST_DASH = "dash", "dot"  # the paper's per-epoch curve; its best as a flat line
 TRAIN_DASH = "dashdot"  # a run's training curve, beside its validation curve in the run's look
 KERAS_DASH = "dot"  # with head_l2 on, a run's loss as Keras prints it (the paper's loss is that one)
@@ -47,6 +52,23 @@ def shade(colour: str, amount: float) -> str:
     return "#" + "".join(f"{round(c + (target - c) * abs(amount)):02x}" for c in rgb)
 
 
+def luma(colour: str) -> float:
+    """The perceived lightness of `colour` (#rrggbb), 0 (black) to 1 (white): Rec. 601 weights."""
+    r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def run_shade(base: str, k: int) -> str:
+    """The k-th run's shade of the model colour `base`: SHADES' k-th, or ONE_WAY's away from black or white for
+    a colour too close to it to be shaded both ways."""
+    light = luma(base)
+    if light < DARK:
+        return shade(base, ONE_WAY[k % len(ONE_WAY)])
+    if light > LIGHT:
+        return shade(base, -ONE_WAY[k % len(ONE_WAY)])
+    return shade(base, SHADES[k % len(SHADES)])
+
+
 def run_looks(runs: Iterable[tuple[int, str]]) -> dict[int, dict]:
     """Each run's look, {job id: {colour, symbol, glyph, model_colour}} for runs given as (job id, model): the k-th
     run of a model (in job order, so that a run keeps its look when a later one joins) gets the k-th shade and
@@ -58,6 +80,6 @@ def run_looks(runs: Iterable[tuple[int, str]]) -> dict[int, dict]:
         seen[model] = k + 1
         base = model_colour(model)
         symbol, glyph = SYMBOLS[k % len(SYMBOLS)]
-        out[job_id] = {"colour": shade(base, SHADES[k % len(SHADES)]), "symbol": symbol, "glyph": glyph,
+        out[job_id] = {"colour": run_shade(base, k), "symbol": symbol, "glyph": glyph,
                        "model_colour": base}
     return out

@@ -572,11 +572,14 @@ def document(report: Report) -> doc.Document:
             b.append(doc.Para("Not in the catalogue: no method card.", muted=True))
             continue
         b.append(doc.Table(["", ""], [[row["label"], row["value"]] for row in card["rows"]], "method-card"))
-        dev = card["config_deviations"]
+        # The run's length (epochs) changes no epoch's result, but a 3-epoch run is not the paper's 20: listed,
+        # marked as the length, as the job page's card lists it.
+        dev = [(d, "") for d in card["config_deviations"]] + [
+            (d, " (the run's length)") for d in card.get("length_differences") or []]
         b += [doc.Heading(4, "Where the config leaves the paper's preset"),
               doc.Table(["Option", "This run", "Paper preset"],
-                        [[d["label"], option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])]
-                         for d in dev], "config-deviations") if dev else doc.Para("Nowhere: the paper's preset."),
+                        [[d["label"] + note, option_text(d["option"], d["value"]), option_text(d["option"], d["paper"])]
+                         for d, note in dev], "config-deviations") if dev else doc.Para("Nowhere: the paper's preset."),
               doc.Heading(4, "Known deviations from the authors' runs"),
               doc.Bullets([([d["what"] + " ", doc.Em("Likely effect:"), " " + d["effect"]], [])
                            for d in card["deviations"]]) if card["deviations"]
@@ -600,7 +603,7 @@ def plotly_bundle() -> str:
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#222}
 h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd} h3{font-size:15px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;
+table{border-collapse:collapse;margin:8px 0;font-size:13px;display:block;max-width:100%;overflow-x:auto} th,td{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top} th{background:#f4f4f4} .muted{color:#666} pre{background:#f6f6f6;
 padding:8px;overflow:auto;font-size:12px} .inside-yes{color:#1a7f37} .inside-no{color:#b42318}
 .figure{min-height:420px} code{background:#f3f3f3;padding:0 3px}

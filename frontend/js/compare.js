@@ -6,7 +6,7 @@
 // chart, table and Fig. 2, as in the report; validation loss is drawn beside validation accuracy, training curves on
 // request.
 "use strict";
-import { el, pct, int, plotText, state, api, fail, onLeave, viewSignal, modelById, paperCurve, can } from "./util.js";
+import { el, pct, int, plotText, state, api, fail, onLeave, viewSignal, modelById, paperCurve, can, breakable } from "./util.js";
 import { chartBox, layout, lookSwatch, modelColour, placeLabels } from "./charts.js";
 import { loadRuns, phaseText, phaseDetail, deviations, deviationText, dryBadge, runLabel, repeatPanel, repeatButton } from "./runs.js";
 import { makePicker, modelName } from "./picker.js";
@@ -204,7 +204,7 @@ function tableRows(chosen, varies, looks) {
     const row = el("tr", { "data-job": r.id, class: r.dry_run ? "dry-run" : devs.length ? "deviates" : null },
       el("td", {}, el("a", { href: `#/job/${r.id}`, text: `#${r.id}` })),
       el("td", { class: "name-cell" }, el("span", { class: "name", text: r.experiment_name }), " ", dryBadge(r)),
-      el("td", { class: "model" }, lookSwatch(looks[r.id] || OTHER_LOOK), "\u00a0", r.model),
+      el("td", { class: "model" }, lookSwatch(looks[r.id] || OTHER_LOOK), "\u00a0", breakable(r.model)),
       el("td", { text: m && m.paper_name ? m.paper_name : "–" }),
       el("td", { class: "run-status" }, el("span", { class: `status status-${r.status}`, text: r.status }), what && what !== r.status ? el("div", { class: "phase-text", text: what }) : null),
       el("td", { class: "best", text: `${pct(r.best_val_acc)}${r.best_epoch ? ` (ep. ${r.best_epoch})` : ""}` }),

@@ -159,13 +159,14 @@ export async function renderJob(view, id) {
   const settings = el("div", { class: "card", id: "job-settings" });
   const cardBox = el("div", { class: "card method-card", id: "job-card" });
   const notes = el("div", { id: "class-notes" });
+  const curves = el("div", { class: "grid2 job-plots", id: "job-curves" }, el("div", { class: "card" }, acc), el("div", { class: "card" }, loss));
+  const detail = el("div", { class: "card", id: "job-detail" },
+    el("div", { class: "detail-controls" }, el("label", {}, "Epoch: ", epochPick), modeButton),
+    el("div", { class: "grid2 job-plots" }, perClass, confusion), notes);
+  // A job that ended before its first epoch has nothing to chart: one line says so, not four empty charts.
+  const noEpoch = el("p", { class: "card muted", id: "no-epoch", hidden: true });
   const gallery = mistakesGallery(id, signal);
-  view.append(head, errorBox, fixBox,
-    el("div", { class: "grid2 job-plots" }, el("div", { class: "card" }, acc), el("div", { class: "card" }, loss)),
-    el("div", { class: "card", id: "job-detail" },
-      el("div", { class: "detail-controls" }, el("label", {}, "Epoch: ", epochPick), modeButton),
-      el("div", { class: "grid2 job-plots" }, perClass, confusion), notes),
-    gallery.node, settings, cardBox);
+  view.append(head, errorBox, fixBox, noEpoch, curves, detail, gallery.node, settings, cardBox);
 
   if (model) {
     config().then((cfg) => showCard(cardBox, current.model, cfg))
@@ -251,8 +252,12 @@ export async function renderJob(view, id) {
     const auto = running ? "latest epoch (follows the run)" : `best epoch${current.best_epoch ? ` (${current.best_epoch})` : ""}`;
     epochPick.replaceChildren(el("option", { value: "", text: `auto: ${auto}` }), ...ep.map((e) => el("option", { value: e, text: `epoch ${e}` })));
     epochPick.value = ep.includes(Number(picked)) ? picked : "";
+    const ended = !ep.length && !running;
+    curves.hidden = detail.hidden = ended;
+    noEpoch.hidden = !ended;
     if (!ep.length) {
       const msg = waiting();
+      noEpoch.textContent = msg;
       for (const box of [acc, loss, perClass, confusion]) box.show(msg);
       notes.replaceChildren();
       return;

@@ -117,7 +117,9 @@ export function renderNew(view) {
       if (slot) slot.textContent = w.msg;
     }
   };
-  const followForm = () => showCard(cardBox, chosen(), readConfig(form), "form").then((card) => { if (card) showWarnings(card); });
+  // While a timm name is typed the picker is not what runs: it is greyed out (it showed DeiT-B beside "resnet18").
+  const syncPicker = () => { picker.disabled = other.value.trim() !== ""; picker.title = picker.disabled ? "not used: the timm model name below is" : ""; };
+  const followForm = () => { syncPicker(); return showCard(cardBox, chosen(), readConfig(form), "form").then((card) => { if (card) showWarnings(card); }); };
   form.addEventListener("input", followForm);
   form.addEventListener("change", followForm);
   // Your own image folders (folder:NAME) join the dataset choices as the server finds them.

@@ -2,7 +2,7 @@
 // column header, and per experiment Archive (hidden, data kept) and Delete (a live job refuses; the server's
 // reason is shown on the row). It keeps its own state, so the view's live refresh never loses a filter or a tick.
 "use strict";
-import { el, pct, api, ApiError, showMessage, modelById } from "./util.js";
+import { el, pct, api, ApiError, showMessage, modelById, breakable } from "./util.js";
 import { lookSwatch, modelColour } from "./charts.js";
 import { dryBadge, phaseDetail } from "./runs.js";
 
@@ -109,7 +109,7 @@ export function makePicker({ selected, group, onApply, onChanged }) {
           r.archived ? el("span", { class: "badge archived", text: "archived" }) : null),
         // A compared run in its look (as its curves draw it); any other in its model's colour.
         el("td", { class: "model" }, st.looks[r.id] ? [lookSwatch(st.looks[r.id]), "\u00a0"]
-          : el("span", { class: "swatch", style: `background:${modelColour(r.model)}` }), modelName(r)),
+          : el("span", { class: "swatch", style: `background:${modelColour(r.model)}` }), breakable(modelName(r))),
         el("td", { class: "group", text: r.group || "–" }),
         el("td", {}, el("span", { class: `status status-${r.status}`, text: r.status }), what && what !== r.status ? el("div", { class: "phase-text", text: what }) : null),
         el("td", { text: pct(r.best_val_acc) }), el("td", { class: "actions" }, ...actions(r)));

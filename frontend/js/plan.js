@@ -135,7 +135,9 @@ export function confirmPlan(container, plan, { title, what, signal }) {
     const blocked = items.filter((i) => i.blocked);
     const refName = plan && plan.reference ? plan.reference.name : "a modern GPU";
     const dry = plan && plan.dry_run ? plan.dry_run : null;
-    const changes = dry && dry.changes ? Object.entries(dry.changes).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ")
+    // The server lists what the dry run really changes (it caps, never raises); nothing left to cap: it says so.
+    const changes = dry && dry.changes ? Object.entries(dry.changes).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ") ||
+                                         "the same settings (this run is already as small as a dry run)"
                                        : "fewer epochs and images, small size";
     const choice = (value, label, detail, checked) => el("label", { class: "plan-choice" },
       el("input", { type: "radio", name: "plan-mode", value, checked, id: `plan-mode-${value}` }),

@@ -24,6 +24,9 @@ export const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toF
 export const int = (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US"));
 export const secs = (v) => (v === null || v === undefined ? "–" : v < 90 ? `${Math.round(v)} s` : `${(v / 60).toFixed(1)} min`);
 // Plotly renders a little HTML in legends and hover text: user text goes in as entities only.
+// A timm name (deit_tiny_patch16_224) may wrap after its underscores, never inside a word ("…patch16_22" / "4"):
+// its pieces with a <wbr> after each underscore (the text itself, copied or searched, is unchanged).
+export const breakable = (name) => String(name).split(/(?<=_)/).flatMap((part, i) => (i ? [document.createElement("wbr"), part] : [part]));
 export const plotText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 // With BLOCKLAB_TOKEN set the page asks for the token once and trades it for a session cookie (POST /api/session:

@@ -278,3 +278,19 @@ def test_an_empty_image_size_plans_at_the_weights_own_size(plan_api):
     assert p.status_code == 200, p.text
     sized = plan_api.post("/api/plan", json={"configs": [{"model": "deit_tiny_patch16_224", "image_size": 224}]})
     assert p.json()["items"][0]["memory"]["bytes"] == sized.json()["items"][0]["memory"]["bytes"] > 0
+
+
+def test_the_dry_run_lists_only_what_it_really_changes(plan_api):
+    """A run smaller than DRY_RUN's caps keeps its own values in its dry run: the plan must not offer 50 images per
+    class at 112 px to a 20-image, 64 px run (its dry run runs 20 images at 64 px)."""
+    _send(_report())
+    small = {"model": "deit_tiny_patch16_224", "weights": "none", "epochs": 3, "train_per_class": 20,
+             "val_limit": 200, "image_size": 64}
+    p = plan_api.post("/api/plan", json={"configs": [small]}).json()
+    assert p["dry_run"]["changes"] == {"epochs": DRY_RUN["epochs"]}
+    tiny = plan_api.post("/api/plan", json={"configs": [{**small, "epochs": 1}]}).json()
+    assert tiny["dry_run"]["changes"] == {}  # nothing to cap: the dry run is this run, labelled
+    mixed = plan_api.post("/api/plan", json={"configs": [small, {**small, "image_size": 96, "epochs": 1}]}).json()
+    assert mixed["dry_run"]["changes"] == {"epochs": DRY_RUN["epochs"]}
+    both = plan_api.post("/api/plan", json={"configs": [small, {**small, "train_per_class": None}]}).json()
+    assert both["dry_run"]["changes"] == {"epochs": DRY_RUN["epochs"], "train_per_class": DRY_RUN["train_per_class"]}

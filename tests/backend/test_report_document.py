@@ -172,3 +172,14 @@ def test_the_reports_depth_sweep_rests_on_finished_runs_and_the_live_view_follow
     assert [r.split(" | ")[1] for r in depth_rows] == ["0", "1"] and "99.00%" not in "".join(depth_rows)
     live = api.get("/api/depth", params={"group": "sweep"}).json()["points"]
     assert [p["depth_text"] for p in live] == ["0", "1", "2"]  # the depth view follows the sweep as it runs
+
+
+def test_both_reports_list_a_shorter_run_among_where_it_leaves_the_preset(api):
+    """A 2-epoch run is not the paper's 20-epoch run: the job page's card and the compare view say so, and the
+    report's "Where the config leaves the paper's preset" left the epochs out."""
+    jid = _post(api, "short", "short", model=DENSENET, epochs=2)
+    _finish(jid, [0.5, 0.6])
+    md = api.get("/api/report.md", params={"jobs": str(jid)}).text
+    html = api.get("/api/report.html", params={"jobs": str(jid)}).text
+    assert "| Epochs (the run's length) | 2 | 20 |" in md
+    assert "<td>Epochs (the run&#x27;s length)</td><td>2</td><td>20</td>" in html  # html.escape quotes the '

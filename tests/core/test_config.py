@@ -181,3 +181,14 @@ def test_a_dry_run_caps_a_config_and_never_grows_it():
     assert {k: dry_run(paper)[k] for k in DRY_RUN} == DRY_RUN  # all images, 20 epochs, 224 px -> the dry values
     small = {**paper, "epochs": 1, "train_per_class": 2, "val_limit": 20, "image_size": 32}
     assert dry_run(small) == small
+
+
+@pytest.mark.parametrize("model", ["convnext_atto", "deit_tiny_patch16_224", "vgg19"])
+def test_every_card_has_the_data_row_its_dataset_row_points_to(model):
+    """The Dataset row says "the Data row says what this run uses": a card outside the catalogue had no Data row
+    (nor a Training row), so it said nowhere that a run read 200 images for 3 epochs."""
+    cfg = TrainConfig(model=model, train_per_class=20, val_limit=200, epochs=3, batch_size=32, lr=1e-3)
+    rows = {r["label"]: r["value"] for r in method_card(cfg)["rows"]}
+    assert "the Data row says what this run uses" in rows["Dataset"]
+    assert rows["Data"] == "CIFAR-10: 200 training images, random horizontal flip; validation on 200 test images, unflipped"
+    assert rows["Training"].startswith("Adam (lr 0.001, eps 1e-08), batch 32, 3 epochs;")

@@ -55,3 +55,11 @@ def test_pinning_counts_the_allocators_rounding_per_block():
     limits = dict(host_available=55 * GiB, disk_free=None)  # 0.6 x 55 = 33 GiB
     assert place(need, Limits(**limits)).where == "memory"
     assert place(need, Limits(**limits, pinned=True), blocks) is None  # 32 + 4 GiB pinned > 33
+
+
+def test_a_small_cache_says_its_size_in_mib_not_zero_gib():
+    """A tiny run's cache (6.5 MB: 400 + 200 images of DeiT-Ti at 64 px) read "0.00 GiB of features fit"."""
+    p = place(6_528_000, Limits(host_available=16 * GiB))
+    assert p.where == "memory" and p.reason.startswith("6.2 MiB of features fit in 16.0 GiB available host memory")
+    big = place(31 * GiB, Limits(host_available=64 * GiB))
+    assert big.reason.startswith("31.00 GiB of features")

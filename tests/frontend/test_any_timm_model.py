@@ -20,7 +20,10 @@ def test_a_timm_model_outside_the_catalogue_from_the_form_to_its_job_page(make_l
         page.wait_for_selector(f"#method-card .method-card-body[data-model='{MODEL}']")
         text = page.text_content("#method-card")
         assert "not in the paper" in text and "generic last-block rule" in text
+        assert page.is_disabled("#f-model")  # the typed name runs, not the picker's model: the picker says so
         shot(page, f"new-form-any-timm-model-{width}px")
+    page.fill("#f-timm-model", "")
+    page.wait_for_function("!document.querySelector('#f-model').disabled")  # cleared: the picker's model runs again
     page.fill("#f-timm-model", "tf_efficientnet_lite9")
     page.click("#submit")
     page.wait_for_function("document.querySelector('#err-model').textContent.includes(\"timm's registry\")")

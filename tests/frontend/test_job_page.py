@@ -157,8 +157,12 @@ def test_a_failed_job_shows_its_error_on_the_page(ui_lab, page):
     page.wait_for_selector("#fix-card")
     assert "A file is missing: the pretrained weights of deit_tiny_patch16_224" in page.text_content("#fix-card")
     assert not page.is_visible("button.resume") and page.is_disabled("#fix-run-again")
-    assert "no epoch finished: the job is failed" in page.text_content("#plot-acc-wait")
+    # No epoch to chart: one line says so where four empty charts stood.
+    assert page.text_content("#no-epoch") == "no epoch finished: the job is failed" and page.is_visible("#no-epoch")
+    assert not page.is_visible("#plot-acc") and not page.is_visible("#job-detail")
     shot(page, "job-failed-error")
+    page.set_viewport_size({"width": 800, "height": 900})
+    shot(page, "job-failed-error-800px")
 
 
 def test_cancel_then_force_stop_a_worker_that_does_not_answer(make_lab, page):

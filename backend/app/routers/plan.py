@@ -106,6 +106,19 @@ def _dry(cfg: dict) -> dict:
     return dry_run(cfg)
 
 
+def _dry_changes(configs: list[dict]) -> dict:
+    """What the labelled dry run really changes in these runs, {option: the value it gets}: DRY_RUN caps, never
+    raises, so a run already smaller (train_per_class 20 against the cap's 50) keeps its own and the option is no
+    change; where the runs get different values, "at most" the cap. Listing DRY_RUN itself told a 20-image,
+    64 px run that its dry run would use 50 images at 112 px."""
+    out: dict = {}
+    for k, cap in DRY_RUN.items():
+        got = {_dry(c)[k] for c in configs if _dry(c)[k] != c.get(k)}
+        if got:
+            out[k] = got.pop() if len(got) == 1 else f"at most {cap}"
+    return out
+
+
 def _limits(rep: dict | None) -> memory.Limits | None:
     """The worker's reported limits (worker/queue/report.py), as core.memory reads them; None when unknown."""
     raw = (rep or {}).get("limits")
@@ -206,7 +219,7 @@ def plan(body: PlanRequest):
             "long": any(i["long"] for i in items) if None in (here, ref) else
             (here if here is not None else ref) > s.plan_long_s, "long_threshold_s": s.plan_long_s,
             "blocked": any(i["blocked"] for i in items), "dry_run_applied": body.dry_run,
-            "dry_run": {"changes": dict(DRY_RUN), "total_this_device_s": _total(d["this_device_s"] for d in dry),
+            "dry_run": {"changes": _dry_changes(configs), "total_this_device_s": _total(d["this_device_s"] for d in dry),
                         "total_reference_s": _total(d["reference_s"] for d in dry)}}
 
 
