@@ -1,9 +1,8 @@
-"""Issue 15, items 2-5 and the fixed-shape fill: the feature cache's GPU paths, shown on the CPU.
+"""Issue 15, items 2-5: the feature cache's GPU paths, shown on the CPU (the fill's chunks: test_fill_chunks.py).
 
 Scratch folders are per process and never outlive it; host-resident features go through a reusable (pinned)
 staging buffer and the placement counts what pinning really takes; an epoch reads nothing back from the device
-per batch; free memory counts PyTorch's cached blocks and cgroup limits; the frozen part always runs one batch
-shape. GPU-only branches are forced through the DevicePolicy or by standing in for torch.cuda's readers."""
+per batch; free memory counts PyTorch's cached blocks and cgroup limits. GPU-only branches are forced through the DevicePolicy or by standing in for torch.cuda's readers."""
 import os
 import subprocess
 import sys
@@ -14,11 +13,10 @@ import torch
 
 from core import memory
 from core.config import TrainConfig
-from worker.engine import cachedir, features, limits
+from worker.engine import cachedir, limits
 from worker.engine import train as engine
 from worker.engine.device import DevicePolicy
 from worker.engine.cachedir import CacheDir
-from worker.engine.features import FrozenFeatures
 from worker.engine.store import FeatureStore, Placement
 from worker.engine.train import Paths, run
 
@@ -200,50 +198,6 @@ def test_host_memory_is_limited_by_cgroup_v1(tmp_path, monkeypatch):
     (mem / "memory.limit_in_bytes").write_text(f"{4 * GiB}\n")
     (mem / "memory.usage_in_bytes").write_text(f"{3 * GiB}\n")
     assert limits.host_available_bytes() == GiB  # the container's limit, not the host's MemAvailable
-
-
-# -- the fill's fixed batch shape ----------------------------------------------------------------------------------
-class _RecordingFrozen:
-    """A stand-in frozen part: records each batch size and cuDNN's benchmark flag; per image, a function of the
-    image alone (as the real frozen part in inference mode)."""
-    cacheable = True
-
-    def __init__(self):
-        self.calls = []
-
-    def frozen_features(self, x):
-        self.calls.append((len(x), torch.backends.cudnn.benchmark))
-        return [x.float().mean(dim=(2, 3)) * 2 + x.float()[:, :, 0, 0]]
-
-
-def _prep(images, flip=None):
-    x = images.float()
-    if flip is not None:
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
-
-
-@pytest.mark.parametrize("n,prefilled", [(300, 0.0), (300, 0.7), (300, 0.995), (50, 0.5)])
-def test_the_fill_runs_one_batch_shape_whatever_is_missing(n, prefilled):
-    g = torch.Generator().manual_seed(n + int(prefilled * 1000))
-    images = torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8, generator=g)
-    frozen = _RecordingFrozen()
-    store = FeatureStore(n, 2, [(3,)], torch.float32, Placement("memory", "t"), CPU)
-    ff = FrozenFeatures(frozen, _prep, dict(device_type="cpu", enabled=False), {"train": images},
-                        {"train": store}, {}, None, benchmark=True)
-    ff.fill("train", torch.rand(n, generator=g) < 0.5)  # some states filled already, others not
-    store.filled &= torch.rand(n, 2, generator=g) < prefilled
-    frozen.calls.clear()
-    flips = torch.rand(n, generator=g) < 0.5
-    expect_missing = int(store.missing(torch.arange(n), flips.long()).sum())
-    before = torch.backends.cudnn.benchmark
-    assert ff.fill("train", flips) == expect_missing
-    assert torch.backends.cudnn.benchmark == before  # restored
-    size = min(features.FROZEN_CHUNK, n)
-    assert frozen.calls == [(size, True)] * -(-expect_missing // size)  # every call one shape, benchmark on
-    want = frozen.frozen_features(_prep(images, flips))[0]  # the unpadded computation, all at once
-    got = ff.train(torch.arange(n), flips)[0]
-    torch.testing.assert_close(got, want)
 
 
 # -- item 4: no device-to-host readback per batch --------------------------------------------------------------------

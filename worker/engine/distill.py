@@ -236,12 +236,12 @@ class TeacherPredictions:
             self.model, self.prep = build_teacher(self.tcfg, self.ckpt, self.policy, self.weights_dir, stop=stop,
                                                   on_progress=on_progress)
 
-        def predict(m: torch.Tensor, s: torch.Tensor) -> list[torch.Tensor]:
+        def predict(m: torch.Tensor, s: torch.Tensor, _rows: int) -> list[torch.Tensor]:
             x = self.images[m.to(self.images.device)]
             return [_predict(self.model, self.prep, x, s.bool().to(x.device), self.amp)]
 
         def chunks(todo: torch.Tensor):
-            return (todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK))
+            return ((todo[i:i + CHUNK], len(todo[i:i + CHUNK])) for i in range(0, len(todo), CHUNK))
 
         with stop.guard(self.model) if stop is not None else nullcontext():
             total = fill_missing(self.store, state, predict, chunks, check, report)

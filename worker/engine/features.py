@@ -29,7 +29,9 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -44,10 +46,13 @@ from .weights import fingerprint
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 3  # bump when what is cached or its key changes meaning (3: the key names the cache point)
-# The frozen part runs at most this many images at a time (a batch of 512 at 224 px in pieces): its output per
-# image does not depend on the others, and a stop is checked between pieces and inside each (stop.py), so even
-# the longest layer of one piece is short. Large enough to keep a GPU busy.
+# The uncached path runs the frozen part at most this many images at a time (a batch of 512 at 224 px in pieces):
+# its output per image does not depend on the others, and a stop is checked between pieces and inside each
+# (stop.py), so even the longest layer of one piece is short. The fill measures its own size (ChunkPlan).
 FROZEN_CHUNK = 128
+# The chunk sizes the fill measures, per device type: a CPU's fastest batch is often small (DeiT-Ti's fp32 forward
+# on 2 cores: 41 img/s at 64, 39 at 128), a GPU's larger. Each is capped at the split's size.
+CHUNK_CANDIDATES = {"cuda": (64, 128, 256), "cpu": (16, 32, 64, 128)}
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -56,9 +61,113 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def chunk_size(n: int) -> int:
-    """The one batch size the fill runs the frozen part at for a split of `n` images."""
-    return max(min(FROZEN_CHUNK, n), 1)
+class ChunkPlan:
+    """How the fill cuts the images it lacks into the batches the frozen part runs: sizes by measurement, padding
+    only where fixed shapes buy faster kernels.
+
+    Measuring: the first chunks run each candidate size in turn (real work: their outputs are stored); every chunk
+    after runs the fastest. A plan lives as long as the process (`plan_for`): a worker's later jobs on the same model
+    and a run's later epochs reuse what it measured.
+
+    `fixed_shapes` (CUDA with cuDNN's benchmark mode, which picks kernels by timing once per input shape): each
+    candidate runs twice (its first call pays the kernel selection, the second is its speed), and a last chunk of k
+    images runs padded to the chunk size, its padding discarded, unless computing the padding costs more than the
+    selection a new shape pays ((size - k) x the time per image > the measured selection); a shape already selected
+    runs as it is. Elsewhere (the CPU) no image is ever padded: a chunk is the images it has."""
+
+    def __init__(self, candidates, fixed_shapes: bool = False, sync=lambda: None, clock=time.perf_counter):
+        self.candidates = tuple(sorted(set(candidates)))
+        self.fixed_shapes = fixed_shapes
+        self.sync, self.clock = sync, clock
+        self.per_image: dict[int, float] = {}  # chunk size -> measured seconds per image
+        self.first_call: dict[int, float] = {}  # chunk size -> seconds of its first call (selection included)
+        self.shapes: set[int] = set()  # shapes the frozen part has run (cuDNN keeps its selection per shape)
+        self.flags = {"warm": False}  # the process's first frozen call ran (shared with the capped plans)
+
+    @property
+    def measuring(self) -> bool:
+        return any(c not in self.per_image for c in self.candidates)
+
+    @property
+    def size(self) -> int:
+        """The fastest measured size (the largest candidate while nothing is measured)."""
+        if not self.per_image:
+            return self.candidates[-1]
+        return min(self.per_image, key=lambda c: (self.per_image[c], -c))
+
+    @property
+    def selection_s(self) -> float | None:
+        """What a new shape's first call costs beyond its run (the kernel selection), as measured; None before."""
+        found = [self.first_call[c] - c * self.per_image[c] for c in self.first_call if c in self.per_image]
+        return max(0.0, sorted(found)[len(found) // 2]) if found else None
+
+    def capped(self, n: int) -> "ChunkPlan":
+        """This plan with its candidates capped at a split of `n` images (a candidate larger than the split is the
+        split); the measurements are shared."""
+        capped = {min(c, max(n, 1)) for c in self.candidates}
+        if capped == set(self.candidates):
+            return self
+        out = ChunkPlan(capped, self.fixed_shapes, self.sync, self.clock)
+        out.per_image, out.first_call, out.shapes, out.flags = self.per_image, self.first_call, self.shapes, self.flags
+        return out
+
+    def next(self, left: int) -> tuple[int, int]:
+        """(images, run size) of the next chunk when `left` images are missing: run size > images means padding."""
+        if self.measuring:
+            c = next(c for c in self.candidates if c not in self.per_image)
+            if not self.flags["warm"] and not self.fixed_shapes:
+                c = self.candidates[0]  # the process's first frozen call warms up; measured after
+            return min(c, left), (c if self.fixed_shapes else min(c, left))
+        size = self.size
+        k = min(size, left)
+        if not self.fixed_shapes or k == size or k in self.shapes:
+            return k, k
+        sel = self.selection_s
+        if sel is not None and (size - k) * self.per_image[size] > sel:
+            return k, k  # computing the padding would cost more than selecting kernels for this shape once
+        return k, size
+
+    def record(self, run_size: int, seconds: float) -> None:
+        """A chunk of `run_size` rows (padding included) took `seconds`."""
+        first = run_size not in self.shapes
+        self.shapes.add(run_size)
+        if not self.measuring or run_size not in self.candidates:
+            return
+        if not self.flags["warm"] and not self.fixed_shapes:
+            self.flags["warm"] = True  # the warm-up call: not a speed
+            return
+        if self.fixed_shapes and first:
+            self.first_call[run_size] = seconds
+            return
+        self.per_image.setdefault(run_size, seconds / run_size)
+
+    def chunks(self, todo: torch.Tensor) -> Iterator[tuple[torch.Tensor, int]]:
+        """(indices, rows to run) per chunk of `todo`, in order: rows > indices where the chunk is padded. Each chunk
+        is computed between two steps of the iteration: timed there while measuring, or at a new shape."""
+        i = 0
+        while i < len(todo):
+            k, size = self.next(len(todo) - i)
+            timed = self.measuring or size not in self.shapes
+            if timed:
+                self.sync()
+                t0 = self.clock()
+            yield todo[i:i + k], size
+            if timed:
+                self.sync()
+                self.record(size, self.clock() - t0)
+            i += k
+
+
+_PLANS: dict[tuple, ChunkPlan] = {}  # per process: what the fill measured, per model, size, numerics and device
+
+
+def plan_for(key: tuple, device: torch.device, fixed_shapes: bool) -> ChunkPlan:
+    """The process's chunk plan for `key` (model, split point, image size, numerics, device), made on first use."""
+    full = (*key, str(device), fixed_shapes)
+    if full not in _PLANS:
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        _PLANS[full] = ChunkPlan(CHUNK_CANDIDATES.get(device.type, CHUNK_CANDIDATES["cpu"]), fixed_shapes, sync)
+    return _PLANS[full]
 
 
 def _padded(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -92,11 +201,12 @@ class FrozenFeatures:
     """
 
     def __init__(self, model, prep, amp: dict, images: dict[str, torch.Tensor], stores: dict[str, FeatureStore],
-                 info: dict, cache_dir: CacheDir | None, scratch: Path | None = None, benchmark: bool = False):
+                 info: dict, cache_dir: CacheDir | None, scratch: Path | None = None,
+                 chunking: ChunkPlan | None = None):
         self.model, self.prep, self.amp, self.images = model, prep, amp, images
         self.stores, self.info, self.cache_dir = stores, info, cache_dir
         self.scratch = scratch  # this run's building folder (a disk-placed store): removed by `close`
-        self.benchmark = benchmark  # cuDNN picks kernels by timing, once per shape: the fill's shapes are fixed
+        self.chunking = chunking or ChunkPlan(CHUNK_CANDIDATES["cpu"])  # the fill's chunk sizes and padding
 
     @classmethod
     def setup(cls, cfg, paths, model, prep, policy: DevicePolicy, amp: dict, train, val,
@@ -152,8 +262,10 @@ class FrozenFeatures:
             info["reused"] = True
             log.info("feature cache: reusing %s", hit)
         info["loaded"] = {name: int(s.filled.sum()) for name, s in stores.items()}
-        benchmark = getattr(policy, "cudnn_benchmark", device.type == "cuda")
-        return cls(model, prep, amp, images, stores, info, cdir, scratch, benchmark)
+        chunking = plan_for((cfg.model, model.plan.unfreeze_from, model.cache_at, model.trainable_blocks,
+                             prep.image_size, info["dtype"], str(amp["dtype"]) if amp["enabled"] else "off", cfg.tf32),
+                            device, policy.fixed_shapes)
+        return cls(model, prep, amp, images, stores, info, cdir, scratch, chunking)
 
     @property
     def cached(self) -> bool:
@@ -161,22 +273,18 @@ class FrozenFeatures:
 
     def fill(self, split: str, flips: torch.Tensor | None, check=None, report=None) -> int:
         """The frozen pass for the images of `split` in the state an epoch uses (`flips`: its flip mask; None =
-        unflipped) that the cache lacks. It always runs chunks of one size, FROZEN_CHUNK images (the whole split
-        where it is smaller), the last one padded and its padding discarded: cuDNN (benchmark mode on a GPU) so
-        picks kernels once, whichever images are missing. `check()` runs before each chunk (a stop raises there),
-        `report(done, total)` after it. Returns how many images went through the frozen part (padding not
-        counted)."""
+        unflipped) that the cache lacks, in chunks the chunk plan sizes by measurement (ChunkPlan: padded only on a
+        device whose fixed shapes buy faster kernels, the padding's output discarded). `check()` runs before each
+        chunk (a stop raises there), `report(done, total)` after it. Returns how many images went through the
+        frozen part (padding not counted)."""
         store = self.stores.get(split)
         if store is None:
             return 0
-        size = chunk_size(store.n)
-
-        def chunks(todo):
-            return (todo[i:i + size] for i in range(0, len(todo), size))
-
-        with cudnn_benchmark(self.benchmark):
+        plan = self.chunking.capped(store.n)
+        with cudnn_benchmark(plan.fixed_shapes):
             return fill_missing(store, states_of(flips, store.n),
-                                lambda m, s: self._compute(split, m, s, pad_to=size), chunks, check, report)
+                                lambda m, s, rows: self._compute(split, m, s, pad_to=rows), plan.chunks, check,
+                                report)
 
     def train(self, idx: torch.Tensor, flip: torch.Tensor | None,
               on_device: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[torch.Tensor]:

@@ -164,23 +164,28 @@ def states_of(flips: torch.Tensor | None, n: int) -> torch.Tensor:
     return (flips if flips.device.type == "cpu" else flips.cpu()).long()
 
 
-def fill_missing(store: FeatureStore, state: torch.Tensor, compute: Callable[[torch.Tensor, torch.Tensor], list],
-                 chunks: Callable[[torch.Tensor], Iterable[torch.Tensor]], check: Callable[[], None] | None = None,
-                 report: Callable[[int, int], None] | None = None) -> int:
+def fill_missing(store: FeatureStore, state: torch.Tensor,
+                 compute: Callable[[torch.Tensor, torch.Tensor, int], list],
+                 chunks: Callable[[torch.Tensor], Iterable[tuple[torch.Tensor, int]]],
+                 check: Callable[[], None] | None = None, report: Callable[[int, int], None] | None = None) -> int:
     """Compute and store the values of every image whose pair (image, `state[image]`) the store lacks: `chunks`
-    splits the missing indices into the pieces computed at once, `compute(idx, state)` returns the values of
-    exactly those pairs (one tensor per stored output). `check()` runs before each piece (a stop raises there),
+    splits the missing indices into the pieces computed at once, as (indices, rows to run: more where the piece
+    is padded), and `compute(idx, state, rows)` returns the values of exactly those pairs (one tensor per stored
+    output; padding never reaches the store). `check()` runs before each piece (a stop raises there),
     `report(done, total)` after it. Returns how many images were computed."""
     todo = store.todo(state)
     total = len(todo)
     if total and report:
         report(0, total)
     done = 0
-    for m in chunks(todo):
+    for m, rows in chunks(todo):
         if check:
             check()
         s = state[m]
-        store.put(m, s, compute(m, s))
+        values = compute(m, s, rows)
+        if any(len(v) != len(m) for v in values):
+            raise RuntimeError(f"{len(m)} images computed as {[len(v) for v in values]} rows: padding kept?")
+        store.put(m, s, values)
         done += len(m)
         if report:
             report(done, total)
