@@ -1,33 +1,36 @@
-"""Benchmark: the engine against the loop a user would write from the usual tutorials, side by side.
+"""Benchmark: the engine against the loop a user would write, side by side.
 
-    python -m worker.bench --model deit_tiny_patch16_224 --images 1024 --epochs 3 --batch-size 64   # quick, CPU
-    python -m worker.bench --model deit_base_distilled_patch16_224 --images 50000 --val-images 10000 \\
-        --epochs 20 --ref-epochs 2 --ref-workers 16 --device cuda --json bench-gpu.json            # the GPU figures
-    python -m worker.bench --table1 --images 50000 --val-images 10000 --epochs 20 --device cuda \\
+    python -m worker.bench --data-dir /work/shared/data/cifar10-jpeg75 --images 520 --val-images 256 --epochs 6 \
+        --device cpu                                                   # the CPU figures (DeiT-Ti, 224 px, fp32)
+    python -m worker.bench --model deit_base_distilled_patch16_224 --images 10000 --val-images 2000 \
+        --epochs 6 --device cuda --json bench-gpu.json                # the GPU figures
+    python -m worker.bench --table1 --images 50000 --val-images 10000 --epochs 20 --device cuda \
         --json table1.json                                            # the whole of Table 1, engine only
 
-Both sides train the same model on the same images (generated CIFAR-sized images unless --data-dir is given),
-on the same device, for the same epochs, each in its own process so peak memory is its own. Unset flags take the
-model's paper preset (core/config.py with its catalogue entry: batch 512, 224 px, fp32).
+Unset flags take the model's paper preset (core/config.py with its catalogue entry: batch 512, 224 px, fp32), on
+generated CIFAR-sized images unless --data-dir is given (the first --images training and --val-images test images).
 
-- The reference is the tutorial recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader, a timm model
-  whose parameters are frozen except the last block, a full forward pass every step, fp32 under PyTorch's default
-  TF32 settings.
-- The engine is `worker.engine.train.run` once per variant: "paper" is the paper's preset as Reproduce Table 1 runs
-  it (fp32 with TF32 on GPUs that have it); "fast" adds bf16 autocast; "ieee" turns TF32 off (plain IEEE fp32, as
-  the authors' GPUs computed: what TF32 buys). All use the frozen-feature cache and batched preprocessing on the
-  device.
+By default both sides run in this one process, interleaved epoch by epoch (the plain loop's epoch N, then the
+engine's), so a machine shared with others slows both alike: the plain loop (PlainLoop: the same block trained,
+the same batched preprocessing, a full forward of every training and validation image every epoch) and
+`worker.engine.train.run` in the paper preset. Before and after them the raw forward limit: the frozen model's
+`forward_features` in inference mode at `--limit-batch`, which no loop that sees each image once can beat. It prints
+each epoch of both sides by wall and CPU time, epoch 1, the last epoch and the whole run (each side's setup
+included) with their ratios; then, where the device runs bf16 natively (AVX-512 BF16 or AMX, an Ampere or later
+GPU), the engine in bf16 beside fp32: its times and its effect on the best validation accuracy, a named deviation
+from the paper's fp32. `--json OUT` writes every figure, with the chunk sizes the fill measured and chose.
 
-Prints images/s per training epoch for each side, their ratio and peak memory; `--json OUT` writes every figure
-(per-epoch speeds and times, validation time, time to train all epochs, cache placement and size, peak host and
-device memory, the device and library versions) to one file.
+`--separate` runs each side in its own process instead (peak memory its own), the reference being the tutorial
+recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader; the engine once per variant: "paper" is the
+paper's preset as Reproduce Table 1 runs it (fp32 with TF32 on GPUs that have it); "fast" adds bf16 autocast;
+"ieee" turns TF32 off (plain IEEE fp32, as the authors' GPUs computed: what TF32 buys).
 
 `--table1` times the whole of Table 1 instead, engine only: every paper model (or `--models a,b`) in its paper
 preset, one process each, on the same generated images. Per model it prints the frozen part's plain forward speed
-at a fixed batch (`--frozen-batch`, the fill's chunk), epoch 1 (which includes the frozen pass) and the later
-epochs, epoch 1's speed as a share of that forward, the time to the first curve point, peak GPU and host memory,
-and a projection to the paper's full size (50,000 + 10,000 images, 20 epochs, linear in images and epochs) when
-the run was smaller; then the total.
+at a fixed batch (`--frozen-batch`, by default the chunk size the run's fill measured and chose), epoch 1 (which
+includes the frozen pass) and the later epochs, epoch 1's speed as a share of that forward, the time to the first
+curve point, peak GPU and host memory, and a projection to the paper's full size (50,000 + 10,000 images, 20
+epochs, linear in images and epochs) when the run was smaller; then the total.
 """
 from __future__ import annotations
 
@@ -300,6 +303,7 @@ def run_engine_beside(args, cfg, dataset, between=None) -> dict:
     """The engine's run of `cfg`; `between(epoch)` runs before each of its epochs (the plain loop's epoch of the same
     number, interleaved: both sides see the same moments of a shared machine), its time taken out of the engine's
     whole run."""
+    from worker.engine.features import measured_chunks
     from worker.engine.train import Callbacks, Paths, run
 
     rows, aside, mark = [], [0.0], [0.0]
@@ -324,7 +328,8 @@ def run_engine_beside(args, cfg, dataset, between=None) -> dict:
             "train_s": [r["train_seconds"] for r in rows], "cpu_s": [r["cpu_s"] for r in rows],
             "val_acc": [r["val_acc"] for r in rows], "best_val_acc": s["best_val_acc"], "wall_s": round(wall, 2),
             "feature_cache": cache.get("placement") if cache["enabled"] else "off",
-            "feature_cache_gib": round(cache["bytes"] / 2**30, 3) if cache["enabled"] else None}
+            "feature_cache_gib": round(cache["bytes"] / 2**30, 3) if cache["enabled"] else None,
+            "chunk_sizes": measured_chunks()}
 
 
 def side_by_side(args) -> dict:
@@ -507,7 +512,8 @@ def run_table1_model(args, variant: str) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     cfg = engine_config(args, variant)
-    batch = args.frozen_batch or min(features.FROZEN_CHUNK, args.images)  # the fill's one chunk size
+    measured = [p["size"] for p in features.measured_chunks()]  # the size the run's fill chose here
+    batch = args.frozen_batch or min(measured[0] if measured else features.FROZEN_CHUNK, args.images)
     return {**res, **time_frozen_forward(cfg, batch, args.frozen_iters)}
 
 
@@ -628,8 +634,8 @@ def build_parser():
     p.add_argument("--models", default=None, help="with --table1: comma-separated model ids (default: the ten "
                    "paper models, in Table 1's order)")
     p.add_argument("--frozen-batch", type=int, default=None,
-                   help="with --table1: batch of the plain frozen forward (default: the fill's chunk, "
-                        "features.FROZEN_CHUNK, or all the images where fewer)")
+                   help="with --table1: batch of the plain frozen forward (default: the chunk size the run's fill "
+                        "measured and chose, or all the images where fewer)")
     p.add_argument("--frozen-iters", type=int, default=10, help="with --table1: timed frozen forward batches")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure to this JSON file")
     p.add_argument("--side", default="all", help=argparse.SUPPRESS)  # one side in a child process

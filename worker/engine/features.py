@@ -170,6 +170,16 @@ def plan_for(key: tuple, device: torch.device, fixed_shapes: bool) -> ChunkPlan:
     return _PLANS[full]
 
 
+def measured_chunks() -> list[dict]:
+    """What this process's fills measured, per plan: the model and device, the size chosen, the seconds per image of
+    each size tried, whether shapes are fixed (padding) and the kernel selection a new shape costs (benchmark's
+    report; the GPU check's JSON)."""
+    return [{"plan": [str(k) for k in key], "size": p.size, "fixed_shapes": p.fixed_shapes,
+             "per_image_s": {str(c): round(t, 6) for c, t in sorted(p.per_image.items())},
+             "selection_s": None if p.selection_s is None else round(p.selection_s, 4)}
+            for key, p in _PLANS.items()]
+
+
 def _padded(t: torch.Tensor, size: int) -> torch.Tensor:
     """`t` filled up to `size` rows by repeating its last one (the padding's output is discarded)."""
     if len(t) >= size:
