@@ -317,6 +317,8 @@ def run_engine_beside(args, cfg, dataset, between=None) -> dict:
 
     def on_epoch(row: dict) -> None:
         rows.append({**row, "cpu_s": round(_cpu_s() - mark[0], 3)})
+        print(f"  engine ({cfg.precision}) epoch {row['epoch']}: "
+              f"{row['seconds']:.2f} s", flush=True)
         other(row["epoch"] + 1)
 
     with tempfile.TemporaryDirectory() as out:
@@ -345,7 +347,12 @@ def side_by_side(args) -> dict:
     plain = PlainLoop(args, cfg, train, val, device)
     limit = [plain.forward_limit(args.limit_batch, args.limit_images)]
     plain_rows: list[dict] = []
-    engine = run_engine_beside(args, cfg, dataset, lambda epoch: plain_rows.append(plain.epoch(epoch)))
+    def plain_epoch(epoch: int) -> None:
+        plain_rows.append(plain.epoch(epoch))
+        print(f"  plain loop epoch {epoch}: {plain_rows[-1]['epoch_s']:.2f} s", flush=True)
+
+    print(f"raw forward limit before: {limit[0]['images_per_s']:.1f} img/s", flush=True)
+    engine = run_engine_beside(args, cfg, dataset, plain_epoch)
     limit.append(plain.forward_limit(args.limit_batch, args.limit_images))
     rate = sum(x["images_per_s"] for x in limit) / len(limit)
     ref = {"epoch_s": [r["epoch_s"] for r in plain_rows], "train_s": [r["train_s"] for r in plain_rows],
