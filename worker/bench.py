@@ -323,7 +323,8 @@ def run_engine_beside(args, cfg, dataset, between=None) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        s = run(cfg, Paths(Path("."), Path(out)), Callbacks(on_info=lambda _info: other(1), on_epoch=on_epoch), dataset=dataset)
+        s = run(cfg, Paths(Path("."), Path(out)), Callbacks(on_info=lambda _info: other(1), on_epoch=on_epoch),
+                dataset=dataset)
         wall = time.perf_counter() - t0 - aside[0]
     cache = s["feature_cache"]
     return {"precision": s["precision"], "tf32": cfg.tf32, "epoch_s": [r["seconds"] for r in rows],

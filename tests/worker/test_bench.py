@@ -152,7 +152,8 @@ def test_table1_mode_times_each_model_and_the_total(tmp_path):
     for row in rows.values():
         for k in TABLE1_FIGURES:
             assert isinstance(row[k], (int, float)) and row[k] > 0, (row["model"], k)
-        assert (row["precision"], row["tf32"], row["batch_size"], row["frozen_batch"]) == ("fp32", True, 16, 32)
+        assert (row["precision"], row["tf32"], row["batch_size"]) == ("fp32", True, 16)
+        assert row["frozen_batch"] in (16, 32)  # the chunk size the fill measured and chose (32 images at most)
         assert len(row["epoch_s"]) == 2 and row["later_epoch_s"] == row["epoch_s"][1]
         assert row["first_point_s"] >= row["epoch1_s"] and row["wall_s"] >= sum(row["epoch_s"])
         assert row["projected_paper_s"] > row["wall_s"]  # 50,000 + 10,000 images and 20 epochs take longer
