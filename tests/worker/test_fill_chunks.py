@@ -80,7 +80,7 @@ def test_no_padded_image_is_computed_on_the_cpu(n, prefilled):
 
 
 def test_a_real_cpu_run_computes_each_image_once_and_no_padding(tiny_cifar_dir, tmp_path, monkeypatch):
-    """The engine on the CPU (DeiT-Ti, 200 training images: chunks of 16..128 never divide every fill): the rows
+    """The engine on the CPU (DeiT-Ti, 200 training images: chunks of 32..128 never divide every fill): the rows
     the frozen part sees are the probe and the distinct (image, flip state) pairs the epochs use, nothing more."""
     rows = []
     orig = engine.SingleBlockModel.frozen_features

@@ -50,9 +50,10 @@ CACHE_VERSION = 3  # bump when what is cached or its key changes meaning (3: the
 # its output per image does not depend on the others, and a stop is checked between pieces and inside each
 # (stop.py), so even the longest layer of one piece is short. The fill measures its own size (ChunkPlan).
 FROZEN_CHUNK = 128
-# The chunk sizes the fill measures, per device type: a CPU's fastest batch is often small (DeiT-Ti's fp32 forward
-# on 2 cores: 41 img/s at 64, 39 at 128), a GPU's larger. Each is capped at the split's size.
-CHUNK_CANDIDATES = {"cuda": (64, 128, 256), "cpu": (16, 32, 64, 128)}
+# The chunk sizes the fill measures, per device type: a CPU's fastest batch is often mid-sized (DeiT-Ti's fp32
+# forward on 2 cores: 41 img/s at 64, 39 at 128; 16 measured a third slower than 64), a GPU's larger. Each is
+# capped at the split's size.
+CHUNK_CANDIDATES = {"cuda": (64, 128, 256), "cpu": (32, 64, 128)}
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
