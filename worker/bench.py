@@ -1,33 +1,36 @@
-"""Benchmark: the engine against the loop a user would write from the usual tutorials, side by side.
+"""Benchmark: the engine against the loop a user would write, side by side.
 
-    python -m worker.bench --model deit_tiny_patch16_224 --images 1024 --epochs 3 --batch-size 64   # quick, CPU
-    python -m worker.bench --model deit_base_distilled_patch16_224 --images 50000 --val-images 10000 \\
-        --epochs 20 --ref-epochs 2 --ref-workers 16 --device cuda --json bench-gpu.json            # the GPU figures
-    python -m worker.bench --table1 --images 50000 --val-images 10000 --epochs 20 --device cuda \\
+    python -m worker.bench --data-dir /work/shared/data/cifar10-jpeg75 --images 520 --val-images 256 --epochs 6 \
+        --device cpu                                                   # the CPU figures (DeiT-Ti, 224 px, fp32)
+    python -m worker.bench --model deit_base_distilled_patch16_224 --images 10000 --val-images 2000 \
+        --epochs 6 --device cuda --json bench-gpu.json                # the GPU figures
+    python -m worker.bench --table1 --images 50000 --val-images 10000 --epochs 20 --device cuda \
         --json table1.json                                            # the whole of Table 1, engine only
 
-Both sides train the same model on the same images (generated CIFAR-sized images unless --data-dir is given),
-on the same device, for the same epochs, each in its own process so peak memory is its own. Unset flags take the
-model's paper preset (core/config.py with its catalogue entry: batch 512, 224 px, fp32).
+Unset flags take the model's paper preset (core/config.py with its catalogue entry: batch 512, 224 px, fp32), on
+generated CIFAR-sized images unless --data-dir is given (the first --images training and --val-images test images).
 
-- The reference is the tutorial recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader, a timm model
-  whose parameters are frozen except the last block, a full forward pass every step, fp32 under PyTorch's default
-  TF32 settings.
-- The engine is `worker.engine.train.run` once per variant: "paper" is the paper's preset as Reproduce Table 1 runs
-  it (fp32 with TF32 on GPUs that have it); "fast" adds bf16 autocast; "ieee" turns TF32 off (plain IEEE fp32, as
-  the authors' GPUs computed: what TF32 buys). All use the frozen-feature cache and batched preprocessing on the
-  device.
+By default both sides run in this one process, interleaved epoch by epoch (the plain loop's epoch N, then the
+engine's), so a machine shared with others slows both alike: the plain loop (PlainLoop: the same block trained,
+the same batched preprocessing, a full forward of every training and validation image every epoch) and
+`worker.engine.train.run` in the paper preset. Before and after them the raw forward limit: the frozen model's
+`forward_features` in inference mode at `--limit-batch`, which no loop that sees each image once can beat. It prints
+each epoch of both sides by wall and CPU time, epoch 1, the last epoch and the whole run (each side's setup
+included) with their ratios; then, where the device runs bf16 natively (AVX-512 BF16 or AMX, an Ampere or later
+GPU), the engine in bf16 beside fp32: its times and its effect on the best validation accuracy, a named deviation
+from the paper's fp32. `--json OUT` writes every figure, with the chunk sizes the fill measured and chose.
 
-Prints images/s per training epoch for each side, their ratio and peak memory; `--json OUT` writes every figure
-(per-epoch speeds and times, validation time, time to train all epochs, cache placement and size, peak host and
-device memory, the device and library versions) to one file.
+`--separate` runs each side in its own process instead (peak memory its own), the reference being the tutorial
+recipe: per-image PIL resize + ToTensor + Normalize in a DataLoader; the engine once per variant: "paper" is the
+paper's preset as Reproduce Table 1 runs it (fp32 with TF32 on GPUs that have it); "fast" adds bf16 autocast;
+"ieee" turns TF32 off (plain IEEE fp32, as the authors' GPUs computed: what TF32 buys).
 
 `--table1` times the whole of Table 1 instead, engine only: every paper model (or `--models a,b`) in its paper
 preset, one process each, on the same generated images. Per model it prints the frozen part's plain forward speed
-at a fixed batch (`--frozen-batch`, the fill's chunk), epoch 1 (which includes the frozen pass) and the later
-epochs, epoch 1's speed as a share of that forward, the time to the first curve point, peak GPU and host memory,
-and a projection to the paper's full size (50,000 + 10,000 images, 20 epochs, linear in images and epochs) when
-the run was smaller; then the total.
+at a fixed batch (`--frozen-batch`, by default the chunk size the run's fill measured and chose), epoch 1 (which
+includes the frozen pass) and the later epochs, epoch 1's speed as a share of that forward, the time to the first
+curve point, peak GPU and host memory, and a projection to the paper's full size (50,000 + 10,000 images, 20
+epochs, linear in images and epochs) when the run was smaller; then the total.
 """
 from __future__ import annotations
 
@@ -197,6 +200,253 @@ def summarize(results: dict, epochs: int) -> dict:
     return out
 
 
+# -- side by side in one process (the default) ---------------------------------------------------------------------
+def bf16_native(device) -> bool:
+    """Whether the device runs bf16 matrix work natively (AVX-512 BF16 or AMX on a CPU, compute capability 8.0+ on
+    an NVIDIA GPU): only there is bf16 a speed option worth showing."""
+    from worker.engine import bf16_supported
+    return bf16_supported(device)
+
+
+def _cpu_s() -> float:
+    return time.process_time()  # this process's CPU time: what sharing the machine disturbs least
+
+
+def _splits(args, cfg):
+    """The training and validation images both sides use: the engine's own stratified subset of the real data
+    (--data-dir), or generated images."""
+    from worker.engine import data
+    ds = _dataset(args)
+    return ds, data.stratified_subset(ds.train, cfg.train_per_class, cfg.seed), data.limit(ds.val, cfg.val_limit)
+
+
+class PlainLoop:
+    """The loop a student writes, in the engine's process and on its images: a timm model whose parameters are frozen
+    except the block the engine trains, the paper's head, Adam, a full forward pass for every batch and the whole
+    validation set forwarded after every epoch. Its images are prepared as the engine prepares them (batched
+    resize, normalization and flips on the device), so the comparison is the engine's caching and nothing else."""
+
+    def __init__(self, args, cfg, train, val, device):
+        import torch
+        from timm.data import resolve_model_data_config
+
+        from worker.engine import MLPHead
+        from worker.engine import plan_for
+        from worker.engine import Preprocess
+        from worker.engine import create_backbone
+
+        t0, c0 = time.perf_counter(), _cpu_s()
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.device = cfg, device
+        model = create_backbone(cfg.model, cfg.weights, img_size=cfg.image_size)
+        data_cfg = resolve_model_data_config(model)
+        size = cfg.image_size or data_cfg["input_size"][-1]
+        model.reset_classifier(0)
+        for p in model.parameters():
+            p.requires_grad = False
+        for p in model.get_submodule(plan_for(cfg.model, model).unfreeze_from).parameters():
+            p.requires_grad = True
+        self.backbone = model.to(device)
+        self.net = torch.nn.Sequential(model, MLPHead(model.num_features, cfg.head_hidden)).to(device)
+        self.prep = Preprocess(size, data_cfg["mean"], data_cfg["std"], device)
+        self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=cfg.lr)
+        self.x = {"train": torch.from_numpy(train.images).to(device), "val": torch.from_numpy(val.images).to(device)}
+        self.y = {"train": torch.from_numpy(train.labels).to(device), "val": torch.from_numpy(val.labels).to(device)}
+        self.setup_s, self.setup_cpu_s = time.perf_counter() - t0, _cpu_s() - c0
+
+    def epoch(self, epoch: int) -> dict:
+        import torch
+        import torch.nn.functional as F
+        n, bs = len(self.y["train"]), self.cfg.batch_size
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        perm, flips = torch.randperm(n, generator=g), torch.rand(n, generator=g) < 0.5
+        _sync(self.device)
+        t0, c0 = time.perf_counter(), _cpu_s()
+        self.net.train()
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs].to(self.device)
+            x = self.prep(self.x["train"][idx], flips[perm[i:i + bs]].to(self.device))
+            loss = F.cross_entropy(self.net(x), self.y["train"][idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        _sync(self.device)
+        train_s = time.perf_counter() - t0
+        self.net.eval()
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(self.y["val"]), bs):
+                logits = self.net(self.prep(self.x["val"][i:i + bs]))
+                correct += int((logits.argmax(1) == self.y["val"][i:i + bs]).sum())
+        _sync(self.device)
+        return {"epoch_s": round(time.perf_counter() - t0, 3), "train_s": round(train_s, 3),
+                "cpu_s": round(_cpu_s() - c0, 3), "val_acc": round(correct / len(self.y["val"]), 4)}
+
+    def forward_limit(self, batch: int, images: int) -> dict:
+        """The raw frozen-model speed here: `forward_features` in inference mode on `images` validation images at
+        `batch`, after one warm-up batch. No loop that forwards each image once can beat it."""
+        import torch
+        x = self.x["val"]
+        picks = torch.arange(images) % len(x)
+        with torch.inference_mode():
+            self.backbone.forward_features(self.prep(x[picks[:batch]]))
+            _sync(self.device)
+            t0 = time.perf_counter()
+            for i in range(0, images, batch):
+                self.backbone.forward_features(self.prep(x[picks[i:i + batch]]))
+            _sync(self.device)
+            dt = time.perf_counter() - t0
+        return {"batch": batch, "images": images, "seconds": round(dt, 3), "images_per_s": round(images / dt, 2)}
+
+
+def run_engine_beside(args, cfg, dataset, between=None) -> dict:
+    """The engine's run of `cfg`; `between(epoch)` runs before each of its epochs (the plain loop's epoch of the same
+    number, interleaved: both sides see the same moments of a shared machine), its time taken out of the engine's
+    whole run."""
+    from worker.engine import measured_chunks
+    from worker.engine import Callbacks, Paths, run
+
+    rows, aside, mark = [], [0.0], [0.0]
+
+    def other(epoch: int) -> None:
+        if between is not None and epoch <= cfg.epochs:
+            t0 = time.perf_counter()
+            between(epoch)
+            aside[0] += time.perf_counter() - t0
+        mark[0] = _cpu_s()  # the engine's next epoch starts about now (its CPU clock)
+
+    def on_epoch(row: dict) -> None:
+        rows.append({**row, "cpu_s": round(_cpu_s() - mark[0], 3)})
+        print(f"  engine ({cfg.precision}) epoch {row['epoch']}: "
+              f"{row['seconds']:.2f} s", flush=True)
+        other(row["epoch"] + 1)
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        s = run(cfg, Paths(Path("."), Path(out)), Callbacks(on_info=lambda _info: other(1), on_epoch=on_epoch),
+                dataset=dataset)
+        wall = time.perf_counter() - t0 - aside[0]
+    cache = s["feature_cache"]
+    return {"precision": s["precision"], "tf32": cfg.tf32, "epoch_s": [r["seconds"] for r in rows],
+            "train_s": [r["train_seconds"] for r in rows], "cpu_s": [r["cpu_s"] for r in rows],
+            "val_acc": [r["val_acc"] for r in rows], "best_val_acc": s["best_val_acc"], "wall_s": round(wall, 2),
+            "feature_cache": cache.get("placement") if cache["enabled"] else "off",
+            "feature_cache_gib": round(cache["bytes"] / 2**30, 3) if cache["enabled"] else None,
+            "chunk_sizes": measured_chunks()}
+
+
+def side_by_side(args) -> dict:
+    """The plain loop and the engine interleaved epoch by epoch in this process, the raw forward limit measured
+    before and after them; then, where the device runs bf16 natively, the engine in bf16 (a named deviation)."""
+    import torch
+
+    from worker.engine import resolve_device
+
+    cfg = engine_config(args, "paper")
+    device = resolve_device(args.device)
+    dataset, train, val = _splits(args, cfg)
+    plain = PlainLoop(args, cfg, train, val, device)
+    limit = [plain.forward_limit(args.limit_batch, args.limit_images)]
+    plain_rows: list[dict] = []
+    def plain_epoch(epoch: int) -> None:
+        plain_rows.append(plain.epoch(epoch))
+        print(f"  plain loop epoch {epoch}: {plain_rows[-1]['epoch_s']:.2f} s", flush=True)
+
+    print(f"raw forward limit before: {limit[0]['images_per_s']:.1f} img/s", flush=True)
+    engine = run_engine_beside(args, cfg, dataset, plain_epoch)
+    limit.append(plain.forward_limit(args.limit_batch, args.limit_images))
+    rate = sum(x["images_per_s"] for x in limit) / len(limit)
+    ref = {"epoch_s": [r["epoch_s"] for r in plain_rows], "train_s": [r["train_s"] for r in plain_rows],
+           "cpu_s": [r["cpu_s"] for r in plain_rows], "val_acc": [r["val_acc"] for r in plain_rows]}
+    ref["setup_s"] = round(plain.setup_s, 3)
+    ref["wall_s"] = round(plain.setup_s + sum(ref["epoch_s"]), 2)  # its model and data, then its epochs
+    out = {"mode": "side-by-side", "model": cfg.model, "images": len(train), "val_images": len(val),
+           "epochs": cfg.epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+           "data": str(args.data_dir) if args.data_dir else "generated", "weights": cfg.weights,
+           "forward_limit": {"runs": limit, "images_per_s": round(rate, 2),
+                             "epoch_s": round((len(train) + len(val)) / rate, 3)},
+           "plain": ref, "engine": engine, "environment": {**_device_info(device), "threads": torch.get_num_threads(),
+                                                          "load_average": list(_load())}}
+    out["summary"] = side_by_side_summary(out)
+    native = bf16_native(device)
+    out["bf16"] = {"native": native}
+    if native and "fast" in args.variants:
+        fast = run_engine_beside(args, engine_config(args, "fast"), dataset)
+        out["bf16"].update(engine=fast, **bf16_deviation(engine, fast))
+    return out
+
+
+def _load() -> tuple:
+    try:
+        import os
+        return tuple(round(x, 2) for x in os.getloadavg())
+    except OSError:
+        return ()
+
+
+def side_by_side_summary(r: dict) -> dict:
+    """Epoch 1, the last epoch and the whole run of both sides, their ratios (plain / engine: above 1 the engine is
+    faster), epoch 1 against the forward limit's epoch, and the same ratios by CPU time."""
+    plain, eng = r["plain"], r["engine"]
+
+    def ratio(a, b):
+        return round(a / b, 2) if b else None
+
+    return {"epoch1": {"plain_s": plain["epoch_s"][0], "engine_s": eng["epoch_s"][0],
+                       "speedup": ratio(plain["epoch_s"][0], eng["epoch_s"][0]),
+                       "cpu_speedup": ratio(plain["cpu_s"][0], eng["cpu_s"][0]),
+                       "forward_limit_s": r["forward_limit"]["epoch_s"],
+                       "engine_vs_limit": ratio(r["forward_limit"]["epoch_s"], eng["epoch_s"][0])},
+            "last": {"epoch": len(eng["epoch_s"]), "plain_s": plain["epoch_s"][-1], "engine_s": eng["epoch_s"][-1],
+                     "speedup": ratio(plain["epoch_s"][-1], eng["epoch_s"][-1]),
+                     "cpu_speedup": ratio(plain["cpu_s"][-1], eng["cpu_s"][-1])},
+            "whole": {"plain_s": plain["wall_s"], "engine_s": eng["wall_s"],
+                      "speedup": ratio(plain["wall_s"], eng["wall_s"]),
+                      "cpu_speedup": ratio(sum(plain["cpu_s"]), sum(eng["cpu_s"]))},
+            "per_epoch_speedup": [ratio(p, e) for p, e in zip(plain["epoch_s"], eng["epoch_s"])]}
+
+
+def bf16_deviation(fp32: dict, bf16: dict) -> dict:
+    """bf16 beside fp32, as a named deviation from the paper's numerics: its times and its measured effect on
+    accuracy (the best validation accuracy of the same run in both)."""
+    return {"deviation": "precision bf16 (the paper trained in fp32)",
+            "epoch1_s": bf16["epoch_s"][0], "whole_s": bf16["wall_s"],
+            "speedup_vs_fp32": round(fp32["wall_s"] / bf16["wall_s"], 2) if bf16["wall_s"] else None,
+            "best_val_acc": bf16["best_val_acc"], "fp32_best_val_acc": fp32["best_val_acc"],
+            "accuracy_effect": round(bf16["best_val_acc"] - fp32["best_val_acc"], 4)}
+
+
+def print_side_by_side(r: dict) -> None:
+    s, plain, eng = r["summary"], r["plain"], r["engine"]
+    lim = r["forward_limit"]
+    env = r["environment"]
+    print(f"model {r['model']}, {r['images']} training + {r['val_images']} validation images ({r['data']}), "
+          f"{r['epochs']} epochs, batch {r['batch_size']}, {r['image_size']} px, {eng['precision']}, device "
+          f"{env['device']} ({env['threads']} threads, load average {', '.join(map(str, env['load_average']))}); "
+          f"feature cache {eng['feature_cache']}")
+    print(f"raw forward limit (forward_features, batch {lim['runs'][0]['batch']}, inference): "
+          + " / ".join(f"{x['images_per_s']:.1f}" for x in lim["runs"]) + f" img/s (before / after): an epoch that "
+          f"forwards every training and validation image once takes at least {lim['epoch_s']:.1f} s")
+    print(f"{'epoch':>6} {'plain s':>9} {'engine s':>9} {'speed-up':>9} {'by CPU time':>12}")
+    for i, (p, e) in enumerate(zip(plain["epoch_s"], eng["epoch_s"])):
+        cpu = plain["cpu_s"][i] / eng["cpu_s"][i] if eng["cpu_s"][i] else float("nan")
+        print(f"{i + 1:>6} {p:>9.2f} {e:>9.2f} {p / e:>8.2f}x {cpu:>11.2f}x")
+    w = s["whole"]
+    print(f"{'whole':>6} {w['plain_s']:>9.2f} {w['engine_s']:>9.2f} {w['speedup']:>8.2f}x {w['cpu_speedup']:>11.2f}x"
+          "   (each side's setup included; the engine's checkpoints too)")
+    e1 = s["epoch1"]
+    print(f"epoch 1: {e1['speedup']}x the plain loop, {e1['engine_vs_limit']}x the forward limit's epoch; "
+          f"epoch {s['last']['epoch']}: {s['last']['speedup']}x; whole run: {w['speedup']}x")
+    b = r["bf16"]
+    if not b["native"]:
+        print("bf16: this device has no native bf16 (no AVX-512 BF16 or AMX; a GPU below compute capability 8.0): "
+              "not timed (emulated bf16 runs slower than fp32)")
+    elif "engine" in b:
+        print(f"bf16 (deviation: {b['deviation']}): epoch 1 {b['epoch1_s']:.2f} s, whole run {b['whole_s']:.2f} s "
+              f"({b['speedup_vs_fp32']}x fp32's); best validation accuracy {b['best_val_acc']:.4f} against fp32's "
+              f"{b['fp32_best_val_acc']:.4f} ({b['accuracy_effect']:+.4f})")
+
+
 # -- the whole of Table 1 (--table1) --------------------------------------------------------------------------------
 def _sync(device) -> None:
     import torch
@@ -269,7 +519,8 @@ def run_table1_model(args, variant: str) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     cfg = engine_config(args, variant)
-    batch = args.frozen_batch or min(features.FROZEN_CHUNK, args.images)  # the fill's one chunk size
+    measured = [p["size"] for p in features.measured_chunks()]  # the size the run's fill chose here
+    batch = args.frozen_batch or min(measured[0] if measured else features.FROZEN_CHUNK, args.images)
     return {**res, **time_frozen_forward(cfg, batch, args.frozen_iters)}
 
 
@@ -376,6 +627,11 @@ def build_parser():
     p.add_argument("--ref-epochs", type=int, default=None,
                    help="epochs of the reference loop (default --epochs); its epochs all cost the same")
     p.add_argument("--no-cache", action="store_true", help="engine without its frozen-feature cache")
+    p.add_argument("--separate", action="store_true",
+                   help="each side in its own process (peak memory its own), the reference being the tutorial's "
+                        "DataLoader loop, instead of the plain loop interleaved with the engine in one process")
+    p.add_argument("--limit-batch", type=int, default=64, help="batch of the raw forward limit (side by side)")
+    p.add_argument("--limit-images", type=int, default=256, help="images timed for the raw forward limit")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                    help="engine runs: paper = the preset (fp32, TF32 on GPUs that have it); fast = bf16 autocast; "
                         f"ieee = TF32 off ({OPTIONS_BY_NAME['precision'].name}, {OPTIONS_BY_NAME['tf32'].name} "
@@ -385,12 +641,24 @@ def build_parser():
     p.add_argument("--models", default=None, help="with --table1: comma-separated model ids (default: the ten "
                    "paper models, in Table 1's order)")
     p.add_argument("--frozen-batch", type=int, default=None,
-                   help="with --table1: batch of the plain frozen forward (default: the fill's chunk, "
-                        "features.FROZEN_CHUNK, or all the images where fewer)")
+                   help="with --table1: batch of the plain frozen forward (default: the chunk size the run's fill "
+                        "measured and chose, or all the images where fewer)")
     p.add_argument("--frozen-iters", type=int, default=10, help="with --table1: timed frozen forward batches")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure to this JSON file")
     p.add_argument("--side", default="all", help=argparse.SUPPRESS)  # one side in a child process
     return p
+
+
+def side_by_side_main(args, argv) -> int:
+    report = {"command": ["python", "-m", "worker.bench", *(argv if argv is not None else sys.argv[1:])],
+              **side_by_side(args)}
+    print_side_by_side(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    print("SIDE_BY_SIDE " + json.dumps(report["summary"]))
+    return 0
 
 
 def _child_argv(args, side: str, model: str) -> list[str]:
@@ -436,6 +704,8 @@ def main(argv=None) -> int:
         return 0
     if args.table1:
         return table1_main(args, argv)
+    if not args.separate:
+        return side_by_side_main(args, argv)
     results = {}
     for side in ("reference", *(f"engine-{v}" for v in args.variants)):
         res = _child(args, side)

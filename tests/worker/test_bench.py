@@ -1,6 +1,8 @@
-"""The benchmark script runs end to end and prints its figures (speed itself is measured by running it, not here);
-its one GPU command is rehearsed on the CPU at tiny sizes: the DeiT-B distilled paper preset, the engine's paper
-and fast variants and the reference loop, every figure in one JSON file."""
+"""The benchmark script runs end to end and prints its figures (speed itself is measured by running it, not here):
+side by side in one process by default (the plain loop and the engine interleaved, the raw forward limit, bf16 as a
+named deviation where the device runs it natively), one process per side with --separate; its one GPU command is
+rehearsed on the CPU at tiny sizes: the DeiT-B distilled paper preset, the engine's paper and fast variants and the
+reference loop, every figure in one JSON file."""
 import json
 import subprocess
 import sys
@@ -15,7 +17,8 @@ def _bench(*args, timeout=600):
 
 def test_bench_prints_both_sides_and_their_ratio():
     r = _bench("--model", "deit_tiny_patch16_224", "--images", "64", "--val-images", "32", "--epochs", "2",
-               "--ref-epochs", "1", "--image-size", "32", "--batch-size", "32", "--ref-workers", "0", "--device", "cpu")
+               "--ref-epochs", "1", "--image-size", "32", "--batch-size", "32", "--ref-workers", "0", "--device", "cpu",
+               "--separate")
     lines = r.stdout.splitlines()
     assert any(line.split()[:1] == ["1"] and line.endswith("x") for line in lines)
     res = json.loads(next(line for line in lines if line.startswith("JSON "))[5:])
@@ -28,7 +31,7 @@ def test_the_gpu_command_writes_every_figure_as_json(tmp_path):
     out = tmp_path / "bench.json"
     _bench("--model", "deit_base_distilled_patch16_224", "--images", "64", "--val-images", "32", "--epochs", "2",
            "--ref-epochs", "1", "--image-size", "32", "--batch-size", "32", "--ref-workers", "0", "--device", "cpu",
-           "--json", str(out))
+           "--separate", "--json", str(out))
     report = json.loads(out.read_text())
     sides = report["sides"]
     assert set(sides) == {"reference", "engine-paper", "engine-fast"}
@@ -50,6 +53,71 @@ def test_the_gpu_command_writes_every_figure_as_json(tmp_path):
     assert report["command"][:3] == ["python", "-m", "worker.bench"] and report["epochs"] == 2
 
 
+def test_side_by_side_interleaves_the_plain_loop_and_the_engine_with_the_forward_limit(tiny_cifar_dir, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """The default mode in-process, on CIFAR-10 files (--data-dir): both sides' epochs, alternated (the plain loop's
+    epoch N runs just before the engine's), the forward limit before and after, the summary's three figures, the
+    chunk sizes the fill measured. bf16 is shown where the device runs it natively, with its accuracy effect, and
+    said to be absent elsewhere: the capability is simulated both ways."""
+    from worker import bench
+    from worker.engine import train as engine
+    order = []
+    orig_epoch, orig_plain = engine._epoch, bench.PlainLoop.epoch
+    monkeypatch.setattr(engine, "_epoch", lambda *a, **k: order.append(("engine", a[7])) or orig_epoch(*a, **k))
+    monkeypatch.setattr(bench.PlainLoop, "epoch", lambda self, e: order.append(("plain", e)) or orig_plain(self, e))
+    monkeypatch.setattr(bench, "bf16_native", lambda device: True)
+    out = tmp_path / "side.json"
+    assert bench.main(["--images", "40", "--val-images", "20", "--epochs", "2", "--image-size", "32", "--batch-size",
+                       "16", "--device", "cpu", "--data-dir", str(tiny_cifar_dir), "--limit-images", "16",
+                       "--limit-batch", "8", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert order[:4] == [("plain", 1), ("engine", 1), ("plain", 2), ("engine", 2)]
+    assert order[4:] == [("engine", 1), ("engine", 2)]  # then bf16, engine only
+    assert (report["images"], report["val_images"], report["epochs"]) == (40, 20, 2)
+    plain, eng = report["plain"], report["engine"]
+    assert len(plain["epoch_s"]) == len(eng["epoch_s"]) == len(eng["cpu_s"]) == 2 and eng["precision"] == "fp32"
+    assert len(report["forward_limit"]["runs"]) == 2 and report["forward_limit"]["images_per_s"] > 0
+    s = report["summary"]
+    assert s["epoch1"]["speedup"] == round(plain["epoch_s"][0] / eng["epoch_s"][0], 2)
+    assert s["last"]["epoch"] == 2 and s["whole"]["engine_s"] == eng["wall_s"] > 0
+    assert eng["chunk_sizes"] and all(not c["fixed_shapes"] for c in eng["chunk_sizes"])  # the CPU: never padded
+    b = report["bf16"]
+    assert b["native"] and b["engine"]["precision"] == "bf16" and b["deviation"].startswith("precision bf16")
+    assert b["accuracy_effect"] == round(b["best_val_acc"] - b["fp32_best_val_acc"], 4)
+    text = capsys.readouterr().out
+    assert "raw forward limit" in text and "whole" in text and "bf16 (deviation: precision bf16" in text
+    bench.print_side_by_side({**report, "bf16": {"native": False}})
+    assert "no native bf16" in capsys.readouterr().out
+
+
+def test_a_device_without_native_bf16_runs_no_bf16_engine(monkeypatch):
+    from worker import bench
+    monkeypatch.setattr(bench, "bf16_native", lambda device: False)
+    ran = []
+    monkeypatch.setattr(bench, "PlainLoop", _NoPlain)
+    monkeypatch.setattr(bench, "run_engine_beside", lambda args, cfg, ds, between=None: ran.append(cfg.precision)
+                        or (between and between(1)) or _ENGINE)
+    monkeypatch.setattr(bench, "_splits", lambda args, cfg: (None, [0] * 4, [0] * 2))
+    r = bench.side_by_side(bench.build_parser().parse_args(["--epochs", "1", "--device", "cpu"]))
+    assert ran == ["fp32"] and r["bf16"] == {"native": False}
+
+
+_ENGINE = {"epoch_s": [1.0], "cpu_s": [1.0], "wall_s": 2.0, "precision": "fp32", "best_val_acc": 0.5}
+
+
+class _NoPlain:
+    setup_s = 0.5
+
+    def __init__(self, *a):
+        pass
+
+    def epoch(self, epoch):
+        return {"epoch_s": 3.0, "train_s": 2.0, "cpu_s": 3.0, "val_acc": 0.5}
+
+    def forward_limit(self, batch, images):
+        return {"batch": batch, "images": images, "seconds": 1.0, "images_per_s": float(images)}
+
+
 def test_unset_flags_take_the_models_paper_preset():
     from worker.bench import build_parser, engine_config
     args = build_parser().parse_args(["--model", "swin_base_patch4_window7_224"])
@@ -66,7 +134,7 @@ TABLE1_FIGURES = ("frozen_images_per_s", "epoch1_s", "epoch1_images_per_s", "epo
 
 
 def test_table1_mode_times_each_model_and_the_total(tmp_path):
-    """--table1 on two small models (the ten paper models are the GPU script's, tools/gpu_check_issue15.sh): per
+    """--table1 on two small models (the ten paper models are the GPU script's, tools/gpu_check.sh): per
     model the frozen forward's speed, epoch 1 and the later epochs, peak memory, the first curve point and a
     projection to the paper's size; then the total. A model that cannot run is reported, and the rest still run."""
     out = tmp_path / "t1.json"
@@ -84,7 +152,8 @@ def test_table1_mode_times_each_model_and_the_total(tmp_path):
     for row in rows.values():
         for k in TABLE1_FIGURES:
             assert isinstance(row[k], (int, float)) and row[k] > 0, (row["model"], k)
-        assert (row["precision"], row["tf32"], row["batch_size"], row["frozen_batch"]) == ("fp32", True, 16, 32)
+        assert (row["precision"], row["tf32"], row["batch_size"]) == ("fp32", True, 16)
+        assert row["frozen_batch"] in (16, 32)  # the chunk size the fill measured and chose (32 images at most)
         assert len(row["epoch_s"]) == 2 and row["later_epoch_s"] == row["epoch_s"][1]
         assert row["first_point_s"] >= row["epoch1_s"] and row["wall_s"] >= sum(row["epoch_s"])
         assert row["projected_paper_s"] > row["wall_s"]  # 50,000 + 10,000 images and 20 epochs take longer

@@ -1,9 +1,8 @@
-"""Issue 15, items 2-5 and the fixed-shape fill: the feature cache's GPU paths, shown on the CPU.
+"""Issue 15, items 2-5: the feature cache's GPU paths, shown on the CPU (the fill's chunks: test_fill_chunks.py).
 
 Scratch folders are per process and never outlive it; host-resident features go through a reusable (pinned)
 staging buffer and the placement counts what pinning really takes; an epoch reads nothing back from the device
-per batch; free memory counts PyTorch's cached blocks and cgroup limits; the frozen part always runs one batch
-shape. GPU-only branches are forced through the DevicePolicy or by standing in for torch.cuda's readers."""
+per batch; free memory counts PyTorch's cached blocks and cgroup limits. GPU-only branches are forced through the DevicePolicy or by standing in for torch.cuda's readers."""
 import os
 import subprocess
 import sys
@@ -12,11 +11,13 @@ import time
 import pytest
 import torch
 
+from core import memory
 from core.config import TrainConfig
-from worker.engine import features
+from worker.engine import cachedir, limits
 from worker.engine import train as engine
 from worker.engine.device import DevicePolicy
-from worker.engine.features import CacheDir, FeatureStore, FrozenFeatures, Placement
+from worker.engine.cachedir import CacheDir
+from worker.engine.store import FeatureStore, Placement
 from worker.engine.train import Paths, run
 
 from .readbacks import Readbacks
@@ -55,11 +56,11 @@ def _dead_pid() -> int:
 def test_eviction_removes_stale_scratch_and_counts_live_scratch(tmp_path):
     root = tmp_path / "cache"
     root.mkdir()
-    host = features._HOST
+    host = cachedir.HOST
     dead = root / f".k1.building.{host}.{_dead_pid()}.aa"  # its process is gone: a crash or a kill
     live = root / f".k2.building.{host}.{os.getppid()}.bb"  # another live process's build
     legacy = root / ".k3.building"  # a name from before scratch names carried a pid, untouched for two days
-    old = time.time() - 2 * features.STALE_SCRATCH_S
+    old = time.time() - 2 * cachedir.STALE_SCRATCH_S
     for d, size in ((dead, 1000), (live, 3000), (legacy, 1000)):
         d.mkdir()
         (d / "input0.npy").write_bytes(b"x" * size)
@@ -78,7 +79,7 @@ def test_eviction_removes_stale_scratch_and_counts_live_scratch(tmp_path):
 def test_no_scratch_folder_outlives_a_run_that_ends_or_fails(tiny_cifar_dir, tmp_path, monkeypatch):
     """Disk placement (no host memory): the building folder goes on success (its cache kept as an entry) and on
     a failure (here an error in the first epoch's training); the CUDA cache is emptied either way."""
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 0)
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 0)
     released = []
     monkeypatch.setattr(engine, "release_memory", lambda device: released.append(device))
     cache = tmp_path / "cache"
@@ -132,15 +133,15 @@ def test_host_features_go_through_one_reused_pinned_staging_buffer(monkeypatch):
 
 
 def test_the_placement_check_counts_the_pinned_allocators_rounding(monkeypatch):
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 12 * GiB)  # 0.6 x 12 = 7.2 GiB to use
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 12 * GiB)  # 0.6 x 12 = 7.2 GiB to use
     pinned, plain = CPU.replace(pin_memory=True), CPU
     need = 5 * GiB + 1  # pins 8 GiB
-    assert features.choose_placement(need, plain, None).where == "memory"
-    assert features.choose_placement(need, pinned, None) is None
+    assert limits.choose_placement(need, plain, None).where == "memory"
+    assert limits.choose_placement(need, pinned, None) is None
     blocks = [3 * GiB + 1, GiB + 1]  # 4 + 2 GiB pinned: fits
-    p = features.choose_placement(sum(blocks), pinned, None, blocks)
+    p = limits.choose_placement(sum(blocks), pinned, None, blocks)
     assert p.where == "memory" and "6.00 GiB as the allocator rounds" in p.reason
-    assert features.pinned_bytes(GiB) == GiB and features.pinned_bytes(GiB + 1) == 2 * GiB
+    assert memory.pinned_bytes(GiB) == GiB and memory.pinned_bytes(GiB + 1) == 2 * GiB
 
 
 # -- item 5: free memory -------------------------------------------------------------------------------------------
@@ -149,10 +150,10 @@ def test_device_free_memory_counts_pytorchs_cached_blocks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 30 * GiB)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 2 * GiB)
     gpu = DevicePolicy(torch.device("cuda"), device_free_bytes=lambda: 10 * GiB)
-    assert features.device_free_bytes(gpu) == 38 * GiB
-    p = features.choose_placement(20 * GiB, gpu, None)
+    assert limits.device_free_bytes(gpu) == 38 * GiB
+    p = limits.choose_placement(20 * GiB, gpu, None)
     assert p.where == "device"  # 20 < 0.6 x 38 - 2; with mem_get_info alone it went to the host
-    assert features.device_free_bytes(CPU.replace(device_free_bytes=lambda: 5)) == 5  # no cuda calls on a CPU
+    assert limits.device_free_bytes(CPU.replace(device_free_bytes=lambda: 5)) == 5  # no cuda calls on a CPU
 
 
 def test_release_memory_empties_the_cuda_cache(monkeypatch):
@@ -167,24 +168,24 @@ def test_release_memory_empties_the_cuda_cache(monkeypatch):
 def _fake_proc(tmp_path, monkeypatch, cgroup_line, mem_available=100 * GiB):
     (tmp_path / "meminfo").write_text(f"MemTotal: 999 kB\nMemAvailable: {mem_available // 1024} kB\n")
     (tmp_path / "cgroup").write_text(cgroup_line + "\n")
-    monkeypatch.setattr(features, "MEMINFO", tmp_path / "meminfo")
-    monkeypatch.setattr(features, "SELF_CGROUP", tmp_path / "cgroup")
-    monkeypatch.setattr(features, "CGROUP_ROOT", tmp_path / "fs")
+    monkeypatch.setattr(limits, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(limits, "SELF_CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(limits, "CGROUP_ROOT", tmp_path / "fs")
 
 
 def test_host_memory_is_limited_by_cgroup_v2(tmp_path, monkeypatch):
     _fake_proc(tmp_path, monkeypatch, "0::/worker")
-    assert features._host_available_bytes() == 100 * GiB  # no cgroup folder: MemAvailable
+    assert limits.host_available_bytes() == 100 * GiB  # no cgroup folder: MemAvailable
     job = tmp_path / "fs" / "worker"
     job.mkdir(parents=True)
     (job / "memory.max").write_text(f"{8 * GiB}\n")
     (job / "memory.current").write_text(f"{6 * GiB}\n")
     (job / "memory.stat").write_text(f"anon 1\ninactive_file {GiB}\nactive_file 5\n")
-    assert features._host_available_bytes() == 3 * GiB  # 8 - 6 + the reclaimable page cache
+    assert limits.host_available_bytes() == 3 * GiB  # 8 - 6 + the reclaimable page cache
     (job / "memory.max").write_text("max\n")
     (tmp_path / "fs" / "memory.max").write_text(f"{7 * GiB}\n")  # a limit further up applies too
     (tmp_path / "fs" / "memory.current").write_text(f"{5 * GiB}\n")
-    assert features._host_available_bytes() == 2 * GiB
+    assert limits.host_available_bytes() == 2 * GiB
 
 
 def test_host_memory_is_limited_by_cgroup_v1(tmp_path, monkeypatch):
@@ -193,54 +194,10 @@ def test_host_memory_is_limited_by_cgroup_v1(tmp_path, monkeypatch):
     mem.mkdir(parents=True)
     (mem / "memory.limit_in_bytes").write_text(f"{9223372036854771712}\n")  # v1's "no limit"
     (mem / "memory.usage_in_bytes").write_text(f"{GiB}\n")
-    assert features._host_available_bytes() == 3 * GiB
+    assert limits.host_available_bytes() == 3 * GiB
     (mem / "memory.limit_in_bytes").write_text(f"{4 * GiB}\n")
     (mem / "memory.usage_in_bytes").write_text(f"{3 * GiB}\n")
-    assert features._host_available_bytes() == GiB  # the container's limit, not the host's MemAvailable
-
-
-# -- the fill's fixed batch shape ----------------------------------------------------------------------------------
-class _RecordingFrozen:
-    """A stand-in frozen part: records each batch size and cuDNN's benchmark flag; per image, a function of the
-    image alone (as the real frozen part in inference mode)."""
-    cacheable = True
-
-    def __init__(self):
-        self.calls = []
-
-    def frozen_features(self, x):
-        self.calls.append((len(x), torch.backends.cudnn.benchmark))
-        return [x.float().mean(dim=(2, 3)) * 2 + x.float()[:, :, 0, 0]]
-
-
-def _prep(images, flip=None):
-    x = images.float()
-    if flip is not None:
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
-
-
-@pytest.mark.parametrize("n,prefilled", [(300, 0.0), (300, 0.7), (300, 0.995), (50, 0.5)])
-def test_the_fill_runs_one_batch_shape_whatever_is_missing(n, prefilled):
-    g = torch.Generator().manual_seed(n + int(prefilled * 1000))
-    images = torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8, generator=g)
-    frozen = _RecordingFrozen()
-    store = FeatureStore(n, 2, [(3,)], torch.float32, Placement("memory", "t"), CPU)
-    ff = FrozenFeatures(frozen, _prep, dict(device_type="cpu", enabled=False), {"train": images},
-                        {"train": store}, {}, None, benchmark=True)
-    ff.fill("train", torch.rand(n, generator=g) < 0.5)  # some states filled already, others not
-    store.filled &= torch.rand(n, 2, generator=g) < prefilled
-    frozen.calls.clear()
-    flips = torch.rand(n, generator=g) < 0.5
-    expect_missing = int(store.missing(torch.arange(n), flips.long()).sum())
-    before = torch.backends.cudnn.benchmark
-    assert ff.fill("train", flips) == expect_missing
-    assert torch.backends.cudnn.benchmark == before  # restored
-    size = min(features.FROZEN_CHUNK, n)
-    assert frozen.calls == [(size, True)] * -(-expect_missing // size)  # every call one shape, benchmark on
-    want = frozen.frozen_features(_prep(images, flips))[0]  # the unpadded computation, all at once
-    got = ff.train(torch.arange(n), flips)[0]
-    torch.testing.assert_close(got, want)
+    assert limits.host_available_bytes() == GiB  # the container's limit, not the host's MemAvailable
 
 
 # -- item 4: no device-to-host readback per batch --------------------------------------------------------------------

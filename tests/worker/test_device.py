@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.config import TrainConfig
-from worker.engine import features, preprocess
+from worker.engine import limits, preprocess
 from worker.engine.device import DevicePolicy, fp32_math
 from worker.engine.train import Callbacks, Paths, run
 
@@ -72,7 +72,7 @@ def test_a_device_without_room_falls_back_to_pinned_host_memory(tiny_cifar_dir, 
 
 
 def test_no_room_on_device_or_host_memory_maps_a_file(tiny_cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 0)
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 0)
     policy = CPU.replace(device_free_bytes=lambda: 0, pin_memory=True)
     s = run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "o", cache_dir=tmp_path / "c"),
             policy=policy)

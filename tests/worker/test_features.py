@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from core.config import TrainConfig
-from worker.engine import features
+from worker.engine import limits
 from worker.engine.device import DevicePolicy
-from worker.engine.features import FeatureStore, Placement
+from worker.engine.store import FeatureStore, Placement
 from worker.engine.train import Paths, run
 
 from .test_train import KEYS, TINY
@@ -35,7 +35,7 @@ def _rows(out):
 def test_without_host_memory_the_cache_goes_to_disk_and_gives_the_same_metrics(tiny_cifar_dir, tmp_path, monkeypatch):
     cfg = TrainConfig(**TINY, epochs=2)
     mem = run(cfg, Paths(tiny_cifar_dir, tmp_path / "mem"))
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 0)
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 0)
     disk = run(cfg, Paths(tiny_cifar_dir, tmp_path / "disk", cache_dir=tmp_path / "cache"))
     assert mem["feature_cache"]["placement"] == "memory" and disk["feature_cache"]["placement"] == "disk"
     for a, b in zip(_rows(tmp_path / "mem"), _rows(tmp_path / "disk"), strict=True):
@@ -43,7 +43,7 @@ def test_without_host_memory_the_cache_goes_to_disk_and_gives_the_same_metrics(t
 
 
 def test_when_nothing_fits_the_run_goes_on_uncached_and_says_why(tiny_cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 0)
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 0)
     s = run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "o"))  # no cache dir for a file
     assert not s["feature_cache"]["enabled"] and "fit neither" in s["feature_cache"]["reason"]
     assert s["status"] == "succeeded"

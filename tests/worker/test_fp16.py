@@ -14,7 +14,7 @@ from worker.engine import builders, checkpoint, distill
 from worker.engine import device as device_mod
 from worker.engine import train as engine
 from worker.engine.device import DeviceError, DevicePolicy
-from worker.engine.features import FeatureStore
+from worker.engine.store import FeatureStore
 from worker.engine.train import Callbacks, Paths, run
 from worker.queue.tasks import job_error_text, teacher_dir
 

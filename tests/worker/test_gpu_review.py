@@ -9,7 +9,8 @@ from core.config import TrainConfig, config_differences, preset
 from core.settings import Settings
 from worker.engine import checkpoint
 from worker.engine.device import DevicePolicy
-from worker.engine.features import _DTYPES, FeatureStore
+from worker.engine.features import CACHE_DTYPES
+from worker.engine.store import FeatureStore
 
 
 class _Net(nn.Linear):
@@ -128,7 +129,7 @@ def _paper_cache_bytes(model: str) -> int:
     with torch.no_grad():
         probe = model_.frozen_features(prep(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)))
     shapes = [tuple(t.shape[1:]) for t in probe]
-    dtype = _DTYPES[cfg.cache_dtype]
+    dtype = CACHE_DTYPES[cfg.cache_dtype]
     return (FeatureStore.bytes_needed(50_000, 2 if cfg.hflip else 1, shapes, dtype)
             + FeatureStore.bytes_needed(10_000, 1, shapes, dtype))
 

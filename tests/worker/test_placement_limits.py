@@ -8,9 +8,9 @@ import torch
 from core import estimate, memory
 from core.config import TrainConfig
 from core.memory import GiB
-from worker.engine import features
+from worker.engine import limits, store
 from worker.engine.device import DevicePolicy
-from worker.engine.features import CacheDir
+from worker.engine.cachedir import CacheDir
 from worker.engine.train import Paths, run
 
 TINY = dict(model="deit_tiny_patch16_224", weights="none", batch_size=32, image_size=32, val_limit=60,
@@ -19,24 +19,24 @@ Usage = namedtuple("Usage", "total used free")
 
 
 def _disk(monkeypatch, free: int):
-    monkeypatch.setattr(features.shutil, "disk_usage", lambda path: Usage(free * 4, free * 3, free))
+    monkeypatch.setattr(limits.shutil, "disk_usage", lambda path: Usage(free * 4, free * 3, free))
 
 
 def test_a_free_t4s_limits_put_deit_b_on_disk_as_the_planner_says(monkeypatch, tmp_path):
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 12 * GiB)
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 12 * GiB)
     _disk(monkeypatch, 80 * GiB)
     t4 = DevicePolicy(torch.device("cpu"), device_free_bytes=lambda: 16 * GiB, pin_memory=True)
     elems = estimate.flops_table()["deit_base_distilled_patch16_224"][224]["cached_elements"]
     blocks = memory.blocks(elems, 50_000, 10_000, 2, "float16")
-    p = features.choose_placement(sum(blocks), t4, tmp_path / "cache", blocks)
+    p = limits.choose_placement(sum(blocks), t4, tmp_path / "cache", blocks)
     assert p.where == "disk" and "memory-mapped file under " + str(tmp_path / "cache") in p.reason
-    limits = features.machine_limits(t4, tmp_path / "cache")
-    assert (limits.host_available, limits.device_free, limits.disk_free) == (12 * GiB, 16 * GiB, 80 * GiB)
-    assert memory.place(sum(blocks), limits, blocks) == p  # one rule for the engine and the plan
+    found = limits.machine_limits(t4, tmp_path / "cache")
+    assert (found.host_available, found.device_free, found.disk_free) == (12 * GiB, 16 * GiB, 80 * GiB)
+    assert memory.place(sum(blocks), found, blocks) == p  # one rule for the engine and the plan
 
 
 def test_a_run_without_room_anywhere_trains_uncached_and_names_the_limits(tiny_cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(features, "_host_available_bytes", lambda: 0)
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 0)
     _disk(monkeypatch, 1000)  # bytes: less than the tiny run's features
     s = run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "o", cache_dir=tmp_path / "cache"))
     assert s["status"] == "succeeded" and not s["feature_cache"]["enabled"]
@@ -46,8 +46,8 @@ def test_a_run_without_room_anywhere_trains_uncached_and_names_the_limits(tiny_c
 def test_a_cache_that_would_fill_the_disk_is_not_kept(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     again = CacheDir(cache, 1 << 40)
-    stores = {"x": features.FeatureStore(4, 1, [(3,)], torch.float16, memory.Placement("memory", "t"),
-                                         DevicePolicy.for_device(torch.device("cpu")))}
+    stores = {"x": store.FeatureStore(4, 1, [(3,)], torch.float16, memory.Placement("memory", "t"),
+                                      DevicePolicy.for_device(torch.device("cpu")))}
     assert again.store("k" * 24, {}, stores) is not None  # room: kept
     _disk(monkeypatch, stores["x"].nbytes)  # the copy would take all of it
     assert again.store("j" * 24, {}, stores) is None and not (cache / ("j" * 24)).exists()

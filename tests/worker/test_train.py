@@ -182,7 +182,7 @@ def test_a_second_job_reuses_the_cached_features(tiny_cifar_dir, tmp_path, monke
 
 
 def test_cache_dir_evicts_least_recently_used(tiny_cifar_dir, tmp_path):
-    from worker.engine.features import CacheDir
+    from worker.engine.cachedir import CacheDir
     paths = dict(cache_dir=tmp_path / "cache")
     run(TrainConfig(**TINY, epochs=1), Paths(tiny_cifar_dir, tmp_path / "a", **paths))
     entries = CacheDir(tmp_path / "cache", 1 << 40).entries()

@@ -21,8 +21,9 @@ _WHERE = {
     "DeviceError": "device", "TeacherError": "distill",
     # builders and the device
     "build_model": "builders", "make_optimizer": "builders", "grad_scaler": "builders",
-    "DevicePolicy": "device", "resolve_device": "device", "fp32_math": "device", "machine_limits": "features",
-    "MLPHead": "heads", "plan_for": "model",
+    "DevicePolicy": "device", "resolve_device": "device", "fp32_math": "device", "machine_limits": "limits",
+    "MLPHead": "heads", "plan_for": "model", "Preprocess": "preprocess", "bf16_supported": "device",
+    "measured_chunks": "features",
     # weights
     "create_backbone": "weights", "local_file": "weights", "cached_hub_file": "weights",
 }

@@ -125,13 +125,14 @@ class DevicePolicy:
     pin_memory: bool = False  # host-resident features are page-locked, for asynchronous copies to the device
     channels_last: bool = False  # CNNs and their inputs in NHWC (tensor-core convolutions)
     bf16: bool = False  # the hardware runs bf16 matrix work natively (what precision=auto asks)
+    fixed_shapes: bool = False  # the frozen pass pads to fixed shapes where that pays (cuDNN's benchmark mode)
     pinned_empty: Callable = _pinned_empty  # the pinned allocator (a test stands in for it on a CPU-only build)
 
     @classmethod
     def for_device(cls, device: torch.device) -> "DevicePolicy":
         if device.type == "cuda":
             return cls(device, device_free_bytes=lambda: torch.cuda.mem_get_info(device)[0], pin_memory=True,
-                       channels_last=True, bf16=bf16_supported(device))
+                       channels_last=True, bf16=bf16_supported(device), fixed_shapes=True)
         return cls(device, bf16=bf16_supported(device))
 
     def replace(self, **changes) -> "DevicePolicy":

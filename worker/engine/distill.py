@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -31,10 +30,12 @@ import torch.nn.functional as F
 
 from core import catalogue
 from core.config import TrainConfig
+from core.memory import Placement
 from core.protocol import RunStatus
 
 from . import checkpoint
 from .builders import build_model
+from .store import FeatureStore, fill_missing, states_of, write_atomic
 from .weights import fingerprint
 
 log = logging.getLogger(__name__)
@@ -150,21 +151,29 @@ def _predict(model, prep, images_u8: torch.Tensor, flip: torch.Tensor | None, am
 class TeacherPredictions:
     """The teacher's logits for every (training image, flip state) a run uses, filled before each epoch.
 
-    The logits are kept on the training device for the run, the flags of which are filled on the host (the fill's
-    bookkeeping, as the feature store's): a batch checks its flags with the host indices of the epoch's order and
-    gathers its logits with the device ones, so no batch waits for a readback. Stored as one file in the teacher's
-    folder after every fill that added to it (merged with what another student stored meanwhile, written to a
-    temporary name and renamed)."""
+    The logits are a per-image store (store.py, the one frozen features use) on the training device, its filled
+    flags on the host: a batch checks its flags with the host indices of the epoch's order and gathers its logits
+    with the device ones, so no batch waits for a readback. Stored as one file in the teacher's folder after every
+    fill that added to it (merged with what another student stored meanwhile, written to a temporary name and
+    renamed)."""
 
     def __init__(self, job: int, folder: Path, tcfg: TrainConfig, ckpt: dict, images: torch.Tensor, key: str,
-                 logits: torch.Tensor, filled: torch.Tensor, amp: dict, policy, weights_dir, meta: dict):
+                 store: FeatureStore, amp: dict, policy, weights_dir, meta: dict):
         self.job, self.folder, self.tcfg, self.ckpt, self.images = job, folder, tcfg, ckpt, images
-        self.key, self.logits, self.filled, self.amp, self.policy = key, logits, filled, amp, policy
+        self.key, self.store, self.amp, self.policy = key, store, amp, policy
         self.weights_dir, self.meta = weights_dir, meta
         self.model = self.prep = None  # built at the first prediction the store lacks
-        loaded = int(filled.sum())
-        self.info = {"job": job, "model": tcfg.model, "key": key, "loaded": loaded, "computed": 0,
-                     "reused": loaded > 0, "stored": False}
+        self.info = {"job": job, "model": tcfg.model, "key": key, "loaded": 0, "computed": 0,
+                     "reused": False, "stored": False}
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(images, states, classes) fp32 logits on the training device (unfilled rows hold no prediction)."""
+        return self.store.tensors[0]
+
+    @property
+    def filled(self) -> torch.Tensor:
+        return self.store.filled
 
     @property
     def path(self) -> Path:
@@ -185,13 +194,14 @@ class TeacherPredictions:
                 "images": len(images), "states": states, "classes": k, "tf32": cfg.tf32,
                 **_numerics_key(amp)}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        n, device = len(images), images.device
-        logits = torch.zeros(n, states, k, dtype=torch.float32, device=device)
-        filled = torch.zeros(n, states, dtype=torch.bool)  # on the host: see the class
-        out = cls(job, Path(teacher_dir), tcfg, ckpt, images, key, logits, filled, amp, policy, weights_dir, meta)
+        store = FeatureStore(len(images), states, [(k,)], torch.float32,
+                             Placement("device", "teacher logits beside the images"),
+                             policy.replace(device=images.device))
+        store.tensors[0].zero_()
+        out = cls(job, Path(teacher_dir), tcfg, ckpt, images, key, store, amp, policy, weights_dir, meta)
         stored = out._read()
         if stored is not None:
-            out.logits.copy_(stored[0].to(device))
+            out.logits.copy_(stored[0].to(images.device))
             out.filled.copy_(stored[1])
             out.info.update(loaded=int(out.filled.sum()), reused=bool(out.filled.any()))
             log.info("teacher job %s: %d stored predictions reused from %s", job, out.info["loaded"], out.path)
@@ -209,44 +219,32 @@ class TeacherPredictions:
             return None
         return saved["logits"], saved["filled"]
 
-    @staticmethod
-    def _state(flips: torch.Tensor | None, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        if flips is None:
-            return torch.zeros(n, dtype=torch.long, device=device)
-        return flips.to(device).long()
-
     def lacking(self, idx: torch.Tensor, state: torch.Tensor) -> bool:
         """Whether any (idx, state) has no prediction yet: host tensors and the host flags, never a readback."""
-        return not bool(self.filled[idx, state].all())
+        return self.store.lacking(idx, state) is not None
 
     def fill(self, flips: torch.Tensor | None, check: Callable[[], None] | None = None,
              report: Callable[[int, int], None] | None = None, stop=None, on_progress=None) -> int:
         """The teacher's forward for the (image, flip state) pairs this epoch uses and the store lacks; the store
         written back when it grew. Returns how many images went through the teacher."""
-        n = len(self.images)
-        state = self._state(_host(flips), n)
-        todo = torch.nonzero(~self.filled[torch.arange(n), state]).flatten()
-        total = len(todo)
-        if not total:
+        state = states_of(_host(flips), len(self.images))
+        if not len(self.store.todo(state)):
             return 0
         if self.model is None:
-            log.info("teacher job %s: building %s to predict %d images", self.job, self.tcfg.model, total)
+            log.info("teacher job %s: building %s to predict %d images", self.job, self.tcfg.model,
+                     len(self.store.todo(state)))
             self.model, self.prep = build_teacher(self.tcfg, self.ckpt, self.policy, self.weights_dir, stop=stop,
                                                   on_progress=on_progress)
-        if report:
-            report(0, total)
+
+        def predict(m: torch.Tensor, s: torch.Tensor, _rows: int) -> list[torch.Tensor]:
+            x = self.images[m.to(self.images.device)]
+            return [_predict(self.model, self.prep, x, s.bool().to(x.device), self.amp)]
+
+        def chunks(todo: torch.Tensor):
+            return ((todo[i:i + CHUNK], len(todo[i:i + CHUNK])) for i in range(0, len(todo), CHUNK))
+
         with stop.guard(self.model) if stop is not None else nullcontext():
-            for start in range(0, total, CHUNK):
-                if check:
-                    check()
-                m = todo[start:start + CHUNK]
-                s = state[m]
-                m_dev, s_dev = m.to(self.logits.device), s.to(self.logits.device)  # once per chunk, not per batch
-                x = self.images[m.to(self.images.device)]
-                self.logits[m_dev, s_dev] = _predict(self.model, self.prep, x, s.bool().to(x.device), self.amp)
-                self.filled[m, s] = True
-                if report:
-                    report(min(start + CHUNK, total), total)
+            total = fill_missing(self.store, state, predict, chunks, check, report)
         self.info["computed"] += total
         self._write()
         return total
@@ -257,11 +255,14 @@ class TeacherPredictions:
         the check against the host flags; `on_device`: the same on the logits' device (slices of the epoch's order),
         to gather with, so a batch moves no index across (each such move is a blocking sync)."""
         idx_cpu = _host(idx)  # the training loop passes host tensors: nothing is copied
-        if self.lacking(idx_cpu, self._state(_host(flips), len(idx_cpu))):
+        state = states_of(_host(flips), len(idx_cpu))
+        if self.lacking(idx_cpu, state):
             raise RuntimeError("teacher predictions asked for before `fill` ran for this epoch")
-        device = self.logits.device
-        dev_idx, dev_flips = on_device if on_device is not None else (idx.to(device), flips)
-        return self.logits[dev_idx, self._state(dev_flips, len(dev_idx), device)]
+        dev = None
+        if on_device is not None:
+            dev_idx, dev_flips = on_device
+            dev = (dev_idx, dev_flips.long() if dev_flips is not None else torch.zeros_like(dev_idx))
+        return self.store.get(idx_cpu, state, torch.float32, dev)[0]
 
     def _write(self) -> None:
         """Store the predictions with the teacher job. A failure costs only recomputation later: never the run
@@ -276,13 +277,7 @@ class TeacherPredictions:
             folder.mkdir(exist_ok=True)  # never parents: a deleted teacher stays deleted
             buf = io.BytesIO()
             torch.save({"meta": self.meta, "logits": logits, "filled": filled}, buf)
-            tmp = folder / f".{self.key}.{os.getpid()}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(buf.getbuffer())
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(self.path, buf.getbuffer())
             self.info["stored"] = True
         except OSError as e:
             level = logging.INFO if e.errno in (errno.ENOENT,) else logging.WARNING

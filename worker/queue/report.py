@@ -10,7 +10,7 @@ the events queue (job id 0: it speaks for no job) with
   (`<weights_dir>/hub`, Hugging Face's layout, the catalogue's pinned tag) and as a local file
   (`<weights_dir>/<model>.safetensors|.pth`, what weights=local loads), with their size;
 - the limits a frozen-feature cache meets here (host memory, GPU memory, free disk at the cache folder), read as
-  the engine reads them (worker.engine.features.machine_limits): the plan places each run's features with them;
+  the engine reads them (worker.engine.limits.machine_limits): the plan places each run's features with them;
 - whether CIFAR-10 is in the data dir (what worker.engine.data.locate accepts), whether the worker may download it
   (settings.allow_download) and whether the hub and the dataset's host are reachable at all.
 
@@ -75,8 +75,7 @@ def limits(device: str, cache_dir: Path) -> dict:
 
     import torch
 
-    from worker.engine import DevicePolicy
-    from worker.engine import machine_limits
+    from worker.engine import DevicePolicy, machine_limits
     policy = DevicePolicy.for_device(torch.device(device))
     out = dataclasses.asdict(machine_limits(policy, cache_dir))
     out["device_total"] = torch.cuda.mem_get_info(policy.device)[1] if policy.device.type == "cuda" else None

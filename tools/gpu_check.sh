@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Issue 15's device targets, measured in one go (python -m worker.bench; engine only, generated images, weights
-# none: speed does not depend on the values). Writes every figure as JSON under $OUT and a verdict per target:
+# The engine's GPU targets, measured in one go (python -m worker.bench; generated images, weights none: speed does
+# not depend on the values). Writes every figure as JSON under $OUT and a verdict per target:
+#   side    the engine beside the plain loop in one process, epoch by epoch, with the raw forward limit (DeiT-B
+#           distilled and DenseNet201 at the paper preset, SIDE_IMAGES/SIDE_VAL/SIDE_EPOCHS): epoch 1, the last
+#           epoch and the whole run; epoch 1 at least 0.95x the plain loop's. The fill's chunk sizes are measured on
+#           the device and a small last chunk runs unpadded where padding costs more than a kernel selection
+#           (worker/engine/features.py ChunkPlan): the JSON says which sizes it chose
 #   deit    DeiT-B distilled, paper preset (fp32 with TF32), 50,000 + 10,000 images, 20 epochs: <= 60 s end to end
 #   table1  every Table 1 model in its paper preset; from the same rows: each paper CNN's epoch 1 at least half its
 #           plain frozen forward at a fixed batch, and the whole table <= 15 minutes on one H100 (measured when
@@ -8,15 +13,16 @@
 #   cnn     (not in the default STEPS: table1 covers it) the five CNNs alone, at TABLE1's sizes
 #   ieee    (optional) the DeiT run with TF32 off: what TF32 buys
 # Usage on the device (torch and timm preinstalled; nothing is downloaded):
-#   OUT=/some/dir bash tools/gpu_check_issue15.sh                 # defaults below
-#   STEPS="deit table1" TABLE1_IMAGES=50000 TABLE1_VAL=10000 TABLE1_EPOCHS=20 bash tools/gpu_check_issue15.sh
+#   OUT=/some/dir bash tools/gpu_check.sh                        # defaults below
+#   STEPS="deit table1" TABLE1_IMAGES=50000 TABLE1_VAL=10000 TABLE1_EPOCHS=20 bash tools/gpu_check.sh
 #   TABLE1_MODELS=resnet152,vgg19 ...                            # a part of the table (one command is <= 10 min)
-# Rehearsal on the CPU: TINY=1 bash tools/gpu_check_issue15.sh  (32 px, 64 images, a few small models).
+#   STEPS=side SIDE_MODELS=deit_base_distilled_patch16_224 ...   # one model beside its plain loop
+# Rehearsal on the CPU: TINY=1 bash tools/gpu_check.sh  (32 px, 64 images, a few small models).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
 PY=${PYTHON:-python3}
-OUT=${OUT:-/tmp/gpu_check_issue15}
+OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 CNNS=resnet152,tf_efficientnetv2_l,vgg19,dm_nfnet_f6,densenet201
 if [ "${TINY:-0}" = 1 ]; then
@@ -24,13 +30,19 @@ if [ "${TINY:-0}" = 1 ]; then
   DEIT_SIZE=(--images 64 --val-images 32 --epochs 2)
   TABLE1_IMAGES=${TABLE1_IMAGES:-64}; TABLE1_VAL=${TABLE1_VAL:-32}; TABLE1_EPOCHS=${TABLE1_EPOCHS:-2}
   TABLE1_MODELS=${TABLE1_MODELS:-densenet201,coat_lite_small}; CNNS=${CNN_MODELS:-densenet201}
+  SIDE_SIZE=(--images "${SIDE_IMAGES:-64}" --val-images "${SIDE_VAL:-32}" --epochs "${SIDE_EPOCHS:-2}"
+             --limit-images 64 --limit-batch 32)
+  SIDE_MODELS=${SIDE_MODELS:-densenet201}
 else
   DEVICE=${DEVICE:-cuda}; SMALL=()
   DEIT_SIZE=(--images 50000 --val-images 10000 --epochs 20)
   TABLE1_IMAGES=${TABLE1_IMAGES:-10000}; TABLE1_VAL=${TABLE1_VAL:-2000}; TABLE1_EPOCHS=${TABLE1_EPOCHS:-3}
   TABLE1_MODELS=${TABLE1_MODELS:-}; CNNS=${CNN_MODELS:-$CNNS}
+  SIDE_SIZE=(--images "${SIDE_IMAGES:-10000}" --val-images "${SIDE_VAL:-2000}" --epochs "${SIDE_EPOCHS:-6}"
+             --limit-images 2048)
+  SIDE_MODELS=${SIDE_MODELS:-deit_base_distilled_patch16_224,densenet201}
 fi
-STEPS=${STEPS:-env deit table1}
+STEPS=${STEPS:-env side deit table1}
 COMMON=(--weights none --device "$DEVICE" "${SMALL[@]}")
 T1_SIZE=(--images "$TABLE1_IMAGES" --val-images "$TABLE1_VAL" --epochs "$TABLE1_EPOCHS")
 
@@ -67,6 +79,10 @@ print(json.dumps(info, indent=2))
 open(os.path.join(os.environ.get("OUT", "."), "env.json"), "w").write(json.dumps(info, indent=2))
 PY
       ;;
+    side) for m in ${SIDE_MODELS//,/ }; do
+            step "side-$m" "$PY" -m worker.bench --model "$m" --variants paper "${SIDE_SIZE[@]}" "${COMMON[@]}" \
+              --json "$OUT/side-$m.json"
+          done ;;
     deit) step deit "$PY" -m worker.bench --table1 --models deit_base_distilled_patch16_224 "${DEIT_SIZE[@]}" \
             "${COMMON[@]}" --json "$OUT/deit.json" ;;
     ieee) step ieee "$PY" -m worker.bench --table1 --variants ieee --models deit_base_distilled_patch16_224 \
@@ -116,6 +132,14 @@ if t1:
                                "failed": t1["failed"], "first_point_s": t1["total"]["first_point_s"],
                                "size": [t1["images"], t1["val_images"], t1["epochs"]], "complete": complete,
                                "pass": complete and secs <= 900}
+for f in sorted(out.glob("side-*.json")):
+    r = json.loads(f.read_text())
+    s = r["summary"]
+    verdict.setdefault("side_by_side", {})[r["model"]] = {
+        "epoch1_speedup": s["epoch1"]["speedup"], "epoch1_vs_forward_limit": s["epoch1"]["engine_vs_limit"],
+        "last_epoch_speedup": s["last"]["speedup"], "whole_speedup": s["whole"]["speedup"],
+        "chunk_sizes": r["engine"].get("chunk_sizes"), "size": [r["images"], r["val_images"], r["epochs"]],
+        "pass": (s["epoch1"]["speedup"] or 0) >= 0.95}
 (out / "summary.json").write_text(json.dumps(verdict, indent=2))
 print(json.dumps(verdict, indent=2))
 PY
