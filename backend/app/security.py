@@ -193,7 +193,7 @@ class LabGuard:
                 return await receive()
             try:  # a body that stalls half-way would hold this request open for ever
                 message = await asyncio.wait_for(receive(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

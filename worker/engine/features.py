@@ -499,10 +499,10 @@ class FrozenFeatures:
 
     @classmethod
     def setup(cls, cfg, paths, model, prep, policy: DevicePolicy, amp: dict, train, val,
-              images: dict[str, torch.Tensor], data_keys: dict[str, str]) -> "FrozenFeatures":
+              images: dict[str, torch.Tensor], data_keys: dict[str, str]) -> FrozenFeatures:
         """Decide whether and where features are cached; reuse a finished cache of an earlier job (or of this job's
         earlier attempt: the key hashes the frozen part only, which training never changes)."""
-        def off(reason: str) -> "FrozenFeatures":
+        def off(reason: str) -> FrozenFeatures:
             return cls(model, prep, amp, images, {}, {"enabled": False, "reason": reason}, None)
 
         if not cfg.feature_cache:
