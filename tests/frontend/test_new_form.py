@@ -13,8 +13,8 @@ def _values(page, names) -> dict:
     return {n: page.input_value(f"#f-{n}") for n in names}
 
 
-def test_clone_opens_the_form_filled_in_from_the_job(make_lab, page):
-    lab = make_lab()  # no worker: the job only queues
+def test_clone_opens_the_form_filled_in_from_the_job(idle_lab, page):
+    lab = idle_lab  # no worker: the job only queues
     jid = lab.submit("to clone", model="resnet152", batch_size=64, lr=3e-4, epochs=3, image_size=128,
                      weights="none", val_limit=100, hflip=False)
     page.goto(f"{lab.url}/#/job/{jid}")
@@ -37,8 +37,8 @@ def test_clone_opens_the_form_filled_in_from_the_job(make_lab, page):
     assert not page.errors
 
 
-def test_the_form_keeps_the_last_values_and_goes_back_to_the_paper_preset(make_lab, page):
-    lab = make_lab()
+def test_the_form_keeps_the_last_values_and_goes_back_to_the_paper_preset(idle_lab, page):
+    lab = idle_lab
     page.goto(lab.url + "/#/new")
     page.wait_for_selector("#method-card .method-card-body")
     assert page.input_value("#f-batch_size") == "512"  # a first visit: the paper's preset
@@ -67,8 +67,8 @@ def test_the_form_keeps_the_last_values_and_goes_back_to_the_paper_preset(make_l
     assert not page.errors
 
 
-def test_a_batch_larger_than_the_training_images_is_warned_as_one_types_800px(make_lab, page):
-    lab = make_lab()
+def test_a_batch_larger_than_the_training_images_is_warned_as_one_types_800px(idle_lab, page):
+    lab = idle_lab
     page.set_viewport_size({"width": 800, "height": 1000})
     page.goto(lab.url + "/#/new")
     page.wait_for_selector("#method-card .method-card-body")
