@@ -27,8 +27,8 @@ test: lint
 
 # The parallel-safe tiers on every core, then the ones that start labs of real processes one at a time.
 test-all: lint
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (system or browser or redis)" $(PYTEST_ARGS)
-	$(PY) -m pytest -m "system or browser or redis" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --tier parallel $(PYTEST_ARGS)
+	$(PY) -m pytest --tier serial $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m worker.bench $(BENCH_ARGS)

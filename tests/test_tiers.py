@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from tests.conftest import ROOT
-from tests.tiers import SLOW_TIER, needs_of
+from tests.tiers import SERIAL, SLOW_TIER, in_tier, needs_of
 
 PLANTED = '''
 import subprocess, sys, time
@@ -90,3 +90,11 @@ def test_an_unregistered_marker_is_refused(tmp_path):
 def test_each_program_asks_for_its_marker(argv, needs):
     assert needs_of(argv) == {"subprocess"} | needs
     assert needs - {"subprocess"} <= set(SLOW_TIER)
+
+
+def test_the_full_tier_is_the_parallel_part_and_the_serial_part_and_the_fast_tier_is_inside_it():
+    for names in [set(), {"subprocess"}, {"train"}, {"slow", "subprocess"}, {"system", "subprocess"},
+                  {"browser", "system", "subprocess"}, {"redis", "subprocess"}, {"compose", "subprocess"}]:
+        assert in_tier("parallel", names) != in_tier("serial", names) and in_tier("all", names)
+        assert not in_tier("fast", names) or in_tier("parallel", names)
+    assert set(SERIAL) <= set(SLOW_TIER) and in_tier("fast", {"subprocess"}) and not in_tier("fast", {"train"})

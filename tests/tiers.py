@@ -1,5 +1,5 @@
 """The test tiers, declared once: what each marker says a test needs, which of them keep a test out of the fast
-tier (`make test`, `pytest --tier fast`), and two guards that keep the markers honest.
+tier (`make test`, `pytest --tier fast`), which may run in parallel, and two guards that keep the markers honest.
 
 Markers come from three places: by folder (every test under tests/frontend drives a browser against a lab), by
 fixture (a test that asks for `make_lab` starts real processes), and written on the test for the rest (a CLI
@@ -29,11 +29,17 @@ MARKERS = {
     "subprocess": "starts another program (a CLI run, a Python child, a kernel)",
     "compose": "the docker-compose (or `docker compose`) command",
     "mount": "mounts a file system (root; falls back where it may not)",
+    "train": "trains with the engine on the tiny CIFAR-format set (the tiny_cifar_dir fixture)",
     "slow": "takes more than a few seconds (real training, many builds): the full tier only",
 }
 # A test with any of these is left out of `make test`: it needs something `make install` does not provide
 # (a service, a browser, docker-compose, root) or takes too long to run before every commit.
-SLOW_TIER = ("system", "browser", "redis", "compose", "mount", "slow")
+SLOW_TIER = ("system", "browser", "redis", "compose", "mount", "train", "slow")
+# `make test-all` runs the tests without these on every core (pytest-xdist), then these one at a time: labs of real
+# processes wait on heartbeats and timeouts that a second lab on the same two cores would stretch.
+SERIAL = ("system", "browser", "redis")
+TIERS = {"fast": "no marker of SLOW_TIER (make test)", "parallel": "no marker of SERIAL",
+         "serial": "a marker of SERIAL", "all": "every test"}
 # What a marker implies: a lab, a browser, a redis-server and docker-compose are all programs of their own.
 IMPLIES = {"system": ("subprocess",), "browser": ("subprocess",), "redis": ("subprocess",),
            "compose": ("subprocess",), "mount": ("subprocess",)}
@@ -41,13 +47,14 @@ IMPLIES = {"system": ("subprocess",), "browser": ("subprocess",), "redis": ("sub
 BY_FOLDER = {"frontend": ("browser", "system"), "system": ("system",), "notebook": ("subprocess", "slow")}
 BY_FIXTURE = {"make_lab": ("system",), "lab": ("system",), "ui_lab": ("system",), "idle_lab": ("system",),
               "browser": ("browser",),
-              "page": ("browser",), "redis_server": ("redis",)}
+              "page": ("browser",), "redis_server": ("redis",), "tiny_cifar_dir": ("train",)}
 TESTS = Path(__file__).resolve().parent
 
 
 def pytest_addoption(parser):
-    parser.addoption("--tier", choices=("fast", "all"), default="all",
-                     help="fast: only the tests without a marker of " + ", ".join(SLOW_TIER) + " (make test)")
+    parser.addoption("--tier", choices=tuple(TIERS), default="all",
+                     help="; ".join(f"{k}: {v}" for k, v in TIERS.items()) + f" (SLOW_TIER: {', '.join(SLOW_TIER)}; "
+                          f"SERIAL: {', '.join(SERIAL)})")
     parser.addini("fast_test_limit_s", "seconds a fast-tier test's call may take (scaled by the load)",
                   default="5")
 
@@ -82,13 +89,19 @@ def in_fast_tier(names: set[str]) -> bool:
     return not names & set(SLOW_TIER)
 
 
+def in_tier(tier: str, names: set[str]) -> bool:
+    return {"fast": in_fast_tier(names), "parallel": not names & set(SERIAL), "serial": bool(names & set(SERIAL)),
+            "all": True}[tier]
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         have = {m.name for m in item.iter_markers()}
         for name in sorted(markers_for(item) - have):
             item.add_marker(name)
-    if config.getoption("--tier") == "fast":
-        keep = [i for i in items if in_fast_tier({m.name for m in i.iter_markers()})]
+    tier = config.getoption("--tier")
+    if tier != "all":
+        keep = [i for i in items if in_tier(tier, {m.name for m in i.iter_markers()})]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
 
