@@ -52,6 +52,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.subprocess
 def test_eviction_removes_stale_scratch_and_counts_live_scratch(tmp_path):
     root = tmp_path / "cache"
     root.mkdir()

@@ -78,6 +78,7 @@ def _train_steps(m, x, y, steps=3):
         opt.step()
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "deit_tiny_patch16_224", "densenet121"])
 def test_frozen_part_is_bit_identical_after_training(name):
     torch.manual_seed(0)
