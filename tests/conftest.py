@@ -14,6 +14,7 @@ from tests.tiers import (  # noqa: E402, F401  (pytest finds hooks by name in a 
     pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
+    pytest_runtest_call,
     pytest_runtest_makereport,
     pytest_runtest_protocol,
 )

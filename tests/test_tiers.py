@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from tests.conftest import ROOT
-from tests.tiers import SERIAL, SLOW_TIER, in_tier, needs_of
+from tests.tiers import SERIAL, SLOW_TIER, in_tier, needs_of, unloaded_s
 
 PLANTED = '''
 import subprocess, sys, time
@@ -27,12 +27,17 @@ def test_starts_python_unmarked():
 def test_starts_python_marked():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
 
+def _burn(cpu_s):
+    start = time.process_time()
+    while time.process_time() - start < cpu_s:
+        pass
+
 def test_slow_unmarked():
-    time.sleep(0.5)  # the planted violation: longer than the 0.05 s limit this run sets
+    _burn(0.3)  # the planted violation: more than the 0.05 s limit this run sets, however loaded the machine
 
 @pytest.mark.slow
 def test_slow_marked():
-    time.sleep(0.5)
+    _burn(0.3)
 
 def test_uses_a_lab(make_lab):
     pass
@@ -44,7 +49,7 @@ def test_quick():
 
 def _pytest(tmp_path, *args):
     (tmp_path / "conftest.py").write_text("from tests.tiers import *  # noqa: F403\n"
-                                          "from tests.tiers import pytest_runtest_makereport, "
+                                          "from tests.tiers import pytest_runtest_call, pytest_runtest_makereport, "
                                           "pytest_runtest_protocol  # noqa: F401\n")
     (tmp_path / "test_planted.py").write_text(textwrap.dedent(PLANTED))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # a quick start
@@ -98,3 +103,9 @@ def test_the_full_tier_is_the_parallel_part_and_the_serial_part_and_the_fast_tie
         assert in_tier("parallel", names) != in_tier("serial", names) and in_tier("all", names)
         assert not in_tier("fast", names) or in_tier("parallel", names)
     assert set(SERIAL) <= set(SLOW_TIER) and in_tier("fast", {"subprocess"}) and not in_tier("fast", {"train"})
+
+
+def test_on_a_loaded_machine_a_call_counts_its_cpu_time_or_its_share_of_the_wall_time():
+    assert unloaded_s(3.0, 0.1, 1.0) == 3.0  # idle machine: the wall time, even for a test that only waits
+    assert unloaded_s(40.0, 8.0, 7.0) == 8.0  # CPU-bound on a machine booked 7 times over: its CPU time
+    assert unloaded_s(40.0, 0.5, 8.0) == 5.0  # waiting on a loaded machine: its share of the wall time

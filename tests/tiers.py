@@ -10,12 +10,14 @@ The guards run in every tier:
   for what it started: any program needs `subprocess`, redis-server `redis`, uvicorn or a Celery worker `system`,
   docker-compose `compose`, mount `mount`;
 - a fast-tier test (none of the markers in SLOW_TIER) whose call takes longer than `fast_test_limit_s`
-  (pyproject) fails with the advice to mark it `slow` or make it faster. The time is scaled by the machine's
-  load, so that a fast test is not failed because other work shares the cores.
+  fails with the advice to mark it `slow` or make it faster. On a loaded machine the time counted is the
+  larger of the call's CPU time (with its children's) and its wall time divided by the load (unloaded_s), so a
+  fast test is not failed because other work shares the cores.
 """
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 from pathlib import Path
 
@@ -141,6 +143,18 @@ def needs_of(argv: list[str]) -> set[str]:
     return needs
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of the children it has waited for (a CLI run, a Python child)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def unloaded_s(wall: float, cpu: float, load: float) -> float:
+    """About how long a call would take on an idle machine: its wall time, less what other work took. On a loaded
+    machine that is the larger of its CPU time (counting its children) and its wall time divided by the load."""
+    return min(wall, max(cpu, wall / load))
+
+
 def _load_factor() -> float:
     """How many times over the cores are booked (at least 1): a test's time is divided by it."""
     try:
@@ -160,6 +174,13 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    before = _cpu_s()
+    yield
+    item._call_cpu_s = _cpu_s() - before
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
@@ -176,10 +197,10 @@ def pytest_runtest_makereport(item, call):
         problems.append(f"it started {started} but is not marked {', '.join(sorted(missing))}: add "
                         + " ".join(f"@pytest.mark.{m}" for m in sorted(missing)))
     limit = float(item.config.getini("fast_test_limit_s"))
-    call_s = getattr(item, "_call_s", 0.0)
-    if in_fast_tier(have) and call_s / getattr(item, "_load", 1.0) > limit:
-        problems.append(f"a fast-tier test took {call_s:.1f} s (load factor {item._load:.1f}; limit {limit:g} s): "
-                        f"make it faster, or mark it @pytest.mark.slow")
+    call_s, cpu_s, load = getattr(item, "_call_s", 0.0), getattr(item, "_call_cpu_s", 0.0), getattr(item, "_load", 1.0)
+    if in_fast_tier(have) and unloaded_s(call_s, cpu_s, load) > limit:
+        problems.append(f"a fast-tier test took {call_s:.1f} s, {cpu_s:.1f} s of CPU (load factor {load:.1f}; limit "
+                        f"{limit:g} s): make it faster, or mark it @pytest.mark.slow")
     if problems:
         rep.outcome = "failed"
         rep.longrepr = "tier guard (tests/tiers.py): " + "\n".join(problems)

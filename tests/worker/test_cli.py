@@ -156,6 +156,7 @@ def test_ctrl_c_stops_keeping_the_last_epoch_and_the_rerun_resumes(tiny_cifar_di
     assert r.returncode == 0 and r.stderr.startswith(f"resuming {out} from epoch {done + 1}"), r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("bad", [["--epochs", "0"], ["--model", "no_such_net", "--describe"]])
 def test_bad_values_are_one_line_errors(bad, tmp_path):
