@@ -30,6 +30,7 @@ SIBLINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,arch,block,size", SIBLINGS)
 def test_split_forward_equals_full_forward(name, arch, block, size):
     torch.manual_seed(0)
