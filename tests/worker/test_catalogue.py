@@ -231,6 +231,7 @@ def test_stored_block_counts_match_the_architecture(model_id):
     assert deepest.trainable_block_names == m.blocks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_id", PAPER_MODELS)
 def test_every_paper_model_runs_from_its_cache_at_two_blocks_and_at_none(model_id):
     """At K=2 the cache holds the second-to-last block's input (CoaT: its stage's first block's) and the
