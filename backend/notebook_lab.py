@@ -160,7 +160,7 @@ class NotebookLab:
             return f"process {pid} does not carry the lab id the record names"
         return None
 
-    def start(self, timeout_s: float = 180.0) -> "NotebookLab":
+    def start(self, timeout_s: float = 180.0) -> NotebookLab:
         """Start the supervisor and wait until the backend answers /api/health (the first start migrates the
         database; a worker joins within its own start-up); or attach to the lab this home already runs, so a cell
         run twice never starts a second one on the same database and GPU. Raises RuntimeError with the log's end

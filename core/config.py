@@ -116,7 +116,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = {k: v for k, v in d.items() if k not in RETIRED}  # a stored config may still name a retired option
         unknown = sorted(set(d) - set(OPTIONS_BY_NAME))
         if unknown:

@@ -20,12 +20,11 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-
 from PIL import Image
 
 from . import catalogue, folders
@@ -73,7 +72,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, idx: np.ndarray) -> "Split":
+    def take(self, idx: np.ndarray) -> Split:
         ids = None if self.ids is None else [self.ids[i] for i in idx]
         return Split(self.images[idx], self.labels[idx], ids)
 

@@ -8,9 +8,10 @@ wording. `str()` of the error is a neutral phrasing, for logs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Terms:
             text = f"{text} {f.note}" if text else f.note
         return text
 
-    def phrase(self, e: "SetupError") -> str:
+    def phrase(self, e: SetupError) -> str:
         text = e.problem.rstrip(". ")
         fixes = [self.fix(f) for f in e.fixes]
         if fixes:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny CIFAR-format data sets, the real CIFAR-10 subset, and a clean environment."""
+"""Shared fixtures: tiny CIFAR-format data sets, the real CIFAR-10 subset, and a clean environment.
+The test tiers and their markers are declared in tests/tiers.py (its hooks are imported below)."""
 from __future__ import annotations
 
 import os
@@ -9,16 +10,52 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
+from tests.tiers import (  # noqa: E402, F401  (pytest finds hooks by name in a conftest)
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_makereport,
+    pytest_runtest_protocol,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg75"
+CIFAR10_ENV = "BLOCKLAB_TEST_CIFAR10"  # a folder holding the subset's cifar-10-batches-py/
+
+
+def cifar10_subset_places(environ=os.environ, root: Path = ROOT) -> list[Path]:
+    """Where the real CIFAR-10 subset (shared/data/cifar10-jpeg75) is looked for, in order: the environment
+    variable, the shared folder beside the checkout, and the lab's own data folder (`make run`'s var/data)."""
+    places = [Path(environ[CIFAR10_ENV])] if environ.get(CIFAR10_ENV) else []
+    return places + [root.parent / "shared" / "data" / "cifar10-jpeg75", root / "var" / "data"]
+
+
+def is_cifar10_subset(folder: Path) -> bool:
+    """The subset's layout: one training batch and the full test batch (the official set has five batches)."""
+    batches = folder / "cifar-10-batches-py"
+    return ((batches / "data_batch_1").is_file() and (batches / "test_batch").is_file()
+            and not (batches / "data_batch_2").exists())
+
+
+def find_cifar10_subset(environ=os.environ, root: Path = ROOT) -> Path:
+    """The first place holding the subset. Missing, a test is skipped with one line saying where to put it;
+    under CI (CI=true), where the subset is always laid beside the checkout, a missing subset fails instead."""
+    places = cifar10_subset_places(environ, root)
+    for place in places:
+        if is_cifar10_subset(place):
+            return place
+    why = (f"the real CIFAR-10 subset was not found in {', '.join(map(str, places))}: set {CIFAR10_ENV} to the "
+           f"folder holding its cifar-10-batches-py/")
+    if environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(why, pytrace=False)
+    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
 def real_cifar_dir() -> Path:
-    """The real CIFAR-10 subset laid beside the repository (see shared/data/README.md)."""
-    if not (SHARED_DATA / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.fail(f"the real CIFAR-10 subset is missing: expected it at {SHARED_DATA}")
-    return SHARED_DATA
+    """The real CIFAR-10 subset (shared/data/cifar10-jpeg75/README.md), wherever find_cifar10_subset finds it."""
+    return find_cifar10_subset()
 
 
 @pytest.fixture(scope="session")

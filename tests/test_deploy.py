@@ -4,6 +4,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from worker.queue.serve import claim_gpu
@@ -46,6 +47,7 @@ def _compose_cli() -> list[str]:
     return [legacy]
 
 
+@pytest.mark.compose
 def test_compose_config_validates(tmp_path):
     cli = _compose_cli()
     r = subprocess.run([*cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)

@@ -79,6 +79,7 @@ def test_the_rule_reader_sees_a_violation(tmp_path):
         bad.unlink()
 
 
+@pytest.mark.subprocess
 def test_backend_at_run_time_loads_no_torch_and_no_worker_code():
     code = ("import backend.app.main, sys; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'worker')))")
@@ -86,6 +87,7 @@ def test_backend_at_run_time_loads_no_torch_and_no_worker_code():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.subprocess
 def test_core_at_run_time_is_torch_free():
     code = ("import core.catalogue, core.config, core.options, core.protocol, core.broker, core.settings, "
             "core.folders, core.mistakes, sys; "

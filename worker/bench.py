@@ -230,10 +230,7 @@ class PlainLoop:
         import torch
         from timm.data import resolve_model_data_config
 
-        from worker.engine import MLPHead
-        from worker.engine import plan_for
-        from worker.engine import Preprocess
-        from worker.engine import create_backbone
+        from worker.engine import MLPHead, Preprocess, create_backbone, plan_for
 
         t0, c0 = time.perf_counter(), _cpu_s()
         torch.manual_seed(cfg.seed)
@@ -303,8 +300,7 @@ def run_engine_beside(args, cfg, dataset, between=None) -> dict:
     """The engine's run of `cfg`; `between(epoch)` runs before each of its epochs (the plain loop's epoch of the same
     number, interleaved: both sides see the same moments of a shared machine), its time taken out of the engine's
     whole run."""
-    from worker.engine import measured_chunks
-    from worker.engine import Callbacks, Paths, run
+    from worker.engine import Callbacks, Paths, measured_chunks, run
 
     rows, aside, mark = [], [0.0], [0.0]
 

@@ -52,8 +52,8 @@ def _parse(o: Option):
             return None
         try:
             value = o.type(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if o.type is int else 'a number'}")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if o.type is int else 'a number'}") from err
         why = o.check(value)
         if why:
             raise argparse.ArgumentTypeError(f"{o.name} {why}")

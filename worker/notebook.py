@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from core import catalogue
-from core.config import OPTIONS_BY_NAME, TrainConfig, method_card, preset as _preset, result_options
+from core.config import OPTIONS_BY_NAME, TrainConfig, method_card, result_options
+from core.config import preset as _preset
 from core.protocol import RunStatus
 from core.settings import get_settings
 

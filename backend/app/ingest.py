@@ -15,8 +15,8 @@ from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from core.broker import transport_options
 from core import protocol
+from core.broker import transport_options
 from core.protocol import ACTIVE, EVENTS_QUEUE, TERMINAL, JobStatus, Phase, scalar_view
 from core.settings import Settings, get_settings
 

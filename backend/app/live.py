@@ -57,7 +57,7 @@ class Streams:
         try:
             await asyncio.wait_for(ev.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             waiters = self._waiters.get(job_id)

@@ -3,7 +3,7 @@ per-epoch metrics they report (one row per job and epoch, never two), and the jo
 replay."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -14,7 +14,7 @@ from .db import Base
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # SQLite keeps no zone: store naive UTC
+    return datetime.now(UTC).replace(tzinfo=None)  # SQLite keeps no zone: store naive UTC
 
 
 class Experiment(Base):
@@ -28,7 +28,7 @@ class Experiment(Base):
     # core.config.DRY_RUN was applied over its config: a labelled check of the pipeline, never a paper run
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    jobs: Mapped[list["Job"]] = relationship(back_populates="experiment", order_by="Job.id")
+    jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.id")
 
 
 class Job(Base):
@@ -52,7 +52,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     experiment: Mapped[Experiment] = relationship(back_populates="jobs")
-    metrics: Mapped[list["EpochMetric"]] = relationship(order_by="EpochMetric.epoch")
+    metrics: Mapped[list[EpochMetric]] = relationship(order_by="EpochMetric.epoch")
 
 
 _COLUMN_TYPES = {"int": Integer, "float": Float, "vector": JSON, "matrix": JSON}
@@ -78,7 +78,7 @@ class EpochMetric(_EpochColumns, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     @classmethod
-    def from_row(cls, job_id: int, row: dict) -> "EpochMetric":
+    def from_row(cls, job_id: int, row: dict) -> EpochMetric:
         own = {m.name for m in EPOCH_ROW if m.column}
         extra = {k: v for k, v in row.items() if k not in own and v is not None}
         return cls(job_id=job_id, **{k: row.get(k) for k in own}, extra=extra or None)

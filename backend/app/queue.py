@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from celery import Celery
@@ -57,7 +57,7 @@ def dispatch(job_id: int, attempt: int, config: dict, ahead: bool = False, place
                             retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                       "interval_step": 0.5, "interval_max": 1})
         if get_settings().broker_url.startswith("sqla+sqlite"):
-            _date(job_id, attempt, place or datetime.now(timezone.utc).replace(tzinfo=None))
+            _date(job_id, attempt, place or datetime.now(UTC).replace(tzinfo=None))
     except Exception as e:  # noqa: BLE001 - any broker failure means the same to the caller
         raise BrokerUnavailable(f"the job broker is unreachable ({type(e).__name__}: {e})") from e
 

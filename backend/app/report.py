@@ -21,7 +21,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -269,7 +269,7 @@ def build(db: Session, group: str | None = None, ids: list[int] | None = None) -
     if not runs:
         raise NotFound(f"the jobs of {title} were deleted")
     return Report(title=title, runs=runs, rows=table_rows(runs), depth=depth_points(runs, finished_only=True),
-                  made_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                  made_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def option_text(name: str, v: Any) -> str:

@@ -106,6 +106,7 @@ def _run(lab, settings, jobs: int, size, collect: bool = True) -> list[dict]:
     return sizes
 
 
+@pytest.mark.slow
 def test_after_50_jobs_the_sqlite_broker_is_the_size_it_was_after_5(sqlite_settings, tmp_path):
     from core.settings import Settings
     plain = Settings(home=tmp_path / "uncollected")  # the same jobs without collection: what piles up today
@@ -158,6 +159,8 @@ def _redis_size(settings) -> dict:
         r.close()
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 def test_after_50_jobs_redis_holds_the_keys_it_held_after_5(redis_settings):
     lab = Lab(redis_settings.broker_url)
     sizes = _run(lab, redis_settings, 50, _redis_size)

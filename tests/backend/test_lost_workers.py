@@ -54,8 +54,8 @@ def test_a_fresh_workers_first_report_requeues_its_predecessors_job(api, monkeyp
 
 
 def test_a_lost_attempt_that_turns_up_is_told_to_stop(api, monkeypatch):
-    from backend.app.db import session_scope
     from backend.app import jobs
+    from backend.app.db import session_scope
     from backend.app.models import Job
     sent = _spy(monkeypatch)
     jid = api.post("/api/experiments", json={"name": "resent", "config": TINY}).json()["jobs"][0]["id"]

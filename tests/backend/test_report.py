@@ -8,6 +8,8 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 
+import pytest
+
 from core import catalogue, stats
 
 from .conftest import TINY
@@ -134,6 +136,7 @@ def test_the_depth_endpoint_names_the_axis_and_pools_seeds_per_depth(api):
     assert api.get("/api/depth", params={"group": "nope"}).status_code == 404
 
 
+@pytest.mark.subprocess
 def test_the_command_line_writes_the_report_from_the_labs_database(api, tmp_path):
     _lab(api)
     from core.settings import get_settings

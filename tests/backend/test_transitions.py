@@ -3,6 +3,8 @@ the winner sends the job to the broker."""
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
 
+import pytest
+
 from backend.app import queue
 from backend.app.ingest import handle_event
 
@@ -15,6 +17,7 @@ def _job(api) -> int:
     return r.json()["jobs"][0]["id"]
 
 
+@pytest.mark.slow
 def test_thirty_concurrent_resumes_accept_exactly_one_each_time(api, monkeypatch):
     sent = []
     monkeypatch.setattr(queue, "dispatch", lambda job_id, attempt, config, ahead=False, place=None: sent.append((job_id, attempt)))

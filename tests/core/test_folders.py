@@ -5,9 +5,9 @@ data folder, odd names) each answered without a crash or a read outside the data
 from __future__ import annotations
 
 import os
+import struct
 import time
 import zlib
-import struct
 
 import numpy as np
 import pytest

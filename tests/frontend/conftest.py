@@ -33,6 +33,16 @@ def ui_lab(tmp_path_factory, tiny_cifar_dir):
     lab.close()
 
 
+@pytest.fixture(scope="module")
+def idle_lab(tmp_path_factory, tiny_cifar_dir):
+    """One backend for a whole module, no worker: for tests that read catalogue data or only queue jobs and do
+    not count what the module's other tests queued (a lab's start is a few seconds of every such test)."""
+    lab = Lab(tmp_path_factory.mktemp("idle-lab"), tiny_cifar_dir, redis=False)
+    lab.start_backend()
+    yield lab
+    lab.close()
+
+
 @pytest.fixture
 def page(browser, request):
     ctx = browser.new_context(viewport={"width": 1300, "height": 900}, accept_downloads=True)
@@ -42,9 +52,17 @@ def page(browser, request):
     pg.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
     pg.errors = errors
     yield pg
-    ARTIFACTS.mkdir(exist_ok=True)
-    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:  # the page as the failure left it; the tests shoot what a person reviews
+        shot(pg, f"failed-{request.node.name}")
     ctx.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
 
 
 def shot(page, name: str) -> None:

@@ -16,10 +16,11 @@ RESULTS = {0: (0.70, 1.5, 7_690), 1: (0.90, 3.0, 7_100_000), 2: (0.92, 5.0, 14_2
 
 def _finish(lab, jid, acc, seconds, params):
     """As a worker's reports would leave the job: succeeded, two epochs, its info before epoch 1."""
+    from sqlalchemy.orm import Session
+
     from backend.app.db import make_engine
     from backend.app.models import EpochMetric, Job
     from core.protocol import JobStatus
-    from sqlalchemy.orm import Session
     engine = make_engine(f"sqlite:///{lab.tmp / 'home' / 'blocklab.db'}")
     with Session(engine) as db:
         job = db.get(Job, jid)

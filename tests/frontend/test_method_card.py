@@ -11,8 +11,8 @@ def _card_text(page, sel="#method-card") -> str:
     return page.text_content(sel) or ""
 
 
-def test_the_card_sits_beside_the_picker_and_follows_the_model(make_lab, page):
-    lab = make_lab()  # no worker needed: the card is catalogue data
+def test_the_card_sits_beside_the_picker_and_follows_the_model(idle_lab, page):
+    lab = idle_lab  # no worker needed: the card is catalogue data
     page.goto(lab.url + "/#/new")
     page.wait_for_selector("#method-card .method-card-body[data-model='deit_base_distilled_patch16_224']")
     text = _card_text(page)
@@ -36,8 +36,8 @@ def test_the_card_sits_beside_the_picker_and_follows_the_model(make_lab, page):
     assert not page.errors
 
 
-def test_the_job_page_shows_the_card_and_where_the_job_leaves_the_preset(make_lab, page):
-    lab = make_lab()
+def test_the_job_page_shows_the_card_and_where_the_job_leaves_the_preset(idle_lab, page):
+    lab = idle_lab
     jid = lab.submit("bf16 resnet", model="resnet152", precision="bf16", epochs=1)  # queued: no worker
     page.goto(f"{lab.url}/#/job/{jid}")
     page.wait_for_selector("#job-card .method-card-body[data-model='resnet152']")

@@ -90,7 +90,7 @@ def test_a_repeat_group_shows_its_interval_and_its_band(seeded, narrow):
     assert no_horizontal_overflow(narrow) and not narrow.errors
 
     # Four seeds for the outside group, from its row: one more run queued, joining the comparison.
-    narrow.click(f"#seeds-table tr[data-group-key] >> nth=1 >> button.repeat")
+    narrow.click("#seeds-table tr[data-group-key] >> nth=1 >> button.repeat")
     narrow.fill("#repeat-n", "4")
     narrow.click("#repeat-go")
     narrow.wait_for_selector("#message.info")

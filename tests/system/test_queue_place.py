@@ -28,7 +28,8 @@ def test_a_killed_workers_job_runs_again_before_the_jobs_that_never_started(tmp_
     try:
         worker = la.current("worker")
         wait_for(la.healthy, START_S, "the backend to answer")
-        post = lambda name, cfg: la.client.post("/api/experiments", json={"name": name, "config": cfg}).json()
+        def post(name, cfg):
+            return la.client.post("/api/experiments", json={"name": name, "config": cfg}).json()
         a = post("killed", dict(SLOW, epochs=3))["jobs"][0]["id"]
         wait_for(lambda: la.job(a)["status"] == "running", START_S, "the first job to start")
         waiting = [post(f"never started {i}", QUICK)["jobs"][0]["id"] for i in range(2)]

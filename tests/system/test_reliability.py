@@ -117,6 +117,7 @@ def test_worker_killed_three_times_during_one_job(sqlite_lab):
     assert lab.epochs(jid) == [1, 2, 3, 4, 5, 6] and job["attempt"] == 4
 
 
+@pytest.mark.redis
 def test_redis_restart_during_a_job_leaves_no_job_running(make_lab):
     # Redis persisting every write, as docker-compose.yml runs it.
     lab = make_lab(redis=True, redis_args=("--appendonly", "yes", "--appendfsync", "always"))
@@ -261,6 +262,7 @@ def test_a_frozen_worker_is_superseded_and_stops_when_it_wakes(sqlite_lab):
     assert job["status"] == "succeeded" and lab.epochs(jid) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.redis
 def test_redis_restarted_three_times_during_a_job_delays_events_and_loses_none(make_lab):
     """Only reconnecting can save this job: the watchdog would requeue it only after an hour of silence."""
     lab = make_lab(redis=True, redis_args=("--appendonly", "yes", "--appendfsync", "always"),

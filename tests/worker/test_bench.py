@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _bench(*args, timeout=600):
     r = subprocess.run([sys.executable, "-m", "worker.bench", *args], capture_output=True, text=True,
@@ -15,6 +17,8 @@ def _bench(*args, timeout=600):
     return r
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_bench_prints_both_sides_and_their_ratio():
     r = _bench("--model", "deit_tiny_patch16_224", "--images", "64", "--val-images", "32", "--epochs", "2",
                "--ref-epochs", "1", "--image-size", "32", "--batch-size", "32", "--ref-workers", "0", "--device", "cpu",
@@ -26,6 +30,8 @@ def test_bench_prints_both_sides_and_their_ratio():
     assert res["engine"]["peak_host_rss_mib"] > 0 and res["reference"]["peak_host_rss_mib"] > 0
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_the_gpu_command_writes_every_figure_as_json(tmp_path):
     """The README's GPU command with tiny sizes (the model, preset and variants it names; 32 px, 64 images)."""
     out = tmp_path / "bench.json"
@@ -133,6 +139,8 @@ TABLE1_FIGURES = ("frozen_images_per_s", "epoch1_s", "epoch1_images_per_s", "epo
                   "first_point_s", "wall_s", "peak_host_rss_mib", "projected_paper_s")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_table1_mode_times_each_model_and_the_total(tmp_path):
     """--table1 on two small models (the ten paper models are the GPU script's, tools/gpu_check.sh): per
     model the frozen forward's speed, epoch 1 and the later epochs, peak memory, the first curve point and a

@@ -15,8 +15,8 @@ from core import memory
 from core.config import TrainConfig
 from worker.engine import cachedir, limits
 from worker.engine import train as engine
-from worker.engine.device import DevicePolicy
 from worker.engine.cachedir import CacheDir
+from worker.engine.device import DevicePolicy
 from worker.engine.store import FeatureStore, Placement
 from worker.engine.train import Paths, run
 
@@ -53,6 +53,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.subprocess
 def test_eviction_removes_stale_scratch_and_counts_live_scratch(tmp_path):
     root = tmp_path / "cache"
     root.mkdir()

@@ -3,6 +3,8 @@ rest on them without building a model), and reproduce the paper's Table 1 exactl
 same (counted the paper's way: see table1.csv's count_includes_mlp_head). Every paper model's preset builds at 224,
 loads the tagged weights its card names, and only the authors' Keras CNNs get Keras' head and BatchNorm defaults."""
 
+import functools
+
 import pytest
 import timm
 import torch
@@ -22,10 +24,19 @@ META = DevicePolicy(torch.device("meta"))
 
 
 def _build(model_id, **overrides):
-    """The model as a paper-preset run builds it, on the meta device: the architecture without weights or memory."""
+    """The model as a paper-preset run builds it, on the meta device: the architecture without weights or memory.
+    The paper preset itself is built once per model for the session: the tests only read it."""
+    if not overrides:
+        return _paper_build(model_id)
     cfg = preset("paper", model=model_id, weights="none", **overrides)
     with torch.device("meta"):
         return build_model(cfg, META)
+
+
+@functools.cache
+def _paper_build(model_id):
+    with torch.device("meta"):
+        return build_model(preset("paper", model=model_id, weights="none"), META)
 
 
 def _counts(model_id):
@@ -220,6 +231,7 @@ def test_stored_block_counts_match_the_architecture(model_id):
     assert deepest.trainable_block_names == m.blocks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_id", PAPER_MODELS)
 def test_every_paper_model_runs_from_its_cache_at_two_blocks_and_at_none(model_id):
     """At K=2 the cache holds the second-to-last block's input (CoaT: its stage's first block's) and the

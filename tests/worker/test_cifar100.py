@@ -131,6 +131,7 @@ def test_the_stratified_subset_draws_from_all_100_classes(tmp_path):
         data.stratified_subset(ds.train, 4, seed=1)
 
 
+@pytest.mark.train
 def test_a_tiny_run_on_cifar100_has_a_100_way_head_and_100_class_metrics(tmp_path):
     _write(tmp_path / "data")
     cfg = TrainConfig(model="deit_tiny_patch16_224", dataset="cifar100", weights="none", image_size=32, epochs=1,

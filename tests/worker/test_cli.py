@@ -41,6 +41,8 @@ def test_every_flag_has_help_text_and_says_its_default():
         assert action.help and "default" in action.help, action.option_strings
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_run_shows_bars_per_phase_epoch_lines_and_a_readable_summary(tiny_cifar_dir, tmp_path):
     r = _cli("--epochs", "2", data=tiny_cifar_dir, out=tmp_path / "o")
     assert r.returncode == 0, r.stderr
@@ -71,6 +73,8 @@ def test_the_paper_accuracy_is_set_against_the_best_epoch():
     assert "best validation accuracy 0.9012 at epoch 17; the paper's VGG-19: 0.9234 (-2.22 points)" in text
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_verbose_log_lines_are_written_above_the_bars(tiny_cifar_dir, tmp_path):
     r = _cli("--epochs", "1", "--verbose", data=tiny_cifar_dir, out=tmp_path / "o")
     assert r.returncode == 0, r.stderr
@@ -78,6 +82,8 @@ def test_verbose_log_lines_are_written_above_the_bars(tiny_cifar_dir, tmp_path):
     assert logged and all(s.startswith("INFO blocklab") for s in logged), logged
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_json_prints_only_the_summary_on_stdout(tiny_cifar_dir, tmp_path):
     r = _cli("--epochs", "1", "--json", data=tiny_cifar_dir, out=tmp_path / "o")
     assert r.returncode == 0, r.stderr
@@ -87,6 +93,8 @@ def test_json_prints_only_the_summary_on_stdout(tiny_cifar_dir, tmp_path):
     assert "%|" not in r.stderr and "epoch 1" not in r.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_rerun_says_it_resumes_then_that_it_is_complete_and_trains_nothing(tiny_cifar_dir, tmp_path):
     out = tmp_path / "o"
     assert _cli("--epochs", "1", data=tiny_cifar_dir, out=out).returncode == 0
@@ -108,6 +116,8 @@ def test_a_rerun_says_it_resumes_then_that_it_is_complete_and_trains_nothing(tin
     assert summary["already_complete"] and summary["status"] == "complete" and summary["epochs_run"] == 2
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_checkpoint_of_another_config_is_refused_before_anything_runs(tiny_cifar_dir, tmp_path):
     out = tmp_path / "o"
     assert _cli("--epochs", "1", data=tiny_cifar_dir, out=out).returncode == 0
@@ -116,6 +126,8 @@ def test_a_checkpoint_of_another_config_is_refused_before_anything_runs(tiny_cif
     assert "Traceback" not in r.stderr and "%|" not in r.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_ctrl_c_stops_keeping_the_last_epoch_and_the_rerun_resumes(tiny_cifar_dir, tmp_path):
     out = tmp_path / "o"
     p = subprocess.Popen([sys.executable, "-m", "worker.finetune", *ARGS, "--data-dir", str(tiny_cifar_dir), "--out",
@@ -144,6 +156,8 @@ def test_ctrl_c_stops_keeping_the_last_epoch_and_the_rerun_resumes(tiny_cifar_di
     assert r.returncode == 0 and r.stderr.startswith(f"resuming {out} from epoch {done + 1}"), r.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("bad", [["--epochs", "0"], ["--model", "no_such_net", "--describe"]])
 def test_bad_values_are_one_line_errors(bad, tmp_path):
     r = subprocess.run([sys.executable, "-m", "worker.finetune", *bad], capture_output=True, text=True, cwd=ROOT,
@@ -151,6 +165,8 @@ def test_bad_values_are_one_line_errors(bad, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "error" in r.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_teacher_run_teaches_a_student_through_the_command_line(tiny_cifar_dir, tmp_path):
     """--teacher N --teacher-dir: the student's epochs carry the teacher's accuracy and agreement, and the
     teacher's predictions are stored in its folder."""

@@ -47,6 +47,7 @@ def _sibling(name, arch, block, size, k):
     return SingleBlockModel(bb, plan, trainable_blocks=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,arch,block,size", FAMILIES)
 def test_cached_forward_equals_the_full_forward_at_every_depth(name, arch, block, size):
     """K=0 (the heads' input), the first depth that crosses a stage boundary, a depth inside the class-attention
@@ -78,6 +79,7 @@ def _model(name, kw, k):
     return SingleBlockModel(bb, plan_for(name, bb), trainable_blocks=k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", _lite0_and_deit())
 def test_trainable_count_grows_with_depth_and_frozen_parts_get_no_gradient(name, kw):
     counts = {}
@@ -104,6 +106,7 @@ def test_trainable_count_grows_with_depth_and_frozen_parts_get_no_gradient(name,
     assert counts[0] < counts[1] < counts[2] < counts[None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", _lite0_and_deit())
 def test_cached_and_uncached_logits_and_gradients_agree_at_two_blocks(name, kw):
     """The cache path (frozen features once, then the model's own forward from the first trainable block) gives
@@ -136,6 +139,7 @@ def test_all_trains_every_layer_with_batchnorm_statistics_and_no_cache():
     assert set(m.trainable_state_dict()) == set(m.state_dict())
 
 
+@pytest.mark.slow
 def test_two_blocks_leave_the_frozen_part_bit_identical():
     m = _model("tf_efficientnet_lite0", {}, 2)
     before = {k: v.clone() for k, v in m.backbone.state_dict().items()}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from core.config import TrainConfig
-from worker.engine import distill
 from worker.engine import data as cifar
+from worker.engine import distill
 from worker.engine.device import DevicePolicy
 from worker.engine.distill import PREDICTIONS_DIR, TeacherError, TeacherPredictions, distillation_loss
 from worker.engine.train import Paths, run

@@ -134,6 +134,7 @@ def _paper_cache_bytes(model: str) -> int:
             + FeatureStore.bytes_needed(10_000, 1, shapes, dtype))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [TrainConfig().model, "resnet152"])
 def test_the_default_cache_cap_keeps_the_largest_paper_caches(monkeypatch, model):
     """The default model's cache (DeiT-B distilled, 31.2 GiB) and the largest of Table 1 (ResNet-152, 41.1 GiB)

@@ -30,6 +30,7 @@ SIBLINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,arch,block,size", SIBLINGS)
 def test_split_forward_equals_full_forward(name, arch, block, size):
     torch.manual_seed(0)
@@ -78,6 +79,7 @@ def _train_steps(m, x, y, steps=3):
         opt.step()
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "deit_tiny_patch16_224", "densenet121"])
 def test_frozen_part_is_bit_identical_after_training(name):
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ from core import estimate, memory
 from core.config import TrainConfig
 from core.memory import GiB
 from worker.engine import limits, store
-from worker.engine.device import DevicePolicy
 from worker.engine.cachedir import CacheDir
+from worker.engine.device import DevicePolicy
 from worker.engine.train import Paths, run
 
 TINY = dict(model="deit_tiny_patch16_224", weights="none", batch_size=32, image_size=32, val_limit=60,

@@ -223,6 +223,8 @@ def test_cli_trains_and_writes_metrics_and_summary(tiny_cifar_dir, tmp_path):
     assert "epoch 1 train" in r.stderr  # the progress bar
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_describe_and_list_models():
     r = subprocess.run([sys.executable, "-m", "worker.finetune", "--describe", "--model",
                         "deit_base_distilled_patch16_224"], capture_output=True, text=True, check=True)
@@ -236,6 +238,8 @@ def test_cli_describe_and_list_models():
     assert len(paper) == 10 and {"id", "paper_name", "family", "paper_val_acc", "paper_trainable_params"} <= set(paper[0])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "worker.finetune", "--data-dir", str(tmp_path), "--out",
                         str(tmp_path / "o"), "--weights", "none", "--model", "deit_tiny_patch16_224"],
@@ -246,6 +250,8 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "unknown model" in r.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_help_shows_every_option_with_its_default():
     from core.config import OPTIONS
     r = subprocess.run([sys.executable, "-m", "worker.finetune", "--help"], capture_output=True, text=True,

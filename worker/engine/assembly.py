@@ -15,13 +15,13 @@ from pathlib import Path
 
 from core import catalogue
 from core.config import TrainConfig, config_differences
+from core.errors import Fix, SetupError
 from core.protocol import RunStatus
 
 from . import checkpoint, train
 from .checkpoint import StorageError
 from .device import DeviceError
 from .distill import TeacherError
-from core.errors import Fix, SetupError
 from .train import Callbacks, Diverged, Paths
 from .weights import resolve_local
 

@@ -5,8 +5,8 @@ builder without importing the loop that imports it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from timm.data import resolve_model_data_config

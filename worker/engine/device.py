@@ -17,9 +17,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -129,13 +129,13 @@ class DevicePolicy:
     pinned_empty: Callable = _pinned_empty  # the pinned allocator (a test stands in for it on a CPU-only build)
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "DevicePolicy":
+    def for_device(cls, device: torch.device) -> DevicePolicy:
         if device.type == "cuda":
             return cls(device, device_free_bytes=lambda: torch.cuda.mem_get_info(device)[0], pin_memory=True,
                        channels_last=True, bf16=bf16_supported(device), fixed_shapes=True)
         return cls(device, bf16=bf16_supported(device))
 
-    def replace(self, **changes) -> "DevicePolicy":
+    def replace(self, **changes) -> DevicePolicy:
         return dataclasses.replace(self, **changes)
 
     # -- numerics ------------------------------------------------------------------------------------------------

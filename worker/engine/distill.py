@@ -21,9 +21,9 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +181,7 @@ class TeacherPredictions:
 
     @classmethod
     def setup(cls, cfg: TrainConfig, teacher_dir: Path | None, policy, amp: dict, images: torch.Tensor,
-              train_fingerprint: str, weights_dir: Path | None = None) -> "TeacherPredictions":
+              train_fingerprint: str, weights_dir: Path | None = None) -> TeacherPredictions:
         """Check the teacher job and read back what its folder already holds for these images."""
         job = cfg.teacher
         ckpt = _teacher_checkpoint(job, teacher_dir)

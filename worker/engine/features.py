@@ -30,8 +30,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -102,7 +102,7 @@ class ChunkPlan:
         found = [self.first_call[c] - c * self.per_image[c] for c in self.first_call if c in self.per_image]
         return max(0.0, sorted(found)[len(found) // 2]) if found else None
 
-    def capped(self, n: int) -> "ChunkPlan":
+    def capped(self, n: int) -> ChunkPlan:
         """This plan with its candidates capped at a split of `n` images (a candidate larger than the split is the
         split); the measurements are shared."""
         capped = {min(c, max(n, 1)) for c in self.candidates}
@@ -221,10 +221,10 @@ class FrozenFeatures:
 
     @classmethod
     def setup(cls, cfg, paths, model, prep, policy: DevicePolicy, amp: dict, train, val,
-              images: dict[str, torch.Tensor], data_keys: dict[str, str]) -> "FrozenFeatures":
+              images: dict[str, torch.Tensor], data_keys: dict[str, str]) -> FrozenFeatures:
         """Decide whether and where features are cached; reuse a finished cache of an earlier job (or of this job's
         earlier attempt: the key hashes the frozen part only, which training never changes)."""
-        def off(reason: str) -> "FrozenFeatures":
+        def off(reason: str) -> FrozenFeatures:
             return cls(model, prep, amp, images, {}, {"enabled": False, "reason": reason}, None)
 
         if not cfg.feature_cache:

@@ -15,8 +15,8 @@ CoaT, whose forward reads the batch size from its input image, has its own runne
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -10,8 +10,8 @@ and the `filled` flags on the host: what an epoch lacks is known without asking 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch

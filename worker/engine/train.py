@@ -23,13 +23,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 import timm
+import torch
 import torch.nn.functional as F
 
 from core import catalogue
@@ -39,8 +39,8 @@ from core.protocol import Phase, RunStatus, epoch_row, progress
 from . import checkpoint
 from . import data as cifar
 from .builders import build_model, grad_scaler, make_optimizer  # tests reach them here too; callers: worker.engine
-from .distill import TeacherError, TeacherPredictions, distillation_loss
 from .device import DevicePolicy, fp32_math, precision_name, resolve_device  # resolve_device: tasks.py, bench.py
+from .distill import TeacherError, TeacherPredictions, distillation_loss
 from .features import FrozenFeatures
 from .model import SingleBlockModel  # tests patch its methods through this module
 from .predictions import ValPredictions
@@ -177,8 +177,8 @@ def _run(cfg: TrainConfig, paths: Paths, cb: Callbacks, dataset: cifar.Cifar10 |
             state.features.close()
 
 
-def _finish(cfg: TrainConfig, cb: Callbacks, dataset, paths: Paths, policy: DevicePolicy, watch: "_Watch",
-            state: "_State", out_dir: Path) -> dict:
+def _finish(cfg: TrainConfig, cb: Callbacks, dataset, paths: Paths, policy: DevicePolicy, watch: _Watch,
+            state: _State, out_dir: Path) -> dict:
     """Train, then write the summary (and keep the cache) whether the run finished or was stopped."""
     try:
         _train(cfg, paths, cb, dataset, policy, watch, state, out_dir)

@@ -12,16 +12,16 @@ import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from core import catalogue
+from core.errors import Fix, SetupError
 from core.protocol import Phase, progress
 
-from core.errors import Fix, SetupError
 from .stop import Stop, StopRequested
 
 HUB_CHUNK_BYTES = 64 << 10  # huggingface_hub reads 10 MiB per chunk: progress and stop checks need finer steps

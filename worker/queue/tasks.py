@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
@@ -132,7 +132,7 @@ class _ProgressSender:
     """Engine progress -> `progress` events, throttled: at most every PROGRESS_EVERY_S, but always on a new phase
     (or split) and when a phase reaches its total. `hooks` sees each report before and after (tests/faults.py)."""
 
-    def __init__(self, send, hooks: "AttemptHooks | None" = None, job_id: int = 0):
+    def __init__(self, send, hooks: AttemptHooks | None = None, job_id: int = 0):
         self.send, self.hooks, self.job_id = send, hooks or AttemptHooks(), job_id
         self.last, self.key = float("-inf"), None
 
@@ -167,7 +167,7 @@ def install_hooks(hooks: AttemptHooks) -> None:
     _hooks = hooks
 
 
-class AttemptState(str, Enum):
+class AttemptState(StrEnum):
     """Where an attempt is. RECEIVED -> (REFUSED | SETTING_UP -> TRAINING) -> FINISHED; FORCE_STOPPING from
     SETTING_UP or TRAINING ends the process."""
     RECEIVED = "received"

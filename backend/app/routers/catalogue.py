@@ -34,7 +34,8 @@ def model_card(model_id: str, request: Request):
     try:
         chosen = ExperimentConfig(model=model_id, **given)
     except ValidationError as err:
-        raise RequestValidationError([{**d, "loc": ("query", *d["loc"])} for d in err.errors(include_url=False)])
+        raise RequestValidationError([{**d, "loc": ("query", *d["loc"])}
+                                      for d in err.errors(include_url=False)]) from err
     web = {o.name for o in web_options()}
     paper = {k: v for k, v in preset("paper", model=model_id).to_dict().items() if k in web}
     return {**method_card(TrainConfig(**chosen.model_dump())), "config": paper,

@@ -41,11 +41,11 @@ def list_mistakes(job_id: IdPath,
     try:
         page_ = mistakes.mistakes(out_dir, epoch, true, pred, page, per_page)
     except mistakes.NoPredictions as e:
-        raise HTTPException(404, f"job {job_id}: {e}")
+        raise HTTPException(404, f"job {job_id}: {e}") from e
     except ValueError as e:
         field = str(e).split(":", 1)[0]
         raise RequestValidationError([{"type": "value_error", "loc": ("query", field), "msg": str(e),
-                                       "input": true if field == "true" else pred}])
+                                       "input": true if field == "true" else pred}]) from e
     for it in page_["items"]:
         it["thumbnail"] = f"/api/jobs/{job_id}/images/{it['row']}?epoch={epoch}"
     return page_
@@ -68,5 +68,5 @@ def thumbnail(job_id: IdPath, row: int = FPath(ge=0, le=10_000_000), epoch: Epoc
     try:
         data = _thumbnail(out_dir, row, epoch)
     except (LookupError, DatasetError) as e:
-        raise HTTPException(404, f"job {job_id}, image {row}: {e}")
+        raise HTTPException(404, f"job {job_id}, image {row}: {e}") from e
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

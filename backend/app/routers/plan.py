@@ -9,11 +9,11 @@ same runs as a labelled dry run (core.config.DRY_RUN) are totalled beside them. 
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from core import catalogue, estimate, memory
 from core.config import DRY_RUN, TrainConfig, config_warnings, dry_run, method_card
@@ -188,7 +188,7 @@ def _total(values) -> float | None:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 @router.post("/plan")
