@@ -138,7 +138,7 @@ def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
     return {"frozen_s": round(frozen, 1), "train_s": round(train, 1), "total_s": round(frozen + train, 1)}
 
 
-# Until a job has run on a worker, its speed is the start-up calibration's (worker/queue/report.py): one ViT-S
+# Until a job has run on a worker, its speed is the start-up calibration's (worker/queue/self_report.py): one ViT-S
 # block's forward and backward in a tight loop, the best case. A real job adds what that loop lacks (the frozen
 # pass over every image, preprocessing, the optimizer, validation, the head, small batches), so it runs slower:
 # 4.5x to 7x in the runs issue 24 reports (70 s planned before calibration, 313 s after and 505 s real for the same
@@ -149,7 +149,7 @@ UNCALIBRATED_SPAN = (1.0, 8.0)
 
 
 def _key(model: str, image_size: int | None) -> str:
-    """The worker's key for a measured job (worker/queue/report.py Reporter.measured)."""
+    """The worker's key for a measured job (worker/queue/self_report.py Reporter.measured)."""
     return f"{model}@{image_size}"
 
 

@@ -7,4 +7,4 @@ COPY worker ./worker
 RUN pip install --no-cache-dir ".[worker]"
 ENV BLOCKLAB_HOME=/var/lib/blocklab BLOCKLAB_DATA_DIR=/data BLOCKLAB_WEIGHTS_DIR=/weights \
     BLOCKLAB_RUNS_DIR=/runs BLOCKLAB_CACHE_DIR=/cache BLOCKLAB_GPU_LOCK_DIR=/locks
-CMD ["python", "-m", "worker.queue.serve"]
+CMD ["python", "-m", "worker.queue.gpu_worker"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.queue.serve import claim_gpu
+from worker.queue.gpu_worker import claim_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 

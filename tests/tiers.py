@@ -128,9 +128,16 @@ def _watch_spawns():
     subprocess.Popen.__init__ = init
 
 
+# Programs the standard library runs on an import's behalf, not the test's: ctypes.util.find_library asks
+# `ldconfig -p` where a library (torch's, on its first import) is looked up.
+LIBRARY_LOOKUPS = frozenset({"ldconfig"})
+
+
 def needs_of(argv: list[str]) -> set[str]:
     """The markers a started program asks of the test that started it."""
     prog, text = Path(argv[0].split()[0]).name if argv else "", " ".join(argv)
+    if prog in LIBRARY_LOOKUPS:
+        return set()
     needs = {"subprocess"}
     if prog.startswith("redis-server"):
         needs.add("redis")

@@ -1,4 +1,4 @@
-"""The latest self-report of every worker (worker/queue/report.py), fed by event ingestion, read by plans.
+"""The latest self-report of every worker (worker/queue/self_report.py), fed by event ingestion, read by plans.
 
 In memory: a report is advice about now, resent every `worker_report_s`, so nothing is lost by a backend restart
 but the minute until the next one (a plan then says no worker has reported yet). A report older than three

@@ -86,9 +86,9 @@ def test_a_checkpoint_of_another_config_is_a_setup_error_naming_the_folder_optio
 
 
 def test_the_reports_run_it_again_command_runs_as_printed(home, tmp_path):
-    """backend/app/report.py prints the command; executed by a shell exactly as printed (the lab's data and
+    """backend/app/reproduction_report.py prints the command; executed by a shell exactly as printed (the lab's data and
     weights folders in it), it trains the same config with weights=local."""
-    from backend.app.report import cli_command
+    from backend.app.reproduction_report import cli_command
     _put_weights(home.weights_path)
     config = finetune.preset("paper", **TINY, weights="local").to_dict()
     cmd = cli_command(config, str(tmp_path / "again"))

@@ -56,7 +56,7 @@ def test_a_name_timm_lacks_is_a_setup_error_in_each_front_ends_terms(tiny_cifar_
 def test_the_worker_reports_a_local_file_of_any_timm_model_so_the_plan_sees_it(tmp_path):
     """The plan's preflight reads the worker's report: a non-catalogue model's local file must be in it, or the
     plan would block a run that can go, and a file that is not there must not be."""
-    from worker.queue.report import weights_present
+    from worker.queue.self_report import weights_present
     (tmp_path / f"{MODEL}.safetensors").write_bytes(b"x")
     (tmp_path / "not_a_timm_model.pth").write_bytes(b"x")
     found = weights_present(tmp_path)

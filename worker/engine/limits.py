@@ -3,7 +3,7 @@ counted as free), host memory this process may use (MemAvailable, or less under 
 worker sees the host's MemAvailable, not its own limit) and the free disk at the cache folder.
 
 Probed here, decided in core.memory (torch-free, shared with the plan): the worker's self-report reads the same
-numbers (worker/queue/report.py), so the plan and the engine place features with one rule on one set of limits.
+numbers (worker/queue/self_report.py), so the plan and the engine place features with one rule on one set of limits.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     s.home.mkdir(parents=True, exist_ok=True)
     # report: the worker's self-report (device, throughput, weights and data present) for plans
     app = Celery("blocklab", broker=s.broker_url, backend=s.result_backend,
-                 include=["worker.queue.tasks", "worker.queue.report"])
+                 include=["worker.queue.tasks", "worker.queue.self_report"])
     app.conf.update(
         task_default_queue=JOBS_QUEUE,
         task_serializer="json", accept_content=["json"], result_serializer="json",

@@ -120,7 +120,7 @@ def _dry_changes(configs: list[dict]) -> dict:
 
 
 def _limits(rep: dict | None) -> memory.Limits | None:
-    """The worker's reported limits (worker/queue/report.py), as core.memory reads them; None when unknown."""
+    """The worker's reported limits (worker/queue/self_report.py), as core.memory reads them; None when unknown."""
     raw = (rep or {}).get("limits")
     if not isinstance(raw, dict):
         return None

@@ -12,7 +12,7 @@ The report is built once as a document (document.py) and rendered to HTML or to 
 (core.palette) it has in the compare view.
 
 The HTML carries the Plotly bundle inline and its figures as data: it opens offline, with no request to anywhere.
-Torch-free, like the rest of the backend: the API (routers/report.py) and the command line (backend/report.py)
+Torch-free, like the rest of the backend: the API (routers/report.py) and the command line (backend/report_cli.py)
 build the same report from the database.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Start one Celery worker bound to one GPU: `python -m worker.queue.serve`.
+"""Start one Celery worker bound to one GPU: `python -m worker.queue.gpu_worker`.
 
 With `docker compose up --scale worker=N` every replica sees all GPUs; each claims a different one by taking an
 exclusive lock on `<lock dir>/gpu<i>` (released by the kernel when the process dies), then exposes only that

@@ -1,4 +1,4 @@
-"""The reproduction report (GET /api/report.html, /api/report.md, python -m backend.report): one self-contained
+"""The reproduction report (GET /api/report.html, /api/report.md, python -m backend.report_cli): one self-contained
 HTML file (Plotly inlined, no http(s) URL in any src or href), the table against Table 1 with seed repeats pooled
 into a Student's t interval, the method cards, the environment, the config to run again; a 404 that says why."""
 import json
@@ -143,12 +143,12 @@ def test_the_command_line_writes_the_report_from_the_labs_database(api, tmp_path
     env = {"BLOCKLAB_HOME": str(get_settings().home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     for fmt in ("html", "md"):
         out = tmp_path / f"r.{fmt}"
-        p = subprocess.run([sys.executable, "-m", "backend.report", "--group", "sweep", "--format", fmt, "--out",
+        p = subprocess.run([sys.executable, "-m", "backend.report_cli", "--group", "sweep", "--format", fmt, "--out",
                             str(out)], capture_output=True, text=True, env=env, timeout=120)
         assert p.returncode == 0, p.stderr
         text = out.read_text()
         assert "densenet201" in text and "95% CI" in text
-    p = subprocess.run([sys.executable, "-m", "backend.report", "--group", "nope"], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "backend.report_cli", "--group", "nope"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode == 2 and "no group named" in p.stderr
 
@@ -170,7 +170,7 @@ def test_a_seed_run_twice_counts_once_and_a_depth_off_the_paper_says_so(api):
 
 
 def test_the_command_to_run_a_student_again_names_its_teachers_folder(api):
-    from backend.app.report import cli_command, option_text
+    from backend.app.reproduction_report import cli_command, option_text
     from core.config import preset
     from core.settings import get_settings
     cmd = cli_command(preset("paper", model="deit_tiny_distilled_patch16_224", teacher=7).to_dict())

@@ -8,7 +8,7 @@ from kombu import Connection
 from core.config import preset
 from core.protocol import EVENTS_QUEUE
 from core.settings import Settings
-from worker.queue import report
+from worker.queue import self_report
 
 
 def _fake_hub_entry(hub: Path, repo: str, name: str = "model.safetensors", size: int = 3 * 2**20):
@@ -26,7 +26,7 @@ def test_weights_are_found_in_the_hub_cache_for_the_pinned_tag_and_as_local_file
     _fake_hub_entry(tmp_path / "hub", "timm/deit_tiny_patch16_224.fb_in1k")
     _fake_hub_entry(tmp_path / "hub", "timm/vgg19.some_other_tag")  # not the catalogue's tag: not these weights
     (tmp_path / "resnet152.pth").write_bytes(b"\0" * 2**20)
-    found = report.weights_present(tmp_path)
+    found = self_report.weights_present(tmp_path)
     assert found["deit_tiny_patch16_224"]["hub"] and found["deit_tiny_patch16_224"]["hub_mb"] == 3.0
     assert not found["vgg19"]["hub"]
     assert found["resnet152"]["local"] == str(tmp_path / "resnet152.pth") and found["resnet152"]["local_mb"] == 1.0
@@ -34,15 +34,15 @@ def test_weights_are_found_in_the_hub_cache_for_the_pinned_tag_and_as_local_file
 
 
 def test_data_is_present_as_the_batches_folder_or_the_archive(tmp_path, tiny_cifar_dir):
-    assert report.data_present(tiny_cifar_dir)
-    assert not report.data_present(tiny_cifar_dir, "cifar100")  # per dataset: CIFAR-10's folder is not CIFAR-100
-    assert not report.data_present(tmp_path)
+    assert self_report.data_present(tiny_cifar_dir)
+    assert not self_report.data_present(tiny_cifar_dir, "cifar100")  # per dataset: CIFAR-10's folder is not CIFAR-100
+    assert not self_report.data_present(tmp_path)
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
-    assert report.data_present(tmp_path)
+    assert self_report.data_present(tmp_path)
 
 
 def test_calibration_measures_a_positive_throughput_in_about_the_time_asked():
-    cal = report.calibrate("cpu", seconds=0.3)
+    cal = self_report.calibrate("cpu", seconds=0.3)
     assert cal["gflops"] > 0.1 and 0.3 <= cal["seconds"] < 5 and cal["steps"] >= 4
 
 
@@ -52,7 +52,7 @@ def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = preset("quick", weights="none", epochs=2, image_size=32, batch_size=64, val_limit=40)
     run(cfg, Paths(tiny_cifar_dir, s.runs_path / "job-7"))
-    r = report.Reporter(s, "w9@test")
+    r = self_report.Reporter(s, "w9@test")
     r.calibration = {"gflops": 1.0}
     r.job_finished(7, cfg.to_dict())
     assert r.measured["deit_tiny_patch16_224@32"] > 0
@@ -73,6 +73,6 @@ def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_
 
 def test_a_job_without_a_summary_teaches_nothing(tmp_path):
     s = Settings(home=tmp_path / "home")
-    r = report.Reporter(s, "w@x")
+    r = self_report.Reporter(s, "w@x")
     r.job_finished(99, {})
     assert r.measured == {}
