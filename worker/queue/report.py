@@ -88,8 +88,9 @@ def reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE set: the hub library refuses every download whatever the network says."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE set: the hub library refuses every download whatever the network says (the engine's test)."""
+    from worker.engine.weights import hub_offline as offline
+    return offline()
 
 
 # -- how fast ---------------------------------------------------------------------------------------------------
