@@ -199,6 +199,7 @@ class FeatureStore:
         self._staging: list[list[torch.Tensor]] = [[] for _ in shapes]  # per tensor: two host buffers, in turn
         self._copied: list[list] = [[None, None] for _ in shapes]  # per buffer: the event of its last copy
         self._turn = 0
+        self.read = [0, 0.0]  # bytes and seconds of this run's reads from a memory-mapped (disk) placement
 
     @property
     def nbytes(self) -> int:
@@ -248,6 +249,7 @@ class FeatureStore:
         the run's device, when the caller has them (a slice of the epoch's order): a store on the device is indexed
         with those, so a batch moves no index across. A store in host memory (or on disk) is gathered into a
         reusable staging buffer, pinned where the device copies from it, and copied without blocking."""
+        t0 = time.perf_counter()
         out = []
         for i, store in enumerate(self.tensors):
             if _same_device(store.device, self.device):
@@ -259,6 +261,9 @@ class FeatureStore:
                 self._record_copy(i)
             out.append(f.to(dtype))
         self._turn ^= 1
+        if self.placement.where == "disk":  # what this machine's disk (and page cache) really delivers to a run
+            self.read[0] += len(idx) * (self.nbytes // (self.n * self.states))
+            self.read[1] += time.perf_counter() - t0
         return out
 
     def _staged(self, i: int, store: torch.Tensor, idx: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -626,7 +631,11 @@ class FrozenFeatures:
         if on_device is not None:
             dev_idx, dev_flip = on_device
             dev = (dev_idx, dev_flip.long() if dev_flip is not None else torch.zeros_like(dev_idx))
-        return store.get(idx_cpu, state, torch.float32, dev)
+        feats = store.get(idx_cpu, state, torch.float32, dev)
+        if store.read[1] > 0:  # measured, for the plan's next estimate (the worker reports it)
+            read = [sum(s.read[i] for s in self.stores.values()) for i in (0, 1)]
+            self.info["disk_read_bytes_per_s"] = round(read[0] / read[1])
+        return feats
 
     def close(self) -> None:
         """Remove this run's building folder (the memory-mapped store's files), on every way a run ends: what is

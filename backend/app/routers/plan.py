@@ -139,13 +139,21 @@ def _no_size(cfg: dict) -> str:
     return "no frozen-feature cache: this model has no cache point"
 
 
+def _t4_disk_rate(rep: dict | None) -> float | None:
+    """The read rate of a memory-mapped feature cache that the worker measured on its own disk, where the worker is
+    itself a T4 (the lab of a Colab or Kaggle notebook): then it is the T4's, not an assumption."""
+    if rep and "T4" in str(rep.get("device")) and isinstance(rep.get("disk_read_bytes_per_s"), (int, float)):
+        return rep["disk_read_bytes_per_s"] if rep["disk_read_bytes_per_s"] > 0 else None
+    return None
+
+
 def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     spec = catalogue.get(cfg["model"])
     # A job of this model at this size has run here: its own speed beats the calibration's.
     measured = (rep or {}).get("measured", {}).get(f"{cfg['model']}@{cfg.get('image_size')}")
     est = estimate.estimate(cfg, measured or (rep or {}).get("gflops"))
     est["measured"] = measured is not None
-    t4 = estimate.on_t4(cfg)
+    t4 = estimate.on_t4(cfg, _t4_disk_rate(rep))
     est["t4_s"], est["t4"] = t4["seconds"], t4
     pre = {"weights": _weights(cfg, rep), "data": _data(rep, cfg.get("dataset", "cifar10"))}
     reasons = [p["message"] for p in pre.values() if p["state"] == "missing"]
