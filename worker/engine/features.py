@@ -249,7 +249,7 @@ class FeatureStore:
         the run's device, when the caller has them (a slice of the epoch's order): a store on the device is indexed
         with those, so a batch moves no index across. A store in host memory (or on disk) is gathered into a
         reusable staging buffer, pinned where the device copies from it, and copied without blocking."""
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.placement.where == "disk" else 0.0
         out = []
         for i, store in enumerate(self.tensors):
             if _same_device(store.device, self.device):
