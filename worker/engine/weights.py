@@ -249,9 +249,10 @@ def _hub_answers(url: str, timeout: float) -> None:
     no name, silence) raises at once, where huggingface_hub would retry for a minute before failing the same way."""
     host = urllib.parse.urlsplit(url).netloc
     try:
-        urllib.request.build_opener(_NoRedirect).open(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-    except urllib.error.HTTPError:
-        return
+        urllib.request.build_opener(_NoRedirect).open(urllib.request.Request(url, method="HEAD"),
+                                                      timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        e.close()
     except (OSError, ValueError) as e:  # URLError, a timeout, a refused connection
         why = getattr(e, "reason", e)
         raise ConnectionError(f"no answer from {host} within {timeout:g} s ({why})") from None
