@@ -36,9 +36,10 @@ REFERENCE = {"name": "NVIDIA A100 40GB (fp32, TF32 off)", "gflops": 11_700.0,
 # TF32, so tf32 changes nothing there), 65 TFLOP/s peak FP16 on tensor cores, no native bf16 (precision bf16 runs
 # emulated, at about fp32's speed at best). Effective rates assumed as for the A100: 60 % of the FP32 peak, and 30 %
 # of the FP16 tensor-core peak (mixed precision keeps norms and softmax in fp32). Its disk: the reads of a
-# memory-mapped feature cache at an assumed 200 MB/s (Colab's persistent disk; the page cache, 12 GB, holds a part).
+# memory-mapped feature cache at an assumed 200 MB/s, anywhere from 100 to 400 MB/s (Colab's persistent disk; the
+# page cache, 12 GB, holds a part), until a worker on a T4 has measured its own (a job's reads of its cache file).
 T4 = {"name": "NVIDIA T4 (a free Colab or Kaggle GPU)", "fp32_gflops": 4_860.0, "fp16_gflops": 19_500.0,
-      "disk_bytes_per_s": 200e6, "limits": memory.COLAB_T4,
+      "disk_bytes_per_s": 200e6, "disk_bytes_per_s_range": (100e6, 400e6), "limits": memory.COLAB_T4,
       "source": "NVIDIA's T4 datasheet (8.1 TFLOP/s FP32, 65 TFLOP/s FP16 tensor cores), at 60 % and 30 % of "
                 "peak; Colab's 12.7 GB RAM, 15 GiB of GPU memory, ~70 GiB disk, 200 MB/s reads (assumptions, not "
                 "measured here)"}
@@ -253,22 +254,37 @@ def placement(cfg: dict, limits: memory.Limits | None) -> dict | None:
     return {"where": p.where, "label": memory.LABELS[p.where], "reason": p.reason, "bytes": size["bytes"]}
 
 
-def on_t4(cfg: dict) -> dict:
+def disk_read_s(cfg: dict, bytes_per_s: float) -> float:
+    """Seconds a run spends reading its frozen features back from a memory-mapped cache file: every epoch reads
+    each training and validation image's features once."""
+    n_train, n_val = image_counts(cfg)
+    per_epoch = cache_size(cfg)["per_image"] * (n_train + n_val)
+    return round(int(cfg.get("epochs", 20)) * per_epoch / bytes_per_s, 1)
+
+
+def on_t4(cfg: dict, disk_bytes_per_s: float | None = None) -> dict:
     """The run on a free T4: its expected seconds (fp16's rate for precision fp16, fp32's otherwise: auto picks
     fp32 there, bf16 is emulated), where its features go under a Colab session's limits, and what reading them
-    back from disk adds when they go to a memory-mapped file (and the time with the cache off, to compare)."""
+    back from disk adds when they go to a memory-mapped file (and the time with the cache off, to compare).
+
+    The disk's read rate is `disk_bytes_per_s` where a worker on a T4 measured it ("disk_read": "measured"), else
+    the assumed one ("assumed"), and then the time is also given as a range ("seconds_range") over the assumed
+    rates."""
     fp16 = cfg.get("precision") == "fp16"
     gflops = T4["fp16_gflops"] if fp16 else T4["fp32_gflops"]
     place = placement(cfg, T4["limits"])
     secs = seconds(cfg, gflops)["total_s"]
-    disk_s = uncached_s = None
+    disk_s = uncached_s = disk_read = secs_range = None
+    rate = disk_bytes_per_s or T4["disk_bytes_per_s"]
     if place and place["where"] == "off":
         secs = seconds({**cfg, "feature_cache": False}, gflops)["total_s"]
     elif place and place["where"] == "disk":
-        n_train, n_val = image_counts(cfg)
-        per_epoch = cache_size(cfg)["per_image"] * (n_train + n_val)
-        disk_s = round(int(cfg.get("epochs", 20)) * per_epoch / T4["disk_bytes_per_s"], 1)
+        disk_read = "measured" if disk_bytes_per_s else "assumed"
+        disk_s = disk_read_s(cfg, rate)
+        if not disk_bytes_per_s:
+            secs_range = [round(secs + disk_read_s(cfg, r), 1) for r in reversed(T4["disk_bytes_per_s_range"])]
         secs = round(secs + disk_s, 1)
         uncached_s = seconds({**cfg, "feature_cache": False}, gflops)["total_s"]
     return {"seconds": secs, "precision": "fp16" if fp16 else "fp32", "gflops": gflops, "placement": place,
-            "disk_read_s": disk_s, "uncached_s": uncached_s}
+            "disk_read_s": disk_s, "uncached_s": uncached_s, "disk_read": disk_read,
+            "disk_bytes_per_s": rate if disk_read else None, "seconds_range": secs_range}

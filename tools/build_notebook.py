@@ -40,15 +40,14 @@ from pathlib import Path
 
 PLATFORM = "colab" if "google.colab" in sys.modules else "kaggle" if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else "local"
 if PLATFORM in ("colab", "kaggle"):
-    # A checkout, installed editable: the lab serves its web app from the checkout's frontend/. Not the [worker]
-    # extra: it pins the torch build of the lab's own machines, and the platform's torch matches its GPU driver.
-    # (Kaggle: turn Internet on in the notebook's settings first.)
+    # A checkout, installed editable: the lab serves its web app from the checkout's frontend/. The [worker]
+    # extra holds floors only (docs/platforms.md): the platform's torch, built for its GPU driver, meets them and
+    # is kept. (Kaggle: turn Internet on in the notebook's settings first.)
     CHECKOUT = Path("blocklab")
     if not CHECKOUT.exists():  # no credentials prompt: a wrong REPO fails at once
         subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "main", REPO, str(CHECKOUT)], check=True,
                        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(CHECKOUT), "timm>=1.0.20",
-                    "safetensors>=0.4", "tqdm>=4.66"], check=True)  # the [worker] extra's floors
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{CHECKOUT}[worker]"], check=True)
     sys.path.insert(0, str(CHECKOUT.resolve()))  # this kernel started before the install
 elif Path("../backend").is_dir() and "backend" not in sys.modules:
     sys.path.insert(0, str(Path("..").resolve()))  # a local Jupyter opened in notebooks/ of a checkout
@@ -91,29 +90,79 @@ if START_LAB:
     lab.show(height=800)"""),
     ("md", """### What the paper preset costs here
 
-The lab's plan: the estimated time on this machine's worker and on a free T4, and where the frozen features go
-(GPU memory, RAM, or a memory-mapped file on disk when RAM is short: DeiT-B's 31 GB cache on Colab's 12 GB)."""),
-    ("code", """import json, urllib.request
+The lab's plan: the estimated time on this machine's worker and on a free T4, in fp32 (the paper's numerics) and
+in fp16, and where the frozen features go (GPU memory, RAM, or a memory-mapped file on disk when RAM is short:
+DeiT-B's 31 GB cache on Colab's 12 GB). Reading that file back every epoch is part of the T4's time: at an assumed
+disk rate (so the time is a range) until a job on this worker has measured its own; the plan then uses that. A
+refused plan prints the lab's reason (an option it cannot take is named)."""),
+    ("code", """import json, urllib.error, urllib.request
 
-def plan(models):
-    body = json.dumps({"configs": [{"model": m, **RUN_OPTIONS} for m in models]}).encode()
+def plan(models, options=None):
+    \"\"\"The lab's plan of `models` with `options` (default RUN_OPTIONS); None, with the lab's reason printed, when
+    the lab refuses it.\"\"\"
+    options = RUN_OPTIONS if options is None else options
+    configs = options if isinstance(options, list) else [options]
+    body = json.dumps({"configs": [{"model": m, **o} for m in models for o in configs]}).encode()
     req = urllib.request.Request(lab.url + "/api/plan", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        print(f"the lab refused the plan (HTTP {e.code}): {refusal(e)}")
+        return None
+
+def refusal(e) -> str:
+    \"\"\"The server's reason in an HTTP error: each option it cannot take with why, or its message.\"\"\"
+    text = e.read().decode(errors="replace")
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        return text.strip() or str(e.reason)
+    if isinstance(detail, list):  # one entry per bad field: its place in the request and the reason
+        return "; ".join(".".join(str(p) for p in d.get("loc", [])[1:]) + ": " + str(d.get("msg")) for d in detail)
+    return str(detail or e.reason)
+
+def minutes(s) -> str:
+    return "not measured yet" if s is None else f"{s / 60:.1f} min"
+
+def t4_time(t4) -> str:
+    \"\"\"A free T4's time; a range where the disk's read rate is assumed.\"\"\"
+    rate = f"{(t4.get('disk_bytes_per_s') or 0) / 1e6:.0f} MB/s"
+    if t4.get("seconds_range"):
+        low, high = t4["seconds_range"]
+        return f"{minutes(t4['seconds'])} ({low / 60:.0f}-{high / 60:.0f} min: disk reads at an assumed {rate})"
+    if t4.get("disk_read") == "measured":
+        return f"{minutes(t4['seconds'])} (disk reads at {rate}, measured by this worker)"
+    return minutes(t4["seconds"])
 
 if lab is not None:
     worker = lab.wait_for_worker()  # its first report: device, measured speed, weights and data present
     print("worker:", worker["device"], f"({worker['gflops']} GFLOP/s measured)")
-    planned = plan(PLAN_MODELS or [MODEL])
-    print("free T4 times: estimated from", planned["t4"]["source"])
-    for item in planned["items"]:
-        est, mem = item["estimate"], item.get("memory") or {}
-        print(f"{item['model']}: " + ("blocked: " + item["block_reason"] if item["blocked"] else "ready"))
-        for key, text in (("this worker", est.get("this_device_s")), ("a free T4", est.get("t4_s"))):
-            print(f"  expected on {key}: " + ("not measured yet" if text is None else f"{text / 60:.1f} min"))
-        for where, line in (("here", mem.get("this_worker")), ("on a free T4", mem.get("t4"))):
-            if line:
-                print(f"  features {where}: {line['label']}: {line['reason']}")"""),
+    models = PLAN_MODELS or [MODEL]
+    planned = plan(models)
+    both = plan(models, [{**RUN_OPTIONS, "precision": p} for p in ("fp32", "fp16")])
+    if planned and both:
+        print("free T4 times: estimated from", planned["t4"]["source"])
+        for item, fp32, fp16 in zip(planned["items"], both["items"][::2], both["items"][1::2]):
+            est, mem = item["estimate"], item.get("memory") or {}
+            print(f"{item['model']}: " + ("blocked: " + item["block_reason"] if item["blocked"] else "ready"))
+            print(f"  expected on this worker: {minutes(est.get('this_device_s'))}")
+            print(f"  expected on a free T4: fp32 {t4_time(fp32['estimate']['t4'])}; "
+                  f"fp16 {t4_time(fp16['estimate']['t4'])}")
+            for where, line in (("here", mem.get("this_worker")), ("on a free T4", mem.get("t4"))):
+                if line:
+                    print(f"  features {where}: {line['label']}: {line['reason']}")"""),
+    ("md", """### fp32 or fp16 on a T4
+
+The paper trained in fp32, and so does this notebook unless told otherwise (`RUN_OPTIONS = {}`). A T4 has no TF32
+and no bf16 of its own (bf16 is emulated there, slower than fp32), but its tensor cores run fp16 at 65 TFLOP/s
+against 8.1 TFLOP/s in fp32: the plan above gives both times. Set `RUN_OPTIONS = {"precision": "fp16"}` when the
+fp32 time is longer than you can keep the session open, or to compare many models in one session; keep fp32 to
+reproduce the paper's method. What fp16 changes against the paper: the frozen part and the trainable block run
+under float16 autocast (matmuls and convolutions in half precision; norms, softmax and the loss in fp32), and the
+training step uses a dynamic gradient scaler so that small gradients do not round to zero. Its results are not the
+paper's numerics: the table at the end of `run()` lists fp16 among the differences from the paper. (The frozen
+features are cached in float16 either way: `cache_dtype`.)"""),
     ("md", """## 4. Or train from a cell
 
 `run()` takes the lab's options (the same schema as the web form, the API and the CLI) over the paper preset,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 SIZES = (224, 112)
 OUT = Path(__file__).resolve().parents[1] / "core" / "flops.json"
@@ -30,7 +31,9 @@ def measure(model_id: str, image_size: int) -> dict:
     from worker.engine import DevicePolicy, build_model
 
     cfg = preset("paper", model=model_id, weights="none", image_size=image_size)
-    with torch.device("meta"):
+    # The frozen part runs under inference_mode, which older PyTorch (2.5) hides from dispatch modes such as
+    # FlopCounterMode (it counted 0): counted under no_grad instead, the same forward and the same FLOPs.
+    with torch.device("meta"), mock.patch.object(torch, "inference_mode", torch.no_grad):
         m, _prep = build_model(cfg, DevicePolicy(torch.device("meta")))
         x = torch.empty(1, 3, image_size, image_size)
         with FlopCounterMode(display=False) as whole:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import nbformat
@@ -34,6 +35,13 @@ def _parameterised(home, data_dir) -> nbformat.NotebookNode:
     cell = nbformat.v4.new_code_cell(injected)
     cell.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(at + 1, cell)
+    # After the plan cell, what a student may type next: an option the lab refuses, and the paper preset of DeiT-B
+    # (its features go to disk on a T4: the T4's time is a range while the disk's read rate is assumed).
+    after = next(i for i, c in enumerate(nb.cells) if "def plan(models" in c.source)
+    nb.cells.insert(after + 1, nbformat.v4.new_code_cell(
+        'plan([MODEL], {"epochs": 0})\n'
+        'print("deit_base on a free T4:", t4_time(plan(["deit_base_distilled_patch16_224"], {})["items"][0]'
+        '["estimate"]["t4"]))'))
     return nb
 
 
@@ -71,10 +79,15 @@ def test_the_notebook_runs_end_to_end_on_the_cpu(tmp_path, tiny_cifar_dir, monke
     assert "the lab answers on http://127.0.0.1:" in _outputs(lab, "text/plain") + _outputs(lab, "any")
     assert "<iframe" in _outputs(lab, "text/html")  # the page, shown in the cell (a local Jupyter: no proxy)
 
-    planned = _outputs(_cell(nb, "def plan(models)"), "any")
+    planned = _outputs(_cell(nb, "def plan(models"), "any")
     assert "deit_tiny_patch16_224: ready" in planned and "densenet201:" in planned, planned
-    assert "expected on a free T4: " in planned and "features here: " in planned, planned
-    assert "features on a free T4: " in planned, planned
+    assert "expected on a free T4: fp32 " in planned and " min; fp16 " in planned, planned  # both precisions
+    assert "features here: " in planned and "features on a free T4: " in planned, planned
+    typed = _outputs(_cell(nb, 'plan([MODEL], {"epochs": 0})'), "any")
+    assert "the lab refused the plan (HTTP 422): configs.0.epochs: " in typed, typed  # the server's reason
+    assert "HTTP Error" not in typed and "Traceback" not in typed, typed
+    assert re.search(r"deit_base on a free T4: [\d.]+ min \(\d+-\d+ min: disk reads at an assumed 200 MB/s\)",
+                     typed), typed
 
     trained = _cell(nb, "result = run(MODEL")
     figures = [o["data"]["application/vnd.plotly.v1+json"] for o in trained.outputs

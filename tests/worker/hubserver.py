@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,3 +121,21 @@ def serve_bytes(blob: bytes, name: str):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@contextlib.contextmanager
+def unreachable_hub(how: str):
+    """A hub address on 127.0.0.1 that gives no answer: "refused" (nothing listens: a machine offline, a firewall
+    that rejects) or "silent" (the connection is taken, nothing is ever said: a firewall that drops, a dead proxy).
+    Yields its URL, for HF_ENDPOINT."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    if how == "refused":
+        sock.close()
+    else:
+        sock.listen(16)  # the kernel completes connections into the backlog; nobody accepts or answers
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        sock.close()

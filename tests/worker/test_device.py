@@ -8,7 +8,7 @@ import torch
 
 from core.config import TrainConfig
 from worker.engine import limits, preprocess
-from worker.engine.device import DevicePolicy, fp32_math
+from worker.engine.device import DevicePolicy, fp32_math, fp32_modes
 from worker.engine.train import Callbacks, Paths, run
 
 from .test_train import KEYS, TINY
@@ -138,12 +138,26 @@ def test_every_gpu_branch_at_once(tiny_cifar_dir, tmp_path):
 
 
 def test_tf32_switches_are_restored_after_a_run():
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    before = fp32_modes()
     with fp32_math(True) as mode:
-        assert mode == "tf32" == torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision
+        assert mode == "tf32" and fp32_modes() == ("tf32", "tf32")
     with fp32_math(False):
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee" == torch.backends.cudnn.conv.fp32_precision
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+        assert fp32_modes() == ("ieee", "ieee")
+    assert fp32_modes() == before
+
+
+def test_a_pytorch_without_the_fp32_precision_switches_sets_the_allow_tf32_flags(monkeypatch):
+    """PyTorch before 2.9 (Colab's 2.8, Kaggle's, the oldest supported 2.5) has no torch.backends.cudnn.conv: the run
+    sets the allow_tf32 flags instead of crashing at its first line, and restores them."""
+    if hasattr(type(torch.backends.cudnn), "conv"):  # a newer PyTorch: take its switches away, as 2.8 has none
+        monkeypatch.delattr(type(torch.backends.cudnn), "conv")
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with fp32_math(False) as mode:
+        assert mode == "ieee" and fp32_modes() == ("ieee", "ieee")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    with fp32_math(True):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
 @pytest.mark.parametrize("capability,expected", [((7, 0), None), ((7, 5), None), ((8, 0), torch.bfloat16),

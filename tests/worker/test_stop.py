@@ -185,6 +185,7 @@ def hub(monkeypatch):
     with FakeHub({"timm/deit_tiny_patch16_224.fb_in1k/model.safetensors": blob}, rate=len(blob) / 20) as h:
         monkeypatch.setenv("HF_ENDPOINT", h.url)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # read at each load, as a worker does
         h.blob = blob
         yield h
 

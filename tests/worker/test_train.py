@@ -8,6 +8,7 @@ import torch
 
 from core.config import TrainConfig
 from worker.engine import train as engine
+from worker.engine.device import fp32_modes
 from worker.engine.schedule import PlateauLR
 from worker.engine.train import Callbacks, Paths, run
 
@@ -360,13 +361,12 @@ def test_the_paper_preset_is_fp32_with_tf32_and_ieee_and_bf16_are_named_options(
     seen = {}
 
     def during(_info):
-        seen["matmul"] = torch.backends.cuda.matmul.fp32_precision
-        seen["conv"] = torch.backends.cudnn.conv.fp32_precision
-    outside = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+        seen["matmul"], seen["conv"] = fp32_modes()
+    outside = fp32_modes()
     s = run(TrainConfig(**{**TINY, "precision": "fp32"}, epochs=1, tf32=False), Paths(tiny_cifar_dir, tmp_path / "a"),
             Callbacks(on_info=during))
     assert s["precision"] == "fp32" and seen == {"matmul": "ieee", "conv": "ieee"}  # TF32 off, cuDNN's too
     s = run(TrainConfig(**{**TINY, "precision": "bf16"}, epochs=1, tf32=True), Paths(tiny_cifar_dir, tmp_path / "b"),
             Callbacks(on_info=during))
     assert s["precision"] == "bf16" and seen == {"matmul": "tf32", "conv": "tf32"}
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == outside
+    assert fp32_modes() == outside

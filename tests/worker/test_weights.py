@@ -1,6 +1,7 @@
 """Weights from a local file (classifier ignored), the real EfficientNet-Lite0 checkpoint, the hub cache folder, and
 clear errors."""
 import os
+import time
 
 import pytest
 import timm
@@ -10,7 +11,7 @@ from safetensors.torch import save_file
 
 from worker.engine.weights import HubUnavailable, WeightsError, cached_hub_file, create_backbone
 
-from .hubserver import FakeHub, deit_tiny_weights
+from .hubserver import FakeHub, deit_tiny_weights, unreachable_hub
 
 
 @pytest.mark.slow
@@ -67,6 +68,7 @@ def fake_hub(monkeypatch, tmp_path):
     with FakeHub({"timm/deit_tiny_patch16_224.fb_in1k/model.safetensors": blob}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # read at each load, as a worker does
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(default))
         hub.blob, hub.default = blob, default
         yield hub
@@ -101,3 +103,47 @@ def test_the_offline_error_names_the_folder_really_used(fake_hub, tmp_path, monk
     with pytest.raises(HubUnavailable) as e:
         create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
     assert e.value.cache == tmp_path / "w" / "hub" and not fake_hub.gets
+
+
+@pytest.mark.parametrize("how", ["refused", "silent"])
+def test_an_unreachable_hub_fails_within_the_configured_timeout_saying_what_to_put_where(how, tmp_path, monkeypatch):
+    """Offline (nothing answers at the hub's address), a hub load fails after at most one HUB_TIMEOUT_S, not after
+    huggingface_hub's minute of retries, and says which file weights=local loads from which folder."""
+    from huggingface_hub import constants
+
+    from worker.engine import weights
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(weights, "HUB_TIMEOUT_S", 2.0)
+    with unreachable_hub(how) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        t0 = time.monotonic()
+        with pytest.raises(HubUnavailable) as e:
+            create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
+        took = time.monotonic() - t0
+    assert took < (0.5 if how == "refused" else 1.5) * weights.HUB_TIMEOUT_S, took
+    assert how != "silent" or took >= weights.HUB_TIMEOUT_S  # it did wait the configured time for an answer
+    from worker.finetune import FLAGS
+    msg = e.value.phrase(FLAGS)  # the command line's terms
+    assert f"no answer from {url.removeprefix('http://')} within 2 s" in msg, msg
+    assert (f"--weights local and put deit_tiny_patch16_224.safetensors (or deit_tiny_patch16_224.pth) in "
+            f"{tmp_path / 'w'} (--weights-dir)") in msg, msg
+
+
+def test_hf_hub_offline_set_after_import_fails_at_once_without_a_request(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE set in the environment after huggingface_hub was imported (a notebook cell, a worker's
+    environment) is honoured: no request goes out (the hub address here would keep one waiting)."""
+    from huggingface_hub import constants
+
+    from worker.engine import weights
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as read at import, before the variable was set
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights, "HUB_TIMEOUT_S", 2.0)
+    with unreachable_hub("silent") as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        t0 = time.monotonic()
+        with pytest.raises(HubUnavailable) as e:
+            create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
+        took = time.monotonic() - t0
+    assert took < 0.5 * weights.HUB_TIMEOUT_S, took
+    assert "set weights to local" in str(e.value) and str(tmp_path / "w") in str(e.value)

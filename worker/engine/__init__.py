@@ -25,7 +25,7 @@ _WHERE = {
     "MLPHead": "heads", "plan_for": "model", "Preprocess": "preprocess", "bf16_supported": "device",
     "measured_chunks": "features",
     # weights
-    "create_backbone": "weights", "local_file": "weights", "cached_hub_file": "weights",
+    "create_backbone": "weights", "local_file": "weights", "hub_offline": "weights", "cached_hub_file": "weights",
 }
 # Modules offered whole: the datasets (load, subsets, the generated stand-in) and the frozen-feature store.
 _MODULES = ("data", "features")

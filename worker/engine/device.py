@@ -164,14 +164,35 @@ class DevicePolicy:
         return self.pinned_empty(shape, dtype) if self.pin_memory else torch.empty(shape, dtype=dtype)
 
 
+def _precision_switches() -> tuple | None:
+    """(matmul, cuDNN conv) switches with `fp32_precision` where this PyTorch has both (2.9 and newer), else None:
+    older releases (Colab's and Kaggle's for months) have only the allow_tf32 flags. Asked of torch itself, not
+    of its version number; the two kinds are never mixed (setting both is an error where the new one exists)."""
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        return matmul, conv
+    return None
+
+
+def fp32_modes() -> tuple[str, str]:
+    """What fp32 matmuls and cuDNN convolutions are set to now, in fp32_precision's words ("tf32", "ieee"; "none"
+    where a newer PyTorch's switch defers to its default)."""
+    switches = _precision_switches()
+    if switches:
+        return switches[0].fp32_precision, switches[1].fp32_precision
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return tuple("tf32" if on else "ieee" for on in flags)
+
+
 @contextlib.contextmanager
 def fp32_math(allow_tf32: bool):
     """TF32 for fp32 matmuls and cuDNN convolutions on (allow_tf32) or off, restored afterwards (a worker runs many
     jobs in one process). Off is plain IEEE fp32, as the paper; PyTorch's own default allows TF32 in cuDNN
     convolutions, so both switches are set. The flags are process-wide and mean nothing on a CPU."""
     mode = "tf32" if allow_tf32 else "ieee"
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    if hasattr(matmul, "fp32_precision"):  # PyTorch >= 2.9; mixing it with the legacy allow_tf32 flags is an error
+    switches = _precision_switches()
+    if switches:
+        matmul, conv = switches
         saved = matmul.fp32_precision, conv.fp32_precision
         matmul.fp32_precision = conv.fp32_precision = mode
         try:
@@ -179,7 +200,7 @@ def fp32_math(allow_tf32: bool):
         finally:
             matmul.fp32_precision, conv.fp32_precision = saved
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # pragma: no cover - old torch
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
         yield mode

@@ -339,7 +339,11 @@ class FrozenFeatures:
         if on_device is not None:
             dev_idx, dev_flip = on_device
             dev = (dev_idx, dev_flip.long() if dev_flip is not None else torch.zeros_like(dev_idx))
-        return store.get(idx_cpu, state, torch.float32, dev)
+        feats = store.get(idx_cpu, state, torch.float32, dev)
+        if store.read[1] > 0:  # measured, for the plan's next estimate (the worker reports it)
+            read = [sum(s.read[i] for s in self.stores.values()) for i in (0, 1)]
+            self.info["disk_read_bytes_per_s"] = round(read[0] / read[1])
+        return feats
 
     def close(self) -> None:
         """Remove this run's building folder (the memory-mapped store's files), on every way a run ends: what is

@@ -84,7 +84,8 @@ def _vit_pooled_tokens(tokens: int):
 
         x = args[0]
         attn = getattr(block, "attn", None)
-        if (kwargs or type(block) is not Block or type(attn) is not Attention or attn.gate is not None
+        if (kwargs or type(block) is not Block or type(attn) is not Attention
+                or getattr(attn, "gate", None) is not None  # newer timm may gate the output; older has no gate
                 or getattr(m, "attn_pool", None) is not None or m.global_pool != "token"):
             return m.norm(block(x, **kwargs))
         B, N, C = x.shape

@@ -10,6 +10,7 @@ and the `filled` flags on the host: what an epoch lacks is known without asking 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class FeatureStore:
         self._staging: list[list[torch.Tensor]] = [[] for _ in shapes]  # per tensor: two host buffers, in turn
         self._copied: list[list] = [[None, None] for _ in shapes]  # per buffer: the event of its last copy
         self._turn = 0
+        self.read = [0, 0.0]  # bytes and seconds of this run's reads from a memory-mapped (disk) placement
 
     @property
     def nbytes(self) -> int:
@@ -93,6 +95,7 @@ class FeatureStore:
         the run's device, when the caller has them (a slice of the epoch's order): a store on the device is indexed
         with those, so a batch moves no index across. A store in host memory (or on disk) is gathered into a
         reusable staging buffer, pinned where the device copies from it, and copied without blocking."""
+        t0 = time.perf_counter() if self.placement.where == "disk" else 0.0
         out = []
         for i, store in enumerate(self.tensors):
             if _same_device(store.device, self.device):
@@ -104,6 +107,9 @@ class FeatureStore:
                 self._record_copy(i)
             out.append(f.to(dtype))
         self._turn ^= 1
+        if self.placement.where == "disk":  # what this machine's disk (and page cache) really delivers to a run
+            self.read[0] += len(idx) * (self.nbytes // (self.n * self.states))
+            self.read[1] += time.perf_counter() - t0
         return out
 
     def _staged(self, i: int, store: torch.Tensor, idx: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

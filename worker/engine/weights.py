@@ -5,6 +5,9 @@ whatever was imported first; once a model is there it loads offline.
 The weights file is fetched by our own call to `hf_hub_download` (not timm's, inside `create_model`), so its bytes
 are reported as they arrive (`on_progress`, every 64 KiB) and a stop asked for mid-download aborts it at the next
 chunk (huggingface_hub keeps the partial file and resumes it next time); timm then loads that file.
+Offline, a load fails in seconds, not after huggingface_hub's minute of retries: a file already in the cache loads
+without asking the hub, and before a download one request with a `HUB_TIMEOUT_S` limit and no retries asks whether
+the hub answers at all.
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import contextlib
 import hashlib
 import os
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from core.protocol import Phase, progress
 from .stop import Stop, StopRequested
 
 HUB_CHUNK_BYTES = 64 << 10  # huggingface_hub reads 10 MiB per chunk: progress and stop checks need finer steps
+HUB_TIMEOUT_S = 10.0  # how long a hub request may go unanswered (huggingface_hub's own default for its metadata call)
 
 
 class WeightsError(SetupError):
@@ -37,6 +44,7 @@ class HubUnavailable(WeightsError):
 
     def __init__(self, model: str, name: str, cache: Path, cause: str, weights_dir: Path | None = None):
         self.model, self.name, self.cache, self.cause = model, name, cache, cause
+        self.weights_dir = weights_dir
         super().__init__(
             f"could not get pretrained weights for {name} from the Hugging Face hub (cache: {cache}): {cause}",
             [local_fix(model, weights_dir), Fix("weights", "none", note="(random init)"),
@@ -174,17 +182,21 @@ def _hub_files(name: str) -> tuple[str, str | None, list[str]] | None:
 
 def cached_hub_file(model: str, weights_dir: Path) -> Path | None:
     """The file weights="hub" would load for `model`, if `<weights_dir>/hub` holds it already (no download)."""
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         where = _hub_files(hub_name(model))
     except Exception:  # noqa: BLE001 - a tag timm does not know: nothing to find either
         return None
     if where is None:
         return None
-    repo, revision, files = where
+    return _in_cache(*where, hub_cache_dir(weights_dir))
+
+
+def _in_cache(repo: str, revision: str | None, files: list[str], cache: Path) -> Path | None:
+    """The first of `files` that the hub cache `cache` holds for `repo` (asks no hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
     for filename in files:
-        found = try_to_load_from_cache(repo, filename, cache_dir=str(hub_cache_dir(weights_dir)), revision=revision)
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(cache), revision=revision)
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
     return None
@@ -203,7 +215,7 @@ def _hub_file(name: str, cache: Path, stop: Stop | None,
               on_progress: Callable[[dict], None] | None) -> Path | None:
     """Download into `cache` (or find there) the weights file timm would load for `name`, as timm picks it (the
     safetensors file first, else the PyTorch one); None for weights timm fetches from elsewhere (a plain URL)."""
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError
 
     where = _hub_files(name)
@@ -223,14 +235,46 @@ def _hub_file(name: str, cache: Path, stop: Stop | None,
     bar = type("Bar", (_HubProgress,), {"report": staticmethod(report)})
     if stop:
         stop.check()
+    cached = _in_cache(repo, revision, files, cache)  # no request at all (huggingface_hub would ask for updates)
+    if cached is not None:
+        return cached
+    offline = constants.HF_HUB_OFFLINE or hub_offline()
+    if not offline:
+        _hub_answers(hf_hub_url(repo, files[0], revision=revision, endpoint=endpoint), HUB_TIMEOUT_S)
     first: EntryNotFoundError | None = None
     for filename in files:
         try:
             return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(cache), tqdm_class=bar,
-                                        endpoint=endpoint))
+                                        endpoint=endpoint, etag_timeout=HUB_TIMEOUT_S, local_files_only=offline))
         except EntryNotFoundError as e:  # not there (or not cached, offline): try the next name timm would
             first = first or e
     raise first
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set, as the environment says now (huggingface_hub read it once, when first imported): the
+    hub library refuses every download whatever the network says."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer: the hub is there
+
+
+def _hub_answers(url: str, timeout: float) -> None:
+    """One HEAD request to the file's URL, no retries, at most `timeout` seconds: any HTTP answer (a redirect, a
+    404, an authentication error) means the hub is there and huggingface_hub goes on; no answer (refused, no route,
+    no name, silence) raises at once, where huggingface_hub would retry for a minute before failing the same way."""
+    host = urllib.parse.urlsplit(url).netloc
+    try:
+        urllib.request.build_opener(_NoRedirect).open(urllib.request.Request(url, method="HEAD"),
+                                                      timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        e.close()
+    except (OSError, ValueError) as e:  # URLError, a timeout, a refused connection
+        why = getattr(e, "reason", e)
+        raise ConnectionError(f"no answer from {host} within {timeout:g} s ({why})") from None
 
 
 def hub_name(model: str) -> str:

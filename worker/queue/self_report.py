@@ -11,6 +11,8 @@ the events queue (job id 0: it speaks for no job) with
   (`<weights_dir>/<model>.safetensors|.pth`, what weights=local loads), with their size;
 - the limits a frozen-feature cache meets here (host memory, GPU memory, free disk at the cache folder), read as
   the engine reads them (worker.engine.limits.machine_limits): the plan places each run's features with them;
+  and how fast a finished job read its features back from a memory-mapped cache file on this disk (bytes/s,
+  measured by the engine; None until a job has), which replaces the plan's assumed disk rate;
 - whether CIFAR-10 is in the data dir (what worker.engine.data.locate accepts), whether the worker may download it
   (settings.allow_download) and whether the hub and the dataset's host are reachable at all.
 
@@ -92,8 +94,9 @@ def reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE set: the hub library refuses every download whatever the network says."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE set: the hub library refuses every download whatever the network says (the engine's test)."""
+    from worker.engine import hub_offline as offline
+    return offline()
 
 
 # -- how fast ---------------------------------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class Reporter:
         self.settings, self.name = settings, name
         self.calibration: dict | None = None
         self.measured: dict[str, float] = {}  # "model@size" -> effective training GFLOP/s of a finished job
+        self.disk_read_bytes_per_s: float | None = None  # a finished job's reads of its memory-mapped feature cache
         self.device, self.device_text = describe_device(settings.device)
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -169,7 +173,7 @@ class Reporter:
                 "data_dir": str(s.data_path), "data_present": data_present(s.data_path),
                 "datasets_present": {d: data_present(s.data_path, d) for d in catalogue.DATASETS},
                 "allow_download": s.allow_download, "data_host_reachable": data_ok,
-                "limits": self._limits(),
+                "limits": self._limits(), "disk_read_bytes_per_s": self.disk_read_bytes_per_s,
                 "interval_s": s.worker_report_s}
 
     def _limits(self) -> dict | None:
@@ -198,6 +202,8 @@ class Reporter:
             summary = json.loads((folder / "summary.json").read_text())
             rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
             cache = summary.get("feature_cache") or {}
+            if cache.get("disk_read_bytes_per_s"):  # measured on this machine's disk: the plan's next estimate
+                self.disk_read_bytes_per_s = float(cache["disk_read_bytes_per_s"])
             model, cfg = summary["model"], summary["config"]
             secs = sum(r["seconds"] for r in rows)
             if rows and secs > 0 and not cache.get("reused") and catalogue.get(model):

@@ -159,6 +159,14 @@ def _no_size(cfg: dict) -> str:
     return "no frozen-feature cache: this model has no cache point"
 
 
+def _t4_disk_rate(rep: dict | None) -> float | None:
+    """The read rate of a memory-mapped feature cache that the worker measured on its own disk, where the worker is
+    itself a T4 (the lab of a Colab or Kaggle notebook): then it is the T4's, not an assumption."""
+    if rep and "T4" in str(rep.get("device")) and isinstance(rep.get("disk_read_bytes_per_s"), (int, float)):
+        return rep["disk_read_bytes_per_s"] if rep["disk_read_bytes_per_s"] > 0 else None
+    return None
+
+
 def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     spec = catalogue.get(cfg["model"])
     # A job of this model at this size has run here: its own speed; another job: the calibration scaled by it;
@@ -166,7 +174,7 @@ def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     r = estimate.rate(cfg, (rep or {}).get("gflops"), (rep or {}).get("measured"))
     est = estimate.estimate(cfg, r["gflops"], calibrated=r["calibrated"])  # no_flop_figure: a non-catalogue model
     est["measured"], est["basis"], est["calibrated_by"] = r["basis"] == "measured", r["basis"], r["from"]
-    t4 = estimate.on_t4(cfg)
+    t4 = estimate.on_t4(cfg, _t4_disk_rate(rep))
     est["t4_s"], est["t4"] = t4["seconds"], t4
     ds = catalogue.dataset(cfg.get("dataset", "cifar10"))
     pre = {"weights": {**_weights(cfg, rep), "label": f"the pretrained weights of {cfg['model']}"},
