@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
-from core import catalogue, estimate
+from core import catalogue, estimate, palette
 from core.config import OPTIONS, expected_trainable
 from core.protocol import PHASE_UNITS, TERMINAL, JobStatus, Phase
 
@@ -265,15 +265,29 @@ def _experiment_of(job: Job) -> Experiment | None:
         return None
 
 
+def looks(db: Session, ids: list[int]) -> dict[int, dict]:
+    """How each of these jobs is drawn (core.palette.run_look), in one query: the k-th job of its model among ALL
+    the lab's jobs by id, so a run keeps its look whatever else a comparison, Fig. 2 or a report shows beside it."""
+    if not ids:
+        return {}
+    model = func.json_extract(Experiment.config, "$.model")
+    inner = (select(Job.id.label("id"), model.label("model"),
+                    func.row_number().over(partition_by=model, order_by=Job.id).label("place"))
+             .join(Experiment, Job.experiment_id == Experiment.id).subquery())
+    rows = db.execute(select(inner.c.id, inner.c.model, inner.c.place).where(inner.c.id.in_(ids)))
+    return {i: palette.run_look(m, place - 1) for i, m, place in rows}
+
+
 def public_many(db: Session, jobs: list[Job]) -> list[dict]:
     """The API's view of jobs: a constant number of queries (jobs' experiments are loaded with them)."""
     jobs = [j for j in jobs if _experiment_of(j) is not None]  # one deleted while this request read
     ids = [j.id for j in jobs]
     stats, records, queue = _stats(db, ids), _status_records(db, ids), _queue_positions(db, jobs)
-    return [_public(j, stats.get(j.id, Stats()), queue, records.get(j.id, [])) for j in jobs]
+    drawn = looks(db, ids)
+    return [_public(j, stats.get(j.id, Stats()), queue, records.get(j.id, []), drawn.get(j.id)) for j in jobs]
 
 
-def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
+def _public(job: Job, st: Stats, queue: dict[int, int], records: list, look: dict | None = None) -> dict:
     cfg = job.experiment.config
     spec = catalogue.get(cfg["model"])
     paper = catalogue.paper_row(spec, cfg.get("dataset", "cifar10")) if spec else None
@@ -294,5 +308,5 @@ def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
         "eta_s": eta, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "heartbeat_at": job.heartbeat_at, "runtime_s": runtime, "info": job.info,
         "config": effective_config(cfg), "settings": settings(job), "attempts": attempts(records),
-        "timings": timings(job, st),
+        "timings": timings(job, st), "look": look,
     }

@@ -167,4 +167,4 @@ def compare_stats(jobs_: JobIds, db: Session = SessionDep):
     ids = _ids(jobs_)
     found, views = _load(db, ids)
     return {"groups": repeat_stats(found, views, ids), "band": BAND,
-            "looks": palette.run_looks((i, views[i]["model"]) for i in ids), "lines": palette.LINES}
+            "looks": {i: views[i]["look"] for i in ids}, "lines": palette.LINES}
