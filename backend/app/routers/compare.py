@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core import catalogue, palette, stats
 from core.config import web_options
-from core.protocol import metric_text
+from core.protocol import METRICS, metric_text
 
 from .. import job_view, jobs
 from ..csv_export import CSVResponse, tidy, to_csv
@@ -37,9 +37,8 @@ BAND = "min–max over the seeds"  # what the compare view's band around a repea
 # The repeat group's statistics, named for what they are statistics of (the best validation accuracy, a fraction).
 _STAT_COLUMNS = ["best_val_acc_n_seeds", "best_val_acc_mean", "best_val_acc_std", "best_val_acc_ci95_low",
                  "best_val_acc_ci95_high", "paper_val_acc_vs_ci95"]
-# The per-epoch table's metric columns: the epoch row's names (core.protocol EPOCH_ROW), a time with its unit.
-_EPOCH_COLUMNS = {"train_loss": "train_loss", "train_acc": "train_acc", "val_loss": "val_loss", "val_acc": "val_acc",
-                  "lr": "lr", "seconds": "epoch_time_s"}
+# The per-epoch table's metrics, its columns named as every CSV names them (core.protocol EPOCH_ROW's csv_name).
+_EPOCH_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 def _ids(text: str) -> list[int]:
@@ -141,7 +140,7 @@ def epoch_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]:
     """One row per job and epoch, in the order of the ids: who ran it (job, name, model; whether a dry run, its
     status, so a row on its own cannot pass for a finished paper run) and the epoch's numbers as the protocol
     rounds them."""
-    header = ["job_id", "experiment", "model", "dry_run", "status", "epoch", *_EPOCH_COLUMNS.values()]
+    header = ["job_id", "experiment", "model", "dry_run", "status", "epoch", *(METRICS[c].csv_name for c in _EPOCH_COLUMNS)]
     found, views = _load(db, ids)
     rows = []
     for i in ids:
