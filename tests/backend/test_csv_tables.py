@@ -100,3 +100,21 @@ def test_every_csv_names_a_metric_one_way_and_a_time_with_its_unit(api):
     options = {o.name for o in web_options()}
     for column in {*epochs, *metrics, *summary} - options:
         assert f"`{column}`" in doc, column
+
+
+def test_a_job_that_never_built_its_model_has_no_trainable_count(api):
+    """compare.csv's trainable_params is what the run counted once it built its model (its info): a job that
+    failed before that leaves the cell empty, never the catalogue's count passed off as the run's."""
+    from backend.app.ingest import handle_event
+    failed, built = (api.post("/api/experiments", json={"name": n, "config": DENSE}).json()["jobs"][0]["id"]
+                     for n in ("failed", "built"))
+    handle_event({"type": "started", "job_id": failed, "attempt": 1, "ts": 0, "worker": "w", "device": "cpu"})
+    handle_event({"type": "finished", "job_id": failed, "attempt": 1, "ts": 0, "status": "failed",
+                  "error": "weights file missing"})
+    handle_event({"type": "started", "job_id": built, "attempt": 1, "ts": 0, "worker": "w", "device": "cpu"})
+    handle_event({"type": "info", "job_id": built, "attempt": 1, "ts": 0, "info": {"trainable_params": 4321}})
+    finish(built, [0.5])
+    rows = {int(r["job_id"]): r for r in _rows(api, f"/api/compare.csv?jobs={failed},{built}")}
+    assert rows[failed]["status"] == "failed" and rows[failed]["trainable_params"] == ""
+    assert rows[built]["trainable_params"] == "4321"
+    assert rows[failed]["paper_trainable_params"]  # the paper's count stays, in its own labelled column

@@ -91,7 +91,9 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
     (every option a browser may set; a config stored before an option existed had its default; the precision
     that ran), its results rounded as the protocol declares, the paper's numbers beside them, and its repeat
     group's statistics of the best validation accuracy (_STAT_COLUMNS: seeds, mean, sd, the 95% interval, and the
-    paper's number against it, core.stats.verdict), the same on each row of the group. Columns: docs/csv.md."""
+    paper's number against it, core.stats.verdict), the same on each row of the group. Its trainable_params is the
+    run's own count (the worker's, once it built the model), empty for a job that never built it: the catalogue's
+    count for its config is no result of the run (the job page shows that one as expected). Columns: docs/csv.md."""
     options = [o for o in web_options() if o.name != "model"]
     header = ["job_id", "experiment", "model", "paper_model", "dry_run", *(o.name for o in options), "status",
               "epochs_run",
@@ -114,7 +116,7 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
             *(tidy(_value(job, pub, o.name)) for o in options), job.status, pub["epochs_done"],
             metric_text({"val_acc": best}, "val_acc"), pub["best_epoch"],
             metric_text(last, "val_loss") if last else None, metric_text(last, "val_acc") if last else None,
-            pub["trainable_params"], paper["val_acc"] if paper else None,
+            (job.info or {}).get("trainable_params"), paper["val_acc"] if paper else None,
             round(best - paper["val_acc"], 4) if paper and best is not None else None,
             paper["trainable_params"] if paper else None,
             round(pub["runtime_s"], 1) if pub["runtime_s"] is not None else None,
