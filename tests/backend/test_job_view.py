@@ -161,8 +161,8 @@ def test_with_random_flips_the_eta_follows_the_work_each_epoch_has_left(api):
     from backend.app import job_view
     from backend.app.db import session_scope
     from backend.app.models import Job
-    cfg = dict(model="deit_base_distilled_patch16_224", epochs=6, image_size=112, train_per_class=100,
-               val_limit=None, batch_size=64, hflip=True)
+    cfg = {"model": "deit_base_distilled_patch16_224", "epochs": 6, "image_size": 112, "train_per_class": 100,
+           "val_limit": None, "batch_size": 64, "hflip": True}
     jid = _job(api, **cfg)
     _started(jid)
     full = _get(api, jid)["config"]
