@@ -17,7 +17,7 @@ from . import catalogue
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#393b79", "#111111", "#b15928", "#fb9a99", "#a6cee3", "#6a3d9a", "#b2df8a", "#fdbf6f", "#01665e",
            "#c51b7d", "#7f7f00")
-# A run's marker, by its place among the runs of its model (the paper's Table 1 points are circles: no run's is):
+# A run's marker, by its place among all the runs of its model in the lab, by job id (the paper's Table 1 points are circles: no run's is):
 # Plotly's name, and the character a table's swatch and the Markdown report show for it.
 SYMBOLS = (("diamond", "◆"), ("square", "■"), ("triangle-up", "▲"), ("x", "✕"), ("star", "★"),
            ("triangle-down", "▼"), ("cross", "✚"), ("pentagon", "⬟"), ("hexagon", "⬢"), ("hourglass", "⧗"))
@@ -69,17 +69,22 @@ def run_shade(base: str, k: int) -> str:
     return shade(base, SHADES[k % len(SHADES)])
 
 
+def run_look(model: str, k: int) -> dict:
+    """The look of the k-th run (from 0) of `model`: its shade and marker, {colour, symbol, glyph, model_colour}."""
+    base = model_colour(model)
+    symbol, glyph = SYMBOLS[k % len(SYMBOLS)]
+    return {"colour": run_shade(base, k), "symbol": symbol, "glyph": glyph, "model_colour": base}
+
+
 def run_looks(runs: Iterable[tuple[int, str]]) -> dict[int, dict]:
-    """Each run's look, {job id: {colour, symbol, glyph, model_colour}} for runs given as (job id, model): the k-th
-    run of a model (in job order, so that a run keeps its look when a later one joins) gets the k-th shade and
-    symbol."""
+    """Each run's look, {job id: look} for runs given as (job id, model): the k-th run of a model in job order gets
+    the k-th shade and symbol. Pass every run the lab holds (the backend's job_view.looks does): a look counted
+    among only the runs a view shows would change with what else is shown, so one run would draw one way in a
+    comparison and another in a report of other runs."""
     seen: dict[str, int] = {}
     out = {}
     for job_id, model in sorted(set(runs)):
         k = seen.get(model, 0)
         seen[model] = k + 1
-        base = model_colour(model)
-        symbol, glyph = SYMBOLS[k % len(SYMBOLS)]
-        out[job_id] = {"colour": run_shade(base, k), "symbol": symbol, "glyph": glyph,
-                       "model_colour": base}
+        out[job_id] = run_look(model, k)
     return out

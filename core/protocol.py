@@ -107,10 +107,15 @@ class Metric:
     help: str
     column: bool = False  # stored in a column of its own (one migration); else in the row's `extra` JSON
     digits: int | None = None  # decimals in CSV downloads
+    csv: str | None = None  # its column's name in CSV downloads, where not `name`: a time says its unit (docs/csv.md)
 
     @property
     def scalar(self) -> bool:
         return self.kind in ("int", "float")
+
+    @property
+    def csv_name(self) -> str:
+        return self.csv or self.name
 
 
 EPOCH_ROW: tuple[Metric, ...] = (
@@ -121,8 +126,9 @@ EPOCH_ROW: tuple[Metric, ...] = (
     Metric("val_loss", "float", "validation cross-entropy, plain: comparable across models", column=True, digits=5),
     Metric("val_acc", "float", "validation accuracy on the dataset's test set", column=True, digits=4),
     Metric("lr", "float", "learning rate used in this epoch", column=True),
-    Metric("seconds", "float", "wall time of the epoch, training and validation", column=True, digits=3),
-    Metric("train_seconds", "float", "wall time of the training part", digits=3),
+    Metric("seconds", "float", "wall time of the epoch, training and validation", column=True, digits=3,
+           csv="epoch_time_s"),
+    Metric("train_seconds", "float", "wall time of the training part", digits=3, csv="train_time_s"),
     Metric("images_per_s", "float", "training images per second", column=True, digits=2),
     Metric("keras_train_loss", "float", "with head_l2 on: mean of cross-entropy plus the L2 penalty, the training "
            "loss Keras prints (the authors' logs); null when off", digits=5),

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
-from core import catalogue, estimate
+from core import catalogue, estimate, palette
 from core.config import OPTIONS, expected_trainable
 from core.protocol import PHASE_UNITS, TERMINAL, JobStatus, Phase
 
@@ -218,39 +218,43 @@ def timings(job: Job, st: Stats) -> dict:
 
 
 def eta_seconds(job: Job, st: Stats, cfg: dict[str, Any], now: datetime | None = None) -> float | None:
-    """Seconds a running job has left, following its measured epochs. The first epoch of an attempt is not like
-    the others: it also runs the frozen pass (the validation images and a flip state of every training image), so
-    "the last epochs' mean x epochs left" overstates the rest after it (9.0 min shown with 3.9 min left). Once a
-    later epoch is timed: the mean of the last (up to three) epochs after the first, times the epochs left. After
-    the first alone: the work left over the rate the first achieved, both as core.estimate counts work (for the
-    images the worker really has). The current epoch's time already spent is taken off (at most its whole)."""
+    """Seconds a running job has left, following its measured epochs. The epochs of a run differ in work: with the
+    feature cache, an attempt's first epoch also runs the frozen pass over the validation images and one flip state
+    of every training image, and with random flips each later epoch meets about half as many states not yet cached
+    as the one before (epoch 2 about half the images again, epoch 3 a quarter). A mean of epoch times times the
+    epochs left misses that both ways (9 s shown with 65 s left after epoch 1, 87 s with 43 s left after epoch 2).
+    So: the work left, epoch by epoch as core.estimate.work counts it (for the images the worker really has), at
+    the measured seconds per unit of work of the recent epochs after the attempt's first (their mix of frozen and
+    training work is the nearest to the rest's), of the first alone until a later one is timed. A model without a
+    FLOP figure: the mean of those epochs' times per epoch left. The current epoch's time already spent is taken
+    off (at most its whole)."""
     if not st.epochs_done or not st.train_s:
         return None
     epochs = int(cfg.get("epochs", 20))
     info = job.info or {}
-    first = (info.get("resumed_from_epoch") or 0) + 1
-    steady = [sec for ep, sec in sorted(st.recent_epochs) if ep > first]
-    if steady:
-        nxt = statistics.mean(steady)
-        left = nxt * max(epochs - st.epochs_done, 0)
-    else:
-        counted = dict(cfg)
-        if info.get("train_images") and info.get("val_images"):
-            classes = catalogue.num_classes(cfg.get("dataset", "cifar10"))
-            counted.update(train_per_class=info["train_images"] / classes, val_limit=info["val_images"])
+    first = (info.get("resumed_from_epoch") or 0) + 1  # this attempt's first epoch: it fills the cache afresh
+    timed = sorted((ep, sec) for ep, sec in st.recent_epochs if sec)
+    timed = [t for t in timed if t[0] > first] or timed[-1:] or [(st.epochs_done, st.train_s)]
+    counted = dict(cfg)
+    if info.get("train_images") and info.get("val_images"):
+        classes = catalogue.num_classes(cfg.get("dataset", "cifar10"))
+        counted.update(train_per_class=info["train_images"] / classes, val_limit=info["val_images"])
 
-        def gflop(k: int) -> float:  # the work of a run's first k epochs
-            w = estimate.work({**counted, "epochs": k})
-            return w["frozen_gflop"] + w["train_gflop"] if k > 0 else 0.0
-        last = max(st.recent_epochs)[1] if st.recent_epochs else st.train_s
-        try:
-            done = gflop(st.epochs_done)
-            per_s = (done - gflop(st.epochs_done - 1)) / last  # the last epoch's own work over its own time
-            left = (gflop(epochs) - done) / per_s
-            nxt = (gflop(min(st.epochs_done + 1, epochs)) - done) / per_s
-        except (ValueError, KeyError, TypeError, ZeroDivisionError):  # a model without FLOPs: as the last epoch
-            nxt = last
-            left = nxt * max(epochs - st.epochs_done, 0)
+    def gflop(k: int) -> float:  # the work of an attempt's first k epochs
+        w = estimate.work({**counted, "epochs": k})
+        return w["frozen_gflop"] + w["train_gflop"] if k > 0 else 0.0
+
+    def epoch_work(ep: int) -> float:  # epoch `ep`'s own work, counted from the start of the attempt that ran it
+        k = ep - first + 1 if ep >= first else ep
+        return gflop(k) - gflop(k - 1)
+
+    try:
+        s_per_gflop = sum(sec for _, sec in timed) / sum(epoch_work(ep) for ep, _ in timed)
+        left = sum(epoch_work(ep) for ep in range(st.epochs_done + 1, epochs + 1)) * s_per_gflop
+        nxt = epoch_work(st.epochs_done + 1) * s_per_gflop if st.epochs_done < epochs else 0.0
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):  # a model without FLOPs: as the recent epochs
+        nxt = statistics.mean(sec for _, sec in timed)
+        left = nxt * max(epochs - st.epochs_done, 0)
     if st.last_epoch_at is not None and left:
         running = max(((now or utcnow()) - st.last_epoch_at).total_seconds(), 0.0)
         left -= min(running, nxt)  # the current epoch's spent time, at most its whole
@@ -265,15 +269,29 @@ def _experiment_of(job: Job) -> Experiment | None:
         return None
 
 
+def looks(db: Session, ids: list[int]) -> dict[int, dict]:
+    """How each of these jobs is drawn (core.palette.run_look), in one query: the k-th job of its model among ALL
+    the lab's jobs by id, so a run keeps its look whatever else a comparison, Fig. 2 or a report shows beside it."""
+    if not ids:
+        return {}
+    model = func.json_extract(Experiment.config, "$.model")
+    inner = (select(Job.id.label("id"), model.label("model"),
+                    func.row_number().over(partition_by=model, order_by=Job.id).label("place"))
+             .join(Experiment, Job.experiment_id == Experiment.id).subquery())
+    rows = db.execute(select(inner.c.id, inner.c.model, inner.c.place).where(inner.c.id.in_(ids)))
+    return {i: palette.run_look(m, place - 1) for i, m, place in rows}
+
+
 def public_many(db: Session, jobs: list[Job]) -> list[dict]:
     """The API's view of jobs: a constant number of queries (jobs' experiments are loaded with them)."""
     jobs = [j for j in jobs if _experiment_of(j) is not None]  # one deleted while this request read
     ids = [j.id for j in jobs]
     stats, records, queue = _stats(db, ids), _status_records(db, ids), _queue_positions(db, jobs)
-    return [_public(j, stats.get(j.id, Stats()), queue, records.get(j.id, [])) for j in jobs]
+    drawn = looks(db, ids)
+    return [_public(j, stats.get(j.id, Stats()), queue, records.get(j.id, []), drawn.get(j.id)) for j in jobs]
 
 
-def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
+def _public(job: Job, st: Stats, queue: dict[int, int], records: list, look: dict | None = None) -> dict:
     cfg = job.experiment.config
     spec = catalogue.get(cfg["model"])
     paper = catalogue.paper_row(spec, cfg.get("dataset", "cifar10")) if spec else None
@@ -294,5 +312,5 @@ def _public(job: Job, st: Stats, queue: dict[int, int], records: list) -> dict:
         "eta_s": eta, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "heartbeat_at": job.heartbeat_at, "runtime_s": runtime, "info": job.info,
         "config": effective_config(cfg), "settings": settings(job), "attempts": attempts(records),
-        "timings": timings(job, st),
+        "timings": timings(job, st), "look": look,
     }

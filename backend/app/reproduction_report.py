@@ -87,7 +87,7 @@ class Run:
     card: dict | None
     curve: list[dict]  # [{epoch, val_acc, seconds}]
     env: dict[str, str]
-    look: dict = field(default_factory=dict)  # core.palette.run_looks: its colour and marker, as the UI draws it
+    look: dict = field(default_factory=dict)  # its colour and marker (job_view.looks), as every view draws it
 
     @property
     def finished(self) -> bool:
@@ -257,7 +257,6 @@ def build(db: Session, group: str | None = None, ids: list[int] | None = None) -
     title, found = select_jobs(db, group, ids)
     views = {v["id"]: v for v in job_life.public_many(db, found)}
     runs = []
-    looks = palette.run_looks((j.id, views[j.id]["model"]) for j in found if j.id in views)
     for j in found:
         if j.id not in views:  # deleted while this request read
             continue
@@ -265,7 +264,7 @@ def build(db: Session, group: str | None = None, ids: list[int] | None = None) -
         curve = [{"epoch": m.epoch, "val_acc": m.val_acc, "val_loss": m.val_loss, "seconds": m.seconds}
                  for m in j.metrics]
         runs.append(Run(job=j, view=v, config=v["config"], card=_card(v["config"]), curve=curve,
-                        env=environment(j), look=looks[j.id]))
+                        env=environment(j), look=v["look"]))
     if not runs:
         raise NotFound(f"the jobs of {title} were deleted")
     return Report(title=title, runs=runs, rows=table_rows(runs), depth=depth_points(runs, finished_only=True),

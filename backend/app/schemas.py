@@ -192,6 +192,13 @@ class TimingsPublic(BaseModel):
     total_s: float | None
 
 
+class RunLookPublic(BaseModel):
+    colour: str  # a shade of its model's colour
+    symbol: str  # its marker (Plotly's name)
+    glyph: str  # the marker as a character, for a table's swatch
+    model_colour: str
+
+
 class JobPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -213,6 +220,7 @@ class JobPublic(BaseModel):
     paper_val_acc: float | None
     trainable_params: int | None
     eta_s: float | None
+    look: RunLookPublic | None = None  # how the run is drawn in every chart, table and report (core.palette)
     created_at: UTCDateTime
     started_at: UTCDateTime | None
     finished_at: UTCDateTime | None
@@ -403,13 +411,6 @@ class RepeatGroupPublic(BaseModel):
     curve: list[CurvePointPublic]  # per epoch over the group's runs: what the compare view draws as mean and band
     loss_curve: list[CurvePointPublic] = []  # the same for the validation loss
     duplicates: list[int] = []  # jobs that ran a seed already counted: the same draw again, left out of the numbers
-
-
-class RunLookPublic(BaseModel):
-    colour: str  # a shade of its model's colour
-    symbol: str  # its marker (Plotly's name)
-    glyph: str  # the marker as a character, for a table's swatch
-    model_colour: str
 
 
 class CompareStatsPublic(BaseModel):

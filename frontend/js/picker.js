@@ -3,7 +3,7 @@
 // reason is shown on the row). It keeps its own state, so the view's live refresh never loses a filter or a tick.
 "use strict";
 import { el, pct, api, ApiError, showMessage, modelById, breakable } from "./util.js";
-import { lookSwatch, modelColour } from "./charts.js";
+import { lookSwatch } from "./charts.js";
 import { dryBadge, phaseDetail } from "./runs.js";
 
 const COLUMNS = [  // [key, header, value for sorting]
@@ -94,6 +94,8 @@ export function makePicker({ selected, group, onApply, onChanged }) {
     return [archive, del];
   };
 
+  const lookOf = (r) => st.looks[r.id] || r.look;  // the compared runs' looks are the same ones, sent again
+
   function render() {
     const rows = visible();
     for (const th of head.querySelectorAll("th.sortable")) {
@@ -107,9 +109,9 @@ export function makePicker({ selected, group, onApply, onChanged }) {
         el("td", {}, check), el("td", { text: `#${r.id}` }),
         el("td", { class: "name-cell" }, el("span", { class: "name", text: r.experiment_name }), " ", dryBadge(r),
           r.archived ? el("span", { class: "badge archived", text: "archived" }) : null),
-        // A compared run in its look (as its curves draw it); any other in its model's colour.
-        el("td", { class: "model" }, st.looks[r.id] ? [lookSwatch(st.looks[r.id]), "\u00a0"]
-          : el("span", { class: "swatch", style: `background:${modelColour(r.model)}` }), breakable(modelName(r))),
+        // Every run in its own look (GET /api/jobs: its shade and marker, as its curves draw it once compared), so a
+        // run not compared yet never shows a plain square that reads as another run's square marker.
+        el("td", { class: "model" }, lookOf(r) ? [lookSwatch(lookOf(r)), "\u00a0"] : null, breakable(modelName(r))),
         el("td", { class: "group", text: r.group || "–" }),
         el("td", {}, el("span", { class: `status status-${r.status}`, text: r.status }), what && what !== r.status ? el("div", { class: "phase-text", text: what }) : null),
         el("td", { text: pct(r.best_val_acc) }), el("td", { class: "actions" }, ...actions(r)));

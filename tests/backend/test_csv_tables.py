@@ -78,3 +78,43 @@ def test_accuracies_are_fractions_as_docs_csv_md_says(api, url):
         for k, v in row.items():
             if "acc" in k and v and k not in ("paper_val_acc_vs_ci95", "best_val_acc_n_seeds"):
                 assert 0 <= float(v) <= 1, (k, v)
+
+
+def test_every_csv_names_a_metric_one_way_and_a_time_with_its_unit(api):
+    """A job's metrics.csv and the per-epoch table name each epoch metric alike (core.protocol EPOCH_ROW's
+    csv_name): an epoch's time is `epoch_time_s` in both, never `seconds` in one. Every time column ends in `_s`,
+    and every column of the three files is in docs/csv.md."""
+    from pathlib import Path
+
+    from core.protocol import EPOCH_ROW
+    ids = repeats(api, DENSE, [[0.9, 0.95], [0.91, 0.94]])
+    epochs = list(_rows(api, f"/api/epochs.csv?jobs={ids[0]}")[0])
+    metrics = list(_rows(api, f"/api/jobs/{ids[0]}/metrics.csv")[0])
+    summary = list(_rows(api, f"/api/compare.csv?jobs={ids[0]}")[0])
+    shared = [c for c in epochs if c not in ("job_id", "experiment", "model", "dry_run", "status")]
+    assert set(shared) <= set(metrics), sorted(set(shared) - set(metrics))
+    assert "epoch_time_s" in metrics and "seconds" not in metrics and "train_seconds" not in metrics
+    times = [m.csv_name for m in EPOCH_ROW if "wall time" in m.help]
+    assert times and all(t.endswith("_s") for t in times), times
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "csv.md").read_text()
+    options = {o.name for o in web_options()}
+    for column in {*epochs, *metrics, *summary} - options:
+        assert f"`{column}`" in doc, column
+
+
+def test_a_job_that_never_built_its_model_has_no_trainable_count(api):
+    """compare.csv's trainable_params is what the run counted once it built its model (its info): a job that
+    failed before that leaves the cell empty, never the catalogue's count passed off as the run's."""
+    from backend.app.ingest import handle_event
+    failed, built = (api.post("/api/experiments", json={"name": n, "config": DENSE}).json()["jobs"][0]["id"]
+                     for n in ("failed", "built"))
+    handle_event({"type": "started", "job_id": failed, "attempt": 1, "ts": 0, "worker": "w", "device": "cpu"})
+    handle_event({"type": "finished", "job_id": failed, "attempt": 1, "ts": 0, "status": "failed",
+                  "error": "weights file missing"})
+    handle_event({"type": "started", "job_id": built, "attempt": 1, "ts": 0, "worker": "w", "device": "cpu"})
+    handle_event({"type": "info", "job_id": built, "attempt": 1, "ts": 0, "info": {"trainable_params": 4321}})
+    finish(built, [0.5])
+    rows = {int(r["job_id"]): r for r in _rows(api, f"/api/compare.csv?jobs={failed},{built}")}
+    assert rows[failed]["status"] == "failed" and rows[failed]["trainable_params"] == ""
+    assert rows[built]["trainable_params"] == "4321"
+    assert rows[failed]["paper_trainable_params"]  # the paper's count stays, in its own labelled column

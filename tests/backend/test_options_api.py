@@ -118,7 +118,7 @@ def test_an_extra_metric_needs_no_column_and_a_nonfinite_one_is_kept(api):
     assert m2["train_loss"] is None and m2["nonfinite"] == {"train_loss": "NaN", "val_loss": "Infinity"}
     csv_rows = list(csv.DictReader(io.StringIO(api.get(f"/api/jobs/{jid}/metrics.csv").text)))
     assert [r["train_loss"] for r in csv_rows] == ["0.5", "NaN"]
-    assert list(csv_rows[0]) == [*(m.name for m in EPOCH_ROW if m.scalar), "precision", "dry_run"]
+    assert list(csv_rows[0]) == [*(m.csv_name for m in EPOCH_ROW if m.scalar), "precision", "dry_run"]
 
 
 def test_listing_jobs_runs_a_constant_number_of_queries(api):

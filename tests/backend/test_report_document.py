@@ -111,6 +111,32 @@ def test_each_run_keeps_its_look_and_a_model_its_colour_in_the_report_and_the_ui
     assert {int(k): v for k, v in again.items()} == looks
 
 
+def test_a_run_keeps_its_look_whatever_else_is_selected(api):
+    """A run's look is its own (its place among all the lab's runs of its model), not its place among the runs a
+    view was asked for: job 4 of four runs of one model draws alike in Compare with jobs 1, 2, 4, with all four,
+    alone, in both reports of any selection and in the picker's list of runs."""
+    ids = [_post(api, f"run {i}", "sel", model=DENSENET, lr=10.0 ** -(i + 2)) for i in range(4)]
+    for jid in ids:
+        _finish(jid, [0.8, 0.85])
+    last = ids[3]
+
+    def stats_look(selection):
+        body = api.get("/api/compare/stats", params={"jobs": ",".join(map(str, selection))}).json()
+        return body["looks"][str(last)]
+    look = stats_look(ids)
+    assert stats_look([ids[0], ids[1], last]) == stats_look([last]) == look
+    swatch = f'{look["colour"]} {look["symbol"]}'
+    for selection in ([last], [ids[0], last], ids):
+        jobs = ",".join(map(str, selection))
+        html = api.get("/api/report.html", params={"jobs": jobs}).text
+        assert f'title="{swatch}"' in html
+        md = api.get("/api/report.md", params={"jobs": jobs}).text
+        assert swatch in _pieces(md)
+    listed = {j["id"]: j["look"] for j in api.get("/api/jobs").json()}
+    assert listed[last] == look  # the picker draws every run, compared or not, in this look
+    assert len({(v["colour"], v["symbol"]) for v in listed.values()}) == 4  # and tells the four apart
+
+
 def test_the_palette_tells_runs_of_one_model_apart():
     looks = palette.run_looks([(i, "densenet201") for i in range(1, 6)] + [(9, "vgg19")])
     assert len({(v["colour"], v["symbol"]) for v in looks.values()}) == 6

@@ -50,7 +50,8 @@ def _lab(lab):
             ("original", TINY, [(0.90, 0.40, 0.80, 0.60), (0.93, 0.30, 0.90, 0.35)], None),
             ("clone lr", {**TINY, "lr": 1e-3}, [(0.88, 0.50, 0.78, 0.70), (0.91, 0.45, 0.86, 0.50)], None),
             ("deit", {**TINY, "model": "deit_tiny_patch16_224", "head_l2": 0.01},
-             [(0.60, 1.20, 0.50, 1.40), (0.70, 0.90, 0.65, 1.0)], [3.2, 2.5])]:
+             [(0.60, 1.20, 0.50, 1.40), (0.70, 0.90, 0.65, 1.0)], [3.2, 2.5]),
+            ("not compared", TINY, [(0.5, 1.0, 0.5, 1.0)], None)]:
         made[name] = post(lab, "/api/experiments", name=name, config=cfg)["jobs"][0]["id"]
         _run(made[name], rows, keras)
     return made
@@ -109,6 +110,10 @@ def _check(page, lab, made):
     for jid in (a, b):
         assert page.eval_on_selector(f"#run-table tr[data-job='{jid}'] .look", swatch) == [
             looks[jid]["colour"], looks[jid]["symbol"]]
+    extra = made["not compared"]  # a run not compared: its own look too, never a plain square like a ■ marker
+    own = lab.client.get(f"/api/jobs/{extra}").json()["look"]
+    assert page.eval_on_selector(f"#run-table tr[data-job='{extra}'] .look", swatch) == [own["colour"], own["symbol"]]
+    assert not page.query_selector_all("#run-table .swatch")
     seed_swatches = page.eval_on_selector_all("#seeds-table tr[data-group-key] .look", f"els => els.map({swatch})")
     for jid in (a, b):  # each config's row of seeds in its first run's look
         assert [looks[jid]["colour"], looks[jid]["symbol"]] in seed_swatches

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core import catalogue, palette, stats
 from core.config import web_options
-from core.protocol import metric_text
+from core.protocol import METRICS, metric_text
 
 from .. import job_view, jobs
 from ..csv_export import CSVResponse, tidy, to_csv
@@ -37,9 +37,8 @@ BAND = "min–max over the seeds"  # what the compare view's band around a repea
 # The repeat group's statistics, named for what they are statistics of (the best validation accuracy, a fraction).
 _STAT_COLUMNS = ["best_val_acc_n_seeds", "best_val_acc_mean", "best_val_acc_std", "best_val_acc_ci95_low",
                  "best_val_acc_ci95_high", "paper_val_acc_vs_ci95"]
-# The per-epoch table's metric columns: the epoch row's names (core.protocol EPOCH_ROW), a time with its unit.
-_EPOCH_COLUMNS = {"train_loss": "train_loss", "train_acc": "train_acc", "val_loss": "val_loss", "val_acc": "val_acc",
-                  "lr": "lr", "seconds": "epoch_time_s"}
+# The per-epoch table's metrics, its columns named as every CSV names them (core.protocol EPOCH_ROW's csv_name).
+_EPOCH_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 def _ids(text: str) -> list[int]:
@@ -92,7 +91,9 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
     (every option a browser may set; a config stored before an option existed had its default; the precision
     that ran), its results rounded as the protocol declares, the paper's numbers beside them, and its repeat
     group's statistics of the best validation accuracy (_STAT_COLUMNS: seeds, mean, sd, the 95% interval, and the
-    paper's number against it, core.stats.verdict), the same on each row of the group. Columns: docs/csv.md."""
+    paper's number against it, core.stats.verdict), the same on each row of the group. Its trainable_params is the
+    run's own count (the worker's, once it built the model), empty for a job that never built it: the catalogue's
+    count for its config is no result of the run (the job page shows that one as expected). Columns: docs/csv.md."""
     options = [o for o in web_options() if o.name != "model"]
     header = ["job_id", "experiment", "model", "paper_model", "dry_run", *(o.name for o in options), "status",
               "epochs_run",
@@ -115,7 +116,7 @@ def comparison_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]
             *(tidy(_value(job, pub, o.name)) for o in options), job.status, pub["epochs_done"],
             metric_text({"val_acc": best}, "val_acc"), pub["best_epoch"],
             metric_text(last, "val_loss") if last else None, metric_text(last, "val_acc") if last else None,
-            pub["trainable_params"], paper["val_acc"] if paper else None,
+            (job.info or {}).get("trainable_params"), paper["val_acc"] if paper else None,
             round(best - paper["val_acc"], 4) if paper and best is not None else None,
             paper["trainable_params"] if paper else None,
             round(pub["runtime_s"], 1) if pub["runtime_s"] is not None else None,
@@ -141,7 +142,7 @@ def epoch_rows(db: Session, ids: list[int]) -> tuple[list[str], list[list]]:
     """One row per job and epoch, in the order of the ids: who ran it (job, name, model; whether a dry run, its
     status, so a row on its own cannot pass for a finished paper run) and the epoch's numbers as the protocol
     rounds them."""
-    header = ["job_id", "experiment", "model", "dry_run", "status", "epoch", *_EPOCH_COLUMNS.values()]
+    header = ["job_id", "experiment", "model", "dry_run", "status", "epoch", *(METRICS[c].csv_name for c in _EPOCH_COLUMNS)]
     found, views = _load(db, ids)
     rows = []
     for i in ids:
@@ -167,4 +168,4 @@ def compare_stats(jobs_: JobIds, db: Session = SessionDep):
     ids = _ids(jobs_)
     found, views = _load(db, ids)
     return {"groups": repeat_stats(found, views, ids), "band": BAND,
-            "looks": palette.run_looks((i, views[i]["model"]) for i in ids), "lines": palette.LINES}
+            "looks": {i: views[i]["look"] for i in ids}, "lines": palette.LINES}

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import TrainConfig, method_card, preset, web_options
-from core.protocol import SCALAR_METRICS, TERMINAL, JobStatus, metric_text
+from core.protocol import METRICS, SCALAR_METRICS, TERMINAL, JobStatus, metric_text
 from core.settings import get_settings
 
 from .. import job_view, jobs
@@ -78,7 +78,7 @@ def metrics_csv(job_id: IdPath, db: Session = SessionDep):
     # cannot pass for a paper run.
     ran = job_view.ran_precision(job) or job_view.effective_config(job.experiment.config)["precision"]
     run = [None if ran == "auto" else ran, bool(job.experiment.dry_run)]
-    body = to_csv([*SCALAR_METRICS, "precision", "dry_run"],
+    body = to_csv([*(METRICS[c].csv_name for c in SCALAR_METRICS), "precision", "dry_run"],
                   [[*(tidy(metric_text(r, c)) for c in SCALAR_METRICS), *run] for r in rows])
     return CSVResponse(body,
                        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'})
