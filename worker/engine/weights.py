@@ -154,8 +154,10 @@ class _HubProgress:
         return False
 
     def update(self, n=1):
+        # huggingface_hub before 1.2 counts a resumed download's first bytes twice (its `initial` and an update):
+        # the bytes reported never pass the total, whichever version is installed.
         self.n += n
-        self.report(self.n, self.total)
+        self.report(min(self.n, self.total) if self.total else self.n, self.total)
 
     def close(self):
         pass
