@@ -37,19 +37,12 @@ NUMPY_READERS = {"core/datasets.py"}
 
 def _imports(path: Path) -> set[str]:
     """Absolute module names a file imports (relative imports resolved against its package)."""
-    pkg = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
-                mod = ".".join([*base, node.module] if node.module else base)
-            else:
-                mod = node.module or ""
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
+    for mod, name in _import_froms(path):
+        out.update((mod, f"{mod}.{name}"))
     return out
 
 

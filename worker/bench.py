@@ -117,28 +117,36 @@ def run_engine(args, variant: str) -> dict:
             **_device_info(resolve_device(args.device)), **_peak(resolve_device(args.device))}
 
 
+def plain_backbone(cfg):
+    """The plain loop's model: the timm backbone with its classifier removed, everything frozen but the block the
+    engine trains (the same one, by the same rule), and its data config and input size. Both plain loops build it."""
+    from timm.data import resolve_model_data_config
+
+    from worker.engine import create_backbone, plan_for
+
+    model = create_backbone(cfg.model, cfg.weights, img_size=cfg.image_size)
+    data_cfg = resolve_model_data_config(model)
+    model.reset_classifier(0)
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in model.get_submodule(plan_for(cfg.model, model).unfreeze_from).parameters():
+        p.requires_grad = True
+    return model, data_cfg, cfg.image_size or data_cfg["input_size"][-1]
+
+
 def run_reference(args) -> dict:
     import torch
     import torch.nn.functional as F
     from PIL import Image
-    from timm.data import resolve_model_data_config
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    from worker.engine import MLPHead, create_backbone, plan_for, resolve_device
+    from worker.engine import MLPHead, resolve_device
 
     cfg = engine_config(args)  # the same model, size and batch as the engine's paper variant
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = create_backbone(args.model, args.weights, img_size=cfg.image_size)
-    data_cfg = resolve_model_data_config(model)
-    size = cfg.image_size or data_cfg["input_size"][-1]
-    model.reset_classifier(0)
-    for p in model.parameters():
-        p.requires_grad = False
-    last = model.get_submodule(plan_for(args.model, model).unfreeze_from)  # the same block the engine trains
-    for p in last.parameters():
-        p.requires_grad = True
+    model, data_cfg, size = plain_backbone(cfg)
     head = MLPHead(model.num_features)
     net = torch.nn.Sequential(model, head).to(device)
     tf = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
@@ -228,21 +236,13 @@ class PlainLoop:
 
     def __init__(self, args, cfg, train, val, device):
         import torch
-        from timm.data import resolve_model_data_config
 
-        from worker.engine import MLPHead, Preprocess, create_backbone, plan_for
+        from worker.engine import MLPHead, Preprocess
 
         t0, c0 = time.perf_counter(), _cpu_s()
         torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, device
-        model = create_backbone(cfg.model, cfg.weights, img_size=cfg.image_size)
-        data_cfg = resolve_model_data_config(model)
-        size = cfg.image_size or data_cfg["input_size"][-1]
-        model.reset_classifier(0)
-        for p in model.parameters():
-            p.requires_grad = False
-        for p in model.get_submodule(plan_for(cfg.model, model).unfreeze_from).parameters():
-            p.requires_grad = True
+        model, data_cfg, size = plain_backbone(cfg)
         self.backbone = model.to(device)
         self.net = torch.nn.Sequential(model, MLPHead(model.num_features, cfg.head_hidden)).to(device)
         self.prep = Preprocess(size, data_cfg["mean"], data_cfg["std"], device)
