@@ -149,7 +149,7 @@ def test_cifar_thumbnails_come_from_the_test_set_the_job_used(api, tmp_path):
 
 
 def test_seeds_a_depth_sweep_the_compare_view_and_the_report_take_a_folder(api, tmp_path):
-    from .test_report import _finish
+    from .test_reproduction_report import _finish
     home = tmp_path / "home"
     write_folder(home / "data", "shapes", train=3, val=2, broken=False)
     cfg = {**TINY, "dataset": "folder:shapes", "train_per_class": None}

@@ -148,10 +148,12 @@ def test_listing_jobs_runs_a_constant_number_of_queries(api):
             for e in (1, 2, 3):
                 handle_event({"type": "epoch", "job_id": jid, "attempt": 1, "ts": 0, "row": _row(e)})
 
+    # The lab's own background work (the watchdog, the broker reconciliation) shares the engine and can add a query
+    # to one count: the least of three counts is the listing's own number.
     add_jobs(2)
-    few = count_list_queries()
+    few = min(count_list_queries() for _ in range(3))
     add_jobs(10)
-    many = count_list_queries()
+    many = min(count_list_queries() for _ in range(3))
     assert len(api.get("/api/jobs").json()) == 12
     assert many == few, (few, many)
     assert api.get("/api/jobs").json()[0]["epochs_done"] == 3

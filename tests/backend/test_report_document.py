@@ -11,7 +11,7 @@ from markdown_it import MarkdownIt
 from core import palette, stats
 from core.protocol import JobStatus
 
-from .test_report import DENSENET, _finish, _post
+from .test_reproduction_report import DENSENET, _finish, _post
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_NAMES = [HOSTILE, "# <script>alert(2)</script>", "- [x](javascript:alert(3)) *b* `c`",

@@ -3,7 +3,7 @@ themselves; the page itself never scrolls sideways (at 800 px the results table 
 import pytest
 
 from tests.backend.conftest import api  # noqa: F401  (the real app on a fresh home, as the report tests use it)
-from tests.backend.test_report import _lab
+from tests.backend.test_reproduction_report import _lab
 
 from .conftest import ARTIFACTS
 

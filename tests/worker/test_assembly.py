@@ -39,6 +39,8 @@ def _put_weights(folder):
     save_file(sd, str(folder / f"{MODEL}.safetensors"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_missing_local_file_says_the_same_fix_in_each_front_ends_terms(home, tmp_path, tiny_cifar_dir):
     wdir = home.weights_path
     with pytest.raises(WeightsError) as e:  # the engine's one entry, before anything is built
@@ -85,6 +87,8 @@ def test_a_checkpoint_of_another_config_is_a_setup_error_naming_the_folder_optio
     assert "another folder (--out)" in e.value.phrase(finetune.FLAGS)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_reports_run_it_again_command_runs_as_printed(home, tmp_path):
     """backend/app/reproduction_report.py prints the command; executed by a shell exactly as printed (the lab's data and
     weights folders in it), it trains the same config with weights=local."""

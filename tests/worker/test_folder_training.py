@@ -70,6 +70,8 @@ def test_a_folder_trains_and_keeps_the_predictions_the_gallery_shows(data, tmp_p
         assert s2["status"] == "succeeded" and len(mistakes.read(tmp_path / f"d{depth}", "best")["ids"]) == 9
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_command_line_takes_a_folder_and_writes_the_gallery_as_one_html_file(data, tmp_path):
     page = tmp_path / "gallery.html"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

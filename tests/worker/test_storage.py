@@ -23,6 +23,8 @@ def _mount_tmpfs(where: Path, size: int) -> bool:
     return r.returncode == 0
 
 
+@pytest.mark.mount
+@pytest.mark.subprocess
 def test_a_full_disk_fails_with_advice_and_keeps_the_last_checkpoint(tiny_cifar_dir, tmp_path):
     cfg1, cfg2 = TrainConfig(**TINY, epochs=1), TrainConfig(**TINY, epochs=2)
     run(cfg1, Paths(tiny_cifar_dir, tmp_path / "probe"))
@@ -36,7 +38,7 @@ def test_a_full_disk_fails_with_advice_and_keeps_the_last_checkpoint(tiny_cifar_
                 run(cfg2, Paths(tiny_cifar_dir, out))
             kept = checkpoint.load(out)
             assert kept["epoch"] == 1 and sorted(p.name for p in out.iterdir()) == [
-                "checkpoint.pt", "metrics.jsonl", "summary.json"]  # no checkpoint.tmp left behind
+                "checkpoint.pt", "metrics.jsonl", "predictions", "summary.json"]  # no checkpoint.tmp left behind
         finally:
             subprocess.run(["umount", str(small)], check=False)
         return

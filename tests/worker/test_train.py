@@ -206,6 +206,8 @@ def test_plateau_schedule_has_keras_semantics():
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 6e-5, 6e-5, 3.6e-5, 3.6e-5])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_trains_and_writes_metrics_and_summary(tiny_cifar_dir, tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "worker.finetune", "--model", "deit_tiny_patch16_224",
