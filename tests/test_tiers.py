@@ -98,8 +98,9 @@ def test_each_program_asks_for_its_marker(argv, needs):
 
 
 def test_a_library_lookup_on_an_import_asks_for_nothing():
-    """ctypes' find_library runs `ldconfig -p` when torch is first imported: not a program the test starts."""
-    assert needs_of(["/sbin/ldconfig", "-p"]) == set()
+    """ctypes' find_library runs `ldconfig -p` when torch is first imported, platform.processor() `uname -p`: not
+    programs the test starts."""
+    assert needs_of(["/sbin/ldconfig", "-p"]) == needs_of(["uname", "-p"]) == set()
 
 
 def test_the_full_tier_is_the_parallel_part_and_the_serial_part_and_the_fast_tier_is_inside_it():

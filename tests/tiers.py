@@ -128,9 +128,9 @@ def _watch_spawns():
     subprocess.Popen.__init__ = init
 
 
-# Programs the standard library runs on an import's behalf, not the test's: ctypes.util.find_library asks
-# `ldconfig -p` where a library (torch's, on its first import) is looked up.
-LIBRARY_LOOKUPS = frozenset({"ldconfig"})
+# Programs the standard library runs on a library's behalf, not the test's: ctypes.util.find_library asks
+# `ldconfig -p` where a library (torch's, on its first import) is looked up; platform.processor() asks `uname -p`.
+LIBRARY_LOOKUPS = frozenset({"ldconfig", "uname"})
 
 
 def needs_of(argv: list[str]) -> set[str]:

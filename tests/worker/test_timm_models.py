@@ -17,8 +17,11 @@ TINY = dict(weights="none", epochs=1, batch_size=16, image_size=32, train_per_cl
 
 def test_the_shipped_name_list_is_the_installed_timms_registry():
     """core/timm_models.json is what tools/gen_timm_models.py writes for this timm: run it after upgrading timm."""
-    shipped = json.loads(catalogue.TIMM_MODELS_FILE.read_text())
-    assert shipped == gen_timm_models.registry()
+    shipped, installed = json.loads(catalogue.TIMM_MODELS_FILE.read_text()), gen_timm_models.registry()
+    if installed["timm_version"] == shipped["timm_version"]:
+        assert shipped == installed
+    else:  # another timm (the oldest supported stack): its registry differs; the worker checks a name against it
+        assert set(catalogue.CATALOGUE) <= set(installed["models"])
     assert MODEL in catalogue.timm_models() and catalogue.get(MODEL) is None
     assert set(catalogue.CATALOGUE) <= catalogue.timm_models()
 

@@ -154,10 +154,11 @@ class _HubProgress:
         return False
 
     def update(self, n=1):
-        # huggingface_hub before 1.2 counts a resumed download's first bytes twice (its `initial` and an update):
-        # the bytes reported never pass the total, whichever version is installed.
+        # Some huggingface_hub releases (1.1 among them) give a resumed download's `total` as the bytes still to
+        # come and `initial` as those already on disk: the file's size is then their sum, which the bytes counted
+        # reach. Newer ones give the file's size. Either way done never passes total, and ends equal to it.
         self.n += n
-        self.report(min(self.n, self.total) if self.total else self.n, self.total)
+        self.report(self.n, max(self.total, self.n) if self.total else self.total)
 
     def close(self):
         pass
