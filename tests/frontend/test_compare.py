@@ -184,8 +184,10 @@ def test_beyond_six_runs_one_small_chart_per_model(compare_lab, narrow):
         .map(p => ({model: p.parentElement.dataset.model, title: p.layout.title.font.color,
                     colours: [...new Set(p.data.map(t => t.line.color))]}))""")
     assert {d["model"] for d in drawn} >= {"densenet201", "deit_tiny_patch16_224"}
-    for d in drawn:
-        assert d["colours"] == [d["title"]]  # one colour per model: its runs, its paper lines, its title
+    from core.palette import run_shade
+    for d in drawn:  # one colour per model: its paper lines and title in it, its runs in its shades (core.palette)
+        shades = {d["title"].lower()} | {run_shade(d["title"], k).lower() for k in range(12)}
+        assert {c.lower() for c in d["colours"]} <= shades, d
     assert "queued · position" in narrow.text_content("#multiples .chart[data-model='vgg19'] .plot-wait")
     shot(narrow, "compare-small-multiples")
     assert no_horizontal_overflow(narrow) and not narrow.errors

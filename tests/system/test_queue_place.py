@@ -53,6 +53,7 @@ def test_a_killed_workers_job_runs_again_before_the_jobs_that_never_started(tmp_
         la.close()
 
 
+@pytest.mark.redis
 def test_jobs_a_restarted_redis_forgot_are_sent_again_in_order_and_run_once(tmp_path, tiny_cifar_dir):
     reconcile_s = Settings().reconcile_s  # the default: the figure is the lab's as shipped
     lab = Lab(tmp_path, tiny_cifar_dir, redis=True)

@@ -33,6 +33,7 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_folder_trains_and_keeps_the_predictions_the_gallery_shows(data, tmp_path):
     infos = []
     out = tmp_path / "run"
