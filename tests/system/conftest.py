@@ -1,7 +1,7 @@
 """Fixtures for system tests: labs of real processes (see tests/lab.py).
 
 BLOCKLAB_TEST_BUSY=N runs N processes that keep a core busy for the whole session, so the suite can be shown to
-hold on a loaded machine (CI shares its two cores with other work): `BLOCKLAB_TEST_BUSY=2 make test`.
+hold on a loaded machine (CI shares its two cores with other work): `BLOCKLAB_TEST_BUSY=2 make test-all`.
 """
 from __future__ import annotations
 
