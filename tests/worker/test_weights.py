@@ -38,13 +38,13 @@ def test_missing_file_and_offline_hub_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as e:
         create_backbone("deit_tiny_patch16_224", "hub", weights_dir=tmp_path / "w")
     from worker.finetune import FLAGS
-    from worker.queue.tasks import form_terms
+    from worker.queue.tasks import FORM
     msg = e.value.phrase(FLAGS)  # the command line's terms
     assert str(tmp_path / "w" / "hub") in msg and "--weights none" in msg
     assert f"--weights local and put deit_tiny_patch16_224.safetensors (or deit_tiny_patch16_224.pth) in " \
            f"{tmp_path / 'w'} (--weights-dir)" in msg and ".." not in msg
     # The job page's terms (the form offers hub, none and local; no flag, no doubled full stop).
-    web = e.value.phrase(form_terms())
+    web = e.value.phrase(FORM)
     assert f"choose weights: local and put deit_tiny_patch16_224.safetensors (or deit_tiny_patch16_224.pth) in " \
            f"{tmp_path / 'w'}" in web
     assert "weights: none" in web and "--" not in web and ".." not in web

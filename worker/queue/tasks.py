@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from core.broker import ControlChannel, EventPublisher, transport_options
+from core.errors import Terms
 from core.protocol import JOB_STATUS_OF_RUN, TASK_NAME, JobStatus, RunStatus, worker_label
 from core.settings import get_settings
 
@@ -42,25 +43,23 @@ def teacher_dir(runs: Path, teacher: int | None) -> Path | None:
     return None if teacher is None else runs / f"job-{teacher}"
 
 
-def form_terms():
-    """The job page's terms for a fix (core/errors.py): the form's field (`choose weights: none`), a
-    folder as the worker's setting (BLOCKLAB_WEIGHTS_DIR), a switch as the worker's environment variable; then
-    resume the job. Made on first use: the engine's Terms come with the engine."""
-    from worker.engine import Terms
+class FormTerms(Terms):
+    """The job page's terms for a fix (core/errors.py): the form's field (`choose weights: none`), a folder as the
+    worker's setting (BLOCKLAB_WEIGHTS_DIR), a switch as the worker's environment variable; then resume the job."""
+    FOLDERS = {"weights_dir": "the worker's weights folder, BLOCKLAB_WEIGHTS_DIR",
+               "data_dir": "the worker's data folder, BLOCKLAB_DATA_DIR",
+               "cache_dir": "the worker's feature cache, BLOCKLAB_CACHE_DIR"}
+    SWITCHES = {"download": "allow the download (BLOCKLAB_ALLOW_DOWNLOAD=true for the worker)"}
+    after = "then resume the job"
 
-    class FormTerms(Terms):
-        FOLDERS = {"weights_dir": "the worker's weights folder, BLOCKLAB_WEIGHTS_DIR",
-                   "data_dir": "the worker's data folder, BLOCKLAB_DATA_DIR",
-                   "cache_dir": "the worker's feature cache, BLOCKLAB_CACHE_DIR"}
-        SWITCHES = {"download": "allow the download (BLOCKLAB_ALLOW_DOWNLOAD=true for the worker)"}
-        after = "then resume the job"
+    def option(self, name, value):
+        return self.SWITCHES.get(name) or f"choose {name}: {value}"
 
-        def option(self, name, value):
-            return self.SWITCHES.get(name) or f"choose {name}: {value}"
+    def folder(self, name, path):
+        return f"{path} ({self.FOLDERS[name]})" if name in self.FOLDERS else f"{path}"
 
-        def folder(self, name, path):
-            return f"{path} ({self.FOLDERS[name]})" if name in self.FOLDERS else f"{path}"
-    return FormTerms()
+
+FORM = FormTerms()
 
 
 def job_error_text(e: BaseException) -> str:
@@ -69,7 +68,7 @@ def job_error_text(e: BaseException) -> str:
 
     from worker.engine import USER_ERRORS, SetupError
     if isinstance(e, SetupError):
-        return e.phrase(form_terms())
+        return e.phrase(FORM)
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         # batch_size and image_size change what a run computes, so a resume refuses them: the advice is a new job.
         return (f"out of memory: {str(e).splitlines()[0]}. Start a new job with a lower batch_size or image_size "
