@@ -198,7 +198,9 @@ def test_forwarded_headers_buy_no_streams_and_forge_no_log(make_lab):
         socks.append(s)
     try:
         statuses = [s.recv(64).split(b"\r\n")[0] for s in socks]
-        assert statuses == [b"HTTP/1.1 200 OK"] * 3 + [b"HTTP/1.1 429 Too Many Requests"]
+        # One real client: three streams accepted, one refused; which one is refused is the order the server took
+        # the four connections in, which a loaded machine does not keep.
+        assert sorted(statuses) == [b"HTTP/1.1 200 OK"] * 3 + [b"HTTP/1.1 429 Too Many Requests"]
     finally:
         for s in socks:
             s.close()
