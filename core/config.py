@@ -350,6 +350,13 @@ def _preset_differences(cfg: TrainConfig, paper: TrainConfig) -> tuple[list[dict
     return differs, length
 
 
+# What each precision is, in the card's words (and the plan's, where it shows bf16 beside a run in fp32).
+PRECISION_TEXT = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
+                  "fp16": "float16 autocast with a dynamic gradient scaler (a speed option for GPUs without native "
+                          "bf16, such as the T4 or V100; the paper trained in fp32)",
+                  "auto": "bf16 autocast where the hardware has it natively, else fp32 (never fp16)"}
+
+
 def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     """The method card of a run: the weights, input, numerics, trainable part, head and optimizer it uses, its
     trainable count against Table 1, and every remaining known deviation from the authors' runs with its likely
@@ -380,10 +387,7 @@ def method_card(cfg: TrainConfig, built: dict | None = None) -> dict:
     source = "the images' own size" if ds.id.startswith(folders.PREFIX) else "32 px"
     size = f"{image_size} px, bilinear from {source}" + (
         f" (its weights' own size is {spec.native_size})" if spec.native_size != image_size else "")
-    precision = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
-                 "fp16": "float16 autocast with a dynamic gradient scaler (a speed option for GPUs without native "
-                         "bf16, such as the T4 or V100; the paper trained in fp32)",
-                 "auto": "bf16 autocast where the hardware has it natively, else fp32 (never fp16)"}[cfg.precision]
+    precision = PRECISION_TEXT[cfg.precision]
     tf32 = ("TF32 allowed for fp32 matmuls and convolutions on GPUs that have it (Ampere and later): inputs rounded "
             "to a 10-bit mantissa, fp32 accumulation; a known deviation (the authors' GPUs had no TF32), its effect "
             "on accuracy expected negligible; CPUs and older GPUs compute plain fp32" if cfg.tf32 else

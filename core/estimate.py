@@ -149,43 +149,83 @@ def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
 UNCALIBRATED_SPAN = (1.0, 8.0)
 
 
-def _key(model: str, image_size: int | None) -> str:
-    """The worker's key for a measured job (worker/queue/self_report.py Reporter.measured)."""
-    return f"{model}@{image_size}"
+def runs_in(precision: str, bf16_native: bool) -> str:
+    """The precision a run computes in on a worker, never "auto": auto is bf16 where the hardware runs it natively,
+    else fp32 (worker/engine/device.py DevicePolicy.autocast decides it the same way)."""
+    if precision == "auto":
+        return "bf16" if bf16_native else "fp32"
+    return precision
 
 
-def rate(cfg: dict, calibration_gflops: float | None, measured: dict[str, float] | None) -> dict[str, Any]:
-    """The throughput a plan uses for `cfg` on a worker, and how sure it is:
+def measured_key(model: str, image_size: int | None, precision: str = "fp32") -> str:
+    """The worker's key for a finished job's measured rate (worker/queue/self_report.py Reporter.job_finished):
+    "model@size", and "@bf16" or "@fp16" after it for a job that computed in another precision than the paper's
+    fp32. A bf16 job on a CPU with AMX runs about three times the fp32 rate: keyed alone, its rate would time the
+    next fp32 run of the model at a third of what it takes."""
+    key = f"{model}@{image_size}"
+    return key if precision == "fp32" else f"{key}@{precision}"
+
+
+def _parse_key(key: str) -> tuple[str, str, str]:
+    """measured_key's parts: (model, size as written, precision)."""
+    model, _, rest = key.partition("@")
+    size, _, precision = rest.partition("@")
+    return model, size, precision or "fp32"
+
+
+def rate(cfg: dict, calibration_gflops: float | None, measured: dict[str, float] | None, *,
+         bf16_gflops: float | None = None) -> dict[str, Any]:
+    """The throughput a plan uses for `cfg` on a worker, and how sure it is. `bf16_gflops`: the worker's start-up
+    calibration in bf16 autocast, reported only where it runs bf16 natively (so it also decides what precision
+    "auto" runs in). Only jobs that computed in the run's own precision time it:
 
     - "measured": a job of this model at this size finished on the worker; its own rate (calibrated);
     - "scaled": a job of this model at another size finished there; its rate, from the nearest size (calibrated:
       within 18% of a second job's real time at other settings in tests/system/test_plan_accuracy.py);
-    - "benchmark": no job of this model finished there; the start-up calibration's rate, the best case
-      (uncalibrated: a range). Another model's job does not calibrate this one: models reach very different
-      shares of a device's speed (a DeiT-Tiny job's rate predicted an EfficientNet-Lite0 job 66% short on a CPU);
-    - None: no worker has measured anything."""
+    - "fp32 scaled": a bf16 run of a model only fp32 jobs timed: their rate times the calibration's bf16 speed-up
+      (not calibrated: the time lies between that best case and the fp32 time, `span`, since the engine's work
+      outside the matmuls does not speed up);
+    - "benchmark": no job of this model finished there; the start-up calibration's rate in the run's precision,
+      the best case (uncalibrated: a range). Another model's job does not calibrate this one: models reach very
+      different shares of a device's speed (a DeiT-Tiny job's rate predicted an EfficientNet-Lite0 job 66% short
+      on a CPU);
+    - None: no worker has measured anything.
+
+    `span`: the factors of the estimated time its real time may lie between, for estimate()."""
+    ran = runs_in(cfg.get("precision", "fp32"), bf16_gflops is not None)
     measured = {k: v for k, v in (measured or {}).items() if isinstance(v, (int, float)) and v > 0}
     model, size = cfg["model"], cfg.get("image_size")
-    own = measured.get(_key(model, size))
+    own = measured.get(measured_key(model, size, ran))
     if own:
-        return {"gflops": own, "basis": "measured", "calibrated": True, "from": [_key(model, size)]}
-    same = {k: v for k, v in measured.items() if k.rsplit("@", 1)[0] == model}
+        return {"gflops": own, "basis": "measured", "calibrated": True, "from": [measured_key(model, size, ran)],
+                "precision": ran, "span": None}
+    same = {k: v for k, v in measured.items() if _parse_key(k)[0] == model and _parse_key(k)[2] == ran}
     if same:
         def dist(k: str) -> float:
-            s = k.rsplit("@", 1)[1]
+            s = _parse_key(k)[1]
             return abs((int(s) if s.isdigit() else 224) - (size or 224))
         near = min(same, key=dist)
-        return {"gflops": same[near], "basis": "scaled", "calibrated": True, "from": [near]}
-    if calibration_gflops:
-        return {"gflops": calibration_gflops, "basis": "benchmark", "calibrated": False, "from": []}
-    return {"gflops": None, "basis": None, "calibrated": False, "from": []}
+        return {"gflops": same[near], "basis": "scaled", "calibrated": True, "from": [near], "precision": ran,
+                "span": None}
+    if ran == "bf16" and bf16_gflops and calibration_gflops:
+        fp32 = rate({**cfg, "precision": "fp32"}, calibration_gflops, measured)
+        if fp32["calibrated"]:
+            speedup = max(bf16_gflops / calibration_gflops, 1.0)
+            return {"gflops": fp32["gflops"] * speedup, "basis": "fp32 scaled", "calibrated": False,
+                    "from": fp32["from"], "precision": ran, "span": (1.0, speedup)}
+    cal = bf16_gflops if ran == "bf16" and bf16_gflops else calibration_gflops
+    if cal:
+        return {"gflops": cal, "basis": "benchmark", "calibrated": False, "from": [], "precision": ran,
+                "span": UNCALIBRATED_SPAN}
+    return {"gflops": None, "basis": None, "calibrated": False, "from": [], "precision": ran, "span": None}
 
 
-def estimate(cfg: dict, gflops: float | None, *, calibrated: bool = True) -> dict[str, Any]:
+def estimate(cfg: dict, gflops: float | None, *, calibrated: bool = True,
+             span: tuple[float, float] | None = UNCALIBRATED_SPAN) -> dict[str, Any]:
     """What a plan shows per run: seconds on this device (None when no worker has measured one) and on the
     reference GPU, with the work they rest on. `calibrated`: whether `gflops` comes from jobs that ran on the
-    worker (rate()); when not, `range_s` gives the span the time may really take (UNCALIBRATED_SPAN). Keyword
-    arguments after `gflops` are the other measured rates an estimate may rest on."""
+    worker (rate()); when not, `range_s` gives the span the time may really take (`span`, rate()'s: by default
+    UNCALIBRATED_SPAN)."""
     if not has_flops(cfg["model"]):
         n_train, n_val = image_counts(cfg)
         return {"this_device_s": None, "reference_s": None, "frozen_s": None, "train_s": None,
@@ -194,8 +234,8 @@ def estimate(cfg: dict, gflops: float | None, *, calibrated: bool = True) -> dic
                 "range_s": None, "no_flop_figure": no_flops_text(cfg["model"])}
     here, ref, w = seconds(cfg, gflops), seconds(cfg, REFERENCE["gflops"]), work(cfg)
     total = here["total_s"]
-    span = None if calibrated or total is None else [round(total * UNCALIBRATED_SPAN[0], 1),
-                                                      round(total * UNCALIBRATED_SPAN[1], 1)]
+    span = None if calibrated or total is None or span is None else [round(total * span[0], 1),
+                                                                      round(total * span[1], 1)]
     return {"this_device_s": total, "reference_s": ref["total_s"], "frozen_s": here["frozen_s"],
             "train_s": here["train_s"], "reference_frozen_s": ref["frozen_s"], "reference_train_s": ref["train_s"],
             "gflops": gflops, "calibrated": bool(calibrated and total is not None), "range_s": span,

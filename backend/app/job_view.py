@@ -129,6 +129,12 @@ def _stats(db: Session, job_ids: list[int]) -> dict[int, Stats]:
     return out
 
 
+def best_val_accs(db: Session, job_ids: list[int]) -> dict[int, float]:
+    """Each job's best validation accuracy over its stored epochs, as the job view and the compare view read it
+    (jobs without an epoch left out)."""
+    return {i: s.best_val_acc for i, s in _stats(db, job_ids).items() if s.best_val_acc is not None}
+
+
 # -- attempts, from the job's status records ------------------------------------------------------------------------
 def _status_records(db: Session, job_ids: list[int]) -> dict[int, list[tuple[dict, datetime]]]:
     if not job_ids:

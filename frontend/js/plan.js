@@ -80,6 +80,7 @@ function itemRow(item, refName) {
       el("div", { class: "hint card-summary", text: cardSummary(item.card) }),
       more,
       memoryLine(item.memory),
+      bf16Line(item.bf16),
       est.no_flop_figure ? el("div", { class: "hint no-flop-figure", text: est.no_flop_figure }) : "",
       ...(item.warnings || []).map((w) => el("div", { class: "warn plan-warning", "data-field": w.loc.join("."), text: `${w.loc.join(".")}: ${w.msg}` })),
       item.blocked ? el("div", { class: "error-text block-reason", text: `Blocked: ${item.block_reason || "cannot run"}` }) : ""),
@@ -87,11 +88,39 @@ function itemRow(item, refName) {
       el("span", { class: "est-value", text: estimateText(est.this_device_s, est.range_s) }),
       est.this_device_s == null ? "" : el("div", { class: "hint est-basis", text: est.calibrated
         ? (est.basis === "measured" ? "calibrated: a job of this model and size ran here" : `calibrated on this worker by ${(est.calibrated_by || []).join(", ")}`)
-        : "not calibrated: no job of this model has finished on this worker yet" })),
+        : "not calibrated: no job of this model has finished on this worker yet" }),
+      item.bf16 ? el("div", { class: "est-bf16", text: bf16Time(item.bf16) }) : ""),
     el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null, "data-label": "Reference GPU" }),
     el("td", { class: "est-t4", text: duration(est.t4_s), title: t4Detail(est.t4), "data-label": "Free T4 (Colab)" }),
     preflightCell(item.preflight && item.preflight.weights, WEIGHTS, "pretrained-weights", "Weights"),
     preflightCell(item.preflight && item.preflight.data, DATA, "training-data", "Data"));
+}
+
+// Points of accuracy, signed: "+0.40 points".
+const points = (v) => `${v >= 0 ? "+" : "−"}${Math.abs(100 * v).toFixed(2)} points`;
+
+// The same run in bf16 beside its fp32 time, where the worker runs bf16 natively (routers/plan.py): the time (in the
+// "This worker" cell, under the fp32 one), and in the row the deviation it is and its effect on the best validation
+// accuracy as this lab measured it (or that nobody has yet, and how to).
+export function bf16Time(b) {
+  return `in bf16: ${estimateText(b.this_device_s, b.range_s)} (${b.range_s ? "up to " : ""}${b.speedup}× faster)`;
+}
+
+export function bf16Text(b) {
+  const a = b.accuracy || {};
+  const jobs = (ids) => ids.map((i) => `#${i}`).join(", ");
+  const effect = a.basis === "these settings"
+    ? `its effect on the best validation accuracy, measured here at these settings: ${points(a.effect)} (bf16 jobs ${jobs(a.bf16_jobs)} against fp32 jobs ${jobs(a.fp32_jobs)})`
+    : a.basis === "this model"
+    ? `its effect on the best validation accuracy, measured here for this model at other settings: ${points(a.effect)} (${a.pairs} pair${a.pairs === 1 ? "" : "s"} of runs)`
+    : `its effect on accuracy is not measured in this lab yet: queue the same run with precision bf16 beside it` +
+      (a.reference ? ` (the engine's own check: ${points(a.reference.effect)} on ${a.reference.what})` : "");
+  return `Running it in bf16 is a deviation: ${b.deviation.text}; ${effect}.`;
+}
+
+function bf16Line(b) {
+  if (!b) return "";
+  return el("div", { class: "hint plan-bf16", "data-basis": (b.accuracy && b.accuracy.basis) || "none", text: bf16Text(b) });
 }
 
 // Where the run's frozen features go on this worker (core.memory's rules on the limits it reported).
@@ -114,7 +143,8 @@ function t4Detail(t4) {
 function workerLine(plan) {
   const w = plan.worker;
   if (!w) return el("p", { class: "warn", id: "plan-worker", text: "No worker has reported yet: the times below assume the reference GPU's speed, and the preflight could not ask a worker." });
-  const gf = w.gflops ? `, benchmark ${int(Math.round(w.gflops))} GFLOP/s` : "";
+  const gf = w.gflops ? `, benchmark ${int(Math.round(w.gflops))} GFLOP/s` +
+    (w.bf16_gflops ? ` (${int(Math.round(w.bf16_gflops))} in bf16, which it runs natively)` : "") : "";
   const jobs = Object.keys(w.measured || {}).length;
   const timed = `${jobs} finished job${jobs === 1 ? "" : "s"} timed`;
   const cal = plan.calibrated ? ` Times are calibrated on it (${timed}).`

@@ -8,6 +8,8 @@ from backend.app import ingest, workers
 from core import estimate
 from core.config import DRY_RUN, preset
 
+from .conftest import TINY
+
 
 def _report(**over):
     weights = {m: {"hub": False, "hub_mb": None, "local": None, "local_mb": None} for m in estimate.flops_table()}
@@ -294,3 +296,106 @@ def test_the_dry_run_lists_only_what_it_really_changes(plan_api):
     assert mixed["dry_run"]["changes"] == {"epochs": DRY_RUN["epochs"]}
     both = plan_api.post("/api/plan", json={"configs": [small, {**small, "train_per_class": None}]}).json()
     assert both["dry_run"]["changes"] == {"epochs": DRY_RUN["epochs"], "train_per_class": DRY_RUN["train_per_class"]}
+
+
+# -- bf16 beside fp32, where the worker runs it natively -------------------------------------------------------------
+def _finished(api, accs: dict[int, float], precision: str, **cfg) -> list[int]:
+    """Succeeded jobs of RUN + cfg, one per seed: {seed: best accuracy}, as the worker said they computed."""
+    from backend.app.db import session_scope
+    from backend.app.models import EpochMetric, Job
+    from core.protocol import JobStatus
+    ids = []
+    for seed, acc in accs.items():
+        r = api.post("/api/experiments", json={"name": f"{precision} {seed}", "config": {**RUN, **cfg, "seed": seed,
+                                                                                          "precision": precision}})
+        assert r.status_code == 201, r.text
+        jid = r.json()["jobs"][0]["id"]
+        with session_scope() as db:
+            job = db.get(Job, jid)
+            job.status, job.info = JobStatus.SUCCEEDED, {"precision": "bf16" if precision == "auto" else precision}
+            db.add(EpochMetric(job_id=jid, epoch=1, val_acc=acc - 0.1, val_loss=1.0, train_loss=1.0, train_acc=0.5,
+                               seconds=1.0))
+            db.add(EpochMetric(job_id=jid, epoch=2, val_acc=acc, val_loss=1.0, train_loss=1.0, train_acc=0.5,
+                               seconds=1.0))
+            db.commit()
+        ids.append(jid)
+    return ids
+
+
+# Long enough that its seconds, rounded to a tenth, keep the ratios the tests check.
+RUN = {**TINY, "image_size": 224, "train_per_class": 100}
+
+
+def test_a_worker_with_native_bf16_gets_the_bf16_time_beside_fp32_named_as_a_deviation(plan_api):
+    _send(_report(gflops=100.0, bf16_gflops=300.0))
+    item = plan_api.post("/api/plan", json={"configs": [RUN]}).json()["items"][0]
+    est, bf16 = item["estimate"], item["bf16"]
+    assert est["precision"] == "fp32" and est["basis"] == "benchmark" and est["gflops"] == 100.0
+    # Uncalibrated both: the start-up calibration in each precision, its best case, as ranges.
+    assert bf16["this_device_s"] == pytest.approx(est["this_device_s"] / 3, rel=0.02) and bf16["speedup"] == 3.0
+    assert bf16["basis"] == "benchmark" and not bf16["calibrated"] and bf16["range_s"][1] > bf16["this_device_s"]
+    assert bf16["deviation"]["option"] == "precision" and bf16["deviation"]["paper"] == "fp32"
+    assert "the paper trained in fp32" in bf16["deviation"]["text"]
+    # Nothing measured in this lab yet: no effect claimed; the engine's own measurement quoted for what it is.
+    acc = bf16["accuracy"]
+    assert acc["basis"] is None and acc["effect"] is None and acc["pairs"] == 0
+    assert acc["reference"]["model"] == "tf_efficientnet_lite0" and acc["reference"]["effect"] == pytest.approx(0.004)
+
+
+def test_without_native_bf16_or_for_a_run_already_in_bf16_nothing_is_shown_beside(plan_api):
+    _send(_report(gflops=100.0))  # no bf16 calibration: emulated bf16 would be slower than fp32
+    item = plan_api.post("/api/plan", json={"configs": [RUN]}).json()["items"][0]
+    assert item["bf16"] is None
+    _send(_report(gflops=100.0, bf16_gflops=300.0))
+    items = plan_api.post("/api/plan", json={"configs": [{**RUN, "precision": "bf16"},
+                                                         {**RUN, "precision": "auto"}]}).json()["items"]
+    for item in items:  # its own time is the bf16 one; its card names the deviation
+        assert item["bf16"] is None and item["estimate"]["precision"] == "bf16"
+        assert item["estimate"]["gflops"] == 300.0
+
+
+def test_a_bf16_run_of_a_model_only_fp32_jobs_timed_lies_between_their_rate_and_the_calibrations_speedup(plan_api):
+    _send(_report(gflops=100.0, bf16_gflops=300.0, measured={"deit_tiny_patch16_224@224": 20.0}))
+    item = plan_api.post("/api/plan", json={"configs": [RUN]}).json()["items"][0]
+    fp32, bf16 = item["estimate"], item["bf16"]
+    assert fp32["calibrated"] and fp32["gflops"] == 20.0
+    assert bf16["basis"] == "fp32 scaled" and bf16["calibrated_by"] == ["deit_tiny_patch16_224@224"]
+    # Its best case is the calibration's speed-up; its worst, no speed-up at all (the fp32 time).
+    assert bf16["range_s"][0] == pytest.approx(fp32["this_device_s"] / 3, rel=0.02)
+    assert bf16["range_s"][1] == pytest.approx(fp32["this_device_s"], rel=0.02)
+    # A bf16 job of the model times it (and never the fp32 run: its key says bf16).
+    _send(_report(gflops=100.0, bf16_gflops=300.0,
+                  measured={"deit_tiny_patch16_224@224": 20.0, "deit_tiny_patch16_224@224@bf16": 50.0}))
+    item = plan_api.post("/api/plan", json={"configs": [RUN]}).json()["items"][0]
+    assert item["estimate"]["gflops"] == 20.0 and item["bf16"]["basis"] == "measured"
+    assert item["bf16"]["calibrated"] and item["bf16"]["speedup"] == 2.5 and item["bf16"]["range_s"] is None
+
+
+def test_the_accuracy_effect_is_measured_on_this_labs_finished_pairs(plan_api):
+    _send(_report(gflops=100.0, bf16_gflops=300.0))
+    fp32 = _finished(plan_api, {0: 0.60, 1: 0.64}, "fp32")
+    bf16 = _finished(plan_api, {0: 0.61}, "bf16") + _finished(plan_api, {1: 0.66}, "auto")  # auto ran bf16
+    acc = plan_api.post("/api/plan", json={"configs": [RUN]}).json()["items"][0]["bf16"]["accuracy"]
+    assert acc["basis"] == "these settings" and acc["effect"] == pytest.approx(0.635 - 0.62)
+    assert acc["fp32_jobs"] == fp32 and acc["bf16_jobs"] == bf16 and acc["reference"] is None
+    # Other settings of the same model: the pairs there, said to be at other settings.
+    acc = plan_api.post("/api/plan", json={"configs": [{**RUN, "epochs": 3}]}).json()["items"][0]["bf16"]["accuracy"]
+    assert acc["basis"] == "this model" and acc["effect"] == pytest.approx(0.015) and acc["pairs"] == 1
+    # Another model: nothing measured here.
+    other = {**RUN, "model": "deit_small_patch16_224"}
+    assert plan_api.post("/api/plan", json={"configs": [other]}).json()["items"][0]["bf16"]["accuracy"]["basis"] is None
+
+
+def test_an_unfinished_or_unpaired_run_never_counts(plan_api):
+    from backend.app.db import session_scope
+    from backend.app.models import Job
+    from core.protocol import JobStatus
+    _send(_report(gflops=100.0, bf16_gflops=300.0))
+    _finished(plan_api, {0: 0.60}, "fp32")
+    (running,) = _finished(plan_api, {0: 0.99}, "bf16")
+    with session_scope() as db:
+        db.get(Job, running).status = JobStatus.RUNNING
+        db.commit()
+    _finished(plan_api, {0: 0.70}, "bf16", lr=0.01)  # another learning rate: not a side of the fp32 run
+    acc = plan_api.post("/api/plan", json={"configs": [RUN]}).json()["items"][0]["bf16"]["accuracy"]
+    assert acc["basis"] is None and acc["pairs"] == 0

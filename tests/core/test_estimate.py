@@ -107,3 +107,31 @@ def test_cifar100_counts_its_images_per_class_of_100():
     cfg = {**preset("paper", dataset="cifar100").to_dict(), "train_per_class": 20}
     assert estimate.image_counts(cfg)[0] == 2000
     assert estimate.image_counts({**cfg, "train_per_class": 5000})[0] == 50_000
+
+
+def test_auto_runs_bf16_only_where_the_worker_runs_it_natively():
+    assert estimate.runs_in("auto", bf16_native=True) == "bf16"
+    assert estimate.runs_in("auto", bf16_native=False) == "fp32"
+    assert estimate.runs_in("fp16", bf16_native=True) == "fp16" and estimate.runs_in("fp32", True) == "fp32"
+
+
+def test_only_jobs_of_the_runs_own_precision_time_it():
+    """A bf16 job of the model (about three times the fp32 rate on a CPU with AMX) never times an fp32 run of it,
+    nor an fp32 job a bf16 run (unless scaled, and then as a range)."""
+    cfg = preset("paper", model="deit_tiny_patch16_224")
+    size = cfg.image_size
+    bf16_job = {estimate.measured_key("deit_tiny_patch16_224", size, "bf16"): 60.0}
+    assert estimate.measured_key("deit_tiny_patch16_224", 224, "bf16") == "deit_tiny_patch16_224@224@bf16"
+    assert estimate.measured_key("deit_tiny_patch16_224", 224) == "deit_tiny_patch16_224@224"
+    fp32 = estimate.rate(cfg.to_dict(), 10.0, bf16_job, bf16_gflops=30.0)
+    assert fp32["basis"] == "benchmark" and fp32["gflops"] == 10.0 and fp32["precision"] == "fp32"
+    bf16 = estimate.rate({**cfg.to_dict(), "precision": "bf16"}, 10.0, bf16_job, bf16_gflops=30.0)
+    assert bf16["basis"] == "measured" and bf16["gflops"] == 60.0 and bf16["span"] is None
+    # Only an fp32 job: the bf16 run is its rate times the calibration's speed-up, a range down to no speed-up.
+    only_fp32 = {estimate.measured_key("deit_tiny_patch16_224", 112): 20.0}  # another size: scaled from it
+    scaled = estimate.rate({**cfg.to_dict(), "precision": "bf16"}, 10.0, only_fp32, bf16_gflops=30.0)
+    assert scaled["basis"] == "fp32 scaled" and scaled["gflops"] == 60.0 and scaled["span"] == (1.0, 3.0)
+    e = estimate.estimate(cfg.to_dict(), scaled["gflops"], calibrated=False, span=scaled["span"])
+    assert e["range_s"] == [e["this_device_s"], pytest.approx(3 * e["this_device_s"], abs=0.2)]
+    # Without a bf16 calibration (no native bf16), auto is fp32 and fp32 jobs time it.
+    assert estimate.rate({**cfg.to_dict(), "precision": "auto"}, 10.0, only_fp32)["basis"] == "scaled"

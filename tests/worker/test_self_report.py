@@ -44,6 +44,16 @@ def test_data_is_present_as_the_batches_folder_or_the_archive(tmp_path, tiny_cif
 def test_calibration_measures_a_positive_throughput_in_about_the_time_asked():
     cal = self_report.calibrate("cpu", seconds=0.3)
     assert cal["gflops"] > 0.1 and 0.3 <= cal["seconds"] < 5 and cal["steps"] >= 4
+    bf16 = self_report.calibrate("cpu", seconds=0.3, precision="bf16")  # under autocast, as the engine runs it
+    assert bf16["gflops"] > 0.1 and "bf16 forward+backward" in bf16["what"]
+
+
+def test_bf16_is_calibrated_only_where_the_device_runs_it_natively(monkeypatch):
+    """Emulated bf16 runs slower than fp32: the plan shows a bf16 time only where the worker calibrated one."""
+    for native in (False, True):
+        monkeypatch.setattr(self_report, "bf16_native", lambda _d, native=native: native)
+        cal = self_report.calibrate_all("cpu", seconds=0.05)
+        assert cal["gflops"] > 0 and (cal["bf16"]["gflops"] > 0 if native else cal["bf16"] is None)
 
 
 def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_cifar_dir, monkeypatch):
@@ -67,8 +77,18 @@ def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_
     rep = ev["worker"]
     assert rep["name"] == "w9@test" and rep["device"] == "cpu (cpu)" and rep["gflops"] == 1.0
     assert rep["measured"] == r.measured and rep["data_present"] and rep["hub_offline"]
+    assert rep["bf16_gflops"] is None  # calibrated in fp32 only
     assert rep["allow_download"] is False and rep["data_host_reachable"] is False
     assert json.dumps(rep)  # plain JSON, as the broker carries it
+
+    # The same job, had it computed in bf16 (what its summary says ran), times bf16 runs only: keyed so.
+    bf16 = s.runs_path / "job-8"
+    bf16.mkdir()
+    (bf16 / "metrics.jsonl").write_text((s.runs_path / "job-7" / "metrics.jsonl").read_text())
+    summary = json.loads((s.runs_path / "job-7" / "summary.json").read_text())
+    (bf16 / "summary.json").write_text(json.dumps({**summary, "precision": "bf16"}))
+    r.job_finished(8, cfg.to_dict())
+    assert set(r.measured) == {"deit_tiny_patch16_224@32", "deit_tiny_patch16_224@32@bf16"}
 
 
 def test_a_job_without_a_summary_teaches_nothing(tmp_path):

@@ -4,8 +4,10 @@ At start (Celery's worker_ready), every `worker_report_s` and after each job, th
 the events queue (job id 0: it speaks for no job) with
 
 - its name and device, and its throughput in effective GFLOP/s: measured once at start by timing a real
-  transformer block's forward and backward on its own device for about a second, then refined by every finished
-  job (per model and image size: the job's work over its measured time, core.estimate.run_gflops);
+  transformer block's forward and backward on its own device for about a second (in fp32, and in bf16 autocast
+  too where the device runs bf16 natively: `bf16_gflops`, None elsewhere), then refined by every finished job (per
+  model, image size and the precision it computed in: the job's work over its measured time,
+  core.estimate.run_gflops, keyed by core.estimate.measured_key);
 - for every catalogue model whether its pretrained weights are here: in the hub cache the engine loads from
   (`<weights_dir>/hub`, Hugging Face's layout, the catalogue's pinned tag) and as a local file
   (`<weights_dir>/<model>.safetensors|.pth`, what weights=local loads), with their size;
@@ -100,14 +102,19 @@ def hub_offline() -> bool:
 
 
 # -- how fast ---------------------------------------------------------------------------------------------------
-def calibrate(device_name: str = "cpu", seconds: float = 1.0) -> dict:
-    """Effective fp32 GFLOP/s of this device on the work a run does: a ViT-S block (384 wide, 197 tokens)
-    forward and backward, timed for about `seconds` after a warm-up, its FLOPs counted by FlopCounterMode."""
+def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "fp32") -> dict:
+    """Effective GFLOP/s of this device on the work a run does: a ViT-S block (384 wide, 197 tokens) forward and
+    backward, timed for about `seconds` after a warm-up, its FLOPs counted by FlopCounterMode; in fp32, or under
+    bf16 autocast (`precision="bf16"`, as the engine runs that option) where the device runs bf16 natively."""
+    import contextlib
+
     import torch
     from timm.models.vision_transformer import Block
     from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device(device_name)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
     batch = 8 if device.type == "cpu" else 128
     block = Block(384, 6).to(device)
     x = torch.randn(batch, 197, 384, device=device, requires_grad=True)
@@ -118,12 +125,16 @@ def calibrate(device_name: str = "cpu", seconds: float = 1.0) -> dict:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+    def step():
+        with autocast:
+            y = block(x).sum()
+        y.backward()
     for _ in range(2):
-        block(x).sum().backward()
+        step()
     sync()
     n, t0 = 0, time.perf_counter()
     while True:
-        block(x).sum().backward()
+        step()
         n += 1
         if n % 4 == 0:
             sync()
@@ -131,7 +142,22 @@ def calibrate(device_name: str = "cpu", seconds: float = 1.0) -> dict:
                 break
     elapsed = time.perf_counter() - t0
     return {"gflops": round(flops * n / elapsed / 1e9, 2), "seconds": round(elapsed, 3), "steps": n,
-            "what": f"timm ViT-S block (384 wide, 6 heads, 197 tokens), batch {batch}, fp32 forward+backward"}
+            "what": f"timm ViT-S block (384 wide, 6 heads, 197 tokens), batch {batch}, {precision} forward+backward"}
+
+
+def bf16_native(device_name: str) -> bool:
+    """Whether this device runs bf16 matrix work natively (the engine's test, which precision=auto follows)."""
+    import torch
+
+    from worker.engine import bf16_supported
+    return bf16_supported(torch.device(device_name))
+
+
+def calibrate_all(device_name: str, seconds: float = 1.0) -> dict:
+    """The start-up calibration in fp32, and in bf16 too where the device runs it natively (else None): what the
+    plan times fp32 runs with and, beside them, bf16 runs (core.estimate.rate)."""
+    fp32 = calibrate(device_name, seconds)
+    return {**fp32, "bf16": calibrate(device_name, seconds, "bf16") if bf16_native(device_name) else None}
 
 
 def describe_device(setting: str) -> tuple[str, str]:
@@ -151,7 +177,7 @@ class Reporter:
     def __init__(self, settings: Settings, name: str):
         self.settings, self.name = settings, name
         self.calibration: dict | None = None
-        self.measured: dict[str, float] = {}  # "model@size" -> effective training GFLOP/s of a finished job
+        self.measured: dict[str, float] = {}  # measured_key -> effective training GFLOP/s of a finished job
         self.disk_read_bytes_per_s: float | None = None  # a finished job's reads of its memory-mapped feature cache
         self.device, self.device_text = describe_device(settings.device)
         self.lock = threading.Lock()
@@ -166,8 +192,10 @@ class Reporter:
         hub_ok = False if offline else reachable(HUB_HOST)
         data_ok = reachable(DATA_HOST) if s.allow_download else False
         cal = self.calibration or {}
+        bf16 = cal.get("bf16") or {}
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "device": self.device_text,
-                "gflops": cal.get("gflops"), "calibration": cal, "measured": dict(self.measured),
+                "gflops": cal.get("gflops"), "bf16_gflops": bf16.get("gflops"), "calibration": cal,
+                "measured": dict(self.measured),
                 "weights_dir": str(s.weights_path), "weights": weights_present(s.weights_path),
                 "hub_offline": offline, "hub_reachable": hub_ok,
                 "data_dir": str(s.data_path), "data_present": data_present(s.data_path),
@@ -210,7 +238,8 @@ class Reporter:
                 n_train = round(rows[0]["images_per_s"] * rows[0]["train_seconds"])
                 n_val = int(sum(map(sum, rows[0]["confusion"])))
                 g = estimate.run_gflops(cfg, n_train, n_val, len(rows), secs)
-                self.measured[f"{model}@{cfg.get('image_size')}"] = round(g, 2)
+                key = estimate.measured_key(model, cfg.get("image_size"), summary.get("precision") or "fp32")
+                self.measured[key] = round(g, 2)
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass  # a job that failed early has no summary or rows: nothing to learn from it
         # From a thread: the reachability probes must not hold up the next job.
@@ -233,7 +262,7 @@ def _on_ready(sender=None, **_):
     name = getattr(sender, "hostname", None) or socket.gethostname()
     try:
         r = Reporter(s, name)
-        r.calibration = calibrate(r.device)
+        r.calibration = calibrate_all(r.device)
         log.info("calibration on %s: %s GFLOP/s", r.device_text, r.calibration["gflops"])
     except Exception:  # noqa: BLE001 - without a report plans say "no worker has reported"; jobs still run
         log.exception("worker self-report unavailable")

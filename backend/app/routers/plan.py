@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from sqlalchemy.orm import Session
 
 from core import catalogue, estimate, memory
-from core.config import DRY_RUN, TrainConfig, config_warnings, dry_run, method_card
+from core.config import DRY_RUN, PRECISION_TEXT, TrainConfig, config_warnings, dry_run, method_card
 from core.settings import get_settings
 
 from .. import workers
+from ..deps import SessionDep
+from ..precision_effect import bf16_effect
 from ..schemas import ExperimentConfig
 
 router = APIRouter(prefix="/api", tags=["plan"])
@@ -167,13 +170,38 @@ def _t4_disk_rate(rep: dict | None) -> float | None:
     return None
 
 
-def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
+def _timed(cfg: dict, rep: dict | None) -> dict:
+    """The run's estimate on the worker: a job of this model at this size in the same precision has run here: its
+    own speed; at another size: scaled from it; none yet: the calibration's best case, as a range
+    (core.estimate.rate)."""
+    rep = rep or {}
+    r = estimate.rate(cfg, rep.get("gflops"), rep.get("measured"), bf16_gflops=rep.get("bf16_gflops"))
+    est = estimate.estimate(cfg, r["gflops"], calibrated=r["calibrated"], span=r["span"])
+    est.update(measured=r["basis"] == "measured", basis=r["basis"], calibrated_by=r["from"], precision=r["precision"])
+    return est
+
+
+def _bf16_beside(cfg: dict, rep: dict | None, fp32: dict, db: Session) -> dict | None:
+    """The same run in bf16, beside a run that computes in the paper's fp32 on a worker that runs bf16 natively
+    (its report has a bf16 calibration): the time, the speed-up, the deviation it is (as the method card names it)
+    and its effect on accuracy measured on this lab's finished runs (precision_effect). None elsewhere: emulated
+    bf16 is slower than fp32, and a run already in bf16 has it on its card."""
+    if not (rep or {}).get("bf16_gflops") or fp32["precision"] != "fp32" or fp32["this_device_s"] is None:
+        return None
+    bf16_cfg = {**cfg, "precision": "bf16"}
+    est = _timed(bf16_cfg, rep)
+    card = method_card(TrainConfig(**bf16_cfg))
+    deviation = next(d for d in card["config_deviations"] if d["option"] == "precision")
+    # The same work at both rates: the speed-up is the rates' ratio (the rounded seconds would blur it).
+    return {"this_device_s": est["this_device_s"], "range_s": est["range_s"], "calibrated": est["calibrated"],
+            "basis": est["basis"], "calibrated_by": est["calibrated_by"],
+            "speedup": round(est["gflops"] / fp32["gflops"], 2),
+            "deviation": {**deviation, "text": PRECISION_TEXT["bf16"]}, "accuracy": bf16_effect(db, cfg)}
+
+
+def _item(cfg: dict, rep: dict | None, long_s: float, db: Session) -> dict:
     spec = catalogue.get(cfg["model"])
-    # A job of this model at this size has run here: its own speed; another job: the calibration scaled by it;
-    # none yet: the calibration's best case, as a range (core.estimate.rate).
-    r = estimate.rate(cfg, (rep or {}).get("gflops"), (rep or {}).get("measured"))
-    est = estimate.estimate(cfg, r["gflops"], calibrated=r["calibrated"])  # no_flop_figure: a non-catalogue model
-    est["measured"], est["basis"], est["calibrated_by"] = r["basis"] == "measured", r["basis"], r["from"]
+    est = _timed(cfg, rep)  # no_flop_figure: a non-catalogue model
     t4 = estimate.on_t4(cfg, _t4_disk_rate(rep))
     est["t4_s"], est["t4"] = t4["seconds"], t4
     ds = catalogue.dataset(cfg.get("dataset", "cifar10"))
@@ -183,7 +211,8 @@ def _item(cfg: dict, rep: dict | None, long_s: float) -> dict:
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
     card = method_card(TrainConfig(**cfg))
     return {"model": cfg["model"], "paper_name": spec.paper_name if spec else None, "config": cfg,
-            "card": card, "estimate": est, "preflight": pre, "memory": _memory(cfg, rep, t4),
+            "card": card, "estimate": est, "bf16": _bf16_beside(cfg, rep, est, db), "preflight": pre,
+            "memory": _memory(cfg, rep, t4),
             "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None, "long": secs is not None and secs > long_s,
             "warnings": config_warnings(cfg),
             # What the run is: the paper's preset (its result options and its length) or not.
@@ -200,13 +229,13 @@ def _iso(ts: float) -> str:
 
 
 @router.post("/plan")
-def plan(body: PlanRequest):
+def plan(body: PlanRequest, db: Session = SessionDep):
     """The plan of runs, before they are queued (changes nothing)."""
     s = get_settings()
     rep = workers.latest()
     configs = _configs(body)
-    items = [_item(_dry(c) if body.dry_run else c, rep, s.plan_long_s) for c in configs]
-    dry = [_item(_dry(c), rep, s.plan_long_s)["estimate"] for c in configs]
+    items = [_item(_dry(c) if body.dry_run else c, rep, s.plan_long_s, db) for c in configs]
+    dry = [_timed(_dry(c), rep) for c in configs]
     here = _total(i["estimate"]["this_device_s"] for i in items)
     calibrated = bool(items) and all(i["estimate"]["calibrated"] for i in items)
     span = None if calibrated or here is None else [
@@ -216,6 +245,7 @@ def plan(body: PlanRequest):
     t4 = _total(i["estimate"]["t4_s"] for i in items)
     worker = None if rep is None else {
         "name": rep["name"], "device": rep.get("device"), "gflops": rep.get("gflops"),
+        "bf16_gflops": rep.get("bf16_gflops"),
         "reported_at": _iso(rep["reported_at"]), "stale": workers.is_stale(rep),
         "calibration": rep.get("calibration"), "measured": rep.get("measured", {}),
         "allow_download": rep.get("allow_download"), "hub_reachable": rep.get("hub_reachable"),
