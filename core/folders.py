@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,13 @@ class Folder:
     @property
     def id(self) -> str:
         return PREFIX + self.name
+
+    def smallest_class(self) -> tuple[str, int]:
+        """The training class with the fewest images, and that count: the most train_per_class can draw (it takes
+        that many images of every class)."""
+        counts = Counter(label for _, label in self.train)
+        label = min(range(len(self.classes)), key=lambda k: (counts[k], k))
+        return self.classes[label], counts[label]
 
 
 LAYOUT = "train/<class>/*.jpg|png and val/<class>/* (one folder per class, the same classes in both)"

@@ -147,6 +147,13 @@ if lab is not None:
             est, mem = item["estimate"], item.get("memory") or {}
             print(f"{item['model']}: " + ("blocked: " + item["block_reason"] if item["blocked"] else "ready"))
             print(f"  expected on this worker: {minutes(est.get('this_device_s'))}")
+            bf16 = item.get("bf16")  # this worker runs bf16 natively: the same run in bf16, a named deviation
+            if bf16:
+                acc = bf16["accuracy"]
+                effect = (f"{100 * acc['effect']:+.2f} points measured here ({acc['basis']})" if acc["basis"]
+                          else "not measured in this lab yet")
+                print(f"  in bf16 on this worker: {minutes(bf16['this_device_s'])} ({bf16['speedup']}x faster); "
+                      f"a deviation: {bf16['deviation']['text']}; effect on best validation accuracy: {effect}")
             print(f"  expected on a free T4: fp32 {t4_time(fp32['estimate']['t4'])}; "
                   f"fp16 {t4_time(fp16['estimate']['t4'])}")
             for where, line in (("here", mem.get("this_worker")), ("on a free T4", mem.get("t4"))):

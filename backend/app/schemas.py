@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from core import catalogue
+from core import catalogue, folders
 from core.config import model_preset, web_options
 from core.options import Option
 from core.protocol import EPOCH_ROW, JobStatus, Phase
@@ -57,9 +57,16 @@ class _ConfigRules(BaseModel):
     @field_validator("train_per_class", check_fields=False)
     @classmethod
     def _within_the_dataset(cls, v: int | None, info):
-        ds = catalogue.DATASETS.get(info.data.get("dataset", "cifar10"))
+        dataset = info.data.get("dataset", "cifar10")
+        ds = catalogue.DATASETS.get(dataset)
         if v is not None and ds is not None and v > ds.train_size // ds.num_classes:
             raise ValueError(f"{ds.title} has {ds.train_size // ds.num_classes:,} training images per class")
+        if v is not None and ds is None and dataset.startswith(folders.PREFIX):  # the dataset check has scanned it
+            name, n = folders.scan(dataset).smallest_class()
+            if v > n:
+                raise ValueError(f"{dataset}'s smallest class, {name!r}, has {n:,} training images, and "
+                                 f"train_per_class takes that many of every class: choose {n:,} or fewer, or "
+                                 "empty for all the images")
         return v
 
     @field_validator("teacher", check_fields=False)

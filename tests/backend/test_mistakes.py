@@ -170,3 +170,21 @@ def test_seeds_a_depth_sweep_the_compare_view_and_the_report_take_a_folder(api, 
     assert api.get("/api/report.html", params={"group": "mine"}).status_code == 200
     csv_ = api.get("/api/compare.csv", params={"jobs": ",".join(map(str, jobs))})
     assert csv_.status_code == 200 and "folder:shapes" in csv_.text
+
+
+def test_train_per_class_beyond_a_folders_smallest_class_is_a_422_naming_the_field(api, tmp_path):
+    """train_per_class takes that many images of every class: a folder's smallest class bounds it, checked when the
+    config arrives (before, the run failed at its data step)."""
+    root = write_folder(tmp_path / "home" / "data", "shapes", train=4, val=2, broken=False)
+    for f in sorted((root / "train" / "green").iterdir())[:2]:
+        f.unlink()  # green keeps 2 training images, the others 4
+    config = {**TINY, "dataset": "folder:shapes", "train_per_class": 3}
+    for path, body in (("/api/experiments", {"name": "x", "config": config}), ("/api/plan", {"configs": [config]})):
+        r = api.post(path, json=body)
+        assert r.status_code == 422, r.text
+        d = r.json()["detail"]
+        assert d[0]["loc"][-1] == "train_per_class", d
+        assert "folder:shapes's smallest class, 'green', has 2 training images" in d[0]["msg"]
+        assert "choose 2 or fewer, or empty for all the images" in d[0]["msg"]
+    assert api.post("/api/experiments", json={"name": "x", "config": {**config, "train_per_class": 2}}).status_code == 201
+    assert api.post("/api/experiments", json={"name": "x", "config": {**config, "train_per_class": None}}).status_code == 201

@@ -83,6 +83,13 @@ def test_the_notebook_runs_end_to_end_on_the_cpu(tmp_path, tiny_cifar_dir, monke
     assert "deit_tiny_patch16_224: ready" in planned and "densenet201:" in planned, planned
     assert "expected on a free T4: fp32 " in planned and " min; fp16 " in planned, planned  # both precisions
     assert "features here: " in planned and "features on a free T4: " in planned, planned
+    # Where this CPU runs bf16 natively the plan gives the bf16 time beside fp32, a named deviation; else not.
+    import torch
+
+    from worker.engine import bf16_supported
+    native = bf16_supported(torch.device("cpu"))
+    assert ("in bf16 on this worker: " in planned) == native, planned
+    assert not native or "a deviation: bf16 autocast (a speed option; the paper trained in fp32)" in planned, planned
     typed = _outputs(_cell(nb, 'plan([MODEL], {"epochs": 0})'), "any")
     assert "the lab refused the plan (HTTP 422): configs.0.epochs: " in typed, typed  # the server's reason
     assert "HTTP Error" not in typed and "Traceback" not in typed, typed
