@@ -103,7 +103,7 @@ const points = (v) => `${v >= 0 ? "+" : "−"}${Math.abs(100 * v).toFixed(2)} po
 // "This worker" cell, under the fp32 one), and in the row the deviation it is and its effect on the best validation
 // accuracy as this lab measured it (or that nobody has yet, and how to).
 export function bf16Time(b) {
-  return `in bf16: ${estimateText(b.this_device_s, b.range_s)} (${b.range_s ? "up to " : ""}${b.speedup}× faster)`;
+  return `in bf16: ${estimateText(b.this_device_s, b.range_s)} (${b.calibrated ? "" : "about "}${b.speedup}× faster)`;
 }
 
 export function bf16Text(b) {

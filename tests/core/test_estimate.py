@@ -127,11 +127,13 @@ def test_only_jobs_of_the_runs_own_precision_time_it():
     assert fp32["basis"] == "benchmark" and fp32["gflops"] == 10.0 and fp32["precision"] == "fp32"
     bf16 = estimate.rate({**cfg.to_dict(), "precision": "bf16"}, 10.0, bf16_job, bf16_gflops=30.0)
     assert bf16["basis"] == "measured" and bf16["gflops"] == 60.0 and bf16["span"] is None
-    # Only an fp32 job: the bf16 run is its rate times the calibration's speed-up, a range down to no speed-up.
+    # Only an fp32 job: the bf16 run is its rate times the calibration's speed-up, a range up to no speed-up.
     only_fp32 = {estimate.measured_key("deit_tiny_patch16_224", 112): 20.0}  # another size: scaled from it
     scaled = estimate.rate({**cfg.to_dict(), "precision": "bf16"}, 10.0, only_fp32, bf16_gflops=30.0)
-    assert scaled["basis"] == "fp32 scaled" and scaled["gflops"] == 60.0 and scaled["span"] == (1.0, 3.0)
+    assert scaled["basis"] == "fp32 scaled" and scaled["gflops"] == 60.0
+    assert scaled["span"] == (1 / estimate.FP32_SCALED_GAIN, 3.0)  # from a run gaining more than the benchmark to none
     e = estimate.estimate(cfg.to_dict(), scaled["gflops"], calibrated=False, span=scaled["span"])
-    assert e["range_s"] == [e["this_device_s"], pytest.approx(3 * e["this_device_s"], abs=0.2)]
+    t = e["this_device_s"]
+    assert e["range_s"] == [pytest.approx(t / estimate.FP32_SCALED_GAIN, abs=0.1), pytest.approx(3 * t, abs=0.2)]
     # Without a bf16 calibration (no native bf16), auto is fp32 and fp32 jobs time it.
     assert estimate.rate({**cfg.to_dict(), "precision": "auto"}, 10.0, only_fp32)["basis"] == "scaled"

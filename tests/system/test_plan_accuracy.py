@@ -84,6 +84,30 @@ def test_after_one_calibration_job_the_plan_of_another_is_within_30_percent(tmp_
         assert abs(figures["error"]) <= TOLERANCE, figures
         low, high = before["range_s"]
         assert low <= real <= high, figures  # the uncalibrated range held the real time
+
+        # B in bf16: where this CPU runs bf16 natively, the plan gave its time beside B's from B's fp32 rate and the
+        # worker's bf16 calibration (a range: core.estimate.FP32_SCALED_GAIN); the real bf16 run lands in it.
+        b_key = estimate.measured_key(B["model"], B["image_size"])
+        wait_for(lambda: b_key in lab.client.get("/api/workers").json()[0]["measured"], 30, "B's measured speed")
+        rep = lab.client.get("/api/workers").json()[0]
+        beside = lab.client.post("/api/plan", json={"configs": [B]}).json()["items"][0]["bf16"]
+        import torch
+
+        from worker.engine import bf16_supported
+        if not bf16_supported(torch.device("cpu")):
+            assert rep["bf16_gflops"] is None and beside is None, rep
+            return
+        assert beside["basis"] == "fp32 scaled" and beside["calibrated_by"] == [b_key]
+        b16 = lab.submit("second in bf16", **{**B, "precision": "bf16"})
+        lab.wait_status(b16, "succeeded", timeout=JOB_S)
+        real16 = _epochs_s(lab, b16)
+        figures.update(bf16_calibration_speedup=round(rep["bf16_gflops"] / rep["gflops"], 2),
+                       bf16_planned_s=beside["this_device_s"], bf16_planned_range_s=beside["range_s"],
+                       bf16_real_epochs_s=round(real16, 1), bf16_real_speedup=round(real / real16, 2))
+        (ARTIFACTS / "plan_accuracy.json").write_text(json.dumps(figures, indent=1))
+        print(json.dumps(figures, indent=1))
+        low, high = beside["range_s"]
+        assert low <= real16 <= high, figures
     except Exception:
         print(lab.logs())
         raise
