@@ -350,6 +350,15 @@ def _preset_differences(cfg: TrainConfig, paper: TrainConfig) -> tuple[list[dict
     return differs, length
 
 
+def runs_in(precision: str, bf16_native: bool) -> str:
+    """The precision a run computes in, never "auto": auto is bf16 where the hardware runs it natively, else fp32
+    (never fp16: it needs a gradient scaler and changes the numerics more than a default should). The engine's
+    autocast (worker/engine/device.py) and the plan (core/estimate.py) both decide it here."""
+    if precision == "auto":
+        return "bf16" if bf16_native else "fp32"
+    return precision
+
+
 # What each precision is, in the card's words (and the plan's, where it shows bf16 beside a run in fp32).
 PRECISION_TEXT = {"fp32": "fp32, as the paper", "bf16": "bf16 autocast (a speed option; the paper trained in fp32)",
                   "fp16": "float16 autocast with a dynamic gradient scaler (a speed option for GPUs without native "

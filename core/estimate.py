@@ -149,22 +149,17 @@ def seconds(cfg: dict, gflops: float | None) -> dict[str, float | None]:
 UNCALIBRATED_SPAN = (1.0, 8.0)
 
 
-# A bf16 run of a model only fp32 jobs have timed: their rate times the start-up calibration's bf16 speed-up. How
-# far a real run's speed-up is from the calibration's, measured on this project's two-core CPU with AMX (DeiT-Tiny,
-# 400 training and 200 validation images, 3 epochs, an fp32 job then its bf16 twin in a real lab): at 224 px the
-# calibration said 2.20x and the run gained 2.44x (its frozen pass, forward only in large batches, gains more than
-# the block's loop); at 64 px 2.35x against 1.67x (small matmuls gain less). So the time is a range: from the
-# scaled estimate over FP32_SCALED_GAIN (a run gaining half again what the calibration said) up to the fp32 time
-# (no gain at all). tests/system/test_plan_accuracy.py checks a third size (96 px) lands in it.
-FP32_SCALED_GAIN = 1.5
-
-
-def runs_in(precision: str, bf16_native: bool) -> str:
-    """The precision a run computes in on a worker, never "auto": auto is bf16 where the hardware runs it natively,
-    else fp32 (worker/engine/device.py DevicePolicy.autocast decides it the same way)."""
-    if precision == "auto":
-        return "bf16" if bf16_native else "fp32"
-    return precision
+# A bf16 run of a model no bf16 job has timed: the fp32 rate (a job's, or the start-up calibration's) times the
+# worker's bf16 speed-up for the model's family, measured at start on a block of that family (a ViT-S block for
+# transformers, a ResNet bottleneck for CNNs: worker/queue/self_report.py; on this project's CPU with AMX 2.28x and
+# 1.50x). A real run's gain differs from its block's, both ways, measured on that CPU: DeiT-Tiny runs (400 training
+# and 200 validation images, 3 epochs, an fp32 job then its bf16 twin in a real lab) gained 2.44x at 224 px where
+# the calibration said 2.20x (the frozen pass, forward only in large batches, gains more than the block's loop) and
+# 1.67x at 64 px against 2.35x (small matmuls gain less); the catalogue CNNs' frozen forwards gain 1.38x
+# (EfficientNetV2-L) to 1.81x (DenseNet-201), and EfficientNet-Lite0's forward and backward at batch 8 about 1.0x.
+# So the time is a range on the fp32 one's: from a run gaining half again what its block said (BF16_SPAN[0]) to one
+# 10% slower than fp32 (BF16_SPAN[1]). tests/system/test_plan_accuracy.py checks a bf16 run lands in it.
+BF16_SPAN = (1 / 1.5, 1.1)
 
 
 def measured_key(model: str, image_size: int | None, precision: str = "fp32") -> str:
@@ -184,30 +179,32 @@ def _parse_key(key: str) -> tuple[str, str, str]:
 
 
 def rate(cfg: dict, calibration_gflops: float | None, measured: dict[str, float] | None, *,
-         bf16_gflops: float | None = None) -> dict[str, Any]:
-    """The throughput a plan uses for `cfg` on a worker, and how sure it is. `bf16_gflops`: the worker's start-up
-    calibration in bf16 autocast, reported only where it runs bf16 natively (so it also decides what precision
-    "auto" runs in). Only jobs that computed in the run's own precision time it:
+         bf16_speedup: dict[str, float] | None = None) -> dict[str, Any]:
+    """The throughput a plan uses for `cfg` on a worker, and how sure it is. `bf16_speedup`: the worker's bf16
+    speed-up per model family ({"transformer": 2.28, "cnn": 1.5}), reported only where it runs bf16 natively (so it
+    also decides what precision "auto" runs in). Only jobs that computed in the run's own precision time it:
 
     - "measured": a job of this model at this size finished on the worker; its own rate (calibrated);
     - "scaled": a job of this model at another size finished there; its rate, from the nearest size (calibrated:
       within 18% of a second job's real time at other settings in tests/system/test_plan_accuracy.py);
-    - "fp32 scaled": a bf16 run of a model only fp32 jobs timed: their rate times the calibration's bf16 speed-up
-      (not calibrated: a range, `span`, from that time over FP32_SCALED_GAIN up to the fp32 time);
-    - "benchmark": no job of this model finished there; the start-up calibration's rate in the run's precision,
-      the best case (uncalibrated: a range). Another model's job does not calibrate this one: models reach very
-      different shares of a device's speed (a DeiT-Tiny job's rate predicted an EfficientNet-Lite0 job 66% short
-      on a CPU);
+    - "fp32 scaled": a bf16 run of a model only fp32 jobs timed: their rate times the family's bf16 speed-up (not
+      calibrated: a range, BF16_SPAN);
+    - "benchmark": no job of this model finished there; the start-up calibration's rate (times the family's bf16
+      speed-up for a bf16 run), the best case (uncalibrated: a range). Another model's job does not calibrate this
+      one: models reach very different shares of a device's speed (a DeiT-Tiny job's rate predicted an
+      EfficientNet-Lite0 job 66% short on a CPU);
     - None: no worker has measured anything.
 
-    `span`: the factors of the estimated time its real time may lie between, for estimate()."""
-    ran = runs_in(cfg.get("precision", "fp32"), bf16_gflops is not None)
+    `span`: the factors of the estimated time its real time may lie between, for estimate(); `speedup`: the bf16
+    speed-up a bf16 rate was scaled by (None for a rate measured in the run's own precision)."""
+    from .config import runs_in
+    ran = runs_in(cfg.get("precision", "fp32"), bool(bf16_speedup))
     measured = {k: v for k, v in (measured or {}).items() if isinstance(v, (int, float)) and v > 0}
     model, size = cfg["model"], cfg.get("image_size")
     own = measured.get(measured_key(model, size, ran))
     if own:
         return {"gflops": own, "basis": "measured", "calibrated": True, "from": [measured_key(model, size, ran)],
-                "precision": ran, "span": None}
+                "precision": ran, "span": None, "speedup": None}
     same = {k: v for k, v in measured.items() if _parse_key(k)[0] == model and _parse_key(k)[2] == ran}
     if same:
         def dist(k: str) -> float:
@@ -215,18 +212,21 @@ def rate(cfg: dict, calibration_gflops: float | None, measured: dict[str, float]
             return abs((int(s) if s.isdigit() else 224) - (size or 224))
         near = min(same, key=dist)
         return {"gflops": same[near], "basis": "scaled", "calibrated": True, "from": [near], "precision": ran,
-                "span": None}
-    if ran == "bf16" and bf16_gflops and calibration_gflops:
+                "span": None, "speedup": None}
+    spec = catalogue.get(model)
+    gain = (bf16_speedup or {}).get(spec.family) if spec else None
+    if ran == "bf16" and gain:
         fp32 = rate({**cfg, "precision": "fp32"}, calibration_gflops, measured)
-        if fp32["calibrated"]:
-            speedup = max(bf16_gflops / calibration_gflops, 1.0)
-            return {"gflops": fp32["gflops"] * speedup, "basis": "fp32 scaled", "calibrated": False,
-                    "from": fp32["from"], "precision": ran, "span": (1 / FP32_SCALED_GAIN, speedup)}
-    cal = bf16_gflops if ran == "bf16" and bf16_gflops else calibration_gflops
-    if cal:
-        return {"gflops": cal, "basis": "benchmark", "calibrated": False, "from": [], "precision": ran,
-                "span": UNCALIBRATED_SPAN}
-    return {"gflops": None, "basis": None, "calibrated": False, "from": [], "precision": ran, "span": None}
+        if fp32["gflops"]:
+            low, high = fp32["span"] or (1.0, 1.0)
+            return {"gflops": fp32["gflops"] * gain, "basis": "fp32 scaled" if fp32["calibrated"] else "benchmark",
+                    "calibrated": False, "from": fp32["from"], "precision": ran, "speedup": gain,
+                    "span": (low * BF16_SPAN[0], high * gain * BF16_SPAN[1])}
+    if calibration_gflops:
+        return {"gflops": calibration_gflops, "basis": "benchmark", "calibrated": False, "from": [], "precision": ran,
+                "span": UNCALIBRATED_SPAN, "speedup": None}
+    return {"gflops": None, "basis": None, "calibrated": False, "from": [], "precision": ran, "span": None,
+            "speedup": None}
 
 
 def estimate(cfg: dict, gflops: float | None, *, calibrated: bool = True,

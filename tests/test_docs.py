@@ -36,3 +36,14 @@ def test_readme_is_a_first_screen_and_its_links_resolve():
     assert len(readme.encode()) <= 15_000
     for target in re.findall(r"\]\(((?:docs|notebooks)/[^)#]+)", readme):
         assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+
+
+def test_the_docs_quote_the_bf16_reference_as_the_catalogue_declares_it():
+    """The engine's bf16 measurement is a fact declared once (core.catalogue.BF16_REFERENCE, which the plan quotes);
+    the pages that cite it say the same numbers."""
+    from core.catalogue import BF16_REFERENCE as ref
+    method = " ".join((ROOT / "docs" / "method.md").read_text().split())
+    assert (f"{100 * ref['fp32_best_val_acc']:.2f}% in fp32, {100 * ref['bf16_best_val_acc']:.2f}% in bf16"
+            in method)
+    effect = 100 * (ref["bf16_best_val_acc"] - ref["fp32_best_val_acc"])
+    assert f"{effect:+.2f} points" in " ".join((ROOT / "docs" / "plan-estimates.md").read_text().split())

@@ -152,7 +152,10 @@ if lab is not None:
                 acc = bf16["accuracy"]
                 effect = (f"{100 * acc['effect']:+.2f} points measured here ({acc['basis']})" if acc["basis"]
                           else "not measured in this lab yet")
-                print(f"  in bf16 on this worker: {minutes(bf16['this_device_s'])} ({bf16['speedup']}x faster); "
+                when = (minutes(bf16["this_device_s"]) if not bf16["range_s"] else
+                        f"{minutes(bf16['range_s'][0])} to {minutes(bf16['range_s'][1])}")
+                about = "" if bf16["speedup_measured"] else "about "
+                print(f"  in bf16 on this worker: {when} ({about}{bf16['speedup']}x the fp32 speed); "
                       f"a deviation: {bf16['deviation']['text']}; effect on best validation accuracy: {effect}")
             print(f"  expected on a free T4: fp32 {t4_time(fp32['estimate']['t4'])}; "
                   f"fp16 {t4_time(fp16['estimate']['t4'])}")

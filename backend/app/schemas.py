@@ -66,7 +66,8 @@ class _ConfigRules(BaseModel):
             if v > n:
                 raise ValueError(f"{dataset}'s smallest class, {name!r}, has {n:,} training images, and "
                                  f"train_per_class takes that many of every class: choose {n:,} or fewer, or "
-                                 "empty for all the images")
+                                 "empty for all the images (the count includes files not read yet: one that "
+                                 "does not decode is skipped, and counted, when the run reads it)")
         return v
 
     @field_validator("teacher", check_fields=False)

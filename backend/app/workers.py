@@ -6,6 +6,7 @@ intervals is stale: its worker has likely gone.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -13,13 +14,27 @@ _lock = threading.Lock()
 _reports: dict[str, dict] = {}
 
 
+def _json_safe(v):
+    """The report as a JSON answer can carry it: a NaN or an infinity (which the broker's JSON lets through, and no
+    real measurement gives) becomes None, unknown, at any depth."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def store(ev: dict) -> None:
     """Keep a `worker` event's report, as the latest of its worker."""
     report = ev.get("worker")
     if not isinstance(report, dict) or not report.get("name"):
         return
+    ts = ev.get("ts")
+    ts = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts) else time.time()
     with _lock:
-        _reports[str(report["name"])] = {**report, "reported_at": float(ev.get("ts") or time.time())}
+        _reports[str(report["name"])] = {**_json_safe(report), "reported_at": ts}
 
 
 def is_stale(report: dict, now: float | None = None) -> bool:

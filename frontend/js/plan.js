@@ -86,9 +86,7 @@ function itemRow(item, refName) {
       item.blocked ? el("div", { class: "error-text block-reason", text: `Blocked: ${item.block_reason || "cannot run"}` }) : ""),
     el("td", { class: "est-this", "data-calibrated": est.calibrated ? "yes" : "no", "data-label": "This worker" },
       el("span", { class: "est-value", text: estimateText(est.this_device_s, est.range_s) }),
-      est.this_device_s == null ? "" : el("div", { class: "hint est-basis", text: est.calibrated
-        ? (est.basis === "measured" ? "calibrated: a job of this model and size ran here" : `calibrated on this worker by ${(est.calibrated_by || []).join(", ")}`)
-        : "not calibrated: no job of this model has finished on this worker yet" }),
+      est.this_device_s == null ? "" : el("div", { class: "hint est-basis", text: basisText(est) }),
       item.bf16 ? el("div", { class: "est-bf16", text: bf16Time(item.bf16) }) : ""),
     el("td", { class: "est-ref", text: duration(est.reference_s), title: refName ? `on ${refName}` : null, "data-label": "Reference GPU" }),
     el("td", { class: "est-t4", text: duration(est.t4_s), title: t4Detail(est.t4), "data-label": "Free T4 (Colab)" }),
@@ -103,16 +101,28 @@ const points = (v) => `${v >= 0 ? "+" : "−"}${Math.abs(100 * v).toFixed(2)} po
 // "This worker" cell, under the fp32 one), and in the row the deviation it is and its effect on the best validation
 // accuracy as this lab measured it (or that nobody has yet, and how to).
 export function bf16Time(b) {
-  return `in bf16: ${estimateText(b.this_device_s, b.range_s)} (${b.calibrated ? "" : "about "}${b.speedup}× faster)`;
+  const about = b.speedup_measured ? "" : "about ";
+  const ratio = b.speedup >= 1 ? `${about}${b.speedup}× faster` : `${about}${(1 / b.speedup).toFixed(2)}× slower`;
+  return `in bf16: ${estimateText(b.this_device_s, b.range_s)} (${ratio})`;
 }
+
+// How the "This worker" time was reached (core/estimate.py rate's bases).
+function basisText(est) {
+  if (est.calibrated) return est.basis === "measured" ? "calibrated: a job of this model and size ran here" : `calibrated on this worker by ${(est.calibrated_by || []).join(", ")}`;
+  if (est.basis === "fp32 scaled") return `not calibrated: this model's fp32 job${est.calibrated_by.length === 1 ? "" : "s"} (${est.calibrated_by.join(", ")}) scaled by the worker's bf16 speed-up`;
+  return "not calibrated: no job of this model has finished on this worker yet";
+}
+
+// The 95% interval of a mean of pair differences, from two pairs on; one pair has none and says so.
+const interval = (a) => a.ci_low == null ? "; one pair: no interval" : `; 95% interval ${points(a.ci_low)} to ${points(a.ci_high)}`;
 
 export function bf16Text(b) {
   const a = b.accuracy || {};
   const jobs = (ids) => ids.map((i) => `#${i}`).join(", ");
   const effect = a.basis === "these settings"
-    ? `its effect on the best validation accuracy, measured here at these settings: ${points(a.effect)} (bf16 jobs ${jobs(a.bf16_jobs)} against fp32 jobs ${jobs(a.fp32_jobs)})`
+    ? `its effect on the best validation accuracy, measured here at these settings: ${points(a.effect)} (bf16 jobs ${jobs(a.bf16_jobs)} against fp32 jobs ${jobs(a.fp32_jobs)}, seed by seed${interval(a)})`
     : a.basis === "this model"
-    ? `its effect on the best validation accuracy, measured here for this model at other settings: ${points(a.effect)} (${a.pairs} pair${a.pairs === 1 ? "" : "s"} of runs)`
+    ? `its effect on the best validation accuracy, measured here for this model at other settings: ${points(a.effect)} (${a.pairs} pair${a.pairs === 1 ? "" : "s"} of runs${interval(a)})`
     : `its effect on accuracy is not measured in this lab yet: queue the same run with precision bf16 beside it` +
       (a.reference ? ` (the engine's own check: ${points(a.reference.effect)} on ${a.reference.what})` : "");
   return `Running it in bf16 is a deviation: ${b.deviation.text}; ${effect}.`;
@@ -144,7 +154,7 @@ function workerLine(plan) {
   const w = plan.worker;
   if (!w) return el("p", { class: "warn", id: "plan-worker", text: "No worker has reported yet: the times below assume the reference GPU's speed, and the preflight could not ask a worker." });
   const gf = w.gflops ? `, benchmark ${int(Math.round(w.gflops))} GFLOP/s` +
-    (w.bf16_gflops ? ` (${int(Math.round(w.bf16_gflops))} in bf16, which it runs natively)` : "") : "";
+    (w.bf16_speedup ? `; it runs bf16 natively: ${Object.entries(w.bf16_speedup).map(([f, g]) => `${g}× on a ${f === "cnn" ? "convolution" : f} block`).join(", ")}` : "") : "";
   const jobs = Object.keys(w.measured || {}).length;
   const timed = `${jobs} finished job${jobs === 1 ? "" : "s"} timed`;
   const cal = plan.calibrated ? ` Times are calibrated on it (${timed}).`

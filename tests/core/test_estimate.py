@@ -110,30 +110,36 @@ def test_cifar100_counts_its_images_per_class_of_100():
 
 
 def test_auto_runs_bf16_only_where_the_worker_runs_it_natively():
-    assert estimate.runs_in("auto", bf16_native=True) == "bf16"
-    assert estimate.runs_in("auto", bf16_native=False) == "fp32"
-    assert estimate.runs_in("fp16", bf16_native=True) == "fp16" and estimate.runs_in("fp32", True) == "fp32"
+    from core.config import runs_in
+    assert runs_in("auto", bf16_native=True) == "bf16" and runs_in("auto", bf16_native=False) == "fp32"
+    assert runs_in("fp16", bf16_native=True) == "fp16" and runs_in("fp32", True) == "fp32"
 
 
 def test_only_jobs_of_the_runs_own_precision_time_it():
     """A bf16 job of the model (about three times the fp32 rate on a CPU with AMX) never times an fp32 run of it,
-    nor an fp32 job a bf16 run (unless scaled, and then as a range)."""
-    cfg = preset("paper", model="deit_tiny_patch16_224")
-    size = cfg.image_size
+    nor an fp32 job a bf16 run (unless scaled by the family's bf16 speed-up, and then as a range)."""
+    cfg = preset("paper", model="deit_tiny_patch16_224").to_dict()
+    gains = {"transformer": 3.0, "cnn": 1.5}
+    size = cfg["image_size"]
     bf16_job = {estimate.measured_key("deit_tiny_patch16_224", size, "bf16"): 60.0}
     assert estimate.measured_key("deit_tiny_patch16_224", 224, "bf16") == "deit_tiny_patch16_224@224@bf16"
     assert estimate.measured_key("deit_tiny_patch16_224", 224) == "deit_tiny_patch16_224@224"
-    fp32 = estimate.rate(cfg.to_dict(), 10.0, bf16_job, bf16_gflops=30.0)
+    fp32 = estimate.rate(cfg, 10.0, bf16_job, bf16_speedup=gains)
     assert fp32["basis"] == "benchmark" and fp32["gflops"] == 10.0 and fp32["precision"] == "fp32"
-    bf16 = estimate.rate({**cfg.to_dict(), "precision": "bf16"}, 10.0, bf16_job, bf16_gflops=30.0)
+    bf16 = estimate.rate({**cfg, "precision": "bf16"}, 10.0, bf16_job, bf16_speedup=gains)
     assert bf16["basis"] == "measured" and bf16["gflops"] == 60.0 and bf16["span"] is None
-    # Only an fp32 job: the bf16 run is its rate times the calibration's speed-up, a range up to no speed-up.
+    # Only an fp32 job: the bf16 run is its rate times the family's speed-up, a range up to a little slower.
     only_fp32 = {estimate.measured_key("deit_tiny_patch16_224", 112): 20.0}  # another size: scaled from it
-    scaled = estimate.rate({**cfg.to_dict(), "precision": "bf16"}, 10.0, only_fp32, bf16_gflops=30.0)
-    assert scaled["basis"] == "fp32 scaled" and scaled["gflops"] == 60.0
-    assert scaled["span"] == (1 / estimate.FP32_SCALED_GAIN, 3.0)  # from a run gaining more than the benchmark to none
-    e = estimate.estimate(cfg.to_dict(), scaled["gflops"], calibrated=False, span=scaled["span"])
+    scaled = estimate.rate({**cfg, "precision": "bf16"}, 10.0, only_fp32, bf16_speedup=gains)
+    assert scaled["basis"] == "fp32 scaled" and scaled["gflops"] == 60.0 and scaled["speedup"] == 3.0
+    assert scaled["span"] == (estimate.BF16_SPAN[0], 3.0 * estimate.BF16_SPAN[1])
+    e = estimate.estimate(cfg, scaled["gflops"], calibrated=False, span=scaled["span"])
     t = e["this_device_s"]
-    assert e["range_s"] == [pytest.approx(t / estimate.FP32_SCALED_GAIN, abs=0.1), pytest.approx(3 * t, abs=0.2)]
-    # Without a bf16 calibration (no native bf16), auto is fp32 and fp32 jobs time it.
-    assert estimate.rate({**cfg.to_dict(), "precision": "auto"}, 10.0, only_fp32)["basis"] == "scaled"
+    assert e["range_s"] == [pytest.approx(t * estimate.BF16_SPAN[0], abs=0.1), pytest.approx(3.3 * t, abs=0.2)]
+    # Nothing measured: the fp32 calibration times the family's speed-up, within both ranges' width.
+    bench = estimate.rate({**cfg, "model": "densenet201", "precision": "bf16"}, 10.0, {}, bf16_speedup=gains)
+    assert bench["basis"] == "benchmark" and bench["gflops"] == 15.0 and bench["speedup"] == 1.5
+    low, high = estimate.UNCALIBRATED_SPAN
+    assert bench["span"] == (low * estimate.BF16_SPAN[0], high * 1.5 * estimate.BF16_SPAN[1])
+    # Without bf16 speed-ups (no native bf16), auto is fp32 and fp32 jobs time it.
+    assert estimate.rate({**cfg, "precision": "auto"}, 10.0, only_fp32)["basis"] == "scaled"

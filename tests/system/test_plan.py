@@ -25,13 +25,14 @@ def test_the_worker_reports_itself_and_the_plan_follows_it(make_lab):
     assert rep["device"] == "cpu (cpu)" and rep["gflops"] > 0 and not rep["stale"]
     assert rep["data_present"] and rep["allow_download"] is False and rep["hub_offline"] is True
     assert set(rep["weights"]) >= {"vgg19", "deit_tiny_patch16_224"}
-    # A bf16 calibration exactly where this CPU runs bf16 natively (the engine's test): only there does the plan
+    # bf16 speed-ups exactly where this CPU runs bf16 natively (the engine's test): only there does the plan
     # show a bf16 time beside the fp32 runs.
     import torch
 
     from worker.engine import bf16_supported
     native = bf16_supported(torch.device("cpu"))
-    assert (rep["bf16_gflops"] is not None) == native and (not native or rep["bf16_gflops"] > 0)
+    assert (rep["bf16_speedup"] is not None) == native
+    assert not native or set(rep["bf16_speedup"]) == {"transformer", "cnn"}
 
     # Offline, no weights anywhere: Table 1 is blocked model by model, each saying how to fix it.
     p = lab.client.post("/api/plan", json={"reproduce": True}).json()

@@ -44,16 +44,29 @@ def test_data_is_present_as_the_batches_folder_or_the_archive(tmp_path, tiny_cif
 def test_calibration_measures_a_positive_throughput_in_about_the_time_asked():
     cal = self_report.calibrate("cpu", seconds=0.3)
     assert cal["gflops"] > 0.1 and 0.3 <= cal["seconds"] < 5 and cal["steps"] >= 4
-    bf16 = self_report.calibrate("cpu", seconds=0.3, precision="bf16")  # under autocast, as the engine runs it
-    assert bf16["gflops"] > 0.1 and "bf16 forward+backward" in bf16["what"]
+    for family, block in (("transformer", "ViT-S block"), ("cnn", "ResNet bottleneck")):
+        bf16 = self_report.calibrate("cpu", seconds=0.1, precision="bf16", family=family)  # autocast, as the engine
+        assert bf16["gflops"] > 0.1 and block in bf16["what"] and "bf16 forward+backward" in bf16["what"]
 
 
-def test_bf16_is_calibrated_only_where_the_device_runs_it_natively(monkeypatch):
-    """Emulated bf16 runs slower than fp32: the plan shows a bf16 time only where the worker calibrated one."""
+def test_bf16_speed_ups_are_measured_only_where_the_device_runs_it_natively(monkeypatch):
+    """Emulated bf16 runs slower than fp32: the plan shows a bf16 time only where the worker measured speed-ups."""
     for native in (False, True):
         monkeypatch.setattr(self_report, "bf16_native", lambda _d, native=native: native)
         cal = self_report.calibrate_all("cpu", seconds=0.05)
-        assert cal["gflops"] > 0 and (cal["bf16"]["gflops"] > 0 if native else cal["bf16"] is None)
+        assert cal["gflops"] > 0
+        assert (set(cal["bf16_speedup"]) == {"transformer", "cnn"} and min(cal["bf16_speedup"].values()) > 0
+                if native else cal["bf16_speedup"] is None)
+    # A bf16 measurement that fails leaves the speed-ups unknown, never the worker without a report.
+    real = self_report.calibrate
+
+    def failing(device, seconds=1.0, precision="fp32", family="transformer"):
+        if precision == "bf16":
+            raise RuntimeError("no bf16 kernel for this op")
+        return real(device, seconds, precision, family)
+    monkeypatch.setattr(self_report, "calibrate", failing)
+    cal = self_report.calibrate_all("cpu", seconds=0.05)
+    assert cal["gflops"] > 0 and cal["bf16_speedup"] is None
 
 
 def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_cifar_dir, monkeypatch):
@@ -77,7 +90,7 @@ def test_a_finished_job_refines_the_rate_and_the_report_goes_out(tmp_path, tiny_
     rep = ev["worker"]
     assert rep["name"] == "w9@test" and rep["device"] == "cpu (cpu)" and rep["gflops"] == 1.0
     assert rep["measured"] == r.measured and rep["data_present"] and rep["hub_offline"]
-    assert rep["bf16_gflops"] is None  # calibrated in fp32 only
+    assert rep["bf16_speedup"] is None  # calibrated in fp32 only
     assert rep["allow_download"] is False and rep["data_host_reachable"] is False
     assert json.dumps(rep)  # plain JSON, as the broker carries it
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from core.config import runs_in
+
 
 class DeviceError(ValueError):
     """The worker was set up for a GPU that PyTorch cannot use: says why and what to do (never a silent CPU run)."""
@@ -144,8 +146,7 @@ class DevicePolicy:
         natively, else None (auto never picks fp16: it needs a gradient scaler and changes the numerics more than a
         default should); None = plain fp32, the paper's. A dtype autocast cannot run on this device type is refused
         here, naming the option, rather than failing (or silently running fp32) inside the first forward."""
-        if precision == "auto":
-            precision = "bf16" if self.bf16 else "fp32"
+        precision = runs_in(precision, self.bf16)
         dtype = AUTOCAST.get(precision)
         if dtype is not None and not autocast_supported(self.device.type, dtype):
             raise DeviceError(f"precision={precision}: {str(dtype).removeprefix('torch.')} autocast is not available "

@@ -4,8 +4,8 @@ At start (Celery's worker_ready), every `worker_report_s` and after each job, th
 the events queue (job id 0: it speaks for no job) with
 
 - its name and device, and its throughput in effective GFLOP/s: measured once at start by timing a real
-  transformer block's forward and backward on its own device for about a second (in fp32, and in bf16 autocast
-  too where the device runs bf16 natively: `bf16_gflops`, None elsewhere), then refined by every finished job (per
+  transformer block's forward and backward on its own device for about a second (and, where the device runs bf16
+  natively, bf16's speed-up per model family, `bf16_speedup`; None elsewhere), then refined by every finished job (per
   model, image size and the precision it computed in: the job's work over its measured time,
   core.estimate.run_gflops, keyed by core.estimate.measured_key);
 - for every catalogue model whether its pretrained weights are here: in the hub cache the engine loads from
@@ -102,22 +102,33 @@ def hub_offline() -> bool:
 
 
 # -- how fast ---------------------------------------------------------------------------------------------------
-def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "fp32") -> dict:
-    """Effective GFLOP/s of this device on the work a run does: a ViT-S block (384 wide, 197 tokens) forward and
+def _block(family: str, device, batch: int):
+    """A block of the family a run's trainable part and most of its frozen part are made of, and its input: a ViT-S
+    block (384 wide, 197 tokens) for transformers, a ResNet bottleneck (256 channels at 28x28) for CNNs."""
+    import torch
+    if family == "cnn":
+        from timm.models.resnet import Bottleneck
+        return (Bottleneck(256, 64).to(device), torch.randn(batch, 256, 28, 28, device=device, requires_grad=True),
+                f"timm ResNet bottleneck (256 channels, 28x28), batch {batch}")
+    from timm.models.vision_transformer import Block
+    return (Block(384, 6).to(device), torch.randn(batch, 197, 384, device=device, requires_grad=True),
+            f"timm ViT-S block (384 wide, 6 heads, 197 tokens), batch {batch}")
+
+
+def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "fp32",
+              family: str = "transformer") -> dict:
+    """Effective GFLOP/s of this device on the work a run does: a block of the family (_block) forward and
     backward, timed for about `seconds` after a warm-up, its FLOPs counted by FlopCounterMode; in fp32, or under
     bf16 autocast (`precision="bf16"`, as the engine runs that option) where the device runs bf16 natively."""
     import contextlib
 
     import torch
-    from timm.models.vision_transformer import Block
     from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device(device_name)
+    block, x, what = _block(family, device, 8 if device.type == "cpu" else 128)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
-    batch = 8 if device.type == "cpu" else 128
-    block = Block(384, 6).to(device)
-    x = torch.randn(batch, 197, 384, device=device, requires_grad=True)
     with FlopCounterMode(display=False) as fc:
         block(x).sum().backward()  # forward and backward, counted
     flops = fc.get_total_flops()
@@ -125,6 +136,7 @@ def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
     def step():
         with autocast:
             y = block(x).sum()
@@ -142,7 +154,7 @@ def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "
                 break
     elapsed = time.perf_counter() - t0
     return {"gflops": round(flops * n / elapsed / 1e9, 2), "seconds": round(elapsed, 3), "steps": n,
-            "what": f"timm ViT-S block (384 wide, 6 heads, 197 tokens), batch {batch}, {precision} forward+backward"}
+            "what": f"{what}, {precision} forward+backward"}
 
 
 def bf16_native(device_name: str) -> bool:
@@ -153,11 +165,27 @@ def bf16_native(device_name: str) -> bool:
     return bf16_supported(torch.device(device_name))
 
 
+FAMILIES = ("transformer", "cnn")  # core.catalogue ModelSpec.family
+
+
 def calibrate_all(device_name: str, seconds: float = 1.0) -> dict:
-    """The start-up calibration in fp32, and in bf16 too where the device runs it natively (else None): what the
-    plan times fp32 runs with and, beside them, bf16 runs (core.estimate.rate)."""
+    """The start-up calibration: fp32 GFLOP/s on a transformer block (what every plan times fp32 runs with), and,
+    where the device runs bf16 natively, bf16's speed-up per model family (each family's block in fp32 and in bf16,
+    `seconds` / 2 each; the plan scales a bf16 run's time by its model's: core.estimate.rate). A bf16 measurement
+    that fails leaves the speed-ups unknown (None), never the whole report."""
     fp32 = calibrate(device_name, seconds)
-    return {**fp32, "bf16": calibrate(device_name, seconds, "bf16") if bf16_native(device_name) else None}
+    speedup = None
+    if bf16_native(device_name):
+        try:
+            speedup = {}
+            for family in FAMILIES:
+                base = fp32 if family == "transformer" else calibrate(device_name, seconds / 2, "fp32", family)
+                speedup[family] = round(calibrate(device_name, seconds / 2, "bf16", family)["gflops"]
+                                        / base["gflops"], 2)
+        except Exception:  # noqa: BLE001 - advice only: without it the plan shows no bf16 time
+            log.exception("the bf16 calibration failed")
+            speedup = None
+    return {**fp32, "bf16_speedup": speedup}
 
 
 def describe_device(setting: str) -> tuple[str, str]:
@@ -192,9 +220,8 @@ class Reporter:
         hub_ok = False if offline else reachable(HUB_HOST)
         data_ok = reachable(DATA_HOST) if s.allow_download else False
         cal = self.calibration or {}
-        bf16 = cal.get("bf16") or {}
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "device": self.device_text,
-                "gflops": cal.get("gflops"), "bf16_gflops": bf16.get("gflops"), "calibration": cal,
+                "gflops": cal.get("gflops"), "bf16_speedup": cal.get("bf16_speedup"), "calibration": cal,
                 "measured": dict(self.measured),
                 "weights_dir": str(s.weights_path), "weights": weights_present(s.weights_path),
                 "hub_offline": offline, "hub_reachable": hub_ok,

@@ -9,6 +9,7 @@ same runs as a labelled dry run (core.config.DRY_RUN) are totalled beside them. 
 """
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
@@ -22,7 +23,7 @@ from core.settings import get_settings
 
 from .. import workers
 from ..deps import SessionDep
-from ..precision_effect import bf16_effect
+from ..precision_effect import PrecisionEffects
 from ..schemas import ExperimentConfig
 
 router = APIRouter(prefix="/api", tags=["plan"])
@@ -170,36 +171,63 @@ def _t4_disk_rate(rep: dict | None) -> float | None:
     return None
 
 
+def _rate(v) -> float | None:
+    """A throughput from a worker's report, as the plan may divide by it: a finite positive number (never a bool, a
+    string or a NaN a broken or forged report may carry), else None (unknown)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return float(v) if ok else None
+
+
+def _bf16_speedup(rep: dict | None) -> dict[str, float] | None:
+    """The worker's bf16 speed-up per model family, where it runs bf16 natively (None elsewhere, or when the report
+    carries nothing usable)."""
+    raw = (rep or {}).get("bf16_speedup")
+    gains = {str(k): g for k, v in raw.items() if (g := _rate(v))} if isinstance(raw, dict) else {}
+    return gains or None
+
+
 def _timed(cfg: dict, rep: dict | None) -> dict:
     """The run's estimate on the worker: a job of this model at this size in the same precision has run here: its
     own speed; at another size: scaled from it; none yet: the calibration's best case, as a range
     (core.estimate.rate)."""
     rep = rep or {}
-    r = estimate.rate(cfg, rep.get("gflops"), rep.get("measured"), bf16_gflops=rep.get("bf16_gflops"))
+    measured = rep.get("measured") if isinstance(rep.get("measured"), dict) else {}
+    r = estimate.rate(cfg, _rate(rep.get("gflops")), {k: g for k, v in measured.items() if (g := _rate(v))},
+                      bf16_speedup=_bf16_speedup(rep))
     est = estimate.estimate(cfg, r["gflops"], calibrated=r["calibrated"], span=r["span"])
-    est.update(measured=r["basis"] == "measured", basis=r["basis"], calibrated_by=r["from"], precision=r["precision"])
+    est.update(measured=r["basis"] == "measured", basis=r["basis"], calibrated_by=r["from"], precision=r["precision"],
+               speedup=r["speedup"])
     return est
 
 
-def _bf16_beside(cfg: dict, rep: dict | None, fp32: dict, db: Session) -> dict | None:
+def _bf16_beside(cfg: dict, rep: dict | None, fp32: dict, effects: PrecisionEffects) -> dict | None:
     """The same run in bf16, beside a run that computes in the paper's fp32 on a worker that runs bf16 natively
-    (its report has a bf16 calibration): the time, the speed-up, the deviation it is (as the method card names it)
-    and its effect on accuracy measured on this lab's finished runs (precision_effect). None elsewhere: emulated
-    bf16 is slower than fp32, and a run already in bf16 has it on its card."""
-    if not (rep or {}).get("bf16_gflops") or fp32["precision"] != "fp32" or fp32["this_device_s"] is None:
+    (its report has bf16 speed-ups): the time, the speed-up, the deviation it is (as the method card names it) and
+    its effect on accuracy measured on this lab's finished runs (precision_effect). None elsewhere: emulated bf16 is
+    slower than fp32, and a run already in bf16 has it on its card.
+
+    The speed-up is the ratio of two rates on the same footing: both measured by jobs of this model here, else the
+    worker's start-up speed-up for the model's family (a bf16 job's rate against the fp32 calibration's best case
+    would compare a real run with a tight loop)."""
+    gains = _bf16_speedup(rep)
+    spec = catalogue.get(cfg["model"])
+    if not gains or not spec or spec.family not in gains or fp32["precision"] != "fp32" or fp32["gflops"] is None:
         return None
     bf16_cfg = {**cfg, "precision": "bf16"}
     est = _timed(bf16_cfg, rep)
+    if est["this_device_s"] is None:
+        return None
     card = method_card(TrainConfig(**bf16_cfg))
     deviation = next(d for d in card["config_deviations"] if d["option"] == "precision")
-    # The same work at both rates: the speed-up is the rates' ratio (the rounded seconds would blur it).
+    both = fp32["calibrated"] and est["calibrated"]
+    speedup = est["gflops"] / fp32["gflops"] if both else gains[spec.family]
     return {"this_device_s": est["this_device_s"], "range_s": est["range_s"], "calibrated": est["calibrated"],
-            "basis": est["basis"], "calibrated_by": est["calibrated_by"],
-            "speedup": round(est["gflops"] / fp32["gflops"], 2),
-            "deviation": {**deviation, "text": PRECISION_TEXT["bf16"]}, "accuracy": bf16_effect(db, cfg)}
+            "basis": est["basis"], "calibrated_by": est["calibrated_by"], "speedup": round(speedup, 2),
+            "speedup_measured": both, "family": spec.family,
+            "deviation": {**deviation, "text": PRECISION_TEXT["bf16"]}, "accuracy": effects.bf16(cfg)}
 
 
-def _item(cfg: dict, rep: dict | None, long_s: float, db: Session) -> dict:
+def _item(cfg: dict, rep: dict | None, long_s: float, effects: PrecisionEffects) -> dict:
     spec = catalogue.get(cfg["model"])
     est = _timed(cfg, rep)  # no_flop_figure: a non-catalogue model
     t4 = estimate.on_t4(cfg, _t4_disk_rate(rep))
@@ -211,7 +239,7 @@ def _item(cfg: dict, rep: dict | None, long_s: float, db: Session) -> dict:
     secs = est["this_device_s"] if est["this_device_s"] is not None else est["reference_s"]
     card = method_card(TrainConfig(**cfg))
     return {"model": cfg["model"], "paper_name": spec.paper_name if spec else None, "config": cfg,
-            "card": card, "estimate": est, "bf16": _bf16_beside(cfg, rep, est, db), "preflight": pre,
+            "card": card, "estimate": est, "bf16": _bf16_beside(cfg, rep, est, effects), "preflight": pre,
             "memory": _memory(cfg, rep, t4),
             "blocked": bool(reasons), "block_reason": "; ".join(reasons) or None, "long": secs is not None and secs > long_s,
             "warnings": config_warnings(cfg),
@@ -234,7 +262,8 @@ def plan(body: PlanRequest, db: Session = SessionDep):
     s = get_settings()
     rep = workers.latest()
     configs = _configs(body)
-    items = [_item(_dry(c) if body.dry_run else c, rep, s.plan_long_s, db) for c in configs]
+    effects = PrecisionEffects(db, {c["model"] for c in configs})  # this lab's finished pairs, read once
+    items = [_item(_dry(c) if body.dry_run else c, rep, s.plan_long_s, effects) for c in configs]
     dry = [_timed(_dry(c), rep) for c in configs]
     here = _total(i["estimate"]["this_device_s"] for i in items)
     calibrated = bool(items) and all(i["estimate"]["calibrated"] for i in items)
@@ -244,8 +273,8 @@ def plan(body: PlanRequest, db: Session = SessionDep):
     ref = _total(i["estimate"]["reference_s"] for i in items)
     t4 = _total(i["estimate"]["t4_s"] for i in items)
     worker = None if rep is None else {
-        "name": rep["name"], "device": rep.get("device"), "gflops": rep.get("gflops"),
-        "bf16_gflops": rep.get("bf16_gflops"),
+        "name": rep["name"], "device": rep.get("device"), "gflops": _rate(rep.get("gflops")),
+        "bf16_speedup": _bf16_speedup(rep),
         "reported_at": _iso(rep["reported_at"]), "stale": workers.is_stale(rep),
         "calibration": rep.get("calibration"), "measured": rep.get("measured", {}),
         "allow_download": rep.get("allow_download"), "hub_reachable": rep.get("hub_reachable"),
