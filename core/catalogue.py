@@ -385,8 +385,8 @@ TF32 = Deviation(
 # CIFAR-10 subset, one epoch at 128 px on this project's two-core CPU (AVX-512 BF16 and AMX). What a plan quotes
 # where this lab has measured no pair of its own (backend/app/precision_effect.py).
 BF16_REFERENCE = {"model": "tf_efficientnet_lite0", "fp32_best_val_acc": 0.6520, "bf16_best_val_acc": 0.6560,
-                  "what": "EfficientNet-Lite0, 3,000 real CIFAR-10 images, one epoch at 128 px, on a CPU "
-                          "(tests/worker/test_transfer.py)"}
+                  "what": "EfficientNet-Lite0, 3,000 real CIFAR-10 images, one epoch at 128 px, on a CPU",
+                  "source": "tests/worker/test_transfer.py"}
 
 
 # The default frozen-feature cache (core/config.py: feature_cache on, cache_dtype float16): a deviation of every paper

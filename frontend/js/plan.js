@@ -124,7 +124,7 @@ export function bf16Text(b) {
     : a.basis === "this model"
     ? `its effect on the best validation accuracy, measured here for this model at other settings: ${points(a.effect)} (${a.pairs} pair${a.pairs === 1 ? "" : "s"} of runs${interval(a)})`
     : `its effect on accuracy is not measured in this lab yet: queue the same run with precision bf16 beside it` +
-      (a.reference ? ` (the engine's own check: ${points(a.reference.effect)} on ${a.reference.what})` : "");
+      (a.reference ? ` (the engine's own check, ${a.reference.what}: ${points(a.reference.effect)}; ${a.reference.source})` : "");
   return `Running it in bf16 is a deviation: ${b.deviation.text}; ${effect}.`;
 }
 

@@ -67,7 +67,8 @@ def test_the_plan_shows_bf16_beside_fp32_with_its_measured_effect_on_accuracy(se
         assert "for this model at other settings: +1.00 points (1 pair of runs; one pair: no interval)" in resnet
         other = line["vgg19"].text_content()
         assert "not measured in this lab yet: queue the same run with precision bf16" in other
-        assert "the engine's own check: +0.40 points on EfficientNet-Lite0" in other
+        assert "(the engine's own check, EfficientNet-Lite0, 3,000 real CIFAR-10 images" in other
+        assert "on a CPU: +0.40 points; tests/worker/test_transfer.py)" in other
         worker = page.text_content("#plan-worker")
         assert "it runs bf16 natively: 2.8× on a transformer block, 1.6× on a convolution block" in worker
         assert page.evaluate("(w => w.scrollWidth <= w.clientWidth + 1)(document.querySelector('.plan-table-wrap'))")

@@ -58,13 +58,9 @@ def test_bf16_speed_ups_are_measured_only_where_the_device_runs_it_natively(monk
         assert (set(cal["bf16_speedup"]) == {"transformer", "cnn"} and min(cal["bf16_speedup"].values()) > 0
                 if native else cal["bf16_speedup"] is None)
     # A bf16 measurement that fails leaves the speed-ups unknown, never the worker without a report.
-    real = self_report.calibrate
-
-    def failing(device, seconds=1.0, precision="fp32", family="transformer"):
-        if precision == "bf16":
-            raise RuntimeError("no bf16 kernel for this op")
-        return real(device, seconds, precision, family)
-    monkeypatch.setattr(self_report, "calibrate", failing)
+    def failing(device, family, seconds=1.0):
+        raise RuntimeError("no bf16 kernel for this op")
+    monkeypatch.setattr(self_report, "bf16_speedup", failing)
     cal = self_report.calibrate_all("cpu", seconds=0.05)
     assert cal["gflops"] > 0 and cal["bf16_speedup"] is None
 

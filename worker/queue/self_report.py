@@ -115,11 +115,10 @@ def _block(family: str, device, batch: int):
             f"timm ViT-S block (384 wide, 6 heads, 197 tokens), batch {batch}")
 
 
-def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "fp32",
-              family: str = "transformer") -> dict:
-    """Effective GFLOP/s of this device on the work a run does: a block of the family (_block) forward and
-    backward, timed for about `seconds` after a warm-up, its FLOPs counted by FlopCounterMode; in fp32, or under
-    bf16 autocast (`precision="bf16"`, as the engine runs that option) where the device runs bf16 natively."""
+def _timer(device_name: str, family: str):
+    """A timer of a block of the family (_block) forward and backward on this device: `run(precision, seconds)`
+    gives its effective GFLOP/s over about `seconds` after a warm-up step, its FLOPs counted once by
+    FlopCounterMode; in fp32, or under bf16 autocast as the engine runs that option. And what it times, in words."""
     import contextlib
 
     import torch
@@ -127,8 +126,6 @@ def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "
 
     device = torch.device(device_name)
     block, x, what = _block(family, device, 8 if device.type == "cpu" else 128)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
     with FlopCounterMode(display=False) as fc:
         block(x).sum().backward()  # forward and backward, counted
     flops = fc.get_total_flops()
@@ -137,24 +134,47 @@ def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def step():
-        with autocast:
-            y = block(x).sum()
-        y.backward()
-    for _ in range(2):
-        step()
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        step()
-        n += 1
-        if n % 4 == 0:
-            sync()
-            if time.perf_counter() - t0 >= seconds:
-                break
-    elapsed = time.perf_counter() - t0
-    return {"gflops": round(flops * n / elapsed / 1e9, 2), "seconds": round(elapsed, 3), "steps": n,
-            "what": f"{what}, {precision} forward+backward"}
+    def run(precision: str, seconds: float) -> dict:
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                    else contextlib.nullcontext())
+
+        def step():
+            with autocast:
+                y = block(x).sum()
+            y.backward()
+        for _ in range(2):
+            step()
+        sync()
+        n, t0 = 0, time.perf_counter()
+        while True:
+            step()
+            n += 1
+            if n % 4 == 0:
+                sync()
+                if time.perf_counter() - t0 >= seconds:
+                    break
+        elapsed = time.perf_counter() - t0
+        return {"gflops": round(flops * n / elapsed / 1e9, 2), "seconds": round(elapsed, 3), "steps": n,
+                "what": f"{what}, {precision} forward+backward"}
+    return run
+
+
+def calibrate(device_name: str = "cpu", seconds: float = 1.0, precision: str = "fp32",
+              family: str = "transformer") -> dict:
+    """Effective GFLOP/s of this device on the work a run does: a block of the family forward and backward for
+    about `seconds` (_timer)."""
+    return _timer(device_name, family)(precision, seconds)
+
+
+def bf16_speedup(device_name: str, family: str, seconds: float = 1.0, rounds: int = 3) -> float:
+    """bf16's speed-up over fp32 on a block of the family: the two timed in turn, `rounds` times each over
+    `seconds` in all, so that what else the machine does in that second weighs on both alike."""
+    run = _timer(device_name, family)
+    fp32 = bf16 = 0.0
+    for _ in range(rounds):
+        fp32 += run("fp32", seconds / (2 * rounds))["gflops"]
+        bf16 += run("bf16", seconds / (2 * rounds))["gflops"]
+    return round(bf16 / fp32, 2)
 
 
 def bf16_native(device_name: str) -> bool:
@@ -170,21 +190,16 @@ FAMILIES = ("transformer", "cnn")  # core.catalogue ModelSpec.family
 
 def calibrate_all(device_name: str, seconds: float = 1.0) -> dict:
     """The start-up calibration: fp32 GFLOP/s on a transformer block (what every plan times fp32 runs with), and,
-    where the device runs bf16 natively, bf16's speed-up per model family (each family's block in fp32 and in bf16,
-    `seconds` / 2 each; the plan scales a bf16 run's time by its model's: core.estimate.rate). A bf16 measurement
-    that fails leaves the speed-ups unknown (None), never the whole report."""
+    where the device runs bf16 natively, bf16's speed-up per model family (bf16_speedup, `seconds` each; the plan
+    scales a bf16 run's time by its model's: core.estimate.rate). A bf16 measurement that fails leaves the
+    speed-ups unknown (None), never the whole report."""
     fp32 = calibrate(device_name, seconds)
     speedup = None
     if bf16_native(device_name):
         try:
-            speedup = {}
-            for family in FAMILIES:
-                base = fp32 if family == "transformer" else calibrate(device_name, seconds / 2, "fp32", family)
-                speedup[family] = round(calibrate(device_name, seconds / 2, "bf16", family)["gflops"]
-                                        / base["gflops"], 2)
+            speedup = {family: bf16_speedup(device_name, family, seconds) for family in FAMILIES}
         except Exception:  # noqa: BLE001 - advice only: without it the plan shows no bf16 time
             log.exception("the bf16 calibration failed")
-            speedup = None
     return {**fp32, "bf16_speedup": speedup}
 
 
