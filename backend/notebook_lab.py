@@ -39,6 +39,7 @@ import urllib.request
 from pathlib import Path
 
 from backend.launch import die_with_parent
+from core.processes import alive
 from core.settings import home_id
 
 # Colab serves proxied kernel ports under these names (a name per session and port).
@@ -141,7 +142,7 @@ class NotebookLab:
             return f"pid {pid} is no process (signalling it would reach a whole group, perhaps the caller's)"
         if pid in (os.getpid(), os.getpgrp()):
             return f"pid {pid} is this kernel's own process or group"
-        if not _alive(pid):
+        if not alive(pid):
             return f"process {pid} is not running"
         proc = Path(f"/proc/{pid}")
         try:
@@ -229,7 +230,7 @@ class NotebookLab:
     def running(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return self.pid is not None and _alive(self.pid)
+        return self.pid is not None and alive(self.pid)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -286,20 +287,6 @@ class NotebookLab:
         return self.proc.returncode if self.proc is not None else None
 
 
-def _alive(pid: int) -> bool:
-    """Is `pid` running (a zombie, exited but not yet reaped by the handle that started it, is not)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _wait_gone(lab: NotebookLab, timeout_s: float) -> bool:
     """Wait for the supervisor to exit (reaped when we started it); True when it has."""
     if lab.proc is not None:
@@ -309,7 +296,7 @@ def _wait_gone(lab: NotebookLab, timeout_s: float) -> bool:
         except subprocess.TimeoutExpired:
             return False
     deadline = time.monotonic() + timeout_s
-    while _alive(lab.pid):
+    while alive(lab.pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)  # not our child: nothing to wait on but its pid

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from backend.launch import STOP_GRACE_S, commands
+from core.processes import alive
 from core.settings import Settings
 from tests.conftest import ROOT, env_for
 from tests.lab import SLOW, free_port, wait_for
@@ -22,15 +23,6 @@ pytestmark = [pytest.mark.system]
 HEARTBEAT_TIMEOUT_S = 6.0  # the watchdog gives a killed worker's job back after this long
 BUSY = 4  # waits are stretched for a busy 2-core machine (see tests/system/test_reliability.py)
 START_S = 120  # the backend and a worker starting (the worker imports torch) on a busy machine
-
-
-def _alive(pid: int) -> bool:
-    """Running: exists and is no zombie (a child waiting to be reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 class Launcher:
@@ -62,7 +54,7 @@ class Launcher:
         for pid in pids:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if mark in f.read() and _alive(pid):
+                    if mark in f.read() and alive(pid):
                         found.append(pid)
             except FileNotFoundError:
                 pass
@@ -165,7 +157,7 @@ def test_make_run_restarts_a_killed_worker_and_backend_and_ctrl_c_stops_everythi
     os.kill(la.p.pid, signal.SIGINT)
     la.p.wait(60)
     took = time.monotonic() - t0
-    left = [pid for pid in la.seen if _alive(pid)]
+    left = [pid for pid in la.seen if alive(pid)]
     print(f"\nmake run: worker {worker} killed -> restarted as {worker2}, job {job['status']} (attempt "
           f"{job['attempt']}), health {watch.ok}/{watch.ok + len(watch.bad)} answered during the restart; backend "
           f"{backend} killed -> restarted as {backend2}; Ctrl-C stopped all in {took:.1f} s, {len(left)} left")

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from backend import notebook_lab
 from backend.notebook_lab import NotebookLab
+from core.processes import alive
 
 pytestmark = pytest.mark.system
 
@@ -19,7 +19,7 @@ def env(monkeypatch):
 
 
 def _gone(pid: int) -> bool:
-    return not notebook_lab._alive(pid)
+    return not alive(pid)
 
 
 def test_a_second_start_on_the_same_home_attaches_and_stop_ends_it(tmp_path, env):

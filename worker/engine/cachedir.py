@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from core.processes import alive
+
 log = logging.getLogger(__name__)
 
 
@@ -38,23 +40,13 @@ def scratch_name(key: str, kind: str) -> str:
     return f".{key}.{kind}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}"
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def scratch_stale(p: Path, now: float) -> bool:
     """A scratch folder is stale when its process is gone (same host), or when nothing in it changed for
     STALE_SCRATCH_S: what covers another host's folders, names from before scratch names carried a pid, and a pid
     reused by an unrelated process. (Removing a live run's folder is harmless on Linux: its memory map stays valid
     and `persist` saves from it.)"""
     parts = p.name[1:].split(".")
-    if len(parts) == 5 and parts[2] == HOST and parts[3].isdigit() and not pid_alive(int(parts[3])):
+    if len(parts) == 5 and parts[2] == HOST and parts[3].isdigit() and not alive(int(parts[3])):
         return True
     try:
         newest = max([p.stat().st_mtime] + [f.stat().st_mtime for f in p.rglob("*")])
