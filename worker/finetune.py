@@ -26,7 +26,7 @@ from core import catalogue
 from core.config import OPTIONS, PRESETS, TrainConfig, method_card, preset
 from core.options import Option
 from core.protocol import RunStatus
-from worker.engine import USER_ERRORS, SetupError, Terms
+from worker.engine import USER_ERRORS, Terms, user_error_text
 
 
 class FlagTerms(Terms):
@@ -371,11 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --data-dir and --out are required to train", file=sys.stderr)
             return 2
         return train(a, cfg)
-    except SetupError as e:  # its fixes in the command line's words
-        print(f"error: {FLAGS.phrase(e)}", file=sys.stderr)
-        return 2
-    except (ValueError, *USER_ERRORS) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, *USER_ERRORS) as e:  # a SetupError's fixes in the command line's words
+        print(f"error: {user_error_text(e, FLAGS) or e}", file=sys.stderr)
         return 2
 
 

@@ -234,7 +234,7 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
     default the lab's setting. `stop`: an Event another thread may set (the cell's interrupt does it here).
     `gallery`: a file to write the best epoch's misclassified validation images to, one self-contained HTML page.
     """
-    from worker.engine import USER_ERRORS, Callbacks, SetupError, assemble, lab_paths
+    from worker.engine import USER_ERRORS, Callbacks, SetupError, assemble, lab_paths, user_error_text
     from worker.finetune import Bars
 
     if model and options.get("model", model) != model:
@@ -284,10 +284,8 @@ def run(model: str | None = None, *, preset: str = "paper", out: str | Path | No
     try:
         summary = assembled.run(Callbacks(on_epoch=on_epoch, stop=stop,
                                           on_progress=bars.on_progress if bars else None))
-    except SetupError as err:
-        raise RunError(err.phrase(keyword_terms())) from None
-    except USER_ERRORS as err:
-        raise RunError(str(err)) from None
+    except USER_ERRORS as err:  # in the keyword arguments' words
+        raise RunError(user_error_text(err, keyword_terms())) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -12,7 +12,7 @@ import importlib
 _WHERE = {
     # assembling and running a run
     "assemble": "assembly", "Assembly": "assembly", "Prior": "assembly", "lab_paths": "assembly",
-    "existing_run": "assembly", "USER_ERRORS": "assembly",
+    "existing_run": "assembly", "USER_ERRORS": "assembly", "user_error_text": "assembly",
     "run": "train", "Callbacks": "train", "Paths": "train", "Diverged": "train", "release_memory": "train",
     "StopRequested": "stop", "Stop": "stop",
     # errors a user can fix, and how a front end phrases their fixes

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core import catalogue
 from core.config import TrainConfig, config_differences
-from core.errors import Fix, SetupError
+from core.errors import Fix, SetupError, Terms
 from core.protocol import RunStatus
 
 from . import checkpoint, train
@@ -28,6 +28,17 @@ from .weights import resolve_local
 # What a run can end with that its user can fix, each with a message that says what to do: a front end shows these
 # without a stack. SetupErrors (weights, data, the run's folder) carry fixes each front end phrases its own way.
 USER_ERRORS: tuple[type[BaseException], ...] = (SetupError, StorageError, DeviceError, TeacherError, Diverged)
+
+
+def user_error_text(e: BaseException, terms: Terms) -> str | None:
+    """A user's error as the front end in use says it: a SetupError's fixes in its `terms` (a form field, a keyword
+    argument, a command-line flag), the other USER_ERRORS in their own words; None for anything else (a bug, which
+    each front end reports with its type)."""
+    if isinstance(e, SetupError):
+        return e.phrase(terms)
+    if isinstance(e, USER_ERRORS):
+        return str(e)
+    return None
 
 
 @dataclass

@@ -66,9 +66,10 @@ def job_error_text(e: BaseException) -> str:
     """A failed job's error as the job page shows it: what went wrong and the fix in the form's terms."""
     import torch
 
-    from worker.engine import USER_ERRORS, SetupError
+    from worker.engine import SetupError, user_error_text
+    text = user_error_text(e, FORM)  # a user's error, a SetupError's fixes in the form's words; None: anything else
     if isinstance(e, SetupError):
-        return e.phrase(FORM)
+        return text
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         # batch_size and image_size change what a run computes, so a resume refuses them: the advice is a new job.
         return (f"out of memory: {str(e).splitlines()[0]}. Start a new job with a lower batch_size or image_size "
@@ -78,9 +79,9 @@ def job_error_text(e: BaseException) -> str:
                                                errno.ENOTDIR, errno.ENOSPC):
         return (f"cannot write the job's files: {e}. Make the runs directory (BLOCKLAB_RUNS_DIR) writable "
                 "for the worker, then resume the job.")
-    if isinstance(e, (*USER_ERRORS, ValueError)):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
+    if text is not None:
+        return text
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
 
 
 class _Heartbeat(threading.Thread):
