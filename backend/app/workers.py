@@ -14,10 +14,16 @@ _lock = threading.Lock()
 _reports: dict[str, dict] = {}
 
 
+MAX_EXACT = 2**53  # the largest integer a float holds exactly: far above any byte count or time a worker reports
+
+
 def _json_safe(v):
-    """The report as a JSON answer can carry it: a NaN or an infinity (which the broker's JSON lets through, and no
-    real measurement gives) becomes None, unknown, at any depth."""
+    """The report as a JSON answer can carry it and the plan compute with it: a NaN or an infinity (which the broker's
+    JSON lets through, and no real measurement gives), or an integer beyond what a float holds exactly, becomes None,
+    unknown, at any depth."""
     if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_EXACT:
         return None
     if isinstance(v, dict):
         return {str(k): _json_safe(x) for k, x in v.items()}
@@ -26,19 +32,33 @@ def _json_safe(v):
     return v
 
 
+def _timestamp(v) -> float:
+    """The event's send time, or now where it carries none a clock could give (a bool, a string, a NaN, an integer
+    too large for a float: a broken or forged event must not stop ingestion)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        try:
+            f = float(v)
+        except OverflowError:
+            return time.time()
+        if math.isfinite(f):
+            return f
+    return time.time()
+
+
 def store(ev: dict) -> None:
     """Keep a `worker` event's report, as the latest of its worker."""
     report = ev.get("worker")
-    if not isinstance(report, dict) or not report.get("name"):
-        return
-    ts = ev.get("ts")
-    ts = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts) else time.time()
+    if not isinstance(report, dict) or not isinstance(report.get("name"), str) or not report["name"]:
+        return  # a worker's name is a string (its Celery hostname): anything else is not a worker's report
+    ts = _timestamp(ev.get("ts"))
     with _lock:
-        _reports[str(report["name"])] = {**_json_safe(report), "reported_at": ts}
+        _reports[report["name"]] = {**_json_safe(report), "reported_at": ts}
 
 
 def is_stale(report: dict, now: float | None = None) -> bool:
-    interval = float(report.get("interval_s") or 30.0)
+    interval = report.get("interval_s")
+    interval = float(interval) if isinstance(interval, (int, float)) and not isinstance(interval, bool) and \
+        interval > 0 else 30.0
     return (now or time.time()) - report["reported_at"] > 3 * interval + 5
 
 

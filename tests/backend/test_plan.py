@@ -300,6 +300,7 @@ def test_the_dry_run_lists_only_what_it_really_changes(plan_api):
 
 # -- bf16 beside fp32, where the worker runs it natively -------------------------------------------------------------
 GAINS = {"transformer": 3.0, "cnn": 1.5}  # a worker's bf16 speed-up per model family
+NATIVE = {"bf16_native": True, "bf16_speedup": GAINS}  # a worker that runs bf16 natively
 
 
 def _finished(api, accs: dict[int, float], precision: str, **cfg) -> list[int]:
@@ -334,7 +335,7 @@ def _bf16(api, cfg=None) -> dict:
 
 
 def test_a_worker_with_native_bf16_gets_the_bf16_time_beside_fp32_named_as_a_deviation(plan_api):
-    _send(_report(gflops=100.0, bf16_speedup=GAINS))
+    _send(_report(gflops=100.0, **NATIVE))
     item = _bf16(plan_api)
     est, bf16 = item["estimate"], item["bf16"]
     assert est["precision"] == "fp32" and est["basis"] == "benchmark" and est["gflops"] == 100.0
@@ -360,7 +361,7 @@ def test_a_worker_with_native_bf16_gets_the_bf16_time_beside_fp32_named_as_a_dev
 def test_without_native_bf16_or_for_a_run_already_in_bf16_nothing_is_shown_beside(plan_api):
     _send(_report(gflops=100.0))  # no bf16 speed-ups: emulated bf16 would be slower than fp32
     assert _bf16(plan_api)["bf16"] is None
-    _send(_report(gflops=100.0, bf16_speedup=GAINS))
+    _send(_report(gflops=100.0, **NATIVE))
     items = plan_api.post("/api/plan", json={"configs": [{**RUN, "precision": "bf16"},
                                                          {**RUN, "precision": "auto"}]}).json()["items"]
     for item in items:  # its own time is the bf16 one; its card names the deviation
@@ -369,7 +370,7 @@ def test_without_native_bf16_or_for_a_run_already_in_bf16_nothing_is_shown_besid
 
 
 def test_a_bf16_run_of_a_model_only_fp32_jobs_timed_is_their_rate_scaled_as_a_range(plan_api):
-    _send(_report(gflops=100.0, bf16_speedup=GAINS, measured={"deit_tiny_patch16_224@224": 20.0}))
+    _send(_report(gflops=100.0, **NATIVE, measured={"deit_tiny_patch16_224@224": 20.0}))
     item = _bf16(plan_api)
     fp32, bf16 = item["estimate"], item["bf16"]
     assert fp32["calibrated"] and fp32["gflops"] == 20.0
@@ -380,7 +381,7 @@ def test_a_bf16_run_of_a_model_only_fp32_jobs_timed_is_their_rate_scaled_as_a_ra
     assert bf16["range_s"][1] == pytest.approx(fp32["this_device_s"] * estimate.BF16_SPAN[1], rel=0.02)
     # A bf16 job of the model times it (and never the fp32 run: its key says bf16); both measured, the speed-up is
     # theirs.
-    _send(_report(gflops=100.0, bf16_speedup=GAINS,
+    _send(_report(gflops=100.0, **NATIVE,
                   measured={"deit_tiny_patch16_224@224": 20.0, "deit_tiny_patch16_224@224@bf16": 50.0}))
     item = _bf16(plan_api)
     assert item["estimate"]["gflops"] == 20.0 and item["bf16"]["basis"] == "measured"
@@ -391,18 +392,18 @@ def test_a_bf16_run_of_a_model_only_fp32_jobs_timed_is_their_rate_scaled_as_a_ra
 def test_the_speed_up_compares_rates_on_the_same_footing(plan_api):
     """A bf16 job's rate against the fp32 start-up calibration's best case would compare a real run with a tight
     loop (0.5x 'faster'): then the family's start-up speed-up, said to be approximate."""
-    _send(_report(gflops=100.0, bf16_speedup=GAINS, measured={"deit_tiny_patch16_224@224@bf16": 50.0}))
+    _send(_report(gflops=100.0, **NATIVE, measured={"deit_tiny_patch16_224@224@bf16": 50.0}))
     bf16 = _bf16(plan_api)["bf16"]
     assert bf16["basis"] == "measured" and bf16["speedup"] == 3.0 and not bf16["speedup_measured"]
     # Measured both, bf16 slower than fp32 here: said as it is.
-    _send(_report(gflops=100.0, bf16_speedup=GAINS,
+    _send(_report(gflops=100.0, **NATIVE,
                   measured={"deit_tiny_patch16_224@224": 60.0, "deit_tiny_patch16_224@224@bf16": 50.0}))
     bf16 = _bf16(plan_api)["bf16"]
     assert bf16["speedup"] == pytest.approx(0.83) and bf16["speedup_measured"]
 
 
 def test_the_accuracy_effect_is_measured_seed_by_seed_on_this_labs_finished_pairs(plan_api):
-    _send(_report(gflops=100.0, bf16_speedup=GAINS))
+    _send(_report(gflops=100.0, **NATIVE))
     fp32 = _finished(plan_api, {0: 0.60, 1: 0.64}, "fp32")
     bf16 = _finished(plan_api, {0: 0.61}, "bf16") + _finished(plan_api, {1: 0.66}, "auto")  # auto ran bf16
     _finished(plan_api, {0: 0.99}, "bf16")  # seed 0 again: the same draw, not another pair
@@ -422,7 +423,7 @@ def test_an_unfinished_unpaired_or_dry_run_never_counts(plan_api):
     from backend.app.db import session_scope
     from backend.app.models import Experiment, Job
     from core.protocol import JobStatus
-    _send(_report(gflops=100.0, bf16_speedup=GAINS))
+    _send(_report(gflops=100.0, **NATIVE))
     _finished(plan_api, {0: 0.60}, "fp32")
     (running,) = _finished(plan_api, {0: 0.99}, "bf16")
     (dry,) = _finished(plan_api, {0: 0.98}, "bf16")
@@ -436,7 +437,7 @@ def test_an_unfinished_unpaired_or_dry_run_never_counts(plan_api):
     assert acc["basis"] is None and acc["pairs"] == 0
 
 
-@pytest.mark.parametrize("odd", ["x", -5.0, 0, True, float("nan"), None, [1]])
+@pytest.mark.parametrize("odd", ["x", -5.0, 0, True, float("nan"), None, [1], 1e-320, 10**400, 1e308])
 def test_an_odd_throughput_in_a_report_is_unknown_never_a_500(plan_api, odd):
     _send(_report(gflops=odd, bf16_speedup={"transformer": odd, "cnn": odd}, measured={"deit_tiny_patch16_224@224": odd,
                                                                                         "x": "y"}))
@@ -454,7 +455,49 @@ def test_a_forged_timestamp_or_a_nan_deep_in_a_report_is_stored_as_unknown(plan_
     rep = _report(calibration={"gflops": float("inf"), "bf16": {"gflops": float("nan")}}, disk_read_bytes_per_s=float("nan"))
     ingest.handle_event({"type": "worker", "job_id": 0, "attempt": 0, "ts": "soon", "worker": rep})
     ingest.handle_event({"type": "worker", "job_id": 0, "attempt": 0, "ts": float("nan"), "worker": {**rep, "name": "w2"}})
+    # An integer too large for a float, as a timestamp: stored at the time it came (it used to raise inside the
+    # ingestion, which then never acknowledged the event and stopped at it).
+    ingest.handle_event({"type": "worker", "job_id": 0, "attempt": 0, "ts": 10**400,
+                         "worker": {**rep, "name": "w3", "interval_s": 10**400}})
     served = plan_api.get("/api/workers")
-    assert served.status_code == 200 and len(served.json()) == 2
+    assert served.status_code == 200 and len(served.json()) == 3
     assert served.json()[0]["calibration"] == {"gflops": None, "bf16": {"gflops": None}}
     assert plan_api.post("/api/plan", json={"configs": [RUN]}).status_code == 200
+
+
+REPORT_FIELDS = [*_report(), "limits", "disk_read_bytes_per_s", "bf16_native", "bf16_speedup", "datasets_present"]
+
+
+@pytest.mark.parametrize("field", REPORT_FIELDS)
+def test_any_field_of_a_forged_report_is_answered_never_a_500(plan_api, field):
+    """The events queue is local, but a forged report must not take the plan down: every field, any shape."""
+    for odd in ([], "x", 10**400, float("nan"), {"a": []}, {"deit_tiny_patch16_224": []}, None, True):
+        _send(_report(**{field: odd}))
+        runs = [RUN, {**RUN, "weights": "local"}, {**RUN, "dataset": "cifar100"}, {**RUN, "precision": "auto"}]
+        assert plan_api.post("/api/plan", json={"configs": runs}).status_code == 200, (field, odd)
+        assert plan_api.get("/api/workers").status_code == 200, (field, odd)
+
+
+def test_a_block_that_says_bf16_is_slower_gives_an_ordered_range_around_it(plan_api):
+    _send(_report(gflops=100.0, bf16_native=True, bf16_speedup={"transformer": 0.5, "cnn": 0.05}))
+    for model in ("deit_tiny_patch16_224", "densenet201"):
+        item = _bf16(plan_api, {**RUN, "model": model})
+        fp32, bf16 = item["estimate"], item["bf16"]
+        low, high = bf16["range_s"]
+        assert low <= bf16["this_device_s"] <= high and bf16["this_device_s"] > fp32["this_device_s"]
+    # A measured-fp32 model: the range holds the estimate too (from twice as fast as it to twice as slow).
+    _send(_report(gflops=100.0, bf16_native=True, bf16_speedup={"transformer": 0.5},
+                  measured={"deit_tiny_patch16_224@224": 20.0}))
+    bf16 = _bf16(plan_api)["bf16"]
+    assert bf16["range_s"] == [pytest.approx(bf16["this_device_s"] / 2, rel=0.02),
+                               pytest.approx(bf16["this_device_s"] * 2, rel=0.02)]
+
+
+def test_auto_follows_whether_the_worker_runs_bf16_natively_even_without_its_speed_ups(plan_api):
+    """A native worker whose bf16 measurement failed still runs auto in bf16 (the engine decides by the hardware):
+    the plan says so, and times it from the fp32 calibration it has (no bf16 figure to scale by)."""
+    _send(_report(gflops=100.0, bf16_native=True, bf16_speedup=None))
+    est = _bf16(plan_api, {**RUN, "precision": "auto"})["estimate"]
+    assert est["precision"] == "bf16" and est["gflops"] == 100.0 and est["basis"] == "benchmark"
+    _send(_report(gflops=100.0, bf16_native=False))
+    assert _bf16(plan_api, {**RUN, "precision": "auto"})["estimate"]["precision"] == "fp32"

@@ -31,7 +31,7 @@ def test_the_worker_reports_itself_and_the_plan_follows_it(make_lab):
 
     from worker.engine import bf16_supported
     native = bf16_supported(torch.device("cpu"))
-    assert (rep["bf16_speedup"] is not None) == native
+    assert rep["bf16_native"] is native and (rep["bf16_speedup"] is not None) == native
     assert not native or set(rep["bf16_speedup"]) == {"transformer", "cnn"}
 
     # Offline, no weights anywhere: Table 1 is blocked model by model, each saying how to fix it.

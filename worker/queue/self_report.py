@@ -118,11 +118,14 @@ def _block(family: str, device, batch: int):
 def _timer(device_name: str, family: str):
     """A timer of a block of the family (_block) forward and backward on this device: `run(precision, seconds)`
     gives its effective GFLOP/s over about `seconds` after a warm-up step, its FLOPs counted once by
-    FlopCounterMode; in fp32, or under bf16 autocast as the engine runs that option. And what it times, in words."""
+    FlopCounterMode; in fp32 (TF32 allowed, as the paper preset runs it) or under bf16 autocast, as the engine runs
+    that option. Its result names the block it timed."""
     import contextlib
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from worker.engine import fp32_math
 
     device = torch.device(device_name)
     block, x, what = _block(family, device, 8 if device.type == "cpu" else 128)
@@ -137,6 +140,10 @@ def _timer(device_name: str, family: str):
     def run(precision: str, seconds: float) -> dict:
         autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                     else contextlib.nullcontext())
+        with fp32_math(allow_tf32=True):  # fp32 as the paper preset computes it (TF32 where a GPU has it)
+            return timed(autocast, precision, seconds)
+
+    def timed(autocast, precision: str, seconds: float) -> dict:
 
         def step():
             with autocast:
@@ -190,17 +197,18 @@ FAMILIES = ("transformer", "cnn")  # core.catalogue ModelSpec.family
 
 def calibrate_all(device_name: str, seconds: float = 1.0) -> dict:
     """The start-up calibration: fp32 GFLOP/s on a transformer block (what every plan times fp32 runs with), and,
-    where the device runs bf16 natively, bf16's speed-up per model family (bf16_speedup, `seconds` each; the plan
-    scales a bf16 run's time by its model's: core.estimate.rate). A bf16 measurement that fails leaves the
-    speed-ups unknown (None), never the whole report."""
+    where the device runs bf16 natively (`bf16_native`, what precision=auto follows), bf16's speed-up per model
+    family (bf16_speedup, `seconds` / 2 each; the plan scales a bf16 run's time by its model's: core.estimate.rate). A
+    family whose bf16 measurement fails is left out (None when none is left), never the whole report."""
     fp32 = calibrate(device_name, seconds)
-    speedup = None
-    if bf16_native(device_name):
+    native = bf16_native(device_name)
+    speedup = {}
+    for family in FAMILIES if native else ():
         try:
-            speedup = {family: bf16_speedup(device_name, family, seconds) for family in FAMILIES}
-        except Exception:  # noqa: BLE001 - advice only: without it the plan shows no bf16 time
-            log.exception("the bf16 calibration failed")
-    return {**fp32, "bf16_speedup": speedup}
+            speedup[family] = bf16_speedup(device_name, family, seconds / 2)
+        except Exception:  # noqa: BLE001 - advice only: without it the plan shows no bf16 time for the family
+            log.exception("the bf16 calibration of a %s block failed", family)
+    return {**fp32, "bf16_native": native, "bf16_speedup": speedup or None}
 
 
 def describe_device(setting: str) -> tuple[str, str]:
@@ -236,7 +244,8 @@ class Reporter:
         data_ok = reachable(DATA_HOST) if s.allow_download else False
         cal = self.calibration or {}
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "device": self.device_text,
-                "gflops": cal.get("gflops"), "bf16_speedup": cal.get("bf16_speedup"), "calibration": cal,
+                "gflops": cal.get("gflops"), "bf16_native": bool(cal.get("bf16_native")),
+                "bf16_speedup": cal.get("bf16_speedup"), "calibration": cal,
                 "measured": dict(self.measured),
                 "weights_dir": str(s.weights_path), "weights": weights_present(s.weights_path),
                 "hub_offline": offline, "hub_reachable": hub_ok,

@@ -9,7 +9,6 @@ same runs as a labelled dry run (core.config.DRY_RUN) are totalled beside them. 
 """
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
@@ -57,13 +56,18 @@ def _configs(body: PlanRequest) -> list[dict]:
     return out
 
 
+def _mapping(v) -> dict:
+    """A part of a worker's report that should be a mapping, or an empty one (a broken or forged report)."""
+    return v if isinstance(v, dict) else {}
+
+
 def _weights(cfg: dict, rep: dict | None) -> dict:
     model, choice = cfg["model"], cfg["weights"]
     if choice == "none":
         return {"state": "none", "mb": 0, "message": "weights: none, random init: nothing to load"}
     if rep is None:
         return {"state": "unknown", "mb": None, "message": "no worker has reported: start one to check the weights"}
-    have = rep.get("weights", {}).get(model, {})
+    have = _mapping(_mapping(rep.get("weights")).get(model))
     wdir = rep.get("weights_dir", "the weights folder")
     put = f"weights: local, put {model}.safetensors in {wdir}"
     if choice == "local":
@@ -93,7 +97,8 @@ def _data(rep: dict | None, dataset: str = "cifar10") -> dict:
                 f"{ds.val_size:,} validation images in <data dir>/{ds.folder}"}
     ds = catalogue.DATASETS[dataset]
     where = rep.get("data_dir", "the data folder")
-    present = rep.get("datasets_present", {}).get(dataset, rep.get("data_present") if dataset == "cifar10" else None)
+    present = _mapping(rep.get("datasets_present")).get(dataset,
+                                                        rep.get("data_present") if dataset == "cifar10" else None)
     if present:
         return {"state": "present", "mb": 0, "message": f"data: {ds.title} in {where}"}
     mb = ds.archive_mb
@@ -171,18 +176,33 @@ def _t4_disk_rate(rep: dict | None) -> float | None:
     return None
 
 
+# What a worker's report may plausibly say: GFLOP/s from a slow CPU core to far beyond any GPU, and a bf16 speed-up
+# from twenty times slower to twenty times faster. Outside it, a broken or forged report: unknown.
+PLAUSIBLE_GFLOPS = (1e-3, 1e7)
+PLAUSIBLE_SPEEDUP = (0.05, 20.0)
+
+
+def _number(v, bounds: tuple[float, float]) -> float | None:
+    """A figure from a worker's report, as the plan may compute with it: a number within `bounds` (never a bool, a
+    string, a NaN or an integer too large for a float), else None (unknown)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if bounds[0] <= f <= bounds[1] else None
+
+
 def _rate(v) -> float | None:
-    """A throughput from a worker's report, as the plan may divide by it: a finite positive number (never a bool, a
-    string or a NaN a broken or forged report may carry), else None (unknown)."""
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-    return float(v) if ok else None
+    return _number(v, PLAUSIBLE_GFLOPS)
 
 
 def _bf16_speedup(rep: dict | None) -> dict[str, float] | None:
     """The worker's bf16 speed-up per model family, where it runs bf16 natively (None elsewhere, or when the report
     carries nothing usable)."""
     raw = (rep or {}).get("bf16_speedup")
-    gains = {str(k): g for k, v in raw.items() if (g := _rate(v))} if isinstance(raw, dict) else {}
+    gains = {str(k): g for k, v in raw.items() if (g := _number(v, PLAUSIBLE_SPEEDUP))} if isinstance(raw, dict) else {}
     return gains or None
 
 
@@ -193,7 +213,7 @@ def _timed(cfg: dict, rep: dict | None) -> dict:
     rep = rep or {}
     measured = rep.get("measured") if isinstance(rep.get("measured"), dict) else {}
     r = estimate.rate(cfg, _rate(rep.get("gflops")), {k: g for k, v in measured.items() if (g := _rate(v))},
-                      bf16_speedup=_bf16_speedup(rep))
+                      bf16_native=rep.get("bf16_native") is True, bf16_speedup=_bf16_speedup(rep))
     est = estimate.estimate(cfg, r["gflops"], calibrated=r["calibrated"], span=r["span"])
     est.update(measured=r["basis"] == "measured", basis=r["basis"], calibrated_by=r["from"], precision=r["precision"],
                speedup=r["speedup"])
@@ -274,7 +294,7 @@ def plan(body: PlanRequest, db: Session = SessionDep):
     t4 = _total(i["estimate"]["t4_s"] for i in items)
     worker = None if rep is None else {
         "name": rep["name"], "device": rep.get("device"), "gflops": _rate(rep.get("gflops")),
-        "bf16_speedup": _bf16_speedup(rep),
+        "bf16_native": rep.get("bf16_native") is True, "bf16_speedup": _bf16_speedup(rep),
         "reported_at": _iso(rep["reported_at"]), "stale": workers.is_stale(rep),
         "calibration": rep.get("calibration"), "measured": rep.get("measured", {}),
         "allow_download": rep.get("allow_download"), "hub_reachable": rep.get("hub_reachable"),
