@@ -20,7 +20,7 @@ a real run's.
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from core import catalogue, stats
 from core.protocol import JobStatus
@@ -43,10 +43,11 @@ class PrecisionEffects:
 
     def __init__(self, db: Session, models: set[str]):
         self._groups: dict[str, dict] = {}
-        jobs = [j for j in db.execute(select(Job).join(Experiment, Job.experiment_id == Experiment.id)
-                                      .where(Job.status == JobStatus.SUCCEEDED, Experiment.dry_run.is_(False))
-                                      .order_by(Job.id)).scalars()
-                if j.experiment.config.get("model") in models]
+        jobs = db.execute(select(Job).join(Experiment, Job.experiment_id == Experiment.id)
+                          .options(contains_eager(Job.experiment))  # each job's experiment in the same query
+                          .where(Job.status == JobStatus.SUCCEEDED, Experiment.dry_run.is_(False),
+                                 Experiment.config["model"].as_string().in_(sorted(models)))
+                          .order_by(Job.id)).scalars().all()
         bests = best_val_accs(db, [j.id for j in jobs])
         for job in jobs:
             best, side = bests.get(job.id), ran_precision(job)
