@@ -171,8 +171,8 @@ def _no_size(cfg: dict) -> str:
 def _t4_disk_rate(rep: dict | None) -> float | None:
     """The read rate of a memory-mapped feature cache that the worker measured on its own disk, where the worker is
     itself a T4 (the lab of a Colab or Kaggle notebook): then it is the T4's, not an assumption."""
-    if rep and "T4" in str(rep.get("device")) and isinstance(rep.get("disk_read_bytes_per_s"), (int, float)):
-        return rep["disk_read_bytes_per_s"] if rep["disk_read_bytes_per_s"] > 0 else None
+    if rep and "T4" in str(rep.get("device")):
+        return _number(rep.get("disk_read_bytes_per_s"), PLAUSIBLE_BYTES_PER_S)
     return None
 
 
@@ -180,6 +180,7 @@ def _t4_disk_rate(rep: dict | None) -> float | None:
 # from twenty times slower to twenty times faster. Outside it, a broken or forged report: unknown.
 PLAUSIBLE_GFLOPS = (1e-3, 1e7)
 PLAUSIBLE_SPEEDUP = (0.05, 20.0)
+PLAUSIBLE_BYTES_PER_S = (1e3, 1e12)  # a disk's read rate: from a stalled network disk to far beyond any NVMe
 
 
 def _number(v, bounds: tuple[float, float]) -> float | None:
