@@ -17,7 +17,10 @@ from tests.tiers import (  # noqa: E402, F401  (pytest finds hooks by name in a 
     pytest_runtest_call,
     pytest_runtest_makereport,
     pytest_runtest_protocol,
+    share_cores,
 )
+
+share_cores()  # before anything imports torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg75"

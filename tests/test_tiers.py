@@ -115,3 +115,19 @@ def test_on_a_loaded_machine_a_call_counts_its_cpu_time_or_its_share_of_the_wall
     assert unloaded_s(3.0, 0.1, 1.0) == 3.0  # idle machine: the wall time, even for a test that only waits
     assert unloaded_s(40.0, 8.0, 7.0) == 8.0  # CPU-bound on a machine booked 7 times over: its CPU time
     assert unloaded_s(40.0, 0.5, 8.0) == 5.0  # waiting on a loaded machine: its share of the wall time
+
+
+@pytest.mark.subprocess
+def test_each_parallel_worker_computes_on_its_share_of_the_cores(tmp_path):
+    """Two pytest-xdist workers each get their share of the cores for torch (tiers.share_cores, which the suite's
+    conftest calls first), not every core each."""
+    (tmp_path / "conftest.py").write_text("from tests.tiers import share_cores\nshare_cores()\n")
+    (tmp_path / "test_threads.py").write_text(
+        "import os\nimport torch\n\n\ndef test_threads():\n"
+        "    share = max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))\n"
+        "    assert torch.get_num_threads() == share, (torch.get_num_threads(), share)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHONPATH=str(ROOT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist", "-n", "2"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr

@@ -150,6 +150,16 @@ def needs_of(argv: list[str]) -> set[str]:
     return needs
 
 
+def share_cores() -> None:
+    """Under pytest-xdist, each worker process computes on its share of the cores. With torch's default (every core)
+    in each, two workers on two cores run four compute threads, and OpenMP's spinning waits turned a 0.6 s torch
+    test into 9 s of wall and of CPU time (the fast-tier guard then failed it). Call it before anything imports
+    torch, which reads OMP_NUM_THREADS once; a value already set is kept."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process and of the children it has waited for (a CLI run, a Python child)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
