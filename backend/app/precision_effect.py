@@ -81,5 +81,5 @@ class PrecisionEffects:
                                                                           - ref["fp32_best_val_acc"], 4)}}
         s = {k: round(v, 4) if isinstance(v, float) else v
              for k, v in stats.summary([d for _, _, d in pairs], bounds=EFFECT_BOUNDS).items()}
-        return {"basis": basis, "effect": s["mean"], "pairs": s["n"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "fp32_jobs": [a for a, _, _ in pairs],
-                "bf16_jobs": [b for _, b, _ in pairs], "reference": None}
+        return {"basis": basis, "effect": s["mean"], "pairs": s["n"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                "fp32_jobs": [a for a, _, _ in pairs], "bf16_jobs": [b for _, b, _ in pairs], "reference": None}

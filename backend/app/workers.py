@@ -32,17 +32,17 @@ def _json_safe(v):
     return v
 
 
-def _timestamp(v) -> float:
-    """The event's send time, or now where it carries none a clock could give (a bool, a string, a NaN, an integer
-    too large for a float: a broken or forged event must not stop ingestion)."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        try:
-            f = float(v)
-        except OverflowError:
-            return time.time()
-        if math.isfinite(f):
-            return f
-    return time.time()
+def figure(v, low: float = -math.inf, high: float = math.inf) -> float | None:
+    """A number from a worker's report or event, as the backend may compute with it: finite and within [low, high];
+    None (unknown) for a bool, a string, a NaN or an integer too large for a float, which a broken or forged report
+    may carry."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and low <= f <= high else None
 
 
 def store(ev: dict) -> None:
@@ -50,15 +50,14 @@ def store(ev: dict) -> None:
     report = ev.get("worker")
     if not isinstance(report, dict) or not isinstance(report.get("name"), str) or not report["name"]:
         return  # a worker's name is a string (its Celery hostname): anything else is not a worker's report
-    ts = _timestamp(ev.get("ts"))
+    ts = figure(ev.get("ts"))  # its send time; where it carries none a clock could give, now
+    ts = time.time() if ts is None else ts
     with _lock:
         _reports[report["name"]] = {**_json_safe(report), "reported_at": ts}
 
 
 def is_stale(report: dict, now: float | None = None) -> bool:
-    interval = report.get("interval_s")
-    interval = float(interval) if isinstance(interval, (int, float)) and not isinstance(interval, bool) and \
-        interval > 0 else 30.0
+    interval = figure(report.get("interval_s"), low=0) or 30.0  # 0 or none: the default interval
     return (now or time.time()) - report["reported_at"] > 3 * interval + 5
 
 

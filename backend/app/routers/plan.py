@@ -172,7 +172,7 @@ def _t4_disk_rate(rep: dict | None) -> float | None:
     """The read rate of a memory-mapped feature cache that the worker measured on its own disk, where the worker is
     itself a T4 (the lab of a Colab or Kaggle notebook): then it is the T4's, not an assumption."""
     if rep and "T4" in str(rep.get("device")):
-        return _number(rep.get("disk_read_bytes_per_s"), PLAUSIBLE_BYTES_PER_S)
+        return workers.figure(rep.get("disk_read_bytes_per_s"), *PLAUSIBLE_BYTES_PER_S)
     return None
 
 
@@ -183,27 +183,15 @@ PLAUSIBLE_SPEEDUP = (0.05, 20.0)
 PLAUSIBLE_BYTES_PER_S = (1e3, 1e12)  # a disk's read rate: from a stalled network disk to far beyond any NVMe
 
 
-def _number(v, bounds: tuple[float, float]) -> float | None:
-    """A figure from a worker's report, as the plan may compute with it: a number within `bounds` (never a bool, a
-    string, a NaN or an integer too large for a float), else None (unknown)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if bounds[0] <= f <= bounds[1] else None
-
-
 def _rate(v) -> float | None:
-    return _number(v, PLAUSIBLE_GFLOPS)
+    return workers.figure(v, *PLAUSIBLE_GFLOPS)
 
 
 def _bf16_speedup(rep: dict | None) -> dict[str, float] | None:
     """The worker's bf16 speed-up per model family, where it runs bf16 natively (None elsewhere, or when the report
     carries nothing usable)."""
     raw = (rep or {}).get("bf16_speedup")
-    gains = {str(k): g for k, v in raw.items() if (g := _number(v, PLAUSIBLE_SPEEDUP))} if isinstance(raw, dict) else {}
+    gains = {str(k): g for k, v in raw.items() if (g := workers.figure(v, *PLAUSIBLE_SPEEDUP))} if isinstance(raw, dict) else {}
     return gains or None
 
 
